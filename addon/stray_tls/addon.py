@@ -1,0 +1,253 @@
+"""The mitmproxy addon: spot TLS where HTTP was expected, explain it, and rewrite it only when asked.
+
+It speaks mitmproxy's public API only; the one use of internals lives in `early.py`.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from collections.abc import Sequence
+from typing import Optional
+
+from mitmproxy import ctx, exceptions, flowfilter, http, tls
+from mitmproxy.addonmanager import Loader
+from mitmproxy.net.http import status_codes
+
+from . import findings as fnd
+from . import records
+from .early import EarlyDetection
+from .findings import Finding
+
+log = logging.getLogger("esrs_fix")
+
+#: The header that labels every answer this addon makes up.
+LABEL_HEADER = "X-ESRS-Fix"
+MARKER = ":warning:"
+METADATA_KEY = "esrs_fix"
+OPTION_NAMES = ("esrs_rewrite", "esrs_status", "esrs_filter", "esrs_early")
+
+
+class EsrsFix:
+    def __init__(self) -> None:
+        self.filter: flowfilter.TFilter | None = None
+        # Synthetic responses made by the early detection, until their flow's response hook claims them.
+        self._made: weakref.WeakKeyDictionary[http.Response, Finding] = weakref.WeakKeyDictionary()
+        self.early = EarlyDetection(self._on_records)
+        # Failed TLS handshakes with an upstream, by server connection id, for the flow's error hook.
+        self._tls_failures: dict[str, Finding] = {}
+
+    def load(self, loader: Loader) -> None:
+        loader.add_option(
+            "esrs_rewrite",
+            bool,
+            False,
+            "Answer a stray TLS record (or another sign of plaintext reaching a TLS port) with a synthetic "
+            f"status (esrs_status), labelled with a {LABEL_HEADER} header, instead of a 502. For validating a "
+            "connectivity check only: the synthetic answer is not the server's.",
+        )
+        loader.add_option(
+            "esrs_status",
+            int,
+            200,
+            "The status of the synthetic answer when esrs_rewrite is on (100-599).",
+        )
+        loader.add_option(
+            "esrs_filter",
+            Optional[str],  # noqa: UP045 - mitmproxy's option type check knows typing.Optional
+            None,
+            "A mitmproxy filter expression limiting which flows esrs_rewrite may rewrite; empty means all. "
+            "Detection and logging apply to every flow.",
+        )
+        loader.add_option(
+            "esrs_early",
+            bool,
+            True,
+            "Detect stray TLS records the moment they arrive, so that the client is answered at once even when "
+            "the upstream keeps its connection open. Off: public hooks only (the client then gets mitmproxy's "
+            "own 502, or waits for the idle timeout).",
+        )
+        self._apply_deferred(loader)
+
+    @staticmethod
+    def _apply_deferred(loader: Loader) -> None:
+        """Refuse a `--set` value of the wrong type, naming the option.
+
+        mitmproxy parses a script option's `--set` value only after the script has loaded, and when that
+        fails it drops the value and runs on with the default.  Applying our own deferred values here, via
+        the public `options.set`, turns that into an error at load, which stops mitmdump at startup.
+        """
+        options = loader.master.options
+        for name in OPTION_NAMES:
+            pending = options.deferred.get(name)
+            if pending is None:
+                continue
+            values = getattr(pending, "val", pending)
+            values = values if isinstance(values, list) else [values]
+            try:
+                options.set(*(f"{name}={v}" for v in values))
+            except exceptions.OptionsError as e:
+                raise exceptions.OptionsError(f"{name}: invalid value {values!r}: {e}") from None
+
+    def configure(self, updated: set[str]) -> None:
+        if "esrs_status" in updated:
+            status = ctx.options.esrs_status
+            if not 100 <= status <= 599:
+                raise exceptions.OptionsError(f"esrs_status: {status} is not an HTTP status code (100-599)")
+        if "esrs_filter" in updated:
+            expr = ctx.options.esrs_filter
+            if expr:
+                try:
+                    self.filter = flowfilter.parse(expr)
+                except ValueError as e:
+                    raise exceptions.OptionsError(f"esrs_filter: invalid filter expression {expr!r}: {e}") from e
+            else:
+                self.filter = None
+        if "esrs_early" in updated:
+            if ctx.options.esrs_early:
+                if not self.early.install():
+                    log.warning(
+                        "esrs-fix: early detection is off: %s. Stray TLS is still detected through the public "
+                        "hooks, but the client then gets mitmproxy's own 502 (or waits for the idle timeout "
+                        "when the upstream keeps its connection open), and esrs_rewrite cannot apply.",
+                        self.early.reason,
+                    )
+            else:
+                self.early.uninstall()
+
+    def done(self) -> None:
+        self.early.uninstall()
+
+    # -- early path: the upstream's answer began with complete TLS records
+
+    def _on_records(self, request: http.Request, head: bytes) -> http.Response | None:
+        finding = fnd.from_response_head(head)
+        if finding is None:
+            return None
+        response = error_response(finding)
+        self._made[response] = finding
+        return response
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        assert flow.response
+        finding = self._made.pop(flow.response, None)
+        if finding is None:
+            # Late faces: a server's "plain HTTP to HTTPS port" page, or TLS records relayed as a body.
+            # Clean traffic pays one status comparison and one byte test here.
+            response = flow.response
+            content = response.raw_content
+            if not content or (response.status_code != 400 and not records.could_start_tls(content[0])):
+                return
+            if response.headers.get("content-encoding", "identity") != "identity":
+                return
+            finding = fnd.from_response(response.status_code, content)
+            if finding is None:
+                return
+        self._report(flow, finding, may_rewrite=True)
+
+    # -- public-hook fallbacks
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        if flow.error is None or flow.response is not None:
+            return
+        finding = self._tls_failures.pop(flow.server_conn.id, None) or fnd.from_error_message(flow.error.msg)
+        if finding is not None:
+            self._report(flow, finding, may_rewrite=False)
+
+    def tls_failed_server(self, data: tls.TlsData) -> None:
+        error = data.conn.error or ""
+        finding = fnd.from_tls_error(error)
+        if finding is not None:
+            self._tls_failures[data.conn.id] = finding
+            log.warning(
+                "esrs-fix: %s, upstream %s: %s", finding.summary, _address(data.conn.address), finding.explanation
+            )
+
+    def server_disconnected(self, data: object) -> None:
+        conn = getattr(data, "server", None)
+        if conn is not None:
+            self._tls_failures.pop(conn.id, None)
+
+    # -- what every detection does
+
+    def _rewrite_allowed(self, flow: http.HTTPFlow, finding: Finding) -> bool:
+        """Off by default; then only for a confident finding on a flow the filter selects."""
+        if not ctx.options.esrs_rewrite or not finding.rewritable or flow.response is None:
+            return False
+        return self.filter is None or bool(self.filter(flow))
+
+    def _report(self, flow: http.HTTPFlow, finding: Finding, *, may_rewrite: bool) -> None:
+        rewritten = may_rewrite and self._rewrite_allowed(flow, finding)
+        if rewritten:
+            flow.response = rewritten_response(finding, ctx.options.esrs_status)
+        upstream = _address(flow.server_conn.peername or flow.server_conn.address)
+        via = flow.server_conn.via
+        via_text = f" via upstream proxy {via[1][0]}:{via[1][1]}" if via else ""
+        action = f"rewritten to a synthetic {ctx.options.esrs_status}" if rewritten else "not rewritten"
+        log.warning(
+            "esrs-fix: %s answered by %s%s: %s [%s, confidence %s; %s]. %s",
+            flow.request.pretty_url,
+            upstream,
+            via_text,
+            finding.summary,
+            finding.kind,
+            finding.confidence,
+            action,
+            finding.explanation,
+        )
+        flow.marked = MARKER
+        flow.comment = f"esrs-fix: {finding.summary}"
+        meta = finding.to_dict()
+        meta["upstream"] = upstream
+        meta["upstream_proxy"] = f"{via[1][0]}:{via[1][1]}" if via else None
+        meta["rewritten"] = rewritten
+        meta["rewritten_status"] = ctx.options.esrs_status if rewritten else None
+        flow.metadata[METADATA_KEY] = meta
+
+
+def _address(address: tuple | None) -> str:
+    if not address:
+        return "an unknown upstream"
+    host, port = address[0], address[1]
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+def _body(finding: Finding, headline: str) -> bytes:
+    lines: Sequence[str] = [
+        headline,
+        "",
+        f"What the upstream sent: {finding.summary}",
+        f"Raw bytes: {records.hexdump(finding.raw, 64)}" if finding.raw else "Raw bytes: (none)",
+        "",
+        finding.explanation,
+        "",
+    ]
+    return "\n".join(lines).encode()
+
+
+def error_response(finding: Finding) -> http.Response:
+    """The default answer: a 502 that says what came back instead of HTTP."""
+    return http.Response.make(
+        502,
+        _body(finding, "esrs-fix: the upstream answered with TLS records instead of HTTP (502 from the proxy)."),
+        {
+            "Content-Type": "text/plain; charset=utf-8",
+            LABEL_HEADER: f"detected; {finding.summary}",
+        },
+    )
+
+
+def rewritten_response(finding: Finding, status: int) -> http.Response:
+    """The answer when rewriting is on: labelled as synthetic so that nobody takes it for the server's."""
+    reason = status_codes.RESPONSES.get(status, "")
+    return http.Response.make(
+        status,
+        _body(
+            finding,
+            f"esrs-fix: SYNTHETIC {status} {reason}: made by the proxy, not sent by the server (esrs_rewrite is on).",
+        ),
+        {
+            "Content-Type": "text/plain; charset=utf-8",
+            LABEL_HEADER: f"synthetic {status}; {finding.summary}",
+        },
+    )

@@ -1,0 +1,113 @@
+"""The `esrs-fix` command: decode what engineers paste, find the addon script, run the lab."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import findings, records
+from .pasted import PasteError, parse_pasted
+
+
+def script_path() -> Path:
+    """The script for `mitmdump -s`: `esrs_fix.py` beside the package, in a checkout and in site-packages."""
+    return Path(__file__).resolve().parent.parent / "esrs_fix.py"
+
+
+def cmd_decode(args: argparse.Namespace) -> int:
+    text = " ".join(args.hex) if args.hex else sys.stdin.read()
+    try:
+        data = parse_pasted(text)
+    except PasteError as e:
+        print(f"esrs-fix decode: {e}", file=sys.stderr)
+        return 2
+    decoded = records.decode(data)
+    if args.json:
+        print(json.dumps(_decode_json(data, decoded), indent=2))
+        return 0 if isinstance(decoded, records.Records) else 1
+    print(f"{len(data)} bytes: {records.hexdump(data, 64)}")
+    if isinstance(decoded, records.NotTLS):
+        print(f"not TLS: {decoded.reason}")
+        return 1
+    if isinstance(decoded, records.NeedMore):
+        print(f"incomplete TLS record: {decoded.buffered} of {decoded.needed} bytes")
+        return 1
+    for r in decoded.records:
+        print(f"record at offset {r.offset}: {records.describe(r)}")
+        print(f"  content type  {r.content_type_name} ({r.content_type})")
+        print(f"  version       {r.version_name} (0x{r.version:04x})")
+        print(f"  length        {r.length}")
+        if (alert := r.alert) is not None:
+            print(f"  level         {alert.level_name} ({alert.level})")
+            print(f"  description   {alert.description_name} ({alert.description})")
+    if decoded.rest:
+        state = "an incomplete record" if decoded.rest_incomplete else "not TLS"
+        print(f"then {len(decoded.rest)} more bytes ({state}): {records.hexdump(decoded.rest, 32)}")
+    finding = findings.from_response_head(data)
+    if finding is not None:
+        print()
+        print(f"meaning: {finding.explanation}")
+    return 0
+
+
+def _decode_json(data: bytes, decoded: records.Decoded) -> dict:
+    if isinstance(decoded, records.Records):
+        return {
+            "verdict": "tls",
+            "bytes": len(data),
+            "records": [r.to_dict() for r in decoded.records],
+            "rest_hex": decoded.rest.hex(),
+            "rest_incomplete": decoded.rest_incomplete,
+        }
+    if isinstance(decoded, records.NeedMore):
+        return {"verdict": "need_more", "bytes": len(data), "needed": decoded.needed}
+    return {"verdict": "not_tls", "bytes": len(data), "reason": decoded.reason}
+
+
+def cmd_path(args: argparse.Namespace) -> int:
+    path = script_path()
+    if not path.is_file():
+        print(f"esrs-fix path: {path} is missing; reinstall esrs-fix", file=sys.stderr)
+        return 1
+    print(path)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="esrs-fix",
+        description="Find TLS records where HTTP was expected: decode pasted bytes, locate the mitmproxy "
+        "addon, run the lab.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = sub.add_parser(
+        "decode",
+        help="decode bytes pasted from Wireshark (hex, hex stream, \\x.. escapes, hex dump)",
+        description="Decode TLS records from pasted bytes. Reads standard input when no bytes are given. "
+        "Exit status: 0 TLS records, 1 not TLS or incomplete, 2 unreadable input.",
+    )
+    p.add_argument("hex", nargs="*", help="the bytes, e.g. 15 03 01 00 02 02 0a")
+    p.add_argument("--json", action="store_true", help="print the decode as JSON")
+    p.set_defaults(func=cmd_decode)
+    p = sub.add_parser("path", help='print the path of the addon script, for mitmdump -s "$(esrs-fix path)"')
+    p.set_defaults(func=cmd_path)
+    from .lab import cli as lab_cli
+
+    lab_cli.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        print("esrs-fix: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""A stand-in for the ESRS connectivity check (CECT / Unity NetworkCheck).
+
+It does what the check does: absolute-form `GET https://host:port/` through an HTTP proxy, PASS on HTTP 200.
+Anything else is a FAIL with what came back, decoded when it is TLS.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from dataclasses import dataclass
+
+from .. import findings, records
+from ..findings import Finding
+
+LABEL_HEADER = b"x-esrs-fix"
+
+
+@dataclass
+class Answer:
+    """What came back over one connection, parsed as far as it is HTTP."""
+
+    raw: bytes
+    status: int | None = None
+    status_line: str = ""
+    headers: dict[str, str] | None = None
+    body: bytes = b""
+    timed_out: bool = False
+    error: str = ""
+
+    @property
+    def label(self) -> str | None:
+        """The X-ESRS-Fix header: present only when esrs-fix made (or flagged) the answer."""
+        return (self.headers or {}).get(LABEL_HEADER.decode())
+
+
+def exchange(address: tuple[str, int], request: bytes, timeout: float) -> Answer:
+    """Send `request`, read one HTTP response (or raw bytes until close / timeout)."""
+    deadline = time.monotonic() + timeout
+    try:
+        sock = socket.create_connection(address, timeout=timeout)
+    except OSError as e:
+        return Answer(b"", error=f"cannot connect to {address[0]}:{address[1]}: {e.strerror or e}")
+    data = b""
+    timed_out = False
+    with sock:
+        try:
+            sock.sendall(request)
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    timed_out = True
+                    break
+                sock.settimeout(remaining)
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+                if _complete(data):
+                    break
+        except TimeoutError:
+            timed_out = True
+        except OSError as e:
+            return _parse(data, timed_out, error=f"connection error: {e.strerror or e}")
+    return _parse(data, timed_out)
+
+
+def _complete(data: bytes) -> bool:
+    head, sep, body = data.partition(b"\r\n\r\n")
+    if not sep or not data.startswith(b"HTTP/"):
+        return False
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            try:
+                return len(body) >= int(value.strip())
+            except ValueError:
+                return False
+    return False
+
+
+def _parse(data: bytes, timed_out: bool, error: str = "") -> Answer:
+    answer = Answer(data, timed_out=timed_out, error=error)
+    if not data.startswith(b"HTTP/"):
+        return answer
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    answer.status_line = lines[0].decode("latin-1")
+    parts = answer.status_line.split(" ", 2)
+    if len(parts) >= 2 and parts[1].isdigit():
+        answer.status = int(parts[1])
+    answer.headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        answer.headers[name.strip().lower().decode("latin-1")] = value.strip().decode("latin-1")
+    answer.body = body
+    return answer
+
+
+@dataclass
+class CheckResult:
+    url: str
+    passed: bool
+    answer: Answer
+    finding: Finding | None
+
+    @property
+    def saw(self) -> str:
+        """What the check saw, in one line, as an engineer would write it in a ticket."""
+        a = self.answer
+        if a.error and not a.raw:
+            return a.error
+        if a.status is not None:
+            label = f" [X-ESRS-Fix: {a.label}]" if a.label else ""
+            return f"{a.status_line}{label}"
+        if not a.raw:
+            return "no answer within the timeout" if a.timed_out else "connection closed, no bytes"
+        text = f"no HTTP status: raw bytes {records.hexdump(a.raw, 16)}"
+        if self.finding is not None:
+            text += f", decoded {self.finding.summary}"
+        return text
+
+
+def run_check(proxy: tuple[str, int], host: str, port: int, timeout: float = 10.0) -> CheckResult:
+    """One probe of the check: absolute-form `GET https://host:port/` through `proxy`."""
+    url = f"https://{host}:{port}/"
+    request = f"GET {url} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: esrs-fix-lab-check\r\n\r\n".encode()
+    answer = exchange(proxy, request, timeout)
+    finding = None
+    if answer.status is None and answer.raw:
+        finding = findings.from_response_head(answer.raw) or findings.from_incomplete_head(answer.raw)
+    return CheckResult(url, answer.status == 200, answer, finding)

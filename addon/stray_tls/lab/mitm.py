@@ -1,0 +1,97 @@
+"""Run a real mitmdump (or mitmweb) with the addon, on loopback, bounded in time, stopped by its process id."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ..cli import script_path
+
+
+class MitmError(RuntimeError):
+    """mitmdump did not come up; the message carries the tail of its log."""
+
+
+class Mitmdump:
+    """`mitmdump` with the esrs-fix script, its output in a log file.
+
+    `listeners` is how many "listening at" lines to wait for (one per `--mode`).
+    """
+
+    tool = "mitmdump"
+
+    def __init__(
+        self,
+        args: list[str],
+        log_path: Path,
+        *,
+        addon: bool = True,
+        listeners: int = 1,
+        startup_timeout: float = 30.0,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.args = args
+        self.log_path = log_path
+        self.addon = addon
+        self.listeners = listeners
+        self.startup_timeout = startup_timeout
+        self.env = env
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def command(self) -> list[str]:
+        launcher = f"from mitmproxy.tools.main import {self.tool}; {self.tool}()"
+        cmd = [sys.executable, "-c", launcher, "--listen-host", "127.0.0.1", "--set", "termlog_verbosity=info"]
+        if self.addon:
+            cmd += ["-s", str(script_path())]
+        return cmd + self.args
+
+    def start(self) -> Mitmdump:
+        env = dict(os.environ if self.env is None else self.env)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+            )
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise MitmError(f"{self.tool} exited with status {self.process.returncode}:\n{self.log_tail()}")
+            if self.log().count("listening at") >= self.listeners:
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise MitmError(f"{self.tool} did not start listening within {self.startup_timeout:.0f} s:\n{self.log_tail()}")
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log().splitlines()[-lines:])
+
+    def addon_warnings(self) -> list[str]:
+        return [line for line in self.log().splitlines() if "esrs-fix:" in line]
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """Ask it to stop (SIGINT, as Ctrl-C does), then kill it if it will not; only our own process."""
+        p = self.process
+        if p is None or p.poll() is not None:
+            return None if p is None else p.returncode
+        p.send_signal(signal.SIGINT)
+        try:
+            return p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            return p.wait(timeout=timeout)
+
+    def __enter__(self) -> Mitmdump:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

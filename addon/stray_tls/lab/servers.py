@@ -1,0 +1,356 @@
+"""Stand-ins for the field, on loopback: an ESRS-like TLS server, scripted upstreams, and the faulty proxy.
+
+They are also the test fixtures and the benchmarks' peers, so that every consumer exercises the same
+peers.  Threads, not asyncio: each server owns its listener and connections and closes all of them in
+`stop()`, which the lab and the tests call in `finally` blocks.  No server blocks longer than its `timeout`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import enum
+import ipaddress
+import socket
+import ssl
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import records
+
+ALERT_TLS10 = records.encode_alert(2, 10, 0x0301)  # 15 03 01 00 02 02 0a, as in the field report
+
+
+def make_certificate(directory: Path, common_name: str = "esrs.lab") -> tuple[Path, Path]:
+    """A throw-away self-signed certificate and key (PEM) for loopback TLS servers."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [
+                    x509.DNSName(common_name),
+                    x509.DNSName("localhost"),
+                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                ]
+            ),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "esrs-lab-cert.pem", directory / "esrs-lab-key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_path, key_path
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that was free a moment ago, for programs that must be told their port (mitmdump)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def read_head(conn: socket.socket, limit: int = 65536) -> bytes:
+    """Read up to and including the blank line that ends an HTTP head (or until close / limit)."""
+    data = b""
+    while b"\r\n\r\n" not in data and len(data) < limit:
+        chunk = conn.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+class TCPServer:
+    """A loopback listener that hands each connection to `handle` in its own daemon thread."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, timeout: float = 10.0) -> None:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.timeout = timeout
+        self._listener = socket.socket(family, socket.SOCK_STREAM)
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind((host, port))
+        self._listener.listen(128)
+        self.host = host
+        self.port: int = self._listener.getsockname()[1]
+        self._conns: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self.connections = 0
+        self._thread = threading.Thread(target=self._serve, name=f"{type(self).__name__}:{self.port}", daemon=True)
+
+    def start(self) -> TCPServer:
+        self._thread.start()
+        return self
+
+    def __enter__(self) -> TCPServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _serve(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            conn.settimeout(self.timeout)
+            with self._lock:
+                self._conns.add(conn)
+                self.connections += 1
+            threading.Thread(target=self._run, args=(conn,), daemon=True).start()
+
+    def _run(self, conn: socket.socket) -> None:
+        try:
+            self.handle(conn)
+        except (OSError, ssl.SSLError):
+            pass
+        finally:
+            self._close(conn)
+
+    def _close(self, conn: socket.socket) -> None:
+        with self._lock:
+            self._conns.discard(conn)
+        with contextlib.suppress(OSError):
+            conn.close()
+
+    def handle(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        self._stopped.set()
+        with contextlib.suppress(OSError):
+            self._listener.close()
+        with self._lock:
+            conns = list(self._conns)
+        for c in conns:
+            with contextlib.suppress(OSError):
+                c.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
+                c.close()
+        self._thread.join(timeout=2)
+
+
+class Plaintext(enum.StrEnum):
+    """What the stand-in server does with a plaintext request on its TLS port."""
+
+    ALERT = "alert"  # the record, then close (Java TLS servers, as in the field report)
+    ALERT_KEEP_OPEN = "alert-keep-open"  # the record, then nothing: the connection stays open
+    ALERT_SPLIT = "alert-split"  # the record in single-byte writes, then close
+    SILENT_CLOSE = "silent-close"  # close without a byte (OpenSSL 3)
+    RESET = "reset"  # RST
+    NGINX_400 = "nginx-400"  # nginx's HTML page
+
+
+NGINX_400_BODY = (
+    b"<html>\r\n<head><title>400 The plain HTTP request was sent to HTTPS port</title></head>\r\n<body>\r\n"
+    b"<center><h1>400 Bad Request</h1></center>\r\n<center>The plain HTTP request was sent to HTTPS port</center>\r\n"
+    b"<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
+)
+
+
+@dataclass
+class EsrsBehaviour:
+    plaintext: Plaintext = Plaintext.ALERT
+    alert: bytes = ALERT_TLS10
+    tls10_only: bool = False
+    split_delay: float = 0.01
+    keep_open_for: float = 30.0
+
+
+OK_BODY = b"ESRS stand-in: OK\n"
+
+
+class EsrsServer(TCPServer):
+    """One port of the stand-in ESRS server: TLS with `GET /` -> 200; plaintext gets `behaviour.plaintext`."""
+
+    def __init__(self, cert: tuple[Path, Path], behaviour: EsrsBehaviour | None = None, **kw: float) -> None:
+        super().__init__(**kw)  # type: ignore[arg-type]
+        self.behaviour = behaviour or EsrsBehaviour()
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(str(cert[0]), str(cert[1]))
+        if self.behaviour.tls10_only:
+            self.context.set_ciphers("DEFAULT:@SECLEVEL=0")
+            self.context.minimum_version = ssl.TLSVersion.TLSv1
+            self.context.maximum_version = ssl.TLSVersion.TLSv1
+        self.plaintext_requests = 0
+        self.tls_requests = 0
+
+    def handle(self, conn: socket.socket) -> None:
+        first = conn.recv(1, socket.MSG_PEEK)
+        if not first:
+            return
+        if first[0] == 0x16:  # a TLS ClientHello
+            with self.context.wrap_socket(conn, server_side=True) as tls_conn:
+                head = read_head(tls_conn)
+                if head:
+                    self.tls_requests += 1
+                    tls_conn.sendall(
+                        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
+                        b"Connection: close\r\n\r\n%s" % (len(OK_BODY), OK_BODY)
+                    )
+            return
+        read_head(conn)
+        self.plaintext_requests += 1
+        answer_plaintext(conn, self.behaviour)
+
+
+def answer_plaintext(conn: socket.socket, b: EsrsBehaviour) -> None:
+    """What a TLS port does with a plaintext request, by behaviour."""
+    if b.plaintext is Plaintext.ALERT:
+        conn.sendall(b.alert)
+    elif b.plaintext is Plaintext.ALERT_KEEP_OPEN:
+        conn.sendall(b.alert)
+        deadline = time.monotonic() + b.keep_open_for
+        conn.settimeout(0.2)
+        while time.monotonic() < deadline:  # hold the connection until the peer gives up
+            try:
+                if not conn.recv(4096):
+                    return
+            except TimeoutError:
+                continue
+    elif b.plaintext is Plaintext.ALERT_SPLIT:
+        for i in range(len(b.alert)):
+            conn.sendall(b.alert[i : i + 1])
+            time.sleep(b.split_delay)
+    elif b.plaintext is Plaintext.RESET:
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    elif b.plaintext is Plaintext.NGINX_400:
+        conn.sendall(
+            b"HTTP/1.1 400 Bad Request\r\nServer: nginx\r\nContent-Type: text/html\r\nContent-Length: %d\r\n"
+            b"Connection: close\r\n\r\n%s" % (len(NGINX_400_BODY), NGINX_400_BODY)
+        )
+    # SILENT_CLOSE: nothing; the caller closes.
+
+
+class ScriptedServer(TCPServer):
+    """Answers every request on a connection with `answer(request_head)`: exact bytes, for clean-traffic tests."""
+
+    def __init__(self, answer: Callable[[bytes], bytes], keep_alive: bool = True, **kw: float) -> None:
+        super().__init__(**kw)  # type: ignore[arg-type]
+        self.answer = answer
+        self.keep_alive = keep_alive
+
+    def handle(self, conn: socket.socket) -> None:
+        while True:
+            head = read_head(conn)
+            if not head:
+                return
+            conn.sendall(self.answer(head))
+            if not self.keep_alive:
+                return
+
+
+class FaultyProxy(TCPServer):
+    """The Blue Coat behaviour: `GET https://host:port/` goes out in *plaintext*, the raw answer comes back.
+
+    CONNECT works properly (as the field report says).  `well_behaved=True` makes `GET https://` go out over
+    TLS instead, as a correct proxy does.  `routes` maps a requested (host, port) to the address to dial, so
+    that the check can ask for `esrs.lab:443` while the servers listen on free loopback ports.
+    """
+
+    def __init__(
+        self,
+        routes: dict[tuple[str, int], tuple[str, int]] | None = None,
+        well_behaved: bool = False,
+        idle: float = 5.0,
+        **kw: float,
+    ) -> None:
+        super().__init__(**kw)  # type: ignore[arg-type]
+        self.routes = routes or {}
+        self.well_behaved = well_behaved
+        self.idle = idle
+
+    def _dial(self, host: str, port: int) -> socket.socket:
+        target = self.routes.get((host, port), (host, port))
+        return socket.create_connection(target, timeout=self.timeout)
+
+    def handle(self, conn: socket.socket) -> None:
+        head = read_head(conn)
+        if not head:
+            return
+        line, _, rest = head.partition(b"\r\n")
+        parts = line.split(b" ")
+        if len(parts) != 3:
+            conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            return
+        method, target, http_version = parts
+        if method == b"CONNECT":
+            host, _, port = target.decode().rpartition(":")
+            try:
+                upstream = self._dial(host.strip("[]"), int(port))
+            except OSError:
+                conn.sendall(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                return
+            with upstream:
+                conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                _pipe(conn, upstream, self.idle)
+            return
+        scheme, _, hostport_path = target.decode().partition("://")
+        hostport, _, path = hostport_path.partition("/")
+        host, _, port_text = hostport.rpartition(":")
+        if not host:
+            host, port_text = hostport, ("443" if scheme == "https" else "80")
+        request = b"%s /%s %s\r\n%s" % (method, path.encode(), http_version, rest)
+        try:
+            upstream = self._dial(host.strip("[]"), int(port_text))
+        except OSError:
+            conn.sendall(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            return
+        if scheme == "https" and self.well_behaved:
+            client_ctx = ssl.create_default_context()
+            client_ctx.check_hostname = False
+            client_ctx.verify_mode = ssl.CERT_NONE
+            upstream = client_ctx.wrap_socket(upstream, server_hostname=host)
+        with upstream:
+            upstream.sendall(request)  # in the faulty case: in clear, to a TLS port
+            _relay(upstream, conn, self.idle)
+
+
+def _relay(src: socket.socket, dst: socket.socket, idle: float) -> None:
+    """Copy src to dst as it comes, until src closes or is idle for `idle` seconds."""
+    src.settimeout(idle)
+    while True:
+        try:
+            chunk = src.recv(65536)
+        except (TimeoutError, ssl.SSLError, OSError):
+            return
+        if not chunk:
+            return
+        dst.sendall(chunk)
+
+
+def _pipe(a: socket.socket, b: socket.socket, idle: float) -> None:
+    """Relay both directions (a CONNECT tunnel) until either side closes or both are idle."""
+    t = threading.Thread(target=_relay, args=(b, a, idle), daemon=True)
+    t.start()
+    _relay(a, b, idle)
+    with contextlib.suppress(OSError):
+        b.shutdown(socket.SHUT_WR)
+    t.join(timeout=idle)
+
+
+def temporary_directory() -> tempfile.TemporaryDirectory[str]:
+    return tempfile.TemporaryDirectory(prefix="esrs-lab-")

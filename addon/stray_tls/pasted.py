@@ -1,0 +1,36 @@
+"""Turn what an engineer pastes into bytes: spaced hex, a hex stream, escaped strings, Wireshark hex dumps."""
+
+from __future__ import annotations
+
+import re
+
+# A Wireshark "Copy as Hex Dump" line: an offset, up to 16 bytes (single or double spaced), an ASCII column.
+_DUMP_LINE = re.compile(r"^\s*([0-9a-fA-F]{4,8})(?::)?\s{1,4}((?:[0-9a-fA-F]{2}(?: {1,2}|$)){1,16})")
+_SEPARATORS = re.compile(r"\\x|0x|[\s,:;.\-]", re.I)
+_HEX = re.compile(r"^[0-9a-fA-F]*$")
+
+
+class PasteError(ValueError):
+    """The pasted text is not bytes in any form we read; the message says why, in a sentence."""
+
+
+def parse_pasted(text: str) -> bytes:
+    """Read `15 03 01 00 02 02 0a`, `1503010002020a`, `\\x15\\x03...`, `0x15,0x03`, or a Wireshark hex dump."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines:
+        raise PasteError("nothing to decode: give the bytes as hex, e.g. 15 03 01 00 02 02 0a")
+    dump = [_DUMP_LINE.match(line) for line in lines]
+    if all(dump) and (len(lines) > 1 or _looks_like_offset_first(lines[0])):
+        return bytes.fromhex("".join(m.group(2).replace(" ", "") for m in dump if m))
+    compact = _SEPARATORS.sub("", text)
+    if not _HEX.match(compact):
+        bad = next(c for c in compact if c not in "0123456789abcdefABCDEF")
+        raise PasteError(f"not hex: unexpected character {bad!r}; give bytes like 15 03 01 00 02 02 0a")
+    if len(compact) % 2:
+        raise PasteError(f"odd number of hex digits ({len(compact)}): a byte needs two, e.g. 0a not a")
+    return bytes.fromhex(compact)
+
+
+def _looks_like_offset_first(line: str) -> bool:
+    """A single dump line starts with an offset of zeros (`0000`), not with data that happens to be hex."""
+    return bool(re.match(r"^\s*0{4,8}:?\s", line))
