@@ -1,0 +1,161 @@
+"""The addon through mitmproxy's own test harness (taddons, tflow): options, annotations, scope, fallbacks."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from mitmproxy import exceptions, http
+from mitmproxy.test import taddons, tflow
+
+from stray_tls import early
+from stray_tls.addon import LABEL_HEADER, MARKER, METADATA_KEY, EsrsFix
+
+FIELD_ALERT = bytes.fromhex("15 03 01 00 02 02 0a")
+SUMMARY = "TLS alert: fatal unexpected_message (10), record version TLS 1.0"
+
+
+@pytest.fixture
+def addon():
+    a = EsrsFix()
+    yield a
+    a.done()  # never leave Http1Client wrapped for the next test
+
+
+def stray_flow(addon: EsrsFix, url: str = "http://esrs.example:443/") -> http.HTTPFlow:
+    """A flow as the early detection leaves it: the synthetic 502 in place of the upstream's answer."""
+    f = tflow.tflow()
+    f.request = http.Request.make("GET", url)
+    response = addon._on_records(f.request, FIELD_ALERT)
+    assert response is not None
+    f.response = response
+    return f
+
+
+def test_options_are_validated(addon: EsrsFix) -> None:
+    with taddons.context(addon) as tctx:
+        with pytest.raises(exceptions.OptionsError, match="esrs_status"):
+            tctx.configure(addon, esrs_status=700)
+        with pytest.raises(exceptions.OptionsError, match="esrs_status"):
+            tctx.configure(addon, esrs_status=99)
+        with pytest.raises(exceptions.OptionsError, match="esrs_filter"):
+            tctx.configure(addon, esrs_filter="~d [unclosed")
+        tctx.configure(addon, esrs_status=204, esrs_filter="~d esrs")
+        assert addon.filter is not None
+        tctx.configure(addon, esrs_filter="")
+        assert addon.filter is None
+
+
+def test_stray_alert_is_annotated_and_answered_with_a_labelled_502(addon: EsrsFix, caplog) -> None:
+    caplog.set_level(logging.WARNING)
+    with taddons.context(addon):
+        f = stray_flow(addon)
+        addon.response(f)
+        assert f.response is not None and f.response.status_code == 502
+        assert f.response.headers[LABEL_HEADER] == f"detected; {SUMMARY}"
+        assert SUMMARY.encode() in f.response.content and b"15 03 01 00 02 02 0a" in f.response.content
+        assert f.marked == MARKER
+        assert f.comment == f"esrs-fix: {SUMMARY}"
+        meta = f.metadata[METADATA_KEY]
+        assert meta["kind"] == "tls_records" and meta["raw_hex"] == "1503010002020a" and meta["rewritten"] is False
+        assert meta["records"][0]["alert"]["description_name"] == "unexpected_message"
+    (line,) = [r.getMessage() for r in caplog.records if "esrs-fix" in r.getMessage()]
+    assert "http://esrs.example:443/" in line and SUMMARY in line and "not rewritten" in line
+
+
+def test_rewrite_is_off_by_default_and_scoped_by_the_filter(addon: EsrsFix) -> None:
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, esrs_rewrite=True, esrs_status=200, esrs_filter="~d esrs.example")
+        inside = stray_flow(addon, "http://esrs.example:443/")
+        outside = stray_flow(addon, "http://other.example:443/")
+        addon.response(inside)
+        addon.response(outside)
+        assert inside.response is not None and inside.response.status_code == 200
+        assert inside.response.headers[LABEL_HEADER] == f"synthetic 200; {SUMMARY}"
+        assert b"SYNTHETIC 200" in inside.response.content
+        assert inside.metadata[METADATA_KEY]["rewritten_status"] == 200
+        assert outside.response is not None and outside.response.status_code == 502
+        assert outside.metadata[METADATA_KEY]["rewritten"] is False
+        assert outside.marked == MARKER  # reported although not rewritten
+
+
+def test_clean_responses_are_untouched(addon: EsrsFix) -> None:
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, esrs_rewrite=True)
+        for status, body in [(200, b"hello"), (200, b"\x15\x03\x01 binary, not records"), (400, b"bad request"), (204, b"")]:
+            f = tflow.tflow(resp=True)
+            assert f.response is not None
+            f.response.status_code = status
+            f.response.content = body
+            before = f.response.get_state()
+            addon.response(f)
+            assert f.response.get_state() == before
+            assert not f.marked and METADATA_KEY not in f.metadata
+
+
+def test_plain_http_400_page_and_tls_body_are_reported_and_rewritable(addon: EsrsFix) -> None:
+    with taddons.context(addon) as tctx:
+        f = tflow.tflow(resp=True)
+        assert f.response is not None
+        f.response.status_code = 400
+        f.response.content = b"<center>The plain HTTP request was sent to HTTPS port</center>"
+        addon.response(f)
+        assert f.metadata[METADATA_KEY]["kind"] == "plain_http_400"
+        assert f.response.status_code == 400  # not rewritten: rewriting is off
+        tctx.configure(addon, esrs_rewrite=True, esrs_status=299)
+        g = tflow.tflow(resp=True)
+        assert g.response is not None
+        g.response.content = FIELD_ALERT
+        addon.response(g)
+        assert g.metadata[METADATA_KEY]["kind"] == "tls_in_body"
+        assert g.response.status_code == 299 and g.response.headers[LABEL_HEADER].startswith("synthetic 299;")
+
+
+def test_error_hook_fallback_recovers_the_bytes(addon: EsrsFix) -> None:
+    with taddons.context(addon):
+        f = tflow.tflow(err=True)
+        assert f.error is not None
+        f.error.msg = "Cannot parse HTTP response: Bad HTTP response line: b'\\x15\\x03\\x01\\x00\\x02\\x02'"
+        addon.error(f)
+        assert f.comment == f"esrs-fix: {SUMMARY}" and f.marked == MARKER
+        assert f.metadata[METADATA_KEY]["raw_hex"] == "1503010002020a"
+        g = tflow.tflow(err=True)
+        assert g.error is not None
+        g.error.msg = "Connection refused"
+        addon.error(g)
+        assert not g.marked
+
+
+def test_early_detection_is_installed_and_removed(addon: EsrsFix) -> None:
+    from mitmproxy.proxy.layers.http import _http1
+
+    original = _http1.Http1Client.read_headers
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, esrs_early=True)
+        assert addon.early.active and _http1.Http1Client.read_headers is not original
+        tctx.configure(addon, esrs_early=False)
+        assert not addon.early.active and _http1.Http1Client.read_headers is original
+
+
+def test_missing_internals_give_one_warning_and_public_hooks_still_work(addon: EsrsFix, monkeypatch, caplog) -> None:
+    def gone(self: object) -> None:
+        raise AttributeError("module 'mitmproxy.proxy.layers.http._http1' has no attribute 'Http1Client'")
+
+    monkeypatch.setattr(early._Internals, "__init__", gone)
+    caplog.set_level(logging.WARNING)
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, esrs_early=True)
+        assert not addon.early.active
+        warnings = [r.getMessage() for r in caplog.records if "early detection is off" in r.getMessage()]
+        assert len(warnings) == 1 and "Http1Client" in warnings[0] and "esrs_rewrite cannot apply" in warnings[0]
+        f = tflow.tflow(err=True)
+        assert f.error is not None
+        f.error.msg = "unexpected server response: b'\\x15\\x03\\x01\\x00\\x02\\x02\\n'"
+        addon.error(f)
+        assert f.metadata[METADATA_KEY]["summary"] == SUMMARY
+
+
+def test_unsupported_mitmproxy_major_keeps_early_detection_off(addon: EsrsFix, monkeypatch) -> None:
+    monkeypatch.setattr(early, "mitmproxy_major", lambda: 99)
+    assert not addon.early.install()
+    assert "not one of the tested majors" in addon.early.reason

@@ -1,0 +1,115 @@
+"""What the bytes mean: one classifier per face of plaintext reaching a TLS port."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from stray_tls import findings
+from stray_tls.findings import Confidence, Kind
+from stray_tls.lab.servers import NGINX_400_BODY
+
+FIELD_ALERT = bytes.fromhex("15 03 01 00 02 02 0a")
+SUMMARY = "TLS alert: fatal unexpected_message (10), record version TLS 1.0"
+
+
+def test_response_head_of_tls_records() -> None:
+    f = findings.from_response_head(FIELD_ALERT)
+    assert f is not None
+    assert (f.kind, f.confidence, f.summary, f.raw) == (Kind.TLS_RECORDS, Confidence.HIGH, SUMMARY, FIELD_ALERT)
+    assert "CONNECT" in f.explanation and "unexpected message" in f.explanation
+    d = f.to_dict()
+    assert d["raw_hex"] == "1503010002020a" and d["records"][0]["alert"]["description"] == 10
+
+
+def test_response_head_that_is_http_or_incomplete_is_no_finding() -> None:
+    assert findings.from_response_head(b"HTTP/1.1 200 OK\r\n\r\n") is None
+    assert findings.from_response_head(FIELD_ALERT[:4]) is None
+    f = findings.from_incomplete_head(FIELD_ALERT[:4])
+    assert f is not None and f.kind is Kind.TLS_INCOMPLETE and "4 of 5 bytes" in f.detail
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        # the upstream closed after the alert (mitmproxy 11 and 12 say the same)
+        "unexpected server response: b'\\x15\\x03\\x01\\x00\\x02\\x02\\n'",
+        # the alert was followed by a blank line: the parser took the final 0x0a as the line ending
+        "Cannot parse HTTP response: Bad HTTP response line: b'\\x15\\x03\\x01\\x00\\x02\\x02'",
+    ],
+)
+def test_error_messages_give_the_bytes_back(message: str) -> None:
+    f = findings.from_error_message(message)
+    assert f is not None
+    assert f.kind is Kind.TLS_RECORDS and f.summary == SUMMARY and f.raw == FIELD_ALERT
+
+
+def test_error_message_with_crlf_eaten() -> None:
+    # 15 03 01 00 03 02 0a 0d: a 3-byte fragment whose last two bytes were a CRLF taken by the parser
+    f = findings.from_error_message("Cannot parse HTTP response: Bad HTTP response line: b'\\x15\\x03\\x01\\x00\\x03\\x02'")
+    assert f is not None and f.raw == bytes.fromhex("15 03 01 00 03 02 0d 0a")
+
+
+def test_error_message_of_incomplete_record_and_others() -> None:
+    f = findings.from_error_message("unexpected server response: b'\\x15\\x03\\x01'")
+    assert f is not None and f.kind is Kind.TLS_INCOMPLETE
+    f = findings.from_error_message("server closed connection")
+    assert f is not None and f.kind is Kind.SILENT_CLOSE and f.confidence is Confidence.LOW and not f.rewritable
+    assert findings.from_error_message("unexpected server response: b'garbage'") is None
+    assert findings.from_error_message("Cannot parse HTTP response: Bad HTTP response line: b'FOO'") is None
+    assert findings.from_error_message("Connection refused") is None
+
+
+@given(st.text(max_size=200))
+def test_error_message_parser_never_raises(message: str) -> None:
+    findings.from_error_message(message)
+
+
+@pytest.mark.parametrize(
+    ("body", "server"),
+    [
+        (NGINX_400_BODY, "nginx"),
+        (b"Client sent an HTTP request to an HTTPS server.\n", "Go net/http"),
+        (b"<p>Reason: You're speaking plain HTTP to an SSL-enabled server port.<br />", "Apache httpd"),
+    ],
+)
+def test_plain_http_400_pages(body: bytes, server: str) -> None:
+    f = findings.from_response(400, body)
+    assert f is not None and f.kind is Kind.PLAIN_HTTP_400 and f.confidence is Confidence.HIGH
+    assert server in f.detail and f.rewritable
+    assert findings.from_response(200, body) is None
+    assert findings.from_response(400, b"<html>some other 400</html>") is None
+
+
+def test_tls_as_a_body() -> None:
+    f = findings.from_response(200, FIELD_ALERT)
+    assert f is not None and f.kind is Kind.TLS_IN_BODY and f.confidence is Confidence.MEDIUM
+    # a binary body that merely starts like TLS is nothing
+    assert findings.from_response(200, FIELD_ALERT + b"more bytes") is None
+    assert findings.from_response(200, b"\x16\x03\x01\x00\x05abc") is None
+    assert findings.from_response(200, b"") is None
+
+
+@pytest.mark.parametrize(
+    ("message", "code", "name"),
+    [
+        ("[('SSL routines', '', 'tlsv1 alert protocol version')]", 70, "protocol_version"),
+        ("[('SSL routines', '', 'sslv3 alert handshake failure')]", 40, "handshake_failure"),
+        ("[('SSL routines', '', 'tlsv1 alert unknown ca')]", 48, "unknown_ca"),
+        ("tls alert unexpected message", 10, "unexpected_message"),
+        ("[('SSL routines', '', 'tlsv1 alert decryption failed')]", 21, "decryption_failed_RESERVED"),
+    ],
+)
+def test_tls_handshake_errors_name_the_alert(message: str, code: int, name: str) -> None:
+    f = findings.from_tls_error(message)
+    assert f is not None and f.kind is Kind.TLS_HANDSHAKE_ALERT
+    assert f"alert {name} ({code})" in f.summary
+    assert f.extra["alert"]["description"] == code
+
+
+def test_tls_handshake_errors_without_an_alert() -> None:
+    f = findings.from_tls_error("[('SSL routines', '', 'wrong version number')]")
+    assert f is not None and "plain HTTP" in f.explanation
+    assert findings.from_tls_error("certificate verify failed") is None
+    assert findings.from_tls_error("alert nonsense words") is None

@@ -1,0 +1,56 @@
+"""Reading bytes as engineers paste them."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from stray_tls.pasted import PasteError, parse_pasted
+
+ALERT = bytes.fromhex("1503010002020a")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "15 03 01 00 02 02 0a",
+        "1503010002020a",
+        "15 03 01 00 02 02 0A\n",
+        "\\x15\\x03\\x01\\x00\\x02\\x02\\x0a",
+        "0x15, 0x03, 0x01, 0x00, 0x02, 0x02, 0x0a",
+        "15:03:01:00:02:02:0a",
+        # Wireshark "Copy as Hex Dump" (offset, hex, ASCII column)
+        "0000   15 03 01 00 02 02 0a                              .......",
+        "0000  15 03 01 00 02 02 0a                             .......\n",
+    ],
+)
+def test_forms_engineers_paste(text: str) -> None:
+    assert parse_pasted(text) == ALERT
+
+
+def test_multi_line_wireshark_dump_ignores_offsets_and_ascii() -> None:
+    data = bytes(range(0x41, 0x41 + 20))  # ASCII letters: the column could be mistaken for hex
+    dump = (
+        "0000   41 42 43 44 45 46 47 48 49 4a 4b 4c 4d 4e 4f 50   ABCDEFGHIJKLMNOP\n"
+        "0010   51 52 53 54                                       QRST\n"
+    )
+    assert parse_pasted(dump) == data
+    short = "0000   61 62                                             ab\n"
+    assert parse_pasted(short) == b"ab"
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [("", "nothing to decode"), ("15 03 0", "odd number"), ("hello", "not hex"), ("15 zz", "'z'")],
+)
+def test_bad_input_gets_a_sentence(text: str, words: str) -> None:
+    with pytest.raises(PasteError, match=words):
+        parse_pasted(text)
+
+
+@given(st.binary(min_size=1, max_size=100))
+def test_spaced_and_stream_forms_round_trip(data: bytes) -> None:
+    assert parse_pasted(data.hex(" ")) == data
+    assert parse_pasted(data.hex()) == data
+    assert parse_pasted("".join(f"\\x{b:02x}" for b in data)) == data
