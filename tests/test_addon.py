@@ -82,7 +82,12 @@ def test_rewrite_is_off_by_default_and_scoped_by_the_filter(addon: EsrsFix) -> N
 def test_clean_responses_are_untouched(addon: EsrsFix) -> None:
     with taddons.context(addon) as tctx:
         tctx.configure(addon, esrs_rewrite=True)
-        for status, body in [(200, b"hello"), (200, b"\x15\x03\x01 binary, not records"), (400, b"bad request"), (204, b"")]:
+        for status, body in [
+            (200, b"hello"),
+            (200, b"\x15\x03\x01 binary, not records"),
+            (400, b"bad request"),
+            (204, b""),
+        ]:
             f = tflow.tflow(resp=True)
             assert f.response is not None
             f.response.status_code = status

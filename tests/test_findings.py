@@ -47,7 +47,9 @@ def test_error_messages_give_the_bytes_back(message: str) -> None:
 
 def test_error_message_with_crlf_eaten() -> None:
     # 15 03 01 00 03 02 0a 0d: a 3-byte fragment whose last two bytes were a CRLF taken by the parser
-    f = findings.from_error_message("Cannot parse HTTP response: Bad HTTP response line: b'\\x15\\x03\\x01\\x00\\x03\\x02'")
+    f = findings.from_error_message(
+        "Cannot parse HTTP response: Bad HTTP response line: b'\\x15\\x03\\x01\\x00\\x03\\x02'"
+    )
     assert f is not None and f.raw == bytes.fromhex("15 03 01 00 03 02 0d 0a")
 
 

@@ -75,7 +75,9 @@ class EsrsFix:
 
         mitmproxy parses a script option's `--set` value only after the script has loaded, and when that
         fails it drops the value and runs on with the default.  Applying our own deferred values here, via
-        the public `options.set`, turns that into an error at load, which stops mitmdump at startup.
+        the public `options.set`, finds the bad value first.  It is logged as an error, not raised: an
+        OptionsError raised while a script registers is swallowed, whereas an error logged at startup makes
+        mitmdump (its `errorcheck` addon) exit with status 1.
         """
         options = loader.master.options
         for name in OPTION_NAMES:
@@ -87,7 +89,7 @@ class EsrsFix:
             try:
                 options.set(*(f"{name}={v}" for v in values))
             except exceptions.OptionsError as e:
-                raise exceptions.OptionsError(f"{name}: invalid value {values!r}: {e}") from None
+                log.error("esrs-fix: option %s: invalid value %s: %s", name, " ".join(map(str, values)), e)
 
     def configure(self, updated: set[str]) -> None:
         if "esrs_status" in updated:

@@ -224,6 +224,10 @@ _TLS_FAILURES: tuple[tuple[str, str], ...] = (
         "The upstream did not answer mitmproxy's TLS handshake with TLS: the port probably speaks plain HTTP.",
     ),
     (
+        "does not speak tls",
+        "The upstream did not answer mitmproxy's TLS handshake with TLS: the port probably speaks plain HTTP.",
+    ),
+    (
         "unsupported protocol",
         "The upstream offers only TLS versions that mitmproxy refuses (for instance TLS 1.0 alone).",
     ),
@@ -234,33 +238,44 @@ _TLS_FAILURES: tuple[tuple[str, str], ...] = (
 )
 
 
+#: mitmproxy rewords some OpenSSL errors (proxy/layers/tls.py); these say which alert stood behind them.
+_MITMPROXY_ALERT_PHRASES: tuple[tuple[str, int], ...] = (
+    ("cannot agree on a TLS version", 70),  # from "tlsv1 alert protocol version"
+)
+
+
+def _alert_code(message: str) -> int | None:
+    if m := _OPENSSL_ALERT.search(message):
+        code = _ALERT_CODES.get(m.group(1).lower().replace(" ", "_"))
+        if code is not None:
+            return code
+    return next((code for phrase, code in _MITMPROXY_ALERT_PHRASES if phrase in message), None)
+
+
 def from_tls_error(message: str) -> Finding | None:
     """mitmproxy's TLS handshake with the upstream failed; name the alert the way the registry does."""
-    if m := _OPENSSL_ALERT.search(message):
-        words = m.group(1).lower().replace(" ", "_")
-        code = _ALERT_CODES.get(words)
-        if code is not None:
-            name = tls.registry.ALERT_DESCRIPTIONS[code]
-            if code == 70:
-                cause = (
-                    "The upstream and mitmproxy share no TLS version (for instance a TLS-1.0-only server, which "
-                    "OpenSSL refuses by default). Enable the old version on the server, or let mitmproxy accept it "
-                    "(`--set tls_version_server_min=TLS1`), or bypass the check."
-                )
-            elif code in (40, 71):
-                cause = (
-                    "The upstream and mitmproxy agreed on no cipher suite or parameters (an old TLS stack). "
-                    "Update the server, or widen mitmproxy's ciphers (`ciphers_server`), or bypass the check."
-                )
-            else:
-                cause = "The upstream rejected mitmproxy's TLS handshake."
-            return Finding(
-                Kind.TLS_HANDSHAKE_ALERT,
-                Confidence.HIGH,
-                cause,
-                detail=f"TLS handshake with the upstream failed: alert {name} ({code}) [{message.strip()}]",
-                extra={"alert": {"description": code, "description_name": name}},
+    if (code := _alert_code(message)) is not None:
+        name = tls.registry.ALERT_DESCRIPTIONS[code]
+        if code == 70:
+            cause = (
+                "The upstream and mitmproxy share no TLS version (for instance a TLS-1.0-only server, which "
+                "OpenSSL refuses by default). Enable the old version on the server, or let mitmproxy accept it "
+                "(`--set tls_version_server_min=TLS1`), or bypass the check."
             )
+        elif code in (40, 71):
+            cause = (
+                "The upstream and mitmproxy agreed on no cipher suite or parameters (an old TLS stack). "
+                "Update the server, or widen mitmproxy's ciphers (`ciphers_server`), or bypass the check."
+            )
+        else:
+            cause = "The upstream rejected mitmproxy's TLS handshake."
+        return Finding(
+            Kind.TLS_HANDSHAKE_ALERT,
+            Confidence.HIGH,
+            cause,
+            detail=f"TLS handshake with the upstream failed: alert {name} ({code}) [{message.strip()}]",
+            extra={"alert": {"description": code, "description_name": name}},
+        )
     lowered = message.lower()
     for needle, cause in _TLS_FAILURES:
         if needle in lowered:

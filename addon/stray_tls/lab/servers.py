@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .. import records
 
@@ -186,8 +187,8 @@ OK_BODY = b"ESRS stand-in: OK\n"
 class EsrsServer(TCPServer):
     """One port of the stand-in ESRS server: TLS with `GET /` -> 200; plaintext gets `behaviour.plaintext`."""
 
-    def __init__(self, cert: tuple[Path, Path], behaviour: EsrsBehaviour | None = None, **kw: float) -> None:
-        super().__init__(**kw)  # type: ignore[arg-type]
+    def __init__(self, cert: tuple[Path, Path], behaviour: EsrsBehaviour | None = None, **kw: Any) -> None:
+        super().__init__(**kw)
         self.behaviour = behaviour or EsrsBehaviour()
         self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.context.load_cert_chain(str(cert[0]), str(cert[1]))
@@ -248,8 +249,8 @@ def answer_plaintext(conn: socket.socket, b: EsrsBehaviour) -> None:
 class ScriptedServer(TCPServer):
     """Answers every request on a connection with `answer(request_head)`: exact bytes, for clean-traffic tests."""
 
-    def __init__(self, answer: Callable[[bytes], bytes], keep_alive: bool = True, **kw: float) -> None:
-        super().__init__(**kw)  # type: ignore[arg-type]
+    def __init__(self, answer: Callable[[bytes], bytes], keep_alive: bool = True, **kw: Any) -> None:
+        super().__init__(**kw)
         self.answer = answer
         self.keep_alive = keep_alive
 
@@ -276,9 +277,9 @@ class FaultyProxy(TCPServer):
         routes: dict[tuple[str, int], tuple[str, int]] | None = None,
         well_behaved: bool = False,
         idle: float = 5.0,
-        **kw: float,
+        **kw: Any,
     ) -> None:
-        super().__init__(**kw)  # type: ignore[arg-type]
+        super().__init__(**kw)
         self.routes = routes or {}
         self.well_behaved = well_behaved
         self.idle = idle

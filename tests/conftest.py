@@ -1,0 +1,74 @@
+"""Shared fixtures: the lab's own servers and mitmdump runner, so tests and lab exercise the same peers."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from stray_tls.lab import servers
+from stray_tls.lab.mitm import Mitmdump
+
+
+@pytest.fixture(scope="session")
+def cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return servers.make_certificate(tmp_path_factory.mktemp("cert"))
+
+
+@pytest.fixture
+def start_server() -> Iterator[Callable[[servers.TCPServer], servers.TCPServer]]:
+    started: list[servers.TCPServer] = []
+
+    def start(server: servers.TCPServer) -> servers.TCPServer:
+        started.append(server)
+        return server.start()
+
+    yield start
+    for s in started:
+        s.stop()
+
+
+@pytest.fixture
+def esrs(cert, start_server) -> Callable[..., servers.EsrsServer]:
+    """An ESRS stand-in with the given plaintext behaviour, started on a free port."""
+
+    def make(plaintext: servers.Plaintext = servers.Plaintext.ALERT, **kw) -> servers.EsrsServer:
+        server = servers.EsrsServer(cert, servers.EsrsBehaviour(plaintext=plaintext, **kw))
+        start_server(server)
+        return server
+
+    return make
+
+
+@pytest.fixture
+def mitmdump(tmp_path: Path) -> Iterator[Callable[..., Mitmdump]]:
+    """Start real mitmdump processes; every one is stopped (by its own pid) at the end of the test."""
+    started: list[Mitmdump] = []
+
+    def start(args: list[str], *, addon: bool = True, listeners: int = 1) -> Mitmdump:
+        m = Mitmdump(args, tmp_path / f"mitmdump-{len(started)}.log", addon=addon, listeners=listeners)
+        started.append(m)
+        return m.start()
+
+    yield start
+    for m in started:
+        m.stop()
+
+
+def reverse_modes(targets: list[str]) -> tuple[list[str], list[int]]:
+    """`--mode reverse:TARGET@PORT` for each target on a free port: one mitmdump, many upstreams."""
+    ports = [servers.free_port() for _ in targets]
+    args: list[str] = []
+    for target, port in zip(targets, ports, strict=True):
+        args += ["--mode", f"reverse:{target}@{port}"]
+    return args, ports
+
+
+@pytest.fixture(scope="session")
+def curl() -> str:
+    path = shutil.which("curl")
+    if path is None:
+        pytest.skip("curl is not installed")
+    return path
