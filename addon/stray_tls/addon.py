@@ -13,6 +13,7 @@ from typing import Optional
 from mitmproxy import ctx, exceptions, flowfilter, http, tls
 from mitmproxy.addonmanager import Loader
 from mitmproxy.net.http import status_codes
+from mitmproxy.proxy import server_hooks
 
 from . import findings as fnd
 from . import records
@@ -54,7 +55,7 @@ class EsrsFix:
         )
         loader.add_option(
             "esrs_filter",
-            Optional[str],  # noqa: UP045 - mitmproxy's option type check knows typing.Optional
+            Optional[str],  # type: ignore[arg-type]  # noqa: UP045 - mitmproxy's option types are typing forms
             None,
             "A mitmproxy filter expression limiting which flows esrs_rewrite may rewrite; empty means all. "
             "Detection and logging apply to every flow.",
@@ -157,18 +158,13 @@ class EsrsFix:
             self._report(flow, finding, may_rewrite=False)
 
     def tls_failed_server(self, data: tls.TlsData) -> None:
-        error = data.conn.error or ""
-        finding = fnd.from_tls_error(error)
+        # Remember why; the flow's error hook, which follows, reports it once with the flow's URL.
+        finding = fnd.from_tls_error(data.conn.error or "")
         if finding is not None:
             self._tls_failures[data.conn.id] = finding
-            log.warning(
-                "esrs-fix: %s, upstream %s: %s", finding.summary, _address(data.conn.address), finding.explanation
-            )
 
-    def server_disconnected(self, data: object) -> None:
-        conn = getattr(data, "server", None)
-        if conn is not None:
-            self._tls_failures.pop(conn.id, None)
+    def server_disconnected(self, data: server_hooks.ServerConnectionHookData) -> None:
+        self._tls_failures.pop(data.server.id, None)
 
     # -- what every detection does
 
