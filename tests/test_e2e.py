@@ -195,6 +195,30 @@ def test_tls_handshake_alert_from_a_tls10_only_server_is_named(cert, start_serve
     assert any("TLS handshake with the upstream failed: alert protocol_version (70)" in line for line in lines), lines
 
 
+def test_tls_handshake_alert_is_rewritten_on_request_and_the_client_connection_lives(
+    cert, start_server, mitmdump
+) -> None:
+    old = start_server(servers.EsrsServer(cert, servers.EsrsBehaviour(tls10_only=True)))
+    faulty = start_server(servers.FaultyProxy({("esrs.lab", 443): ("127.0.0.1", old.port)}))
+    port = servers.free_port()
+    upstream = f"upstream:http://127.0.0.1:{faulty.port}"
+    m = mitmdump(["-p", str(port), "--mode", upstream, "--set", "ssl_insecure=true", "--set", "esrs_rewrite=true"])
+    with socket.create_connection(("127.0.0.1", port), timeout=PROMPT) as sock:
+        reader = sock.makefile("rb")
+        for _ in range(2):
+            sock.sendall(b"GET https://esrs.lab:443/ HTTP/1.1\r\nHost: esrs.lab:443\r\n\r\n")
+            status = reader.readline()
+            headers = {}
+            while (line := reader.readline()) not in (b"\r\n", b""):
+                name, _, value = line.decode().partition(":")
+                headers[name.strip().lower()] = value.strip()
+            body = reader.read(int(headers["content-length"]))
+            assert status == b"HTTP/1.1 200 OK\r\n"
+            assert headers["x-esrs-fix"].startswith("synthetic 200; TLS handshake with the upstream failed: alert ")
+            assert b"protocol_version (70)" in body
+    assert sum("rewritten to a synthetic 200" in line for line in m.addon_warnings()) == 2
+
+
 def test_nginx_400_page_is_recognised_and_silent_close_reported(esrs, mitmdump) -> None:
     nginx, silent = esrs(Plaintext.NGINX_400), esrs(Plaintext.SILENT_CLOSE)
     args, (p_nginx, p_silent) = reverse_modes([f"http://127.0.0.1:{nginx.port}", f"http://127.0.0.1:{silent.port}"])

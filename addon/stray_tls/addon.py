@@ -34,7 +34,9 @@ class EsrsFix:
         self.filter: flowfilter.TFilter | None = None
         # Synthetic responses made by the early detection, until their flow's response hook claims them.
         self._made: weakref.WeakKeyDictionary[http.Response, Finding] = weakref.WeakKeyDictionary()
-        self.early = EarlyDetection(self._on_records)
+        # Answers for flows that mitmproxy fails before any response exists, claimed by the early detection.
+        self._error_answers: weakref.WeakKeyDictionary[http.Request, http.Response] = weakref.WeakKeyDictionary()
+        self.early = EarlyDetection(self._on_records, self._claim_error_answer)
         # Failed TLS handshakes with an upstream, by server connection id, for the flow's error hook.
         self._tls_failures: dict[str, Finding] = {}
 
@@ -154,8 +156,14 @@ class EsrsFix:
         if flow.error is None or flow.response is not None:
             return
         finding = self._tls_failures.pop(flow.server_conn.id, None) or fnd.from_error_message(flow.error.msg)
-        if finding is not None:
-            self._report(flow, finding, may_rewrite=False)
+        if finding is None:
+            return
+        # Only the early detection's send wrapper can put an answer in place of mitmproxy's error page.
+        if self._report(flow, finding, may_rewrite=self.early.active) and flow.response is not None:
+            self._error_answers[flow.request] = flow.response
+
+    def _claim_error_answer(self, request: http.Request) -> http.Response | None:
+        return self._error_answers.pop(request, None)
 
     def tls_failed_server(self, data: tls.TlsData) -> None:
         # Remember why; the flow's error hook, which follows, reports it once with the flow's URL.
@@ -170,11 +178,12 @@ class EsrsFix:
 
     def _rewrite_allowed(self, flow: http.HTTPFlow, finding: Finding) -> bool:
         """Off by default; then only for a confident finding on a flow the filter selects."""
-        if not ctx.options.esrs_rewrite or not finding.rewritable or flow.response is None:
+        if not ctx.options.esrs_rewrite or not finding.rewritable:
             return False
         return self.filter is None or bool(self.filter(flow))
 
-    def _report(self, flow: http.HTTPFlow, finding: Finding, *, may_rewrite: bool) -> None:
+    def _report(self, flow: http.HTTPFlow, finding: Finding, *, may_rewrite: bool) -> bool:
+        """Log, mark, comment and record one detection; rewrite when allowed. True when rewritten."""
         rewritten = may_rewrite and self._rewrite_allowed(flow, finding)
         if rewritten:
             flow.response = rewritten_response(finding, ctx.options.esrs_status)
@@ -201,6 +210,7 @@ class EsrsFix:
         meta["rewritten"] = rewritten
         meta["rewritten_status"] = ctx.options.esrs_status if rewritten else None
         flow.metadata[METADATA_KEY] = meta
+        return rewritten
 
 
 def _address(address: tuple | None) -> str:

@@ -7,6 +7,10 @@ client receives).  So this module wraps `Http1Client.read_headers`, the place wh
 arrive, and reacts the moment complete TLS records are buffered: it closes the upstream connection and
 hands mitmproxy a synthetic response, which then runs through the ordinary response hooks.
 
+A second, smaller wrap covers the flows that mitmproxy fails before any response exists (the upstream's
+TLS handshake ended in an alert): when the addon has an answer ready for that request, `Http1Server.send`
+writes it to the client in place of mitmproxy's own 502, and the client connection stays usable.
+
 Every private name it needs is checked at `install()`.  If one is missing (a mitmproxy release that moved
 things), it stays off and says so once; the addon then detects through public hooks alone.
 """
@@ -29,6 +33,9 @@ SUPPORTED_MAJORS = (11, 12)
 #: Called with the request and the buffered bytes when they are complete TLS records. It returns the
 #: response to hand on, or None to leave the bytes to mitmproxy's own parser.
 OnRecords = Callable[[http.Request, bytes], "http.Response | None"]
+#: Called with the request when mitmproxy is about to answer it with its own error page; returns the
+#: response to send instead, or None for mitmproxy's error page.
+ErrorAnswer = Callable[[http.Request], "http.Response | None"]
 
 _HOLDING = "_esrs_fix_holding"  # set on an Http1Client while it waits for a record to complete
 
@@ -41,9 +48,12 @@ class _Internals:
         from mitmproxy.proxy.layers.http import _base, _events, _http1
 
         self.Http1Client: Any = _http1.Http1Client
+        self.Http1Server: Any = _http1.Http1Server
         self.original_read_headers = self.Http1Client.read_headers
+        self.original_send = self.Http1Server.send
         for name in ("mark_done", "done"):
             getattr(self.Http1Client, name)
+        self.ResponseProtocolError = _events.ResponseProtocolError
         self.ReceiveHttp = _base.ReceiveHttp
         self.ResponseHeaders = _events.ResponseHeaders
         self.ResponseData = _events.ResponseData
@@ -63,8 +73,9 @@ def mitmproxy_major() -> int:
 class EarlyDetection:
     """Installs and removes the wrapper around `Http1Client.read_headers`."""
 
-    def __init__(self, on_records: OnRecords) -> None:
+    def __init__(self, on_records: OnRecords, error_answer: ErrorAnswer) -> None:
         self.on_records = on_records
+        self.error_answer = error_answer
         self.active = False
         self.reason = ""
         self._internals: _Internals | None = None
@@ -89,12 +100,14 @@ class EarlyDetection:
             return False
         self._internals = internals
         internals.Http1Client.read_headers = self._make_wrapper(internals)
+        internals.Http1Server.send = self._make_send_wrapper(internals)
         self.active = True
         return True
 
     def uninstall(self) -> None:
         if self.active and self._internals is not None:
             self._internals.Http1Client.read_headers = self._internals.original_read_headers
+            self._internals.Http1Server.send = self._internals.original_send
         self.active = False
 
     def _make_wrapper(self, i: _Internals) -> Callable[..., Generator[Any, Any, None]]:
@@ -128,6 +141,31 @@ class EarlyDetection:
 
         read_headers.__esrs_fix__ = True  # type: ignore[attr-defined]
         return read_headers
+
+    def _make_send_wrapper(self, i: _Internals) -> Callable[..., Generator[Any, Any, None]]:
+        original = i.original_send
+        ResponseProtocolError = i.ResponseProtocolError
+        detector = self
+
+        def send(conn: Any, event: Any) -> Generator[Any, Any, None]:
+            # Only errors reach the check below; every ordinary event costs one type comparison.
+            if type(event) is ResponseProtocolError and conn.response is None and conn.request is not None:
+                try:
+                    response = detector.error_answer(conn.request)
+                except Exception as e:
+                    detector._report_failure(e)
+                    response = None
+                if response is not None:
+                    sid = event.stream_id
+                    yield from original(conn, i.ResponseHeaders(sid, response, False))
+                    if response.raw_content:
+                        yield from original(conn, i.ResponseData(sid, response.raw_content))
+                    yield from original(conn, i.ResponseEndOfMessage(sid))
+                    return
+            yield from original(conn, event)
+
+        send.__esrs_fix__ = True  # type: ignore[attr-defined]
+        return send
 
     def _on_data(self, i: _Internals, conn: Any) -> Generator[Any, Any, bool]:
         """Decide on the buffered head: True when it was answered here."""

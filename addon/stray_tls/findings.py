@@ -273,8 +273,8 @@ def from_tls_error(message: str) -> Finding | None:
             Kind.TLS_HANDSHAKE_ALERT,
             Confidence.HIGH,
             cause,
-            detail=f"TLS handshake with the upstream failed: alert {name} ({code}) [{message.strip()}]",
-            extra={"alert": {"description": code, "description_name": name}},
+            detail=f"TLS handshake with the upstream failed: alert {name} ({code})",
+            extra={"alert": {"description": code, "description_name": name}, "tls_error": message.strip()},
         )
     lowered = message.lower()
     for needle, cause in _TLS_FAILURES:

@@ -1,9 +1,173 @@
-"""`esrs-fix lab ...` subcommands."""
+"""`esrs-fix lab`: run every scenario (the default), or one component alone."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+from mitmproxy import version as mitmproxy_version
+
+from .. import records
+from . import servers
+from .check import run_check
+from .scenarios import SCENARIOS, Lab, Row, rows_as_dicts, run_scenarios
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    pass
+    lab = sub.add_parser(
+        "lab",
+        help="reproduce the failing ESRS check and its rescue on loopback (run every scenario)",
+        description="Start the stand-in ESRS server, the faulty proxy and mitmdump with esrs-fix on loopback, run "
+        "every scenario, print a table, and exit 0 only if every scenario behaved as expected. "
+        "Scenarios: " + "; ".join(f"{s.key}: {s.chain}" for s in SCENARIOS) + ".",
+    )
+    lab.add_argument("--only", metavar="KEYS", help="run only these scenarios, e.g. A,B")
+    lab.add_argument("--timeout", type=float, default=10.0, help="seconds a check waits for an answer (default 10)")
+    lab.add_argument("--json", action="store_true", help="print the results as JSON instead of the table")
+    lab.add_argument("--workdir", type=Path, help="keep certificates and mitmdump logs here (default: a temp dir)")
+    lab.set_defaults(func=cmd_lab)
+    parts = lab.add_subparsers(dest="component", metavar="COMPONENT")
+
+    p = parts.add_parser("serve-esrs", help="run the stand-in ESRS server alone until Ctrl-C")
+    p.add_argument("--port", type=int, action="append", help="listen port (repeatable; default two free ports)")
+    p.add_argument(
+        "--plaintext",
+        choices=[b.value for b in servers.Plaintext],
+        default="alert",
+        help="what plaintext requests get (default: alert, as Java TLS servers)",
+    )
+    p.add_argument("--alert-version", choices=["1.0", "1.2"], default="1.0", help="record version of the alert")
+    p.add_argument("--alert", type=int, default=10, metavar="CODE", help="alert description code (default 10)")
+    p.add_argument("--tls10-only", action="store_true", help="accept only TLS 1.0 handshakes")
+    p.set_defaults(func=cmd_serve_esrs)
+
+    p = parts.add_parser("faulty-proxy", help="run the faulty proxy alone until Ctrl-C")
+    p.add_argument("--port", type=int, default=0, help="listen port (default: a free one)")
+    p.add_argument("--well-behaved", action="store_true", help="send https:// URLs over TLS, as a correct proxy")
+    p.add_argument(
+        "--route",
+        action="append",
+        default=[],
+        metavar="HOST:PORT=IP:PORT",
+        help="dial IP:PORT when HOST:PORT is asked for (repeatable)",
+    )
+    p.set_defaults(func=cmd_faulty_proxy)
+
+    p = parts.add_parser("check", help="run the stand-in check (absolute-form GET https://) through a proxy")
+    p.add_argument("--proxy", required=True, metavar="HOST:PORT", help="the HTTP proxy to go through")
+    p.add_argument("host", help="the ESRS host name to ask for")
+    p.add_argument("--port", type=int, action="append", help="ports to check (default 443 and 8443)")
+    p.add_argument("--timeout", type=float, default=10.0)
+    p.set_defaults(func=cmd_check)
+
+
+def _progress(message: str) -> None:
+    print(f"[lab] {message}", file=sys.stderr, flush=True)
+
+
+def cmd_lab(args: argparse.Namespace) -> int:
+    keys = [k.strip().upper() for k in args.only.split(",")] if args.only else None
+    known = {s.key for s in SCENARIOS}
+    if keys and not set(keys) <= known:
+        print(f"esrs-fix lab: unknown scenario {sorted(set(keys) - known)}; known: {sorted(known)}", file=sys.stderr)
+        return 2
+    with servers.temporary_directory() as tmp:
+        workdir = args.workdir or Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        _progress(f"mitmproxy {mitmproxy_version.VERSION}, Python {sys.version.split()[0]}, work dir {workdir}")
+        with Lab(workdir, timeout=args.timeout, progress=_progress) as lab:
+            rows = run_scenarios(lab, keys)
+    if args.json:
+        print(json.dumps({"passed": all(r.ok for r in rows), "rows": rows_as_dicts(rows)}, indent=2))
+    else:
+        print(render_table(rows))
+    return 0 if rows and all(r.ok for r in rows) else 1
+
+
+def render_table(rows: list[Row]) -> str:
+    """A summary table, then each row in full: what an engineer pastes into a ticket."""
+    lines = [f"{'':2} {'scenario':8} {'check URL':25} {'verdict':24} what the check saw", "-" * 110]
+    for r in rows:
+        mark = "ok" if r.ok else "!!"
+        saw = r.saw if len(r.saw) <= 48 else r.saw[:45] + "..."
+        lines.append(f"{mark:2} {r.scenario:8} {r.url:25} {r.verdict[:24]:24} {saw}")
+    lines.append("")
+    wrap = textwrap.TextWrapper(width=110, initial_indent="    ", subsequent_indent="      ")
+    for key in dict.fromkeys(r.scenario for r in rows):
+        group = [r for r in rows if r.scenario == key]
+        lines.append(f"{key}: {group[0].title}")
+        lines.append(f"    chain:    {group[0].chain}")
+        lines.append(f"    expected: {group[0].expected}")
+        for r in group:
+            lines.extend(wrap.wrap(f"{r.url} -> {r.verdict}"))
+            lines.extend(wrap.wrap(f"saw:    {r.saw}"))
+            lines.extend(wrap.wrap(f"logged: {r.logged}"))
+        lines.append("")
+    ok = sum(r.ok for r in rows)
+    lines.append(f"{ok} of {len(rows)} checks behaved as expected" + ("" if ok == len(rows) else ": SEE ABOVE"))
+    return "\n".join(lines)
+
+
+def _wait_forever(what: str) -> int:
+    _progress(f"{what}; Ctrl-C stops it")
+    with contextlib.suppress(KeyboardInterrupt):
+        threading.Event().wait()
+    return 0
+
+
+def cmd_serve_esrs(args: argparse.Namespace) -> int:
+    version = 0x0301 if args.alert_version == "1.0" else 0x0303
+    behaviour = servers.EsrsBehaviour(
+        plaintext=servers.Plaintext(args.plaintext),
+        alert=records.encode_alert(2, args.alert, version),
+        tls10_only=args.tls10_only,
+    )
+    with servers.temporary_directory() as tmp:
+        cert = servers.make_certificate(Path(tmp))
+        started = [servers.EsrsServer(cert, behaviour, port=p).start() for p in (args.port or [0, 0])]
+        try:
+            ports = ", ".join(f"127.0.0.1:{s.port}" for s in started)
+            return _wait_forever(
+                f"stand-in ESRS server on {ports}; plaintext gets {args.plaintext} ({records.hexdump(behaviour.alert)})"
+            )
+        finally:
+            for s in started:
+                s.stop()
+
+
+def _address(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def cmd_faulty_proxy(args: argparse.Namespace) -> int:
+    try:
+        routes = {_address(a): _address(b) for a, _, b in (r.partition("=") for r in args.route)}
+    except argparse.ArgumentTypeError as e:
+        print(f"esrs-fix lab faulty-proxy: --route: {e}", file=sys.stderr)
+        return 2
+    proxy = servers.FaultyProxy(routes, well_behaved=args.well_behaved, port=args.port).start()
+    try:
+        kind = "well-behaved" if args.well_behaved else "faulty (plaintext for https:// URLs)"
+        return _wait_forever(f"{kind} proxy on 127.0.0.1:{proxy.port}")
+    finally:
+        proxy.stop()
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    try:
+        proxy = _address(args.proxy)
+    except argparse.ArgumentTypeError as e:
+        print(f"esrs-fix lab check: --proxy: {e}", file=sys.stderr)
+        return 2
+    results = [run_check(proxy, args.host, p, args.timeout) for p in (args.port or [443, 8443])]
+    for r in results:
+        print(f"{'PASS' if r.passed else 'FAIL'} {r.url}: {r.saw}")
+    return 0 if all(r.passed for r in results) else 1
