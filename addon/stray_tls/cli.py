@@ -75,6 +75,44 @@ def cmd_path(args: argparse.Namespace) -> int:
     return 0
 
 
+def _hostport(text: str) -> tuple[str, int]:
+    """`http://proxy:3128`, `proxy:3128` or `[::1]:3128` -> (host, port)."""
+    rest = text.split("://", 1)[-1].rstrip("/")
+    host, sep, port = rest.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ValueError(f"expected http://HOST:PORT, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from . import diagnose
+
+    try:
+        proxy = _hostport(args.proxy)
+    except ValueError as e:
+        print(f"esrs-fix check: --proxy: {e}", file=sys.stderr)
+        return 2
+    if args.timeout <= 0:
+        print("esrs-fix check: --timeout must be positive", file=sys.stderr)
+        return 2
+    ports = args.port or [443, 8443]
+    results = []
+    for port in ports:
+        if not args.json:
+            print(f"checking https://{args.host}:{port}/ through {proxy[0]}:{proxy[1]} ...", file=sys.stderr)
+        results.append(diagnose.check_port(proxy, args.host, port, args.timeout, direct=args.direct))
+    outcome = diagnose.overall(results)
+    if args.json:
+        print(json.dumps({"outcome": outcome.name.lower(), "ports": [r.to_dict() for r in results]}, indent=2))
+        return int(outcome)
+    for r in results:
+        print(f"https://{r.host}:{r.port}/: {r.outcome.name}")
+        for p in r.probes:
+            print(f"  {p.name:28} {p.what}")
+        print(f"  verdict: {r.verdict}")
+    return int(outcome)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="esrs-fix",
@@ -91,6 +129,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("hex", nargs="*", help="the bytes, e.g. 15 03 01 00 02 02 0a")
     p.add_argument("--json", action="store_true", help="print the decode as JSON")
     p.set_defaults(func=cmd_decode)
+    p = sub.add_parser(
+        "check",
+        help="diagnose a proxy from the customer's side: what the ESRS check does, plus probes",
+        description="Send what the ESRS check sends (absolute-form GET https://HOST:PORT/) through the proxy, then "
+        "CONNECT+TLS and CONNECT+plaintext probes, and say which hop is at fault. Exit status: 0 the check would "
+        "pass, 1 it would fail, 2 bad arguments, 3 could not test (the proxy is unreachable).",
+    )
+    p.add_argument("--proxy", required=True, metavar="http://HOST:PORT", help="the customer's HTTP proxy")
+    p.add_argument("host", help="the ESRS host name")
+    p.add_argument("--port", type=int, action="append", help="ports to check (repeatable; default 443 and 8443)")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds each probe may take (default 10)")
+    p.add_argument("--direct", action="store_true", help="also try TLS straight to the host, without the proxy")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_check)
     p = sub.add_parser("path", help='print the path of the addon script, for mitmdump -s "$(esrs-fix path)"')
     p.set_defaults(func=cmd_path)
     from .lab import cli as lab_cli

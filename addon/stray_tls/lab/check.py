@@ -35,33 +35,41 @@ class Answer:
 
 
 def exchange(address: tuple[str, int], request: bytes, timeout: float) -> Answer:
-    """Send `request`, read one HTTP response (or raw bytes until close / timeout)."""
+    """Connect, send `request`, read one HTTP response (or raw bytes until close / timeout)."""
     deadline = time.monotonic() + timeout
     try:
         sock = socket.create_connection(address, timeout=timeout)
     except OSError as e:
         return Answer(b"", error=f"cannot connect to {address[0]}:{address[1]}: {e.strerror or e}")
+    with sock:
+        return send_and_read(sock, request, deadline)
+
+
+def send_and_read(sock: socket.socket, request: bytes, deadline: float, *, head_only: bool = False) -> Answer:
+    """Send `request` on a connected socket (plain or TLS) and read one answer before `deadline`.
+
+    `head_only` stops at the end of the head (a CONNECT answer, after which the tunnel begins).
+    """
     data = b""
     timed_out = False
-    with sock:
-        try:
-            sock.sendall(request)
-            while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    timed_out = True
-                    break
-                sock.settimeout(remaining)
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-                if _complete(data):
-                    break
-        except TimeoutError:
-            timed_out = True
-        except OSError as e:
-            return _parse(data, timed_out, error=f"connection error: {e.strerror or e}")
+    try:
+        sock.sendall(request)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                timed_out = True
+                break
+            sock.settimeout(remaining)
+            chunk = sock.recv(1 if head_only else 65536)  # a CONNECT answer must not eat tunnel bytes
+            if not chunk:
+                break
+            data += chunk
+            if (head_only and data.endswith(b"\r\n\r\n")) or (not head_only and _complete(data)):
+                break
+    except TimeoutError:
+        timed_out = True
+    except OSError as e:
+        return _parse(data, timed_out, error=f"connection error: {e.strerror or e}")
     return _parse(data, timed_out)
 
 
