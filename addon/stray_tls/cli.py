@@ -113,6 +113,54 @@ def cmd_check(args: argparse.Namespace) -> int:
     return int(outcome)
 
 
+def cmd_pcap(args: argparse.Namespace) -> int:
+    try:
+        from . import capture
+    except ImportError:  # pragma: no cover - dpkt is an optional extra
+        print("esrs-fix pcap: needs dpkt: pip install 'esrs-fix[pcap]'", file=sys.stderr)
+        return 2
+
+    def progress(packets: int, offset: int) -> None:
+        print(f"esrs-fix pcap: {packets} packets, {offset / 1e6:.0f} MB read ...", file=sys.stderr, flush=True)
+
+    try:
+        result = capture.scan(args.file, on_progress=None if args.json else progress)
+    except ModuleNotFoundError:
+        print("esrs-fix pcap: needs dpkt: pip install 'esrs-fix[pcap]'", file=sys.stderr)
+        return 2
+    except capture.CaptureError as e:
+        print(f"esrs-fix pcap: {args.file}: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "file": str(args.file),
+                    "packets": result.packets,
+                    "tcp_streams": result.tcp_streams,
+                    "http_requests": result.requests,
+                    "damaged": result.damaged or None,
+                    "exchanges": [e.to_dict() for e in result.exchanges],
+                },
+                indent=2,
+            )
+        )
+    else:
+        for ex in result.exchanges:
+            print(f"{ex.to_dict()['time']}  {ex.client} -> {ex.server}  {ex.request_line!r}")
+            print(f"    {ex.finding.summary}  [{ex.finding.kind}, confidence {ex.finding.confidence}]")
+            if ex.finding.raw:
+                print(f"    raw: {records.hexdump(ex.finding.raw, 32)}")
+        print(
+            f"{result.packets} packets, {result.tcp_streams} TCP streams, {result.requests} HTTP requests, "
+            f"{len(result.exchanges)} answered by TLS or a plain-HTTP-to-HTTPS complaint"
+        )
+    if result.damaged:
+        print(f"esrs-fix pcap: {args.file}: {result.damaged}; the streams read so far are reported", file=sys.stderr)
+        return 3
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="esrs-fix",
@@ -143,6 +191,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--direct", action="store_true", help="also try TLS straight to the host, without the proxy")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_check)
+    p = sub.add_parser(
+        "pcap",
+        help="find HTTP requests answered by TLS records in a pcap/pcapng capture",
+        description="Scan a capture (pcap or pcapng; streamed, so size does not matter) for HTTP requests answered by "
+        "TLS records instead of HTTP, by a silent close, or by a 'plain HTTP sent to HTTPS port' page. Exit status: "
+        "0 read completely, 2 not readable as a capture, 3 truncated or corrupt (what was read is reported).",
+    )
+    p.add_argument("file", type=Path, help="the capture file")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_pcap)
     p = sub.add_parser("path", help='print the path of the addon script, for mitmdump -s "$(esrs-fix path)"')
     p.set_defaults(func=cmd_path)
     from .lab import cli as lab_cli
