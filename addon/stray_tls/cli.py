@@ -149,7 +149,7 @@ def cmd_pcap(args: argparse.Namespace) -> int:
         for ex in result.exchanges:
             print(f"{ex.to_dict()['time']}  {ex.client} -> {ex.server}  {ex.request_line!r}")
             print(f"    {ex.finding.summary}  [{ex.finding.kind}, confidence {ex.finding.confidence}]")
-            if ex.finding.raw:
+            if ex.finding.raw and ex.finding.kind is not findings.Kind.PLAIN_HTTP_400:
                 print(f"    raw: {records.hexdump(ex.finding.raw, 32)}")
         print(
             f"{result.packets} packets, {result.tcp_streams} TCP streams, {result.requests} HTTP requests, "
