@@ -26,7 +26,7 @@ def stray_flow(addon: EsrsFix, url: str = "http://esrs.example:443/") -> http.HT
     """A flow as the early detection leaves it: the synthetic 502 in place of the upstream's answer."""
     f = tflow.tflow()
     f.request = http.Request.make("GET", url)
-    response = addon._on_records(f.request, FIELD_ALERT)
+    response = addon._on_records(f.request, FIELD_ALERT, True)
     assert response is not None
     f.response = response
     return f

@@ -90,6 +90,18 @@ def test_client_connection_stays_usable_after_a_rewrite(esrs, mitmdump) -> None:
     assert upstream.plaintext_requests == 3  # each request reached the upstream on a fresh connection
 
 
+def test_a_record_that_never_completes_is_answered_after_the_hold_timeout(esrs, mitmdump) -> None:
+    stalled = esrs(Plaintext.ALERT_KEEP_OPEN, alert=b"\x15\x03\x01")  # three bytes, then silence
+    args, (port,) = reverse_modes([f"http://127.0.0.1:{stalled.port}"])
+    m = mitmdump([*args, "--set", "esrs_hold_timeout=1"])
+    response, body = get(port)  # the server holds for 30 s and mitmproxy would wait 600 s: an answer ends the hold
+    assert response.status == 502
+    assert response.headers["X-ESRS-Fix"] == "detected; incomplete TLS record: 15 03 01 (3 of 5 bytes)"
+    assert b"never completed" in body
+    (line,) = m.addon_warnings()
+    assert "[tls_incomplete, confidence medium; not rewritten]" in line
+
+
 # -- clean traffic: byte-identical with and without the addon
 
 CLEAN_ANSWERS: dict[bytes, bytes] = {
@@ -101,6 +113,7 @@ CLEAN_ANSWERS: dict[bytes, bytes] = {
     b"/not-modified": b'HTTP/1.1 304 Not Modified\r\nETag: "x"\r\n\r\n',
     b"/bad-request": b"HTTP/1.1 400 Bad Request\r\nContent-Length: 11\r\n\r\nbad request",
 }
+FORGED_LABEL = b"HTTP/1.1 200 OK\r\nX-ESRS-Fix: synthetic 200; forged\r\nContent-Length: 2\r\n\r\nok"
 
 
 def clean_answer(head: bytes) -> bytes:
@@ -126,6 +139,18 @@ def test_clean_traffic_is_byte_identical_with_and_without_the_addon(start_server
     b = exchange(("127.0.0.1", with_addon), b"HEAD /length HTTP/1.1\r\nHost: o\r\nConnection: close\r\n\r\n", PROMPT)
     assert a.raw == b.raw and a.status == 200
     assert m.addon_warnings() == []
+
+
+def test_an_upstream_label_is_renamed_and_flagged(start_server, mitmdump) -> None:
+    origin = start_server(servers.ScriptedServer(lambda head: FORGED_LABEL))
+    args, (port,) = reverse_modes([f"http://127.0.0.1:{origin.port}"])
+    m = mitmdump([*args, "--set", "stream_large_bodies=1"])  # streamed: the rename must happen at the head
+    answer = exchange(("127.0.0.1", port), b"GET / HTTP/1.1\r\nHost: o\r\n\r\n", PROMPT)
+    assert answer.status == 200 and answer.body == b"ok"
+    assert answer.label is None
+    assert (answer.headers or {})["x-esrs-fix-upstream"] == "synthetic 200; forged"
+    (line,) = m.addon_warnings()
+    assert "the upstream sent its own X-ESRS-Fix header" in line
 
 
 def test_keep_alive_clean_requests_through_the_addon(start_server, mitmdump) -> None:
@@ -248,6 +273,7 @@ def test_public_hooks_only_when_early_detection_is_off(esrs, mitmdump) -> None:
         ("esrs_status=700", "esrs_status"),
         ("esrs_rewrite=maybe", "esrs_rewrite"),
         ("esrs_filter=~d [", "esrs_filter"),
+        ("esrs_hold_timeout=0", "esrs_hold_timeout"),
     ],
 )
 def test_a_bad_option_stops_mitmdump_naming_the_option(tmp_path, setting: str, words: str) -> None:

@@ -24,9 +24,11 @@ log = logging.getLogger("esrs_fix")
 
 #: The header that labels every answer this addon makes up.
 LABEL_HEADER = "X-ESRS-Fix"
+#: Where an upstream's own X-ESRS-Fix header goes, so that only the addon's answers carry the label.
+UPSTREAM_LABEL_HEADER = "X-ESRS-Fix-Upstream"
 MARKER = ":warning:"
 METADATA_KEY = "esrs_fix"
-OPTION_NAMES = ("esrs_rewrite", "esrs_status", "esrs_filter", "esrs_early")
+OPTION_NAMES = ("esrs_rewrite", "esrs_status", "esrs_filter", "esrs_early", "esrs_hold_timeout")
 
 
 class EsrsFix:
@@ -70,6 +72,13 @@ class EsrsFix:
             "the upstream keeps its connection open. Off: public hooks only (the client then gets mitmproxy's "
             "own 502, or waits for the idle timeout).",
         )
+        loader.add_option(
+            "esrs_hold_timeout",
+            int,  # whole seconds: mitmproxy's --set cannot parse a float option
+            5,
+            "Seconds to wait for a TLS record that has begun (in the upstream's answer) to complete. Then the client "
+            "is answered with what arrived, labelled incomplete. Needs esrs_early.",
+        )
         self._apply_deferred(loader)
 
     @staticmethod
@@ -99,6 +108,11 @@ class EsrsFix:
             status = ctx.options.esrs_status
             if not 100 <= status <= 599:
                 raise exceptions.OptionsError(f"esrs_status: {status} is not an HTTP status code (100-599)")
+        if "esrs_hold_timeout" in updated:
+            hold = ctx.options.esrs_hold_timeout
+            if not 1 <= hold <= 3600:
+                raise exceptions.OptionsError(f"esrs_hold_timeout: {hold} is not a number of seconds from 1 to 3600")
+            self.early.hold_timeout = hold
         if "esrs_filter" in updated:
             expr = ctx.options.esrs_filter
             if expr:
@@ -125,13 +139,32 @@ class EsrsFix:
 
     # -- early path: the upstream's answer began with complete TLS records
 
-    def _on_records(self, request: http.Request, head: bytes) -> http.Response | None:
-        finding = fnd.from_response_head(head)
+    def _on_records(self, request: http.Request, head: bytes, complete: bool) -> http.Response | None:
+        finding = fnd.from_response_head(head) if complete else fnd.from_incomplete_head(head)
         if finding is None:
             return None
         response = error_response(finding)
         self._made[response] = finding
         return response
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        # Only the addon may label an answer: an upstream's own X-ESRS-Fix is renamed before the client sees it
+        # (here, not in `response`, so that streamed bodies are covered too).
+        response = flow.response
+        assert response
+        if LABEL_HEADER in response.headers and response not in self._made:
+            values = response.headers.get_all(LABEL_HEADER)
+            del response.headers[LABEL_HEADER]
+            response.headers.set_all(UPSTREAM_LABEL_HEADER, values)
+            flow.metadata[f"{METADATA_KEY}_upstream_label"] = values
+            log.warning(
+                "esrs-fix: %s: the upstream sent its own %s header %r; renamed to %s so that it is not taken for "
+                "this addon's label",
+                flow.request.pretty_url,
+                LABEL_HEADER,
+                values,
+                UPSTREAM_LABEL_HEADER,
+            )
 
     def response(self, flow: http.HTTPFlow) -> None:
         assert flow.response
@@ -237,7 +270,7 @@ def error_response(finding: Finding) -> http.Response:
     """The default answer: a 502 that says what came back instead of HTTP."""
     return http.Response.make(
         502,
-        _body(finding, "esrs-fix: the upstream answered with TLS records instead of HTTP (502 from the proxy)."),
+        _body(finding, "esrs-fix: the upstream did not answer with HTTP (502 from the proxy, not from the server)."),
         {
             "Content-Type": "text/plain; charset=utf-8",
             LABEL_HEADER: f"detected; {finding.summary}",

@@ -30,14 +30,16 @@ log = logging.getLogger(__name__)
 #: mitmproxy majors whose internals this module was written against and tested with.
 SUPPORTED_MAJORS = (11, 12)
 
-#: Called with the request and the buffered bytes when they are complete TLS records. It returns the
-#: response to hand on, or None to leave the bytes to mitmproxy's own parser.
-OnRecords = Callable[[http.Request, bytes], "http.Response | None"]
+#: Called with the request, the buffered bytes and whether they are complete TLS records (False: a record
+#: began but did not complete within the hold time). Returns the response to hand on, or None to leave the
+#: bytes to mitmproxy's own parser.
+OnRecords = Callable[[http.Request, bytes, bool], "http.Response | None"]
 #: Called with the request when mitmproxy is about to answer it with its own error page; returns the
 #: response to send instead, or None for mitmproxy's error page.
 ErrorAnswer = Callable[[http.Request], "http.Response | None"]
 
 _HOLDING = "_esrs_fix_holding"  # set on an Http1Client while it waits for a record to complete
+_WAKEUP = "_esrs_fix_wakeup"  # the RequestWakeup that bounds that wait
 
 
 class _Internals:
@@ -59,7 +61,9 @@ class _Internals:
         self.ResponseData = _events.ResponseData
         self.ResponseEndOfMessage = _events.ResponseEndOfMessage
         self.CloseConnection = commands.CloseConnection
+        self.RequestWakeup = commands.RequestWakeup
         self.DataReceived = events.DataReceived
+        self.Wakeup = events.Wakeup
         self.ConnectionClosed = events.ConnectionClosed
 
 
@@ -76,6 +80,8 @@ class EarlyDetection:
     def __init__(self, on_records: OnRecords, error_answer: ErrorAnswer) -> None:
         self.on_records = on_records
         self.error_answer = error_answer
+        #: Seconds to wait for a record that has begun to complete before answering with what arrived.
+        self.hold_timeout = 5.0
         self.active = False
         self.reason = ""
         self._internals: _Internals | None = None
@@ -113,6 +119,7 @@ class EarlyDetection:
     def _make_wrapper(self, i: _Internals) -> Callable[..., Generator[Any, Any, None]]:
         original = i.original_read_headers
         DataReceived = i.DataReceived
+        Wakeup = i.Wakeup
         could_start_tls = tls.could_start_tls
         detector = self
 
@@ -135,6 +142,14 @@ class EarlyDetection:
                     return
                 if getattr(conn, _HOLDING, False):
                     return  # a record has begun: wait for it rather than let the HTTP parser guess
+            elif type(event) is Wakeup:
+                # Only this wrapper asks for wakeups here; stock read_headers would reject the event.
+                if getattr(conn, _HOLDING, False) and event.command is getattr(conn, _WAKEUP, None):
+                    try:
+                        yield from detector._answer(i, conn, complete=False)
+                    except Exception as e:
+                        detector._report_failure(e)
+                return
             elif getattr(conn, _HOLDING, False):
                 setattr(conn, _HOLDING, False)  # closed mid-record: stock handling reports the bytes
             return (yield from original(conn, event))
@@ -169,15 +184,23 @@ class EarlyDetection:
 
     def _on_data(self, i: _Internals, conn: Any) -> Generator[Any, Any, bool]:
         """Decide on the buffered head: True when it was answered here."""
-        head = bytes(conn.buf)
-        decoded = tls.decode(head)
+        decoded = tls.decode(bytes(conn.buf))
         if isinstance(decoded, tls.NeedMore):
-            setattr(conn, _HOLDING, True)
+            if not getattr(conn, _HOLDING, False):
+                setattr(conn, _HOLDING, True)
+                wakeup = i.RequestWakeup(self.hold_timeout)
+                setattr(conn, _WAKEUP, wakeup)
+                yield wakeup
             return False
         setattr(conn, _HOLDING, False)
         if isinstance(decoded, tls.NotTLS):
             return False
-        response = self.on_records(conn.request, head)
+        return (yield from self._answer(i, conn, complete=True))
+
+    def _answer(self, i: _Internals, conn: Any, complete: bool) -> Generator[Any, Any, bool]:
+        """Hand mitmproxy the addon's response in place of the upstream's, and close the upstream."""
+        setattr(conn, _HOLDING, False)
+        response = self.on_records(conn.request, bytes(conn.buf), complete)
         if response is None:
             return False
         conn.buf.maybe_extract_at_most(len(conn.buf))
