@@ -5,20 +5,24 @@ It speaks mitmproxy's public API only; the one use of internals lives in `early.
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import json
 import logging
 import weakref
 from collections.abc import Sequence
-from typing import Optional
+from typing import Optional, TextIO
 
-from mitmproxy import ctx, exceptions, flowfilter, http, tls
+from mitmproxy import command, ctx, exceptions, flowfilter, http, tls
 from mitmproxy.addonmanager import Loader
 from mitmproxy.net.http import status_codes
 from mitmproxy.proxy import server_hooks
 
+from . import contentview, records, text
 from . import findings as fnd
-from . import records
 from .early import EarlyDetection
 from .findings import Finding
+from .pasted import PasteError, parse_pasted
 
 log = logging.getLogger("esrs_fix")
 
@@ -28,7 +32,7 @@ LABEL_HEADER = "X-ESRS-Fix"
 UPSTREAM_LABEL_HEADER = "X-ESRS-Fix-Upstream"
 MARKER = ":warning:"
 METADATA_KEY = "esrs_fix"
-OPTION_NAMES = ("esrs_rewrite", "esrs_status", "esrs_filter", "esrs_early", "esrs_hold_timeout")
+OPTION_NAMES = ("esrs_rewrite", "esrs_status", "esrs_filter", "esrs_early", "esrs_hold_timeout", "esrs_report")
 
 
 class EsrsFix:
@@ -41,6 +45,8 @@ class EsrsFix:
         self.early = EarlyDetection(self._on_records, self._claim_error_answer)
         # Failed TLS handshakes with an upstream, by server connection id, for the flow's error hook.
         self._tls_failures: dict[str, Finding] = {}
+        self.report: ReportWriter | None = None
+        self._view: object = None
 
     def load(self, loader: Loader) -> None:
         loader.add_option(
@@ -79,7 +85,14 @@ class EsrsFix:
             "Seconds to wait for a TLS record that has begun (in the upstream's answer) to complete. Then the client "
             "is answered with what arrived, labelled incomplete. Needs esrs_early.",
         )
+        loader.add_option(
+            "esrs_report",
+            str,
+            "",
+            "Append one JSON object per detection to this file (JSON Lines, flushed as written); empty: off.",
+        )
         self._apply_deferred(loader)
+        self._view = contentview.register()
 
     @staticmethod
     def _apply_deferred(loader: Loader) -> None:
@@ -119,9 +132,15 @@ class EsrsFix:
                 try:
                     self.filter = flowfilter.parse(expr)
                 except ValueError as e:
-                    raise exceptions.OptionsError(f"esrs_filter: invalid filter expression {expr!r}: {e}") from e
+                    raise exceptions.OptionsError(f"esrs_filter: invalid filter expression {expr!r}: {e}") from None
             else:
                 self.filter = None
+        if "esrs_report" in updated:
+            if self.report is not None:
+                self.report.close()
+                self.report = None
+            if ctx.options.esrs_report:
+                self.report = ReportWriter.open(ctx.options.esrs_report)
         if "esrs_early" in updated:
             if ctx.options.esrs_early:
                 if not self.early.install():
@@ -136,6 +155,18 @@ class EsrsFix:
 
     def done(self) -> None:
         self.early.uninstall()
+        contentview.unregister(self._view)
+        if self.report is not None:
+            self.report.close()
+
+    @command.command("esrs.decode")
+    def decode(self, *hexbytes: str) -> str:
+        """Decode TLS records from hex, e.g. `esrs.decode 15 03 01 00 02 02 0a` (as `esrs-fix decode`)."""
+        try:
+            data = parse_pasted(" ".join(hexbytes))
+        except PasteError as e:
+            raise exceptions.CommandError(str(e)) from e
+        return text.decode_text(data)[0]
 
     # -- early path: the upstream's answer began with complete TLS records
 
@@ -243,6 +274,16 @@ class EsrsFix:
         meta["rewritten"] = rewritten
         meta["rewritten_status"] = ctx.options.esrs_status if rewritten else None
         flow.metadata[METADATA_KEY] = meta
+        if self.report is not None:
+            self.report.write(
+                {
+                    "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds"),
+                    "client": _address(flow.client_conn.peername),
+                    "method": flow.request.method,
+                    "url": flow.request.pretty_url,
+                    **meta,
+                }
+            )
         return rewritten
 
 
@@ -292,3 +333,38 @@ def rewritten_response(finding: Finding, status: int) -> http.Response:
             LABEL_HEADER: f"synthetic {status}; {finding.summary}",
         },
     )
+
+
+class ReportWriter:
+    """The `esrs_report` file: JSON Lines, each line flushed at once so that a killed proxy leaves whole lines."""
+
+    def __init__(self, path: str, file: TextIO) -> None:
+        self.path = path
+        self._file = file
+        self._failing = False
+
+    @classmethod
+    def open(cls, path: str) -> ReportWriter:
+        try:
+            return cls(path, open(path, "a", encoding="utf-8"))
+        except OSError as e:
+            raise exceptions.OptionsError(
+                f"esrs_report: cannot open {path!r} for appending: {e.strerror or e}"
+            ) from None
+
+    def write(self, entry: dict[str, object]) -> None:
+        try:
+            self._file.write(json.dumps(entry, ensure_ascii=False) + "\n")
+            self._file.flush()
+        except (OSError, ValueError) as e:  # the disk filled up, the file went away: the proxy goes on
+            if not self._failing:
+                log.error("esrs-fix: cannot write the report %s (%s); detections are still logged", self.path, e)
+            self._failing = True
+        else:
+            if self._failing:
+                log.warning("esrs-fix: writing the report %s works again", self.path)
+            self._failing = False
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._file.close()

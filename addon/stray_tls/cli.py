@@ -1,4 +1,4 @@
-"""The `esrs-fix` command: decode what engineers paste, find the addon script, run the lab."""
+"""The `esrs-fix` command: decode pasted bytes, diagnose a proxy, read a capture, find the addon script, run the lab."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from . import findings, records
+from . import findings, records, text
 from .pasted import PasteError, parse_pasted
 
 
@@ -17,9 +17,9 @@ def script_path() -> Path:
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
-    text = " ".join(args.hex) if args.hex else sys.stdin.read()
+    pasted = " ".join(args.hex) if args.hex else sys.stdin.read()
     try:
-        data = parse_pasted(text)
+        data = parse_pasted(pasted)
     except PasteError as e:
         print(f"esrs-fix decode: {e}", file=sys.stderr)
         return 2
@@ -27,29 +27,9 @@ def cmd_decode(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(_decode_json(data, decoded), indent=2))
         return 0 if isinstance(decoded, records.Records) else 1
-    print(f"{len(data)} bytes: {records.hexdump(data, 64)}")
-    if isinstance(decoded, records.NotTLS):
-        print(f"not TLS: {decoded.reason}")
-        return 1
-    if isinstance(decoded, records.NeedMore):
-        print(f"incomplete TLS record: {decoded.buffered} of {decoded.needed} bytes")
-        return 1
-    for r in decoded.records:
-        print(f"record at offset {r.offset}: {records.describe(r)}")
-        print(f"  content type  {r.content_type_name} ({r.content_type})")
-        print(f"  version       {r.version_name} (0x{r.version:04x})")
-        print(f"  length        {r.length}")
-        if (alert := r.alert) is not None:
-            print(f"  level         {alert.level_name} ({alert.level})")
-            print(f"  description   {alert.description_name} ({alert.description})")
-    if decoded.rest:
-        state = "an incomplete record" if decoded.rest_incomplete else "not TLS"
-        print(f"then {len(decoded.rest)} more bytes ({state}): {records.hexdump(decoded.rest, 32)}")
-    finding = findings.from_response_head(data)
-    if finding is not None:
-        print()
-        print(f"meaning: {finding.explanation}")
-    return 0
+    rendered, is_tls = text.decode_text(data)
+    print(rendered)
+    return 0 if is_tls else 1
 
 
 def _decode_json(data: bytes, decoded: records.Decoded) -> dict:

@@ -1,0 +1,181 @@
+"""What engineers look at: the "TLS records" content view, the esrs.decode command, the report, saved flows."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+from mitmproxy import contentviews, http, io
+from mitmproxy.test import taddons, tflow
+
+from stray_tls import contentview
+from stray_tls.addon import METADATA_KEY, EsrsFix
+from stray_tls.lab.check import exchange
+from stray_tls.lab.servers import Plaintext
+
+from .conftest import reverse_modes
+
+FIELD_ALERT = bytes.fromhex("15 03 01 00 02 02 0a")
+SUMMARY = "TLS alert: fatal unexpected_message (10), record version TLS 1.0"
+
+
+@pytest.fixture
+def addon():
+    a = EsrsFix()
+    yield a
+    a.done()
+
+
+def auto_view(flow: http.HTTPFlow, message: http.Message) -> tuple[str, str]:
+    """(view name, text) as mitmproxy's automatic view selection renders the message, on 11 and 12."""
+    if hasattr(contentviews, "prettify_message"):  # 12
+        result = contentviews.prettify_message(message, flow)
+        return result.view_name or "", result.text
+    description, lines, _ = contentviews.get_message_content_view("auto", message, flow)  # 11
+    return description, "\n".join("".join(t for _, t in line) for line in lines)
+
+
+def response_flow(body: bytes, content_type: str = "application/octet-stream") -> http.HTTPFlow:
+    f = tflow.tflow(resp=True)
+    assert f.response is not None
+    f.response.headers["content-type"] = content_type
+    f.response.content = body
+    return f
+
+
+def test_view_wins_for_tls_bodies_and_stays_out_of_the_way_otherwise(addon: EsrsFix) -> None:
+    with taddons.context(addon):
+        f = response_flow(FIELD_ALERT + bytes.fromhex("16 03 03 00 04 0e 00 00 00"))
+        assert f.response is not None
+        name, rendered = auto_view(f, f.response)
+        assert "TLS records" in name
+        assert "description   unexpected_message (10)" in rendered
+        assert "handshake     server_hello_done (14)" in rendered
+        for body, ctype in [
+            (b"\x15\x03\x01 ordinary binary that merely starts like TLS", "application/octet-stream"),
+            (
+                b"\x16\x03\x01\x00\x05ab",
+                "application/octet-stream",
+            ),  # a record that claims 5 bytes, has 2, then no more
+            (b'{"a": 1}', "application/json"),
+            (b"", "text/plain"),
+        ]:
+            g = response_flow(body, ctype)
+            assert g.response is not None
+            assert contentview.priority(body, g, g.response) < 0
+            assert "TLS records" not in auto_view(g, g.response)[0]
+
+
+def test_view_renders_the_addons_own_answer_from_the_flow_metadata(addon: EsrsFix) -> None:
+    with taddons.context(addon):
+        f = tflow.tflow()
+        f.request = http.Request.make("GET", "http://esrs.example:443/")
+        f.response = addon._on_records(f.request, FIELD_ALERT, True)
+        addon.response(f)
+        assert f.response is not None
+        name, rendered = auto_view(f, f.response)
+        assert "TLS records" in name
+        assert f"esrs-fix: {SUMMARY}" in rendered and "level         fatal (2)" in rendered
+        # the request of the same flow is not the view's business
+        assert contentview.priority(f.request.content or b"", f, f.request) < 0
+
+
+def test_console_command_decodes_like_the_cli(addon: EsrsFix) -> None:
+    with taddons.context(addon) as tctx:
+        out = tctx.master.commands.execute("esrs.decode 15 03 01 00 02 02 0a")
+        assert "description   unexpected_message (10)" in out and "version       TLS 1.0 (0x0301)" in out
+        cli = subprocess.run(
+            [sys.executable, "-m", "stray_tls.cli", "decode", "15", "03", "01", "00", "02", "02", "0a"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert out.strip() == cli.stdout.strip()
+        with pytest.raises(Exception, match="not hex"):
+            tctx.master.commands.execute("esrs.decode zz")
+
+
+def test_report_path_that_cannot_be_opened_is_an_option_error(addon: EsrsFix, tmp_path) -> None:
+    from mitmproxy import exceptions
+
+    with taddons.context(addon) as tctx, pytest.raises(exceptions.OptionsError, match="esrs_report: cannot open"):
+        tctx.configure(addon, esrs_report=str(tmp_path / "missing-dir" / "r.jsonl"))
+
+
+@pytest.mark.e2e
+def test_report_lines_are_complete_after_sigkill(esrs, mitmdump, tmp_path) -> None:
+    upstream = esrs(Plaintext.ALERT_KEEP_OPEN)
+    report = tmp_path / "report.jsonl"
+    args, (port,) = reverse_modes([f"http://127.0.0.1:{upstream.port}"])
+    m = mitmdump([*args, "--set", f"esrs_report={report}", "--set", "esrs_rewrite=true"])
+    for n in range(3):
+        answer = exchange(("127.0.0.1", port), b"GET /%d HTTP/1.1\r\nHost: esrs\r\n\r\n" % n, 8)
+        assert answer.status == 200
+    assert m.process is not None
+    os.kill(m.process.pid, signal.SIGKILL)  # our own process, by its id
+    m.process.wait(timeout=10)
+    lines = report.read_text().splitlines()
+    assert len(lines) == 3
+    entries = [json.loads(line) for line in lines]
+    assert [e["url"] for e in entries] == [f"http://127.0.0.1:{upstream.port}/{n}" for n in range(3)]
+    for e in entries:
+        assert e["summary"] == SUMMARY and e["raw_hex"] == "1503010002020a" and e["kind"] == "tls_records"
+        assert e["rewritten"] is True and e["rewritten_status"] == 200
+        assert e["client"].startswith("127.0.0.1:") and e["upstream"] == f"127.0.0.1:{upstream.port}"
+        assert e["time"].endswith("+00:00") and e["records"][0]["alert"]["description"] == 10
+
+
+@pytest.mark.e2e
+def test_an_unwritable_report_is_logged_once_and_the_proxy_keeps_working(esrs, mitmdump) -> None:
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full to make writes fail")
+    upstream = esrs(Plaintext.ALERT)
+    args, (port,) = reverse_modes([f"http://127.0.0.1:{upstream.port}"])
+    m = mitmdump([*args, "--set", "esrs_report=/dev/full"])  # opens fine, every write fails (ENOSPC)
+    for _ in range(3):
+        answer = exchange(("127.0.0.1", port), b"GET / HTTP/1.1\r\nHost: esrs\r\n\r\n", 8)
+        assert answer.status == 502 and (answer.label or "").startswith("detected;")
+    log = m.log()
+    assert log.count("cannot write the report /dev/full") == 1
+    assert len([line for line in m.addon_warnings() if SUMMARY in line and "answered by" in line]) == 3
+
+
+@pytest.mark.e2e
+def test_saved_flows_keep_the_decode_and_render_again(esrs, mitmdump, tmp_path) -> None:
+    upstream = esrs(Plaintext.ALERT)
+    saved = tmp_path / "flows.mitm"
+    args, (port,) = reverse_modes([f"http://127.0.0.1:{upstream.port}"])
+    m = mitmdump([*args, "-w", str(saved)])
+    assert exchange(("127.0.0.1", port), b"GET / HTTP/1.1\r\nHost: esrs\r\n\r\n", 8).status == 502
+    m.stop()
+    with open(saved, "rb") as f:
+        (flow,) = list(io.FlowReader(f).stream())
+    assert isinstance(flow, http.HTTPFlow)
+    assert flow.marked == ":warning:" and flow.comment == f"esrs-fix: {SUMMARY}"
+    assert flow.metadata[METADATA_KEY]["raw_hex"] == "1503010002020a"
+    # read back by a colleague's mitmdump with the addon: the view renders the decode again
+    from stray_tls.cli import script_path
+
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from mitmproxy.tools.main import mitmdump; mitmdump()",
+            "-n",
+            "-r",
+            str(saved),
+            "-s",
+            str(script_path()),
+            "--flow-detail",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert "description   unexpected_message (10)" in p.stdout, p.stdout + p.stderr
