@@ -99,7 +99,7 @@ def test_clean_responses_are_untouched(addon: EsrsFix) -> None:
             assert not f.marked and METADATA_KEY not in f.metadata
 
 
-def test_plain_http_400_page_and_tls_body_are_reported_and_rewritable(addon: EsrsFix) -> None:
+def test_plain_http_400_page_is_rewritable_and_tls_body_only_reported(addon: EsrsFix) -> None:
     with taddons.context(addon) as tctx:
         f = tflow.tflow(resp=True)
         assert f.response is not None
@@ -114,7 +114,15 @@ def test_plain_http_400_page_and_tls_body_are_reported_and_rewritable(addon: Esr
         g.response.content = FIELD_ALERT
         addon.response(g)
         assert g.metadata[METADATA_KEY]["kind"] == "tls_in_body"
-        assert g.response.status_code == 299 and g.response.headers[LABEL_HEADER].startswith("synthetic 299;")
+        # reported, not rewritten: the answer has a real HTTP status
+        assert g.response.status_code == 200 and LABEL_HEADER not in g.response.headers
+        assert g.metadata[METADATA_KEY]["rewritten"] is False
+        h = tflow.tflow(resp=True)
+        assert h.response is not None
+        h.response.status_code = 400
+        h.response.content = b"Client sent an HTTP request to an HTTPS server.\n"
+        addon.response(h)
+        assert h.response.status_code == 299 and h.response.headers[LABEL_HEADER].startswith("synthetic 299;")
 
 
 def test_error_hook_fallback_recovers_the_bytes(addon: EsrsFix) -> None:

@@ -55,8 +55,12 @@ class Finding:
 
     @property
     def rewritable(self) -> bool:
-        """Whether a synthetic status may stand in for this answer (never for a mere silent close)."""
-        return self.confidence is not Confidence.LOW
+        """Whether a synthetic status may stand in for this answer.
+
+        Not for a silent close (too ambiguous), nor for TLS inside a body: that answer has a real HTTP status,
+        and a rewrite exists to replace answers that have none (or the server's own "wrong port" 400).
+        """
+        return self.kind not in (Kind.SILENT_CLOSE, Kind.TLS_IN_BODY)
 
     def to_dict(self) -> dict[str, Any]:
         return {

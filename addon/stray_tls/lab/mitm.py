@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from ..cli import script_path
 
@@ -95,3 +96,38 @@ class Mitmdump:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class Mitmweb(Mitmdump):
+    """`mitmweb` with the addon, its web UI on `web_port`; no browser is opened.
+
+    mitmproxy 12 protects the UI with a token; `password` is set as `web_password`, sent as a Bearer token.
+    """
+
+    tool = "mitmweb"
+
+    def __init__(self, args: list[str], log_path: Path, web_port: int, password: str = "esrs-fix-test", **kw: Any):
+        from mitmproxy import version
+
+        extra = ["--web-host", "127.0.0.1", "--web-port", str(web_port), "--set", "web_open_browser=false"]
+        self.password = password if int(version.VERSION.split(".")[0]) >= 12 else ""
+        if self.password:
+            extra += ["--set", f"web_password={self.password}"]
+        kw.setdefault("listeners", 1)
+        kw["listeners"] += 1  # the web server says "listening at" too
+        super().__init__(extra + args, log_path, **kw)
+        self.web_port = web_port
+
+    def api(self, path: str, timeout: float = 10.0) -> bytes:
+        """GET an API path of the web UI, authenticated where mitmproxy asks for it."""
+        import http.client
+
+        conn = http.client.HTTPConnection("127.0.0.1", self.web_port, timeout=timeout)
+        headers = {"Authorization": f"Bearer {self.password}"} if self.password else {}
+        conn.request("GET", path, headers=headers)
+        response = conn.getresponse()
+        body = response.read()
+        conn.close()
+        if response.status != 200:
+            raise MitmError(f"mitmweb {path}: HTTP {response.status}: {body[:200]!r}")
+        return body

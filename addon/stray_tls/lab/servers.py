@@ -11,6 +11,7 @@ import contextlib
 import datetime
 import enum
 import ipaddress
+import itertools
 import socket
 import ssl
 import tempfile
@@ -224,14 +225,7 @@ def answer_plaintext(conn: socket.socket, b: EsrsBehaviour) -> None:
         conn.sendall(b.alert)
     elif b.plaintext is Plaintext.ALERT_KEEP_OPEN:
         conn.sendall(b.alert)
-        deadline = time.monotonic() + b.keep_open_for
-        conn.settimeout(0.2)
-        while time.monotonic() < deadline:  # hold the connection until the peer gives up
-            try:
-                if not conn.recv(4096):
-                    return
-            except TimeoutError:
-                continue
+        _wait_for_close(conn, b.keep_open_for)
     elif b.plaintext is Plaintext.ALERT_SPLIT:
         for i in range(len(b.alert)):
             conn.sendall(b.alert[i : i + 1])
@@ -247,21 +241,61 @@ def answer_plaintext(conn: socket.socket, b: EsrsBehaviour) -> None:
 
 
 class ScriptedServer(TCPServer):
-    """Answers every request on a connection with `answer(request_head)`: exact bytes, for clean-traffic tests."""
+    """Answers every request with `answer(request_head)`: exact bytes, or a list of chunks written `gap` apart.
 
-    def __init__(self, answer: Callable[[bytes], bytes], keep_alive: bool = True, **kw: Any) -> None:
+    `keep_alive` serves further requests on the connection; otherwise it closes after the answer, or, with
+    `hold` seconds, keeps the connection open that long without a byte more (an upstream that never closes).
+    """
+
+    def __init__(
+        self,
+        answer: Callable[[bytes], bytes | list[bytes]],
+        keep_alive: bool = True,
+        gap: float = 0.005,
+        hold: float = 0.0,
+        **kw: Any,
+    ) -> None:
         super().__init__(**kw)
         self.answer = answer
         self.keep_alive = keep_alive
+        self.gap = gap
+        self.hold = hold
 
     def handle(self, conn: socket.socket) -> None:
         while True:
             head = read_head(conn)
             if not head:
                 return
-            conn.sendall(self.answer(head))
+            answer = self.answer(head)
+            if isinstance(answer, bytes):
+                conn.sendall(answer)
+            else:
+                for n, chunk in enumerate(answer):
+                    if n:
+                        time.sleep(self.gap)
+                    conn.sendall(chunk)
             if not self.keep_alive:
+                if self.hold:
+                    _wait_for_close(conn, self.hold)
                 return
+
+
+def split_at(data: bytes, *offsets: int) -> list[bytes]:
+    """`data` cut at the given offsets: split_at(b"abcd", 1, 3) == [b"a", b"bc", b"d"]."""
+    bounds = [0, *offsets, len(data)]
+    return [data[a:b] for a, b in itertools.pairwise(bounds) if b > a]
+
+
+def _wait_for_close(conn: socket.socket, seconds: float) -> None:
+    """Hold the connection, reading and discarding, until the peer closes or `seconds` pass."""
+    deadline = time.monotonic() + seconds
+    conn.settimeout(0.2)
+    while time.monotonic() < deadline:
+        try:
+            if not conn.recv(4096):
+                return
+        except TimeoutError:
+            continue
 
 
 class FaultyProxy(TCPServer):
