@@ -98,7 +98,19 @@ def test_a_real_browser_shows_the_marker_comment_and_decode(mitmweb_with_a_stray
             page.wait_for_function("() => document.body.innerText.includes('unexpected_message (10)')", timeout=30_000)
             text = page.inner_text("body")
             page.screenshot(path=str(ARTIFACTS / "mitmweb-stray-alert.png"), full_page=True)
+            page.get_by_text("Comment", exact=True).first.click(timeout=10_000)
+            page.wait_for_function(
+                "() => [...document.querySelectorAll('textarea, input, div')].some("
+                "e => (e.value || e.innerText || '').includes('esrs-fix: TLS alert'))",
+                timeout=30_000,
+            )
+            comment_shown = page.evaluate(
+                "() => [...document.querySelectorAll('textarea, input')].map(e => e.value).join('\\n')"
+                " + document.body.innerText"
+            )
+            page.screenshot(path=str(ARTIFACTS / "mitmweb-stray-alert-comment.png"), full_page=True)
         finally:
             browser.close()
-    assert "level         fatal (2)" in text or "fatal (2)" in text
-    assert "⚠" in text or "warning" in text.lower()  # the marker
+    assert "description   unexpected_message (10)" in text and "level         fatal (2)" in text  # the view
+    assert "\u26a0" in text  # the marker, in the flow list
+    assert f"esrs-fix: {SUMMARY}" in comment_shown  # the comment, on the Comment tab

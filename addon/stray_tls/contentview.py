@@ -7,6 +7,7 @@ This module speaks whichever the running mitmproxy has; both are public API.
 
 from __future__ import annotations
 
+import textwrap
 from typing import Any
 
 from mitmproxy import contentviews, http
@@ -62,7 +63,7 @@ def render(data: bytes, flow: Any = None, message: Any = None) -> str | None:
     if isinstance(decoded, records.Records):
         for r in decoded.records:
             lines += text.record_lines(r)
-    lines += ["", str(meta.get("explanation", ""))]
+    lines += ["", *textwrap.wrap(str(meta.get("explanation", "")), 100)]
     return "\n".join(lines)
 
 
