@@ -173,3 +173,17 @@ def test_unsupported_mitmproxy_major_keeps_early_detection_off(addon: EsrsFix, m
     monkeypatch.setattr(early, "mitmproxy_major", lambda: 99)
     assert not addon.early.install()
     assert "not one of the tested majors" in addon.early.reason
+
+
+def test_options_changed_at_run_time_apply_to_new_flows(addon: EsrsFix) -> None:
+    with taddons.context(addon) as tctx:
+        first = stray_flow(addon)
+        addon.response(first)
+        tctx.options.update(esrs_rewrite=True, esrs_status=204)  # as `set` in the console does
+        second = stray_flow(addon)
+        addon.response(second)
+        tctx.options.update(esrs_filter="~d nowhere.example")
+        third = stray_flow(addon)
+        addon.response(third)
+        statuses = [f.response.status_code for f in (first, second, third) if f.response is not None]
+        assert statuses == [502, 204, 502]

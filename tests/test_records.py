@@ -201,3 +201,17 @@ def test_summaries_are_single_lines(data: bytes) -> None:
             line = describe(r)
             assert "\n" not in line and line
             assert r.to_dict()["summary"] == line
+
+
+def test_short_fuzz_run_finds_no_violation() -> None:
+    """The CI-sized version of scripts/fuzz (which runs a million examples on demand)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "fuzz.py"
+    p = subprocess.run(
+        [sys.executable, str(script), "--examples", "20000", "--seed", "1"], capture_output=True, text=True, timeout=300
+    )
+    assert p.returncode == 0, p.stderr
+    assert "20000 examples, seed 1, no violation" in p.stdout
