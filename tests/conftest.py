@@ -8,8 +8,20 @@ from pathlib import Path
 
 import pytest
 
+from stray_tls.addon import EsrsFix
 from stray_tls.lab import servers
 from stray_tls.lab.mitm import Mitmdump
+
+#: The field report's seven bytes, and the one-line summary every consumer must give for them.
+FIELD_ALERT = bytes.fromhex("15 03 01 00 02 02 0a")
+SUMMARY = "TLS alert: fatal unexpected_message (10), record version TLS 1.0"
+
+
+@pytest.fixture
+def addon() -> Iterator[EsrsFix]:
+    a = EsrsFix()
+    yield a
+    a.done()  # never leave mitmproxy's HTTP/1 classes wrapped for the next test
 
 
 @pytest.fixture(scope="session")

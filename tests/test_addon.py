@@ -11,15 +11,7 @@ from mitmproxy.test import taddons, tflow
 from stray_tls import early
 from stray_tls.addon import LABEL_HEADER, MARKER, METADATA_KEY, EsrsFix
 
-FIELD_ALERT = bytes.fromhex("15 03 01 00 02 02 0a")
-SUMMARY = "TLS alert: fatal unexpected_message (10), record version TLS 1.0"
-
-
-@pytest.fixture
-def addon():
-    a = EsrsFix()
-    yield a
-    a.done()  # never leave Http1Client wrapped for the next test
+from .conftest import FIELD_ALERT, SUMMARY
 
 
 def stray_flow(addon: EsrsFix, url: str = "http://esrs.example:443/") -> http.HTTPFlow:

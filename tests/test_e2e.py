@@ -12,11 +12,10 @@ from stray_tls.lab import servers
 from stray_tls.lab.check import exchange
 from stray_tls.lab.servers import Plaintext
 
-from .conftest import reverse_modes
+from .conftest import SUMMARY, reverse_modes
 
 pytestmark = pytest.mark.e2e
 
-SUMMARY = "TLS alert: fatal unexpected_message (10), record version TLS 1.0"
 # The clients' timeout. Not a speed claim: it is far below the keep-open server's 30 s and mitmproxy's 600 s
 # idle timeout, so a client that gets its answer at all within it was answered by the addon, not by a timeout.
 PROMPT = 8.0

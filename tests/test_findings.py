@@ -10,8 +10,7 @@ from stray_tls import findings
 from stray_tls.findings import Confidence, Kind
 from stray_tls.lab.servers import NGINX_400_BODY
 
-FIELD_ALERT = bytes.fromhex("15 03 01 00 02 02 0a")
-SUMMARY = "TLS alert: fatal unexpected_message (10), record version TLS 1.0"
+from .conftest import FIELD_ALERT, SUMMARY
 
 
 def test_response_head_of_tls_records() -> None:

@@ -17,11 +17,10 @@ from stray_tls.lab import servers
 from stray_tls.lab.check import exchange
 from stray_tls.lab.servers import ALERT_TLS10, ScriptedServer, split_at
 
-from .conftest import reverse_modes
+from .conftest import SUMMARY, reverse_modes
 
 pytestmark = pytest.mark.e2e
 
-SUMMARY = "TLS alert: fatal unexpected_message (10), record version TLS 1.0"
 CLOSE_NOTIFY = bytes.fromhex("15 03 01 00 02 01 00")
 TIMEOUT = 10.0  # a bound on each client, not a speed claim
 

@@ -17,17 +17,7 @@ from stray_tls.addon import METADATA_KEY, EsrsFix
 from stray_tls.lab.check import exchange
 from stray_tls.lab.servers import Plaintext
 
-from .conftest import reverse_modes
-
-FIELD_ALERT = bytes.fromhex("15 03 01 00 02 02 0a")
-SUMMARY = "TLS alert: fatal unexpected_message (10), record version TLS 1.0"
-
-
-@pytest.fixture
-def addon():
-    a = EsrsFix()
-    yield a
-    a.done()
+from .conftest import FIELD_ALERT, SUMMARY, reverse_modes
 
 
 def auto_view(flow: http.HTTPFlow, message: http.Message) -> tuple[str, str]:

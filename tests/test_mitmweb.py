@@ -15,10 +15,9 @@ from stray_tls.lab.check import exchange
 from stray_tls.lab.mitm import Mitmweb
 from stray_tls.lab.servers import Plaintext
 
-from .conftest import reverse_modes
+from .conftest import SUMMARY, reverse_modes
 
 pytestmark = pytest.mark.e2e
-SUMMARY = "TLS alert: fatal unexpected_message (10), record version TLS 1.0"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 
 

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from stray_tls import records, registry
 from stray_tls.records import NeedMore, NotTLS, Records, decode, describe
 
-FIELD_ALERT = bytes.fromhex("15 03 01 00 02 02 0a")
+from .conftest import FIELD_ALERT
 
 
 def test_the_field_report_alert() -> None:

@@ -243,7 +243,7 @@ class EsrsFix:
     # -- what every detection does
 
     def _rewrite_allowed(self, flow: http.HTTPFlow, finding: Finding) -> bool:
-        """Off by default; then only for a confident finding on a flow the filter selects."""
+        """Off by default; then only for a rewritable finding (see Finding.rewritable) on a flow the filter selects."""
         if not ctx.options.esrs_rewrite or not finding.rewritable:
             return False
         return self.filter is None or bool(self.filter(flow))
@@ -255,7 +255,8 @@ class EsrsFix:
             flow.response = rewritten_response(finding, ctx.options.esrs_status)
         upstream = _address(flow.server_conn.peername or flow.server_conn.address)
         via = flow.server_conn.via
-        via_text = f" via upstream proxy {via[1][0]}:{via[1][1]}" if via else ""
+        via_address = _address(via[1]) if via else None
+        via_text = f" via upstream proxy {via_address}" if via_address else ""
         action = f"rewritten to a synthetic {ctx.options.esrs_status}" if rewritten else "not rewritten"
         log.warning(
             "esrs-fix: %s answered by %s%s: %s [%s, confidence %s; %s]. %s",
@@ -272,7 +273,7 @@ class EsrsFix:
         flow.comment = f"esrs-fix: {finding.summary}"
         meta = finding.to_dict()
         meta["upstream"] = upstream
-        meta["upstream_proxy"] = f"{via[1][0]}:{via[1][1]}" if via else None
+        meta["upstream_proxy"] = via_address
         meta["rewritten"] = rewritten
         meta["rewritten_status"] = ctx.options.esrs_status if rewritten else None
         flow.metadata[METADATA_KEY] = meta
@@ -291,7 +292,7 @@ class EsrsFix:
 
 def _address(address: tuple | None) -> str:
     if not address:
-        return "an unknown upstream"
+        return "unknown"
     host, port = address[0], address[1]
     return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
 

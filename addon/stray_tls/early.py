@@ -64,7 +64,6 @@ class _Internals:
         self.RequestWakeup = commands.RequestWakeup
         self.DataReceived = events.DataReceived
         self.Wakeup = events.Wakeup
-        self.ConnectionClosed = events.ConnectionClosed
 
 
 def mitmproxy_major() -> int:
@@ -75,7 +74,7 @@ def mitmproxy_major() -> int:
 
 
 class EarlyDetection:
-    """Installs and removes the wrapper around `Http1Client.read_headers`."""
+    """Installs and removes the wrappers around `Http1Client.read_headers` and `Http1Server.send`."""
 
     def __init__(self, on_records: OnRecords, error_answer: ErrorAnswer) -> None:
         self.on_records = on_records
@@ -128,7 +127,7 @@ class EarlyDetection:
             if type(event) is DataReceived and conn.request is not None:
                 data = event.data
                 if len(conn.buf) == len(data):  # the first bytes of this response
-                    if data and not could_start_tls(data[0]):
+                    if not data or not could_start_tls(data[0]):
                         return (yield from original(conn, event))
                 elif not getattr(conn, _HOLDING, False):
                     return (yield from original(conn, event))
