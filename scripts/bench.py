@@ -20,9 +20,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -119,6 +121,20 @@ def echo_answer(head: bytes) -> bytes:
     return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(path), path)
 
 
+def _serve(pipe: Any, workdir: str) -> None:
+    """The peers, in a process of their own: their threads must not share a GIL with the load generator."""
+    cert = servers.make_certificate(Path(workdir))
+    started = [
+        servers.ScriptedServer(echo_answer).start(),
+        servers.EsrsServer(cert).start(),
+        servers.EsrsServer(cert, servers.EsrsBehaviour(plaintext=servers.Plaintext.ALERT_KEEP_OPEN)).start(),
+    ]
+    pipe.send([s.port for s in started])
+    pipe.recv()  # until the bench says stop
+    for s in started:
+        s.stop()
+
+
 class Bench:
     def __init__(self, workdir: Path, rounds: int, quick: bool) -> None:
         self.workdir = workdir
@@ -127,13 +143,14 @@ class Bench:
         self.results: dict[str, Any] = {}
 
     def start(self) -> None:
-        self.cert = servers.make_certificate(self.workdir)
-        self.origin = servers.ScriptedServer(echo_answer).start()
-        self.closing = servers.EsrsServer(self.cert).start()
-        self.keeping = servers.EsrsServer(
-            self.cert, servers.EsrsBehaviour(plaintext=servers.Plaintext.ALERT_KEEP_OPEN)
-        ).start()
-        stray_filter = f"~u :({self.closing.port}|{self.keeping.port})/"
+        context = multiprocessing.get_context("fork")  # before this process starts any thread
+        self._pipe, child = context.Pipe()
+        self._peers = context.Process(target=_serve, args=(child, str(self.workdir)), daemon=True)
+        self._peers.start()
+        if not self._pipe.poll(30):
+            raise RuntimeError("the bench's servers did not start")
+        self.origin, self.closing, self.keeping = self._pipe.recv()
+        stray_filter = f"~u :({self.closing}|{self.keeping})/"
         self.proxies = {
             "stock": Mitmdump(
                 ["-p", str(servers.free_port()), "--set", "flow_detail=0"], self.workdir / "stock.log", addon=False
@@ -159,8 +176,8 @@ class Bench:
     def stop(self) -> None:
         for m in self.proxies.values():
             m.stop()
-        for s in (self.origin, self.closing, self.keeping):
-            s.stop()
+        self._pipe.send("stop")
+        self._peers.join(timeout=10)
 
     def cpu_seconds(self, name: str) -> float:
         """User + system CPU seconds of one mitmdump so far (/proc): less sensitive to a noisy host than wall time."""
@@ -176,7 +193,7 @@ class Bench:
     def clean_overhead(self) -> None:
         out: dict[str, Any] = {}
         for concurrency, count in ((1, 150 if self.quick else 400), (32, 600 if self.quick else 2000)):
-            urls = [f"http://127.0.0.1:{self.origin.port}/c{concurrency}-{i}" for i in range(count)]
+            urls = [f"http://127.0.0.1:{self.origin}/c{concurrency}-{i}" for i in range(count)]
             runs: dict[str, list[dict[str, float]]] = {"stock": [], "addon": []}
             load(self.port["stock"], urls[:50], concurrency)  # warm both up
             load(self.port["addon"], urls[:50], concurrency)
@@ -209,7 +226,7 @@ class Bench:
 
     # 2
     def time_to_answer(self) -> None:
-        samples = 8 if self.quick else 20
+        samples = 8 if self.quick else 30
 
         async def one(proxy: int, url: str) -> float | None:
             started = time.perf_counter()
@@ -224,27 +241,30 @@ class Bench:
             return time.perf_counter() - started
 
         cases = {
-            "normal_200": f"http://127.0.0.1:{self.origin.port}/normal",
-            "stray_closing": f"http://127.0.0.1:{self.closing.port}/",
-            "stray_open": f"http://127.0.0.1:{self.keeping.port}/",
+            "normal_200": f"http://127.0.0.1:{self.origin}/normal",
+            "stray_closing": f"http://127.0.0.1:{self.closing}/",
+            "stray_open": f"http://127.0.0.1:{self.keeping}/",
         }
+        # Interleaved sample by sample (normal, closing, open, normal, ...), so that the host's drift hits all alike.
+        times: dict[str, list[float | None]] = {f"{n}_{c}": [] for n in ("stock", "addon") for c in cases}
+        for i in range(samples):
+            for case, url in cases.items():
+                for name in self.order(i):
+                    if case == "stray_open" and name == "stock" and i >= 2:
+                        continue  # stock never answers it: two samples of 5 s say so
+                    times[f"{name}_{case}"].append(asyncio.run(one(self.port[name], url)))
         out: dict[str, Any] = {}
-        for case, url in cases.items():
-            for name in ("stock", "addon"):
-                n = 2 if (case == "stray_open" and name == "stock") else samples  # stock never answers: 5 s each
-                times = [asyncio.run(one(self.port[name], url)) for _ in range(n)]
-                answered = [t * 1e3 for t in times if t is not None]
-                out[f"{name}_{case}"] = {
-                    "samples": n,
-                    "answered": len(answered),
-                    "ms": summary(answered) if answered else None,
-                }
-                shown = (
-                    f"{statistics.median(answered):.1f} ms"
-                    if answered
-                    else f"no answer within {NO_ANSWER_WITHIN:.0f} s"
-                )
-                log(f"time to answer, {name} {case}: {shown}")
+        for key, measured in times.items():
+            answered = [t * 1e3 for t in measured if t is not None]
+            out[key] = {
+                "samples": len(measured),
+                "answered": len(answered),
+                "ms": summary(answered) if answered else None,
+            }
+            shown = (
+                f"{statistics.median(answered):.1f} ms" if answered else f"no answer within {NO_ANSWER_WITHIN:.0f} s"
+            )
+            log(f"time to answer, {key}: {shown}")
         self.results["time_to_answer"] = out
 
     # 3
@@ -253,11 +273,11 @@ class Bench:
         urls = []
         for i in range(count):
             if i % 2 == 0:
-                urls.append(f"http://127.0.0.1:{self.origin.port}/m{i}")
+                urls.append(f"http://127.0.0.1:{self.origin}/m{i}")
             else:
                 stray = self.closing if i % 4 == 1 else self.keeping
-                urls.append(f"http://127.0.0.1:{stray.port}/m{i}")
-        clean_only = [f"http://127.0.0.1:{self.origin.port}/a{i}" for i in range(count)]
+                urls.append(f"http://127.0.0.1:{stray}/m{i}")
+        clean_only = [f"http://127.0.0.1:{self.origin}/a{i}" for i in range(count)]
         rounds: dict[str, list[float]] = {"mixed_clean_p99_ms": [], "all_clean_p99_ms": []}
         wrong = 0
         for r in range(max(3, self.rounds // 2)):
@@ -266,7 +286,7 @@ class Bench:
                     _, lat, answers = load(self.port["addon"], urls, 64)
                     clean_lat = []
                     for (url, status, headers, body), latency in zip(answers, lat, strict=True):
-                        if f":{self.origin.port}/" in url:
+                        if f":{self.origin}/" in url:
                             ok = (
                                 status == 200
                                 and body == ("/" + url.split("/", 3)[3]).encode()
@@ -292,6 +312,51 @@ class Bench:
             **{k: summary(v) for k, v in rounds.items()},
             "raw": rounds,
         }
+
+    # 1b
+    def profile(self) -> None:
+        """Where the CPU goes under clean load: esrs-fix's own functions vs all of mitmdump (cProfile)."""
+        import pstats
+
+        from stray_tls.cli import script_path
+
+        port = servers.free_port()
+        prof = self.workdir / "addon.prof"
+        launcher = self.workdir / "launch.py"
+        launcher.write_text("from mitmproxy.tools.main import mitmdump\nmitmdump()\n")
+        cmd = [sys.executable, "-m", "cProfile", "-o", str(prof), str(launcher), "--listen-host", "127.0.0.1",
+               "-p", str(port), "--set", "flow_detail=0", "-s", str(script_path()),
+               "--set", "esrs_rewrite=true", "--set", "esrs_filter=~d nowhere.example"]  # fmt: skip
+        process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                try:
+                    load(port, [f"http://127.0.0.1:{self.origin}/ready"], 1)
+                    break
+                except OSError:
+                    time.sleep(0.2)
+            count = 1000 if self.quick else 3000
+            load(port, [f"http://127.0.0.1:{self.origin}/p{i}" for i in range(count)], 32)
+        finally:
+            process.send_signal(signal.SIGINT)
+            process.wait(timeout=60)
+        stats = pstats.Stats(str(prof))
+        ours = {k: v for k, v in stats.stats.items() if "stray_tls" in k[0] or "esrs_fix" in k[0]}  # type: ignore[attr-defined]
+        own = sum(v[2] for v in ours.values())
+        total = stats.total_tt  # type: ignore[attr-defined]
+        top = sorted(ours.items(), key=lambda kv: -kv[1][2])[:5]
+        self.results["profile"] = {
+            "requests": count,
+            "total_cpu_s": total,
+            "esrs_fix_own_s": own,
+            "esrs_fix_share": own / total,
+            "top": [
+                {"function": f"{k[2]} ({Path(k[0]).name}:{k[1]})", "tottime_ms": v[2] * 1e3, "calls": v[1]}
+                for k, v in top
+            ],
+        }
+        log(f"profile: esrs-fix's own functions {own:.3f} s of {total:.2f} s CPU ({own / total:.2%})")
 
     # 4
     def micro(self) -> None:
@@ -460,6 +525,12 @@ def table(res: dict[str, Any]) -> str:
                     f"   addon {a[k]['median']:8.2f} [{a[k]['min']:.2f}-{a[k]['max']:.2f}]"
                     f"   ratio {ratio(a[k]['median'], s[k]['median'])}"
                 )
+    if "profile" in res:
+        pr = res["profile"]
+        rows.append(
+            f"   CPU attribution (cProfile, {pr['requests']} clean requests at c32): esrs-fix's own functions "
+            f"{pr['esrs_fix_own_s'] * 1e3:.0f} ms of {pr['total_cpu_s']:.1f} s = {pr['esrs_fix_share']:.2%}"
+        )
     if "time_to_answer" in res:
         t = res["time_to_answer"]
         rows += [
@@ -540,6 +611,7 @@ def main() -> int:
         try:
             if "clean" in parts:
                 bench.clean_overhead()
+                bench.profile()
             if "answer" in parts:
                 bench.time_to_answer()
             if "mixed" in parts:

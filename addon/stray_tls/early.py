@@ -204,14 +204,15 @@ class EarlyDetection:
             return False
         conn.buf.maybe_extract_at_most(len(conn.buf))
         conn.response = response
-        # The upstream spoke TLS at us: nothing more on this connection can be HTTP.
-        yield i.CloseConnection(conn.conn)
+        conn.response_done = True
+        conn.state = conn.done
         yield i.ReceiveHttp(i.ResponseHeaders(conn.stream_id, response, False))
         if response.raw_content:
             yield i.ReceiveHttp(i.ResponseData(conn.stream_id, response.raw_content))
         yield i.ReceiveHttp(i.ResponseEndOfMessage(conn.stream_id))
-        conn.response_done = True
-        conn.state = conn.done
+        # The upstream spoke TLS at us: nothing more on this connection can be HTTP. Closed after the answer
+        # is on its way, so that the client does not wait for the close.
+        yield i.CloseConnection(conn.conn)
         return True
 
     def _report_failure(self, e: Exception) -> None:
