@@ -54,9 +54,11 @@ class EsrsFix:
             "esrs_rewrite",
             bool,
             False,
-            "Answer a stray TLS record (or another sign of plaintext reaching a TLS port) with a synthetic "
-            f"status (esrs_status), labelled with a {LABEL_HEADER} header, instead of a 502. For validating a "
-            "connectivity check only: the synthetic answer is not the server's.",
+            "Answer with a synthetic status (esrs_status), labelled with a "
+            f"{LABEL_HEADER} header, instead of the 502 when the upstream answered with TLS records (complete or "
+            "not), failed the TLS handshake with an alert, or sent its 'plain HTTP to HTTPS port' page. Never "
+            "for a silent close or an HTTP response with a TLS body. For validating a connectivity check only: "
+            "the synthetic answer is not the server's.",
         )
         loader.add_option(
             "esrs_status",
