@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stray_tls.pasted import PasteError, parse_pasted
+from stray_tls.pasted import PasteError, parse_hostport, parse_pasted
 
 ALERT = bytes.fromhex("1503010002020a")
 
@@ -54,3 +54,22 @@ def test_spaced_and_stream_forms_round_trip(data: bytes) -> None:
     assert parse_pasted(data.hex(" ")) == data
     assert parse_pasted(data.hex()) == data
     assert parse_pasted("".join(f"\\x{b:02x}" for b in data)) == data
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("http://proxy.example:3128", ("proxy.example", 3128)),
+        ("proxy.example:3128", ("proxy.example", 3128)),
+        ("http://[::1]:8080/", ("::1", 8080)),
+        ("127.0.0.1:443", ("127.0.0.1", 443)),
+    ],
+)
+def test_addresses(text: str, expected: tuple[str, int]) -> None:
+    assert parse_hostport(text) == expected
+
+
+@pytest.mark.parametrize("text", ["proxy", "proxy:", ":3128", "http://[]:1", "proxy:abc"])
+def test_bad_addresses_get_a_sentence(text: str) -> None:
+    with pytest.raises(ValueError, match="expected http://HOST:PORT or HOST:PORT"):
+        parse_hostport(text)

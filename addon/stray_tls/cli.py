@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from . import findings, records, text
-from .pasted import PasteError, parse_pasted
+from .pasted import PasteError, parse_hostport, parse_pasted
 
 
 def script_path() -> Path:
@@ -55,20 +55,11 @@ def cmd_path(args: argparse.Namespace) -> int:
     return 0
 
 
-def _hostport(text: str) -> tuple[str, int]:
-    """`http://proxy:3128`, `proxy:3128` or `[::1]:3128` -> (host, port)."""
-    rest = text.split("://", 1)[-1].rstrip("/")
-    host, sep, port = rest.rpartition(":")
-    if not sep or not port.isdigit() or not host:
-        raise ValueError(f"expected http://HOST:PORT, got {text!r}")
-    return host.strip("[]"), int(port)
-
-
 def cmd_check(args: argparse.Namespace) -> int:
     from . import diagnose
 
     try:
-        proxy = _hostport(args.proxy)
+        proxy = parse_hostport(args.proxy)
     except ValueError as e:
         print(f"esrs-fix check: --proxy: {e}", file=sys.stderr)
         return 2

@@ -1,4 +1,5 @@
-"""Turn what an engineer pastes into bytes: spaced hex, a hex stream, escaped strings, Wireshark hex dumps."""
+"""Read what an engineer types or pastes: bytes (spaced hex, a hex stream, escaped strings, Wireshark hex dumps)
+and proxy or server addresses."""
 
 from __future__ import annotations
 
@@ -34,3 +35,12 @@ def parse_pasted(text: str) -> bytes:
 def _looks_like_offset_first(line: str) -> bool:
     """A single dump line starts with an offset of zeros (`0000`), not with data that happens to be hex."""
     return bool(re.match(r"^\s*0{4,8}:?\s", line))
+
+
+def parse_hostport(text: str) -> tuple[str, int]:
+    """`http://proxy:3128`, `proxy:3128` or `[::1]:3128` -> (host, port); ValueError with a sentence otherwise."""
+    rest = text.split("://", 1)[-1].rstrip("/")
+    host, sep, port = rest.rpartition(":")
+    if not sep or not port.isdigit() or not host.strip("[]"):
+        raise ValueError(f"expected http://HOST:PORT or HOST:PORT, got {text!r}")
+    return host.strip("[]"), int(port)

@@ -13,6 +13,7 @@ from pathlib import Path
 from mitmproxy import version as mitmproxy_version
 
 from .. import records
+from ..pasted import parse_hostport
 from . import servers
 from .check import run_check
 from .scenarios import SCENARIOS, Lab, Row, rows_as_dicts, run_scenarios
@@ -140,17 +141,10 @@ def cmd_serve_esrs(args: argparse.Namespace) -> int:
                 s.stop()
 
 
-def _address(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    if not host or not port.isdigit():
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    return host.strip("[]"), int(port)
-
-
 def cmd_faulty_proxy(args: argparse.Namespace) -> int:
     try:
-        routes = {_address(a): _address(b) for a, _, b in (r.partition("=") for r in args.route)}
-    except argparse.ArgumentTypeError as e:
+        routes = {parse_hostport(a): parse_hostport(b) for a, _, b in (r.partition("=") for r in args.route)}
+    except ValueError as e:
         print(f"esrs-fix lab faulty-proxy: --route: {e}", file=sys.stderr)
         return 2
     proxy = servers.FaultyProxy(routes, well_behaved=args.well_behaved, port=args.port).start()
@@ -163,8 +157,8 @@ def cmd_faulty_proxy(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     try:
-        proxy = _address(args.proxy)
-    except argparse.ArgumentTypeError as e:
+        proxy = parse_hostport(args.proxy)
+    except ValueError as e:
         print(f"esrs-fix lab check: --proxy: {e}", file=sys.stderr)
         return 2
     results = [run_check(proxy, args.host, p, args.timeout) for p in (args.port or [443, 8443])]
