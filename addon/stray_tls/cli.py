@@ -135,8 +135,8 @@ def cmd_pcap(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="esrs-fix",
-        description="Find TLS records where HTTP was expected: decode pasted bytes, locate the mitmproxy "
-        "addon, run the lab.",
+        description="Find TLS records where HTTP was expected: decode pasted bytes, diagnose a proxy, read a "
+        "capture, locate the mitmproxy addon script, run the lab.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser(
