@@ -141,6 +141,8 @@ class Bench:
         self.rounds = rounds
         self.quick = quick
         self.results: dict[str, Any] = {}
+        self.proxies: dict[str, Mitmdump] = {}
+        self._peers: Any = None
 
     def start(self) -> None:
         context = multiprocessing.get_context("fork")  # before this process starts any thread
@@ -174,10 +176,12 @@ class Bench:
         self.port = {name: int(m.args[m.args.index("-p") + 1]) for name, m in self.proxies.items()}
 
     def stop(self) -> None:
+        """Stop whatever start() got to start (each by its own process id), also after a failed start."""
         for m in self.proxies.values():
             m.stop()
-        self._pipe.send("stop")
-        self._peers.join(timeout=10)
+        if self._peers is not None:
+            self._pipe.send("stop")
+            self._peers.join(timeout=10)
 
     def cpu_seconds(self, name: str) -> float:
         """User + system CPU seconds of one mitmdump so far (/proc): less sensitive to a noisy host than wall time."""
@@ -627,9 +631,9 @@ def main() -> int:
         bench = Bench(Path(tmp), args.rounds, args.quick)
         bench.results["machine"] = machine
         bench.results["started"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        if parts & {"clean", "answer", "mixed"}:
-            bench.start()
         try:
+            if parts & {"clean", "answer", "mixed"}:
+                bench.start()  # inside the try: a proxy that fails to start must not leak the one started before
             if "clean" in parts:
                 bench.clean_overhead()
                 bench.profile()
@@ -638,8 +642,7 @@ def main() -> int:
             if "mixed" in parts:
                 bench.mixed()
         finally:
-            if parts & {"clean", "answer", "mixed"}:
-                bench.stop()
+            bench.stop()
         if "micro" in parts:
             bench.micro()
         if "pcap" in parts and not args.skip_pcap:
