@@ -16,7 +16,7 @@ from typing import Any
 
 from . import findings
 from .findings import Finding, Kind
-from .lab.check import Answer, send_and_read
+from .lab.check import Answer, describe, send_and_read
 
 
 class Outcome(enum.IntEnum):
@@ -62,21 +62,6 @@ class PortResult:
         }
 
 
-def describe_answer(a: Answer) -> tuple[str, Finding | None]:
-    """One line for an answer, decoded when it is TLS."""
-    if a.error and not a.raw:
-        return a.error, None
-    if a.status is not None:
-        f = findings.from_response(a.status, a.body) if a.status == 400 else None
-        return a.status_line + (f" ({f.detail})" if f else ""), f
-    if not a.raw:
-        return ("no answer within the timeout" if a.timed_out else "connection closed without a byte"), None
-    f = findings.from_response_head(a.raw) or findings.from_incomplete_head(a.raw)
-    if f is not None:
-        return f"no HTTP status: raw bytes {a.raw[:16].hex(' ')}, decoded {f.summary}", f
-    return f"no HTTP status: {len(a.raw)} bytes starting {a.raw[:16]!r}", None
-
-
 def _connect(proxy: tuple[str, int], timeout: float) -> socket.socket | str:
     try:
         return socket.create_connection(proxy, timeout=timeout)
@@ -91,7 +76,7 @@ def probe_absolute(proxy: tuple[str, int], host: str, port: int, timeout: float)
     request = f"GET https://{host}:{port}/ HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: esrs-fix-check\r\n\r\n"
     with sock:
         a = send_and_read(sock, request.encode(), time.monotonic() + timeout)
-    what, f = describe_answer(a)
+    what, f = describe(a)
     return Probe("GET https:// (as the check)", what, a.status == 200, f, a.status)
 
 
@@ -107,7 +92,7 @@ def _tunnel(proxy: tuple[str, int], host: str, port: int, timeout: float) -> tup
     )
     if a.status != 200:
         sock.close()
-        what, _ = describe_answer(a)
+        what, _ = describe(a)
         return None, f"CONNECT refused: {what}"
     return sock, a.status_line
 
@@ -136,7 +121,7 @@ def probe_connect_tls(proxy: tuple[str, int], host: str, port: int, timeout: flo
         a, tls_said = _tls_get(sock, host, timeout)
     if a is None:
         return Probe("CONNECT, then TLS", f"{said}; {tls_said}", False)
-    what, f = describe_answer(a)
+    what, f = describe(a)
     return Probe("CONNECT, then TLS", f"{said}; {tls_said}; {what}", a.status is not None, f, a.status)
 
 
@@ -146,7 +131,7 @@ def probe_connect_plain(proxy: tuple[str, int], host: str, port: int, timeout: f
         return Probe("CONNECT, then plaintext", said, False)
     with sock:
         a = send_and_read(sock, f"GET / HTTP/1.1\r\nHost: {host}\r\n\r\n".encode(), time.monotonic() + timeout)
-    what, f = describe_answer(a)
+    what, f = describe(a)
     # "ok" here means: the port answered plaintext the way a TLS port does
     speaks_tls = f is not None and f.kind in (Kind.TLS_RECORDS, Kind.PLAIN_HTTP_400)
     return Probe("CONNECT, then plaintext", f"{said}; {what}", speaks_tls, f, a.status)
@@ -161,7 +146,7 @@ def probe_direct(host: str, port: int, timeout: float) -> Probe:
         a, tls_said = _tls_get(sock, host, timeout)
     if a is None:
         return Probe("direct TLS (no proxy)", tls_said, False)
-    what, f = describe_answer(a)
+    what, f = describe(a)
     return Probe("direct TLS (no proxy)", f"{tls_said}; {what}", a.status is not None, f, a.status)
 
 

@@ -105,28 +105,28 @@ def _parse(data: bytes, timed_out: bool, error: str = "") -> Answer:
     return answer
 
 
+def describe(a: Answer) -> tuple[str, Finding | None]:
+    """What came back, in one line as an engineer writes it in a ticket (decoded when it is TLS), and its finding."""
+    if a.error and not a.raw:
+        return a.error, None
+    if a.status is not None:
+        f = findings.from_response(a.status, a.body) if a.status == 400 else None
+        label = f" [X-ESRS-Fix: {a.label}]" if a.label else ""
+        return f"{a.status_line}{label}" + (f" ({f.detail})" if f else ""), f
+    if not a.raw:
+        return ("no answer within the timeout" if a.timed_out else "connection closed without a byte"), None
+    f = findings.from_response_head(a.raw) or findings.from_incomplete_head(a.raw)
+    text = f"no HTTP status: raw bytes {records.hexdump(a.raw, 16)}"
+    return (f"{text}, decoded {f.summary}" if f else text), f
+
+
 @dataclass
 class CheckResult:
     url: str
     passed: bool
     answer: Answer
     finding: Finding | None
-
-    @property
-    def saw(self) -> str:
-        """What the check saw, in one line, as an engineer would write it in a ticket."""
-        a = self.answer
-        if a.error and not a.raw:
-            return a.error
-        if a.status is not None:
-            label = f" [X-ESRS-Fix: {a.label}]" if a.label else ""
-            return f"{a.status_line}{label}"
-        if not a.raw:
-            return "no answer within the timeout" if a.timed_out else "connection closed, no bytes"
-        text = f"no HTTP status: raw bytes {records.hexdump(a.raw, 16)}"
-        if self.finding is not None:
-            text += f", decoded {self.finding.summary}"
-        return text
+    saw: str  # what the check saw, from describe()
 
 
 def run_check(proxy: tuple[str, int], host: str, port: int, timeout: float = 10.0) -> CheckResult:
@@ -134,7 +134,5 @@ def run_check(proxy: tuple[str, int], host: str, port: int, timeout: float = 10.
     url = f"https://{host}:{port}/"
     request = f"GET {url} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: esrs-fix-lab-check\r\n\r\n".encode()
     answer = exchange(proxy, request, timeout)
-    finding = None
-    if answer.status is None and answer.raw:
-        finding = findings.from_response_head(answer.raw) or findings.from_incomplete_head(answer.raw)
-    return CheckResult(url, answer.status == 200, answer, finding)
+    saw, finding = describe(answer)
+    return CheckResult(url, answer.status == 200, answer, finding, saw)
