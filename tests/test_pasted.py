@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stray_tls.pasted import PasteError, parse_hostport, parse_pasted
+from stray_tls.pasted import PasteError, parse_hostport, parse_pasted, parse_route
 
 ALERT = bytes.fromhex("1503010002020a")
 
@@ -73,3 +73,11 @@ def test_addresses(text: str, expected: tuple[str, int]) -> None:
 def test_bad_addresses_get_a_sentence(text: str) -> None:
     with pytest.raises(ValueError, match="expected http://HOST:PORT or HOST:PORT"):
         parse_hostport(text)
+
+
+def test_routes() -> None:
+    assert parse_route("esrs.lab:443=127.0.0.1:8443") == (("esrs.lab", 443), ("127.0.0.1", 8443))
+    with pytest.raises(ValueError, match="expected HOST:PORT=IP:PORT"):
+        parse_route("esrs.lab:443")
+    with pytest.raises(ValueError, match="expected http://HOST:PORT or HOST:PORT"):
+        parse_route("esrs.lab:443=nowhere")

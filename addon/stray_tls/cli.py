@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from . import findings, records, text
-from .pasted import PasteError, parse_hostport, parse_pasted
+from .pasted import PasteError, argument, parse_hostport, parse_pasted
 
 
 def script_path() -> Path:
@@ -58,11 +58,7 @@ def cmd_path(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     from . import diagnose
 
-    try:
-        proxy = parse_hostport(args.proxy)
-    except ValueError as e:
-        print(f"esrs-fix check: --proxy: {e}", file=sys.stderr)
-        return 2
+    proxy = args.proxy
     if args.timeout <= 0:
         print("esrs-fix check: --timeout must be positive", file=sys.stderr)
         return 2
@@ -155,7 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
         "CONNECT+TLS and CONNECT+plaintext probes, and say which hop is at fault. Exit status: 0 the check would "
         "pass, 1 it would fail, 2 bad arguments, 3 could not test (the proxy is unreachable).",
     )
-    p.add_argument("--proxy", required=True, metavar="http://HOST:PORT", help="the customer's HTTP proxy")
+    p.add_argument(
+        "--proxy",
+        required=True,
+        type=argument(parse_hostport),
+        metavar="http://HOST:PORT",
+        help="the customer's HTTP proxy",
+    )
     p.add_argument("host", help="the ESRS host name")
     p.add_argument("--port", type=int, action="append", help="ports to check (repeatable; default 443 and 8443)")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds each probe may take (default 10)")

@@ -3,12 +3,18 @@ and proxy or server addresses."""
 
 from __future__ import annotations
 
+import argparse
 import re
+from collections.abc import Callable
+from typing import TypeVar
 
 # A Wireshark "Copy as Hex Dump" line: an offset, up to 16 bytes (single or double spaced), an ASCII column.
 _DUMP_LINE = re.compile(r"^\s*([0-9a-fA-F]{4,8})(?::)?\s{1,4}((?:[0-9a-fA-F]{2}(?: {1,2}|$)){1,16})")
 _SEPARATORS = re.compile(r"\\x|0x|[\s,:;.\-]", re.I)
 _HEX = re.compile(r"^[0-9a-fA-F]*$")
+
+
+T = TypeVar("T")
 
 
 class PasteError(ValueError):
@@ -44,3 +50,25 @@ def parse_hostport(text: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or not host.strip("[]"):
         raise ValueError(f"expected http://HOST:PORT or HOST:PORT, got {text!r}")
     return host.strip("[]"), int(port)
+
+
+def parse_route(text: str) -> tuple[tuple[str, int], tuple[str, int]]:
+    """`esrs.lab:443=127.0.0.1:8443` -> ((asked host, port), (address to dial)); ValueError with a sentence."""
+    asked, sep, dial = text.partition("=")
+    if not sep:
+        raise ValueError(f"expected HOST:PORT=IP:PORT, got {text!r}")
+    return parse_hostport(asked), parse_hostport(dial)
+
+
+def argument(parse: Callable[[str], T]) -> Callable[[str], T]:
+    """An argparse `type` from a parser that raises ValueError with a sentence: argparse then names the option
+    and exits with status 2, and the sentence is what the user reads."""
+
+    def convert(text: str) -> T:
+        try:
+            return parse(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    convert.__name__ = parse.__name__
+    return convert

@@ -13,7 +13,7 @@ from pathlib import Path
 from mitmproxy import version as mitmproxy_version
 
 from .. import records
-from ..pasted import parse_hostport
+from ..pasted import argument, parse_hostport, parse_route
 from . import servers
 from .check import run_check
 from .scenarios import SCENARIOS, Lab, Row, rows_as_dicts, run_scenarios
@@ -52,6 +52,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--well-behaved", action="store_true", help="send https:// URLs over TLS, as a correct proxy")
     p.add_argument(
         "--route",
+        type=argument(parse_route),
         action="append",
         default=[],
         metavar="HOST:PORT=IP:PORT",
@@ -60,7 +61,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_faulty_proxy)
 
     p = parts.add_parser("check", help="run the stand-in check (absolute-form GET https://) through a proxy")
-    p.add_argument("--proxy", required=True, metavar="HOST:PORT", help="the HTTP proxy to go through")
+    p.add_argument(
+        "--proxy",
+        required=True,
+        type=argument(parse_hostport),
+        metavar="HOST:PORT",
+        help="the HTTP proxy to go through",
+    )
     p.add_argument("host", help="the ESRS host name to ask for")
     p.add_argument("--port", type=int, action="append", help="ports to check (default 443 and 8443)")
     p.add_argument("--timeout", type=float, default=10.0)
@@ -142,12 +149,7 @@ def cmd_serve_esrs(args: argparse.Namespace) -> int:
 
 
 def cmd_faulty_proxy(args: argparse.Namespace) -> int:
-    try:
-        routes = {parse_hostport(a): parse_hostport(b) for a, _, b in (r.partition("=") for r in args.route)}
-    except ValueError as e:
-        print(f"esrs-fix lab faulty-proxy: --route: {e}", file=sys.stderr)
-        return 2
-    proxy = servers.FaultyProxy(routes, well_behaved=args.well_behaved, port=args.port).start()
+    proxy = servers.FaultyProxy(dict(args.route), well_behaved=args.well_behaved, port=args.port).start()
     try:
         kind = "well-behaved" if args.well_behaved else "faulty (plaintext for https:// URLs)"
         return _wait_forever(f"{kind} proxy on 127.0.0.1:{proxy.port}")
@@ -156,12 +158,7 @@ def cmd_faulty_proxy(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    try:
-        proxy = parse_hostport(args.proxy)
-    except ValueError as e:
-        print(f"esrs-fix lab check: --proxy: {e}", file=sys.stderr)
-        return 2
-    results = [run_check(proxy, args.host, p, args.timeout) for p in (args.port or [443, 8443])]
+    results = [run_check(args.proxy, args.host, p, args.timeout) for p in (args.port or [443, 8443])]
     for r in results:
         print(f"{'PASS' if r.passed else 'FAIL'} {r.url}: {r.saw}")
     return 0 if all(r.passed for r in results) else 1
