@@ -337,7 +337,7 @@ class Bench:
         """Where the CPU goes under clean load: esrs-fix's own functions vs all of mitmdump (cProfile)."""
         import pstats
 
-        from stray_tls.cli import script_path
+        from stray_tls.launch import script_path
 
         port = servers.free_port()
         prof = self.workdir / "addon.prof"
@@ -440,7 +440,8 @@ class Bench:
 
     # 5
     def pcap(self, megabytes: int) -> None:
-        from stray_tls.lab.capgen import Conversation, write_capture
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/capgen.py is not installed
+        from tests.capgen import Conversation, write_capture
 
         def make(path: Path, mb: int) -> tuple[int, int]:
             body = bytes(range(256)) * 256  # 64 KiB
@@ -467,7 +468,7 @@ class Bench:
             return time.perf_counter() - started, usage.ru_maxrss, out
 
         results: dict[str, Any] = {}
-        esrs_fix = [sys.executable, "-m", "stray_tls.cli", "pcap", "--json"]
+        esrs_fix = [sys.executable, "-m", "stray_tls.main", "pcap", "--json"]
         tshark = shutil.which("tshark")
         for mb in sorted({max(20, megabytes // 4), megabytes}):
             path = self.workdir / f"bench-{mb}.pcap"

@@ -8,7 +8,7 @@ import pytest
 from mitmproxy import exceptions, http
 from mitmproxy.test import taddons, tflow
 
-from stray_tls import early
+from stray_tls import compat
 from stray_tls.addon import LABEL_HEADER, MARKER, METADATA_KEY, EsrsFix
 
 from .conftest import FIELD_ALERT, SUMMARY
@@ -147,7 +147,7 @@ def test_missing_internals_give_one_warning_and_public_hooks_still_work(addon: E
     def gone(self: object) -> None:
         raise AttributeError("module 'mitmproxy.proxy.layers.http._http1' has no attribute 'Http1Client'")
 
-    monkeypatch.setattr(early._Internals, "__init__", gone)
+    monkeypatch.setattr(compat._Internals, "__init__", gone)
     caplog.set_level(logging.WARNING)
     with taddons.context(addon) as tctx:
         tctx.configure(addon, esrs_early=True)
@@ -162,7 +162,7 @@ def test_missing_internals_give_one_warning_and_public_hooks_still_work(addon: E
 
 
 def test_unsupported_mitmproxy_major_keeps_early_detection_off(addon: EsrsFix, monkeypatch) -> None:
-    monkeypatch.setattr(early, "mitmproxy_major", lambda: 99)
+    monkeypatch.setattr(compat, "mitmproxy_major", lambda: 99)
     assert not addon.early.install()
     assert "not one of the tested majors" in addon.early.reason
 

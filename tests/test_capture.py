@@ -13,8 +13,8 @@ pytest.importorskip("dpkt")
 
 from stray_tls import capture
 from stray_tls.findings import Kind
-from stray_tls.lab.capgen import Conversation, write_capture
 from stray_tls.lab.servers import ALERT_TLS10, NGINX_400_BODY
+from tests.capgen import Conversation, write_capture
 
 REQ = b"GET https://esrs.example:443/ HTTP/1.1\r\nHost: esrs.example:443\r\n\r\n"
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
@@ -98,7 +98,10 @@ def test_truncated_capture_reports_what_was_read(tmp_path: Path) -> None:
     data = path.read_bytes()
     path.write_bytes(data[: len(data) - 30])  # cut inside the last packets
     p = subprocess.run(
-        [sys.executable, "-m", "stray_tls.cli", "pcap", "--json", str(path)], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "stray_tls.main", "pcap", "--json", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert p.returncode == 3, p.stderr
     assert "the capture is truncated" in p.stderr and "Traceback" not in p.stderr
@@ -111,7 +114,7 @@ def test_not_a_capture_and_missing_file(tmp_path: Path) -> None:
     junk.write_text("15 03 01 00 02 02 0a\n")
     for target, words in ((junk, "not a pcap or pcapng file"), (tmp_path / "missing.pcap", "cannot open")):
         p = subprocess.run(
-            [sys.executable, "-m", "stray_tls.cli", "pcap", str(target)], capture_output=True, text=True, timeout=60
+            [sys.executable, "-m", "stray_tls.main", "pcap", str(target)], capture_output=True, text=True, timeout=60
         )
         assert p.returncode == 2 and words in p.stderr and "Traceback" not in p.stderr
 
@@ -120,7 +123,7 @@ def test_cli_text_output(tmp_path: Path) -> None:
     path = tmp_path / "one.pcap"
     write_capture(path, conversations()[1:2])
     p = subprocess.run(
-        [sys.executable, "-m", "stray_tls.cli", "pcap", str(path)], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "stray_tls.main", "pcap", str(path)], capture_output=True, text=True, timeout=60
     )
     assert p.returncode == 0
     lines = p.stdout.splitlines()

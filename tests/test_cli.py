@@ -12,7 +12,7 @@ import pytest
 
 def esrs_fix(*args: str, stdin: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "stray_tls.cli", *args],
+        [sys.executable, "-m", "stray_tls.main", *args],
         input=stdin,
         capture_output=True,
         text=True,

@@ -11,10 +11,10 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from stray_tls.cli import script_path
 from stray_tls.lab import servers
-from stray_tls.lab.check import exchange
 from stray_tls.lab.servers import Plaintext
+from stray_tls.launch import script_path
+from stray_tls.wire import exchange
 
 from .conftest import SUMMARY
 

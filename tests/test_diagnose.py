@@ -15,7 +15,7 @@ pytestmark = pytest.mark.e2e
 
 def check(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "stray_tls.cli", "check", *args], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "stray_tls.main", "check", *args], capture_output=True, text=True, timeout=120
     )
 
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stray_tls import findings
+from stray_tls import compat, findings
 from stray_tls.findings import Confidence, Kind
 from stray_tls.lab.servers import NGINX_400_BODY
 
@@ -39,32 +39,32 @@ def test_response_head_that_is_http_or_incomplete_is_no_finding() -> None:
     ],
 )
 def test_error_messages_give_the_bytes_back(message: str) -> None:
-    f = findings.from_error_message(message)
+    f = compat.finding_from_error(message)
     assert f is not None
     assert f.kind is Kind.TLS_RECORDS and f.summary == SUMMARY and f.raw == FIELD_ALERT
 
 
 def test_error_message_with_crlf_eaten() -> None:
     # 15 03 01 00 03 02 0a 0d: a 3-byte fragment whose last two bytes were a CRLF taken by the parser
-    f = findings.from_error_message(
+    f = compat.finding_from_error(
         "Cannot parse HTTP response: Bad HTTP response line: b'\\x15\\x03\\x01\\x00\\x03\\x02'"
     )
     assert f is not None and f.raw == bytes.fromhex("15 03 01 00 03 02 0d 0a")
 
 
 def test_error_message_of_incomplete_record_and_others() -> None:
-    f = findings.from_error_message("unexpected server response: b'\\x15\\x03\\x01'")
+    f = compat.finding_from_error("unexpected server response: b'\\x15\\x03\\x01'")
     assert f is not None and f.kind is Kind.TLS_INCOMPLETE
-    f = findings.from_error_message("server closed connection")
+    f = compat.finding_from_error("server closed connection")
     assert f is not None and f.kind is Kind.SILENT_CLOSE and f.confidence is Confidence.LOW and not f.rewritable
-    assert findings.from_error_message("unexpected server response: b'garbage'") is None
-    assert findings.from_error_message("Cannot parse HTTP response: Bad HTTP response line: b'FOO'") is None
-    assert findings.from_error_message("Connection refused") is None
+    assert compat.finding_from_error("unexpected server response: b'garbage'") is None
+    assert compat.finding_from_error("Cannot parse HTTP response: Bad HTTP response line: b'FOO'") is None
+    assert compat.finding_from_error("Connection refused") is None
 
 
 @given(st.text(max_size=200))
 def test_error_message_parser_never_raises(message: str) -> None:
-    findings.from_error_message(message)
+    compat.finding_from_error(message)
 
 
 @pytest.mark.parametrize(

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from stray_tls.lab import servers
-from stray_tls.lab.check import exchange
 from stray_tls.lab.servers import ALERT_TLS10, ScriptedServer, split_at
+from stray_tls.wire import exchange
 
 from .conftest import SUMMARY, reverse_modes
 
@@ -183,7 +183,24 @@ del _base.ReceiveHttp
 """
 
 FAULT_DECODER_RAISES = """
-# Simulates a bug in the addon's hot path: the decoder raises on every call.
+# Simulates a bug in the addon's hot path that surfaces only in traffic: the decoder works for the behaviour
+# check at install (its first call), then raises on every call.
+from stray_tls import records
+
+calls = []
+decode = records.decode
+
+def broken(data):
+    calls.append(1)
+    if len(calls) > 1:
+        raise RuntimeError("simulated decoder bug")
+    return decode(data)
+
+records.decode = broken
+"""
+
+FAULT_DECODER_BROKEN_AT_INSTALL = """
+# Simulates a mitmproxy or addon change that breaks the early path before any traffic: the decoder always raises.
 from stray_tls import records
 
 def broken(data):
@@ -194,8 +211,8 @@ records.decode = broken
 
 
 def run_with_fault(tmp_path: Path, fault: str, start_server, esrs) -> tuple[str, list[tuple[int | None, str | None]]]:
-    from stray_tls.cli import script_path
     from stray_tls.lab.mitm import Mitmdump
+    from stray_tls.launch import script_path
 
     script = tmp_path / "fault.py"
     script.write_text(fault)
@@ -221,3 +238,11 @@ def test_an_exception_on_the_hot_path_is_logged_once_and_the_flow_goes_on(tmp_pa
     assert log.count("early detection failed (RuntimeError: simulated decoder bug)") == 1
     assert answers[0][0] == 502 and answers[1][0] == 502  # as stock mitmproxy: its own 502
     assert answers[2] == (200, None)
+
+
+def test_a_behaviour_check_that_fails_at_install_keeps_early_detection_off(tmp_path, start_server, esrs) -> None:
+    log, answers = run_with_fault(tmp_path, FAULT_DECODER_BROKEN_AT_INSTALL, start_server, esrs)
+    assert log.count("early detection is off") == 1
+    assert "does not behave as early detection expects (RuntimeError: simulated decoder bug)" in log
+    assert "early detection failed" not in log  # the check speaks through the one warning, not an error line
+    assert answers[2] == (200, None)  # the proxy goes on

@@ -14,8 +14,8 @@ from mitmproxy.test import taddons, tflow
 
 from stray_tls import contentview
 from stray_tls.addon import METADATA_KEY, EsrsFix
-from stray_tls.lab.check import exchange
 from stray_tls.lab.servers import Plaintext
+from stray_tls.wire import exchange
 
 from .conftest import FIELD_ALERT, SUMMARY, reverse_modes
 
@@ -79,7 +79,7 @@ def test_console_command_decodes_like_the_cli(addon: EsrsFix) -> None:
         out = tctx.master.commands.execute("esrs.decode 15 03 01 00 02 02 0a")
         assert "description   unexpected_message (10)" in out and "version       TLS 1.0 (0x0301)" in out
         cli = subprocess.run(
-            [sys.executable, "-m", "stray_tls.cli", "decode", "15", "03", "01", "00", "02", "02", "0a"],
+            [sys.executable, "-m", "stray_tls.main", "decode", "15", "03", "01", "00", "02", "02", "0a"],
             capture_output=True,
             text=True,
             check=True,
@@ -148,7 +148,7 @@ def test_saved_flows_keep_the_decode_and_render_again(esrs, mitmdump, tmp_path) 
     assert flow.marked == ":warning:" and flow.comment == f"esrs-fix: {SUMMARY}"
     assert flow.metadata[METADATA_KEY]["raw_hex"] == "1503010002020a"
     # read back by a colleague's mitmdump with the addon: the view renders the decode again
-    from stray_tls.cli import script_path
+    from stray_tls.launch import script_path
 
     p = subprocess.run(
         [

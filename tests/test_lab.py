@@ -16,7 +16,7 @@ pytestmark = pytest.mark.e2e
 
 def test_every_lab_scenario_behaves_and_the_table_agrees_with_the_log(tmp_path) -> None:
     p = subprocess.run(
-        [sys.executable, "-m", "stray_tls.cli", "lab", "--json", "--workdir", str(tmp_path)],
+        [sys.executable, "-m", "stray_tls.main", "lab", "--json", "--workdir", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=300,
@@ -45,7 +45,7 @@ def test_every_lab_scenario_behaves_and_the_table_agrees_with_the_log(tmp_path) 
 
 def test_lab_rejects_an_unknown_scenario() -> None:
     p = subprocess.run(
-        [sys.executable, "-m", "stray_tls.cli", "lab", "--only", "Z"], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "stray_tls.main", "lab", "--only", "Z"], capture_output=True, text=True, timeout=60
     )
     assert p.returncode == 2 and "unknown scenario" in p.stderr
 

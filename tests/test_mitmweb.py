@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from stray_tls.lab import servers
-from stray_tls.lab.check import exchange
 from stray_tls.lab.mitm import Mitmweb
 from stray_tls.lab.servers import Plaintext
+from stray_tls.wire import exchange
 
 from .conftest import SUMMARY, reverse_modes
 

@@ -1,39 +1,40 @@
 """The mitmproxy addon: spot TLS where HTTP was expected, explain it, and rewrite it only when asked.
 
-It speaks mitmproxy's public API only; the one use of internals lives in `early.py`.
+It speaks mitmproxy's public API only; everything that names mitmproxy's internals lives in `compat`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime
-import json
 import logging
 import weakref
 from collections.abc import Sequence
-from typing import Optional, TextIO
+from typing import Optional
 
 from mitmproxy import command, ctx, exceptions, flowfilter, http, tls
 from mitmproxy.addonmanager import Loader
 from mitmproxy.net.http import status_codes
 from mitmproxy.proxy import server_hooks
 
-from . import contentview, records, text
+from . import compat, contentview, records, text
 from . import findings as fnd
-from .early import EarlyDetection
+from .compat import EarlyDetection
 from .findings import Finding
+from .names import (
+    DEFAULT_HOLD_TIMEOUT,
+    LABEL_HEADER,
+    MARKER,
+    METADATA_KEY,
+    OPTION_NAMES,
+    PREFIX,
+    UPSTREAM_LABEL_HEADER,
+)
 from .pasted import PasteError, parse_pasted
+from .report import ReportWriter
 
 log = logging.getLogger("esrs_fix")
 
-#: The header that labels every answer this addon makes up.
-LABEL_HEADER = "X-ESRS-Fix"
-#: Where an upstream's own X-ESRS-Fix header goes, so that only the addon's answers carry the label.
-UPSTREAM_LABEL_HEADER = "X-ESRS-Fix-Upstream"
 _LABEL_BYTES = LABEL_HEADER.lower().encode()
-MARKER = ":warning:"
-METADATA_KEY = "esrs_fix"
-OPTION_NAMES = ("esrs_rewrite", "esrs_status", "esrs_filter", "esrs_early", "esrs_hold_timeout", "esrs_report")
 
 
 class EsrsFix:
@@ -84,7 +85,7 @@ class EsrsFix:
         loader.add_option(
             "esrs_hold_timeout",
             int,  # whole seconds: mitmproxy's --set cannot parse a float option
-            5,
+            DEFAULT_HOLD_TIMEOUT,
             "Seconds to wait for a TLS record that has begun (in the upstream's answer) to complete. Then the client "
             "is answered with what arrived, labelled incomplete. Needs esrs_early.",
         )
@@ -109,15 +110,13 @@ class EsrsFix:
         """
         options = loader.master.options
         for name in OPTION_NAMES:
-            pending = options.deferred.get(name)
-            if pending is None:
+            values = compat.deferred_values(options, name)
+            if values is None:
                 continue
-            values = getattr(pending, "val", pending)
-            values = values if isinstance(values, list) else [values]
             try:
                 options.set(*(f"{name}={v}" for v in values))
             except exceptions.OptionsError as e:
-                log.error("esrs-fix: option %s: invalid value %s: %s", name, " ".join(map(str, values)), e)
+                log.error("esrs-fix: option %s: invalid value %s: %s", name, " ".join(values), e)
 
     def configure(self, updated: set[str]) -> None:
         if "esrs_status" in updated:
@@ -183,9 +182,11 @@ class EsrsFix:
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         # Only the addon may label an answer: an upstream's own X-ESRS-Fix is renamed before the client sees it
-        # (here, not in `response`, so that streamed bodies are covered too).
+        # (here, not in `response`, so that streamed bodies are covered too). A flow read back from a file keeps
+        # what it recorded, the addon's own label included.
         response = flow.response
-        assert response
+        if response is None or not flow.live:
+            return
         # A plain scan of the raw fields: five times cheaper than `in headers`, which runs on every response.
         if any(name.lower() == _LABEL_BYTES for name, _ in response.headers.fields) and response not in self._made:
             values = response.headers.get_all(LABEL_HEADER)
@@ -202,7 +203,8 @@ class EsrsFix:
             )
 
     def response(self, flow: http.HTTPFlow) -> None:
-        assert flow.response
+        if flow.response is None or not flow.live:
+            return  # history: a flow read back with -r keeps what it recorded
         finding = self._made.pop(flow.response, None) if self._made else None
         if finding is None:
             # Late faces: a server's "plain HTTP to HTTPS port" page, or TLS records relayed as a body.
@@ -213,7 +215,7 @@ class EsrsFix:
                 return
             if response.headers.get("content-encoding", "identity") != "identity":
                 return
-            finding = fnd.from_response(response.status_code, content)
+            finding = fnd.from_response(response.status_code, content, response.headers.get("x-transformed-from"))
             if finding is None:
                 return
         self._report(flow, finding, may_rewrite=True)
@@ -221,9 +223,9 @@ class EsrsFix:
     # -- public-hook fallbacks
 
     def error(self, flow: http.HTTPFlow) -> None:
-        if flow.error is None or flow.response is not None:
+        if flow.error is None or flow.response is not None or not flow.live:
             return
-        finding = self._tls_failures.pop(flow.server_conn.id, None) or fnd.from_error_message(flow.error.msg)
+        finding = self._tls_failures.pop(flow.server_conn.id, None) or compat.finding_from_error(flow.error.msg)
         if finding is None:
             return
         # Only the early detection's send wrapper can put an answer in place of mitmproxy's error page.
@@ -235,7 +237,7 @@ class EsrsFix:
 
     def tls_failed_server(self, data: tls.TlsData) -> None:
         # Remember why; the flow's error hook, which follows, reports it once with the flow's URL.
-        finding = fnd.from_tls_error(data.conn.error or "")
+        finding = compat.finding_from_tls_error(data.conn.error or "")
         if finding is not None:
             self._tls_failures[data.conn.id] = finding
 
@@ -271,8 +273,10 @@ class EsrsFix:
             action,
             finding.explanation,
         )
-        flow.marked = MARKER
-        flow.comment = f"esrs-fix: {finding.summary}"
+        if not flow.marked:  # a marker the user set stays
+            flow.marked = MARKER
+        note = f"{PREFIX}: {finding.summary}"
+        flow.comment = f"{flow.comment}\n{note}" if flow.comment else note  # what the user typed stays
         meta = finding.to_dict()
         meta["upstream"] = upstream
         meta["upstream_proxy"] = via_address
@@ -338,38 +342,3 @@ def rewritten_response(finding: Finding, status: int) -> http.Response:
             LABEL_HEADER: f"synthetic {status}; {finding.summary}",
         },
     )
-
-
-class ReportWriter:
-    """The `esrs_report` file: JSON Lines, each line flushed at once so that a killed proxy leaves whole lines."""
-
-    def __init__(self, path: str, file: TextIO) -> None:
-        self.path = path
-        self._file = file
-        self._failing = False
-
-    @classmethod
-    def open(cls, path: str) -> ReportWriter:
-        try:
-            return cls(path, open(path, "a", encoding="utf-8"))
-        except OSError as e:
-            raise exceptions.OptionsError(
-                f"esrs_report: cannot open {path!r} for appending: {e.strerror or e}"
-            ) from None
-
-    def write(self, entry: dict[str, object]) -> None:
-        try:
-            self._file.write(json.dumps(entry, ensure_ascii=False) + "\n")
-            self._file.flush()
-        except (OSError, ValueError) as e:  # the disk filled up, the file went away: the proxy goes on
-            if not self._failing:
-                log.error("esrs-fix: cannot write the report %s (%s); detections are still logged", self.path, e)
-            self._failing = True
-        else:
-            if self._failing:
-                log.warning("esrs-fix: writing the report %s works again", self.path)
-            self._failing = False
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self._file.close()

@@ -1,4 +1,7 @@
-"""The `esrs-fix` command: decode pasted bytes, diagnose a proxy, read a capture, find the addon script, run the lab."""
+"""The product's commands: decode pasted bytes, diagnose a proxy, read a capture, find the addon script.
+
+The `esrs-fix` executable (`main.py`) adds the lab's commands on top; this module never imports the lab.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +11,8 @@ import sys
 from pathlib import Path
 
 from . import findings, records, text
+from .launch import script_path
 from .pasted import PasteError, argument, parse_hostport, parse_pasted
-
-
-def script_path() -> Path:
-    """The script for `mitmdump -s`: `esrs_fix.py` beside the package, in a checkout and in site-packages."""
-    return Path(__file__).resolve().parent.parent / "esrs_fix.py"
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
@@ -128,7 +127,8 @@ def cmd_pcap(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
+    """The parser with the product's commands, and its subparsers for the layers above to add theirs."""
     parser = argparse.ArgumentParser(
         prog="esrs-fix",
         description="Find TLS records where HTTP was expected: decode pasted bytes, diagnose a proxy, read a "
@@ -176,21 +176,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_pcap)
     p = sub.add_parser("path", help='print the path of the addon script, for mitmdump -s "$(esrs-fix path)"')
     p.set_defaults(func=cmd_path)
-    from .lab import cli as lab_cli
-
-    lab_cli.add_parser(sub)
-    return parser
+    return parser, sub
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+def run(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
     except KeyboardInterrupt:
         print("esrs-fix: interrupted", file=sys.stderr)
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,8 +1,6 @@
 """The "TLS records" content view, for mitmweb, the mitmproxy console and `mitmdump --flow-detail`.
 
-mitmproxy 11 and 12 have different content view APIs (11: `View.__call__` returning lines, priority with keyword
-metadata, `add` refuses a duplicate name; 12: `Contentview.prettify(data, metadata)`, `add` replaces by name).
-This module speaks whichever the running mitmproxy has; both are public API.
+What it shows is decided here; how it plugs into mitmproxy 11's or 12's content-view API is `compat`'s business.
 """
 
 from __future__ import annotations
@@ -10,12 +8,13 @@ from __future__ import annotations
 import textwrap
 from typing import Any
 
-from mitmproxy import contentviews, http
+from mitmproxy import http
 
-from . import records, text
+from . import compat, records, text
+from .names import METADATA_KEY, VIEW_NAME
 
-VIEW_NAME = "TLS records"
-METADATA_KEY = "esrs_fix"
+#: The explanation's width: it reads in mitmweb's response pane and an 80-column console without scrolling.
+WRAP = 76
 #: Above the built-in views' priorities (JSON and friends go up to 1), for bodies that are TLS records.
 PRIORITY = 2.0
 
@@ -63,7 +62,7 @@ def render(data: bytes, flow: Any = None, message: Any = None) -> str | None:
     if isinstance(decoded, records.Records):
         for r in decoded.records:
             lines += text.record_lines(r)
-    lines += ["", *textwrap.wrap(str(meta.get("explanation", "")), 100)]
+    lines += ["", *textwrap.wrap(str(meta.get("explanation", "")), WRAP)]
     return "\n".join(lines)
 
 
@@ -74,52 +73,10 @@ def priority(data: bytes, flow: Any = None, message: Any = None) -> float:
     return -1
 
 
-#: mitmproxy 11's API (12 keeps a deprecated shim of it, which this module does not use there).
-LEGACY_API = not hasattr(contentviews, "Contentview")
-
-if not LEGACY_API:  # mitmproxy 12
-
-    class TlsRecordsView(contentviews.Contentview):  # type: ignore[misc,name-defined,unused-ignore]
-        @property
-        def name(self) -> str:
-            return VIEW_NAME
-
-        def prettify(self, data: bytes, metadata: Any) -> str:
-            rendered = render(data, metadata.flow, metadata.http_message)
-            if rendered is None:
-                raise ValueError("not TLS records")
-            return rendered
-
-        def render_priority(self, data: bytes, metadata: Any) -> float:
-            return priority(data, metadata.flow, metadata.http_message)
-
-else:  # mitmproxy 11
-
-    class TlsRecordsView(contentviews.View):  # type: ignore[no-redef,misc,unused-ignore]
-        name = VIEW_NAME
-
-        def __call__(self, data: bytes, *, flow: Any = None, http_message: Any = None, **unknown: Any) -> Any:
-            rendered = render(data, flow, http_message)
-            if rendered is None:
-                return "TLS records: not applicable", iter([[("text", records.hexdump(data, 64))]])
-            return VIEW_NAME, iter([[("text", line)] for line in rendered.splitlines()])
-
-        def render_priority(self, data: bytes, *, flow: Any = None, http_message: Any = None, **unknown: Any) -> float:
-            return priority(data, flow, http_message)
-
-
 def register() -> Any:
     """Add the view; returns what `unregister` needs."""
-    view = TlsRecordsView()
-    if LEGACY_API:  # 11: a name may be registered once, e.g. across a script reload
-        for existing in list(getattr(contentviews, "views", [])):
-            if existing.name == VIEW_NAME:
-                contentviews.remove(existing)
-    contentviews.add(view)
-    return view
+    return compat.register_view(VIEW_NAME, render, priority)
 
 
 def unregister(view: Any) -> None:
-    # 12 has no removal and replaces a view of the same name on the next add; 11 must remove it.
-    if LEGACY_API and view in getattr(contentviews, "views", []):
-        contentviews.remove(view)
+    compat.unregister_view(view)

@@ -16,7 +16,7 @@ from typing import Any
 
 from . import findings
 from .findings import Finding, Kind
-from .lab.check import Answer, describe, send_and_read
+from .wire import Answer, describe, send_and_read
 
 
 class Outcome(enum.IntEnum):
@@ -34,6 +34,8 @@ class Probe:
     ok: bool
     finding: Finding | None = None
     status: int | None = None
+    #: The proxy could not be reached at all: nothing was tested.
+    unreachable: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -72,7 +74,7 @@ def _connect(proxy: tuple[str, int], timeout: float) -> socket.socket | str:
 def probe_absolute(proxy: tuple[str, int], host: str, port: int, timeout: float) -> Probe:
     sock = _connect(proxy, timeout)
     if isinstance(sock, str):
-        return Probe("GET https:// (as the check)", sock, False)
+        return Probe("GET https:// (as the check)", sock, False, unreachable=True)
     request = f"GET https://{host}:{port}/ HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: esrs-fix-check\r\n\r\n"
     with sock:
         a = send_and_read(sock, request.encode(), time.monotonic() + timeout)
@@ -153,7 +155,7 @@ def probe_direct(host: str, port: int, timeout: float) -> Probe:
 def check_port(proxy: tuple[str, int], host: str, port: int, timeout: float, direct: bool = False) -> PortResult:
     absolute = probe_absolute(proxy, host, port, timeout)
     probes = [absolute]
-    if absolute.what.startswith("cannot connect to the proxy"):
+    if absolute.unreachable:
         return PortResult(host, port, Outcome.UNTESTED, f"could not test: {absolute.what}", probes)
     tunnel = probe_connect_tls(proxy, host, port, timeout)
     plain = probe_connect_plain(proxy, host, port, timeout)

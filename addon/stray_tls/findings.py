@@ -5,7 +5,6 @@ Every consumer (the addon, the report, the CLI, the lab) speaks `Finding`; none 
 
 from __future__ import annotations
 
-import ast
 import enum
 import re
 from dataclasses import dataclass, field
@@ -25,8 +24,27 @@ class Kind(enum.StrEnum):
     TLS_INCOMPLETE = "tls_incomplete"  # it began like a TLS record that never completed
     TLS_IN_BODY = "tls_in_body"  # an HTTP head, then TLS records as the body
     PLAIN_HTTP_400 = "plain_http_400"  # the server's own "plain HTTP sent to HTTPS port" page
+    TLS_WRAPPED_HTTP09 = "tls_wrapped_http09"  # a proxy's invented HTTP/0.9 head (squid) around TLS records
     SILENT_CLOSE = "silent_close"  # no bytes at all, then close (OpenSSL 3 on plaintext)
     TLS_HANDSHAKE_ALERT = "tls_handshake_alert"  # mitmproxy's own TLS handshake to the upstream failed
+    UPSTREAM_NOT_TLS = "upstream_not_tls"  # the opposite fault: TLS sent to a port that speaks plain HTTP
+
+
+#: The kinds a synthetic status may stand in for (`esrs_rewrite`): an allow-list, so that a kind added later is
+#: not rewritable by accident. Not a silent close (too ambiguous), not TLS inside a body (that answer has a real
+#: HTTP status), not a proxy's HTTP/0.9 wrapping (its 200 already passes a check), and never the opposite fault
+#: (TLS to a plaintext port): a success there would hide a different misconfiguration.
+REWRITABLE: frozenset[Kind] = frozenset(
+    {Kind.TLS_RECORDS, Kind.TLS_INCOMPLETE, Kind.PLAIN_HTTP_400, Kind.TLS_HANDSHAKE_ALERT}
+)
+#: The kinds that prove the server never processed the plaintext request (it answered it as a TLS port does),
+#: so that the same request, of any method, may be sent again over TLS (`esrs_upgrade`).
+UPGRADABLE: frozenset[Kind] = frozenset(
+    {Kind.TLS_RECORDS, Kind.TLS_INCOMPLETE, Kind.PLAIN_HTTP_400, Kind.TLS_WRAPPED_HTTP09}
+)
+#: A silent close proves nothing of the kind: only requests that are safe to repeat are sent again after one.
+UPGRADABLE_IF_SAFE: frozenset[Kind] = frozenset({Kind.SILENT_CLOSE})
+SAFE_METHODS: frozenset[str] = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 class Confidence(enum.StrEnum):
@@ -55,12 +73,12 @@ class Finding:
 
     @property
     def rewritable(self) -> bool:
-        """Whether a synthetic status may stand in for this answer.
+        """Whether a synthetic status may stand in for this answer (see REWRITABLE)."""
+        return self.kind in REWRITABLE
 
-        Not for a silent close (too ambiguous), nor for TLS inside a body: that answer has a real HTTP status,
-        and a rewrite exists to replace answers that have none (or the server's own "wrong port" 400).
-        """
-        return self.kind not in (Kind.SILENT_CLOSE, Kind.TLS_IN_BODY)
+    def upgradable(self, method: str) -> bool:
+        """Whether the request may be sent again over TLS after this answer (see UPGRADABLE)."""
+        return self.kind in UPGRADABLE or (self.kind in UPGRADABLE_IF_SAFE and method.upper() in SAFE_METHODS)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -133,42 +151,6 @@ def from_incomplete_head(data: bytes | bytearray) -> Finding | None:
     )
 
 
-_UNEXPECTED = re.compile(r"unexpected server response: (b(['\"]).*\2)\s*$", re.S)
-_BAD_LINE = re.compile(r"Bad HTTP response line: (b(['\"]).*\2)", re.S)
-
-
-def _literal(text: str) -> bytes | None:
-    try:
-        value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return None
-    return value if isinstance(value, bytes) else None
-
-
-def from_error_message(message: str) -> Finding | None:
-    """Recover a finding from mitmproxy's `flow.error.msg` when the early detection was not there.
-
-    Two forms carry the bytes: `unexpected server response: b'...'` (the upstream closed), and
-    `Cannot parse HTTP response: Bad HTTP response line: b'...'`, where the HTTP parser has eaten the
-    final line ending, which may have been the alert's own 0x0a: so both endings are tried.
-    """
-    if m := _UNEXPECTED.search(message):
-        data = _literal(m.group(1))
-        if data is not None:
-            return from_response_head(data) or from_incomplete_head(data)
-    if m := _BAD_LINE.search(message):
-        data = _literal(m.group(1))
-        if data is not None:
-            for ending in (b"", b"\n", b"\r\n"):
-                decoded = tls.decode(data + ending)
-                if isinstance(decoded, Records) and not decoded.rest:
-                    return from_response_head(data + ending)
-            return from_response_head(data)
-    if message.strip() == "server closed connection":
-        return silent_close()
-    return from_tls_error(message)
-
-
 def silent_close() -> Finding:
     return Finding(
         Kind.SILENT_CLOSE,
@@ -185,12 +167,19 @@ PLAIN_HTTP_PAGES: tuple[tuple[bytes, str], ...] = (
     (b"The plain HTTP request was sent to HTTPS port", "nginx"),
     (b"Client sent an HTTP request to an HTTPS server", "Go net/http"),
     (b"speaking plain HTTP to an SSL-enabled server port", "Apache httpd"),
-    (b"This combination of host and port requires TLS", "Apache httpd"),
+    (b"This combination of host and port requires TLS", "Apache Tomcat"),  # and Spring Boot's embedded Tomcat
 )
 
 
-def from_response(status_code: int, body: bytes | None) -> Finding | None:
-    """A complete HTTP response that is really the TLS port's answer: a known 400 page, or TLS as the body."""
+#: squid's header on an answer it could not parse as HTTP and passed on under an HTTP/0.9 head of its own.
+TRANSFORMED_FROM_HTTP09 = "HTTP/0.9"
+
+
+def from_response(status_code: int, body: bytes | None, transformed_from: str | None = None) -> Finding | None:
+    """A complete HTTP response that is really the TLS port's answer: a known 400 page, or TLS as the body.
+
+    `transformed_from` is the response's `X-Transformed-From` header: squid's mark on a head it invented.
+    """
     if not body:
         return None
     if status_code == 400:
@@ -207,7 +196,21 @@ def from_response(status_code: int, body: bytes | None) -> Finding | None:
         return None
     if tls.could_start_tls(body[0]):
         decoded = tls.decode(body)
-        if isinstance(decoded, Records) and not decoded.rest:
+        if not isinstance(decoded, Records):
+            return None
+        if (transformed_from or "").strip().upper() == TRANSFORMED_FROM_HTTP09:
+            # squid keeps whatever follows, so a trailing partial record is still its wrapping of a TLS answer
+            return Finding(
+                Kind.TLS_WRAPPED_HTTP09,
+                Confidence.HIGH,
+                f"The HTTP {status_code} is not the server's: a proxy (squid) sent the request in plaintext to a TLS "
+                "port, got TLS records back, and wrapped them in an HTTP/0.9 answer of its own "
+                f"(X-Transformed-From: HTTP/0.9). The {status_code} is no success. {CHECK_ADVICE}",
+                decoded.records,
+                body,
+                extra={"http_status": status_code},
+            )
+        if not decoded.rest:
             return Finding(
                 Kind.TLS_IN_BODY,
                 Confidence.MEDIUM,
@@ -222,71 +225,64 @@ def from_response(status_code: int, body: bytes | None) -> Finding | None:
 
 _OPENSSL_ALERT = re.compile(r"alert ([a-z][a-z ]*[a-z])", re.I)
 _ALERT_CODES = {name.removesuffix("_RESERVED"): code for code, name in tls.registry.ALERT_DESCRIPTIONS.items()}
-_TLS_FAILURES: tuple[tuple[str, str], ...] = (
-    (
-        "wrong version number",
-        "The upstream did not answer mitmproxy's TLS handshake with TLS: the port probably speaks plain HTTP.",
-    ),
-    (
-        "does not speak tls",
-        "The upstream did not answer mitmproxy's TLS handshake with TLS: the port probably speaks plain HTTP.",
-    ),
-    (
-        "unsupported protocol",
-        "The upstream offers only TLS versions that mitmproxy refuses (for instance TLS 1.0 alone).",
-    ),
-    (
-        "no protocols available",
-        "The upstream offers only TLS versions that mitmproxy refuses (for instance TLS 1.0 alone).",
-    ),
-)
+#: OpenSSL's words when the upstream answered a ClientHello with something that is not TLS.
+_NOT_TLS_WORDS = ("wrong version number", "packet length too long", "record layer failure")
+#: OpenSSL's words when the upstream offers only versions this side refuses.
+_NO_SHARED_VERSION_WORDS = ("unsupported protocol", "no protocols available")
 
 
-#: mitmproxy rewords some OpenSSL errors (proxy/layers/tls.py); these say which alert stood behind them.
-_MITMPROXY_ALERT_PHRASES: tuple[tuple[str, int], ...] = (
-    ("cannot agree on a TLS version", 70),  # from "tlsv1 alert protocol version"
-)
+def tls_alert(code: int, message: str) -> Finding:
+    """The TLS handshake with the upstream ended in alert `code`; `message` is the TLS stack's own text."""
+    name = tls.registry.alert_description_name(code)
+    if code == 70:
+        cause = (
+            "The upstream and mitmproxy share no TLS version (for instance a TLS-1.0-only server, which "
+            "OpenSSL refuses by default). Enable the old version on the server, or let mitmproxy accept it "
+            "(`--set tls_version_server_min=TLS1`), or bypass the check."
+        )
+    elif code in (40, 71):
+        cause = (
+            "The upstream and mitmproxy agreed on no cipher suite or parameters (an old TLS stack). "
+            "Update the server, or widen mitmproxy's ciphers (`ciphers_server`), or bypass the check."
+        )
+    else:
+        cause = "The upstream rejected mitmproxy's TLS handshake."
+    return Finding(
+        Kind.TLS_HANDSHAKE_ALERT,
+        Confidence.HIGH,
+        cause,
+        detail=f"TLS handshake with the upstream failed: alert {name} ({code})",
+        extra={"alert": {"description": code, "description_name": name}, "tls_error": message.strip()},
+    )
 
 
-def _alert_code(message: str) -> int | None:
-    if m := _OPENSSL_ALERT.search(message):
-        code = _ALERT_CODES.get(m.group(1).lower().replace(" ", "_"))
-        if code is not None:
-            return code
-    return next((code for phrase, code in _MITMPROXY_ALERT_PHRASES if phrase in message), None)
+def upstream_not_tls(message: str) -> Finding:
+    """The opposite fault: TLS was sent to a port that answered in plaintext (`message`: the TLS stack's words)."""
+    return Finding(
+        Kind.UPSTREAM_NOT_TLS,
+        Confidence.HIGH,
+        "The opposite fault: mitmproxy spoke TLS to the upstream (an https:// URL), and the port answered in "
+        "plaintext: it speaks plain HTTP, not TLS. This is not the ESRS failure, and no synthetic answer is given "
+        "for it: check the URL's scheme and port, or the server's TLS configuration on that port.",
+        detail=f"TLS sent to a port that speaks plain HTTP: {message.strip()}",
+        extra={"tls_error": message.strip()},
+    )
 
 
 def from_tls_error(message: str) -> Finding | None:
-    """mitmproxy's TLS handshake with the upstream failed; name the alert the way the registry does."""
-    if (code := _alert_code(message)) is not None:
-        name = tls.registry.ALERT_DESCRIPTIONS[code]
-        if code == 70:
-            cause = (
-                "The upstream and mitmproxy share no TLS version (for instance a TLS-1.0-only server, which "
-                "OpenSSL refuses by default). Enable the old version on the server, or let mitmproxy accept it "
-                "(`--set tls_version_server_min=TLS1`), or bypass the check."
-            )
-        elif code in (40, 71):
-            cause = (
-                "The upstream and mitmproxy agreed on no cipher suite or parameters (an old TLS stack). "
-                "Update the server, or widen mitmproxy's ciphers (`ciphers_server`), or bypass the check."
-            )
-        else:
-            cause = "The upstream rejected mitmproxy's TLS handshake."
+    """A TLS handshake with the upstream failed, in OpenSSL's words: name the alert the way the registry does."""
+    if m := _OPENSSL_ALERT.search(message):
+        code = _ALERT_CODES.get(m.group(1).lower().replace(" ", "_"))
+        if code is not None:
+            return tls_alert(code, message)
+    lowered = message.lower()
+    if any(words in lowered for words in _NOT_TLS_WORDS):
+        return upstream_not_tls(message)
+    if any(words in lowered for words in _NO_SHARED_VERSION_WORDS):
         return Finding(
             Kind.TLS_HANDSHAKE_ALERT,
-            Confidence.HIGH,
-            cause,
-            detail=f"TLS handshake with the upstream failed: alert {name} ({code})",
-            extra={"alert": {"description": code, "description_name": name}, "tls_error": message.strip()},
+            Confidence.MEDIUM,
+            "The upstream offers only TLS versions that mitmproxy refuses (for instance TLS 1.0 alone).",
+            detail=f"TLS handshake with the upstream failed: {message.strip()}",
         )
-    lowered = message.lower()
-    for needle, cause in _TLS_FAILURES:
-        if needle in lowered:
-            return Finding(
-                Kind.TLS_HANDSHAKE_ALERT,
-                Confidence.MEDIUM,
-                cause,
-                detail=f"TLS handshake with the upstream failed: {message.strip()}",
-            )
     return None

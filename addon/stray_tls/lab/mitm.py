@@ -5,12 +5,11 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from ..cli import script_path
+from ..launch import mitmproxy_command
 
 
 class MitmError(RuntimeError):
@@ -44,11 +43,7 @@ class Mitmdump:
         self.process: subprocess.Popen[bytes] | None = None
 
     def command(self) -> list[str]:
-        launcher = f"from mitmproxy.tools.main import {self.tool}; {self.tool}()"
-        cmd = [sys.executable, "-c", launcher, "--listen-host", "127.0.0.1", "--set", "termlog_verbosity=info"]
-        if self.addon:
-            cmd += ["-s", str(script_path())]
-        return cmd + self.args
+        return mitmproxy_command(self.tool, addon=self.addon) + self.args
 
     def start(self) -> Mitmdump:
         env = dict(os.environ if self.env is None else self.env)

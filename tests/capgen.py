@@ -1,4 +1,4 @@
-"""Write pcap / pcapng captures of TCP conversations (for the pcap tests and the benchmark). Needs dpkt."""
+"""Write pcap / pcapng captures of TCP conversations, for the pcap tests and the benchmark (test-only). Needs dpkt."""
 
 from __future__ import annotations
 

@@ -1,0 +1,31 @@
+"""Names every part of esrs-fix shares: the label header, the flow metadata key, the options, the defaults.
+
+Defined once here, so that the addon, the content view, the lab, the bench and the tests cannot drift apart.
+"""
+
+from __future__ import annotations
+
+#: The header that labels every answer this addon made or touched.
+LABEL_HEADER = "X-ESRS-Fix"
+#: Where an upstream's own X-ESRS-Fix header goes, so that only the addon's answers carry the label.
+UPSTREAM_LABEL_HEADER = "X-ESRS-Fix-Upstream"
+#: The key of the structured finding in `flow.metadata`.
+METADATA_KEY = "esrs_fix"
+#: The marker a reported flow gets (mitmweb and the console show it as an emoji).
+MARKER = ":warning:"
+#: The prefix of every log line, comment and answer body the addon writes.
+PREFIX = "esrs-fix"
+
+OPT_REWRITE = "esrs_rewrite"
+OPT_STATUS = "esrs_status"
+OPT_FILTER = "esrs_filter"
+OPT_EARLY = "esrs_early"
+OPT_HOLD_TIMEOUT = "esrs_hold_timeout"
+OPT_REPORT = "esrs_report"
+OPTION_NAMES = (OPT_REWRITE, OPT_STATUS, OPT_FILTER, OPT_EARLY, OPT_HOLD_TIMEOUT, OPT_REPORT)
+
+#: Seconds to wait for a TLS record that has begun to complete (`esrs_hold_timeout`'s default).
+DEFAULT_HOLD_TIMEOUT = 5
+
+#: The content view's name, as mitmweb and the console list it.
+VIEW_NAME = "TLS records"

@@ -1,0 +1,49 @@
+"""The `esrs_report` file: one JSON object per detection (JSON Lines), each line flushed as it is written."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from typing import TextIO
+
+from mitmproxy import exceptions
+
+from .names import OPT_REPORT
+
+log = logging.getLogger("esrs_fix")
+
+
+class ReportWriter:
+    """The `esrs_report` file: JSON Lines, each line flushed at once so that a killed proxy leaves whole lines."""
+
+    def __init__(self, path: str, file: TextIO) -> None:
+        self.path = path
+        self._file = file
+        self._failing = False
+
+    @classmethod
+    def open(cls, path: str) -> ReportWriter:
+        try:
+            return cls(path, open(path, "a", encoding="utf-8"))
+        except OSError as e:
+            raise exceptions.OptionsError(
+                f"{OPT_REPORT}: cannot open {path!r} for appending: {e.strerror or e}"
+            ) from None
+
+    def write(self, entry: dict[str, object]) -> None:
+        try:
+            self._file.write(json.dumps(entry, ensure_ascii=False) + "\n")
+            self._file.flush()
+        except (OSError, ValueError) as e:  # the disk filled up, the file went away: the proxy goes on
+            if not self._failing:
+                log.error("esrs-fix: cannot write the report %s (%s); detections are still logged", self.path, e)
+            self._failing = True
+        else:
+            if self._failing:
+                log.warning("esrs-fix: writing the report %s works again", self.path)
+            self._failing = False
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._file.close()

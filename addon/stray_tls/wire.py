@@ -1,0 +1,121 @@
+"""A small HTTP/1 client on a plain socket: send one request, read one answer, say what came back.
+
+`esrs-fix check` and the lab's stand-in check both use it; it parses only as far as the answer is HTTP, keeps
+the raw bytes, and never raises for what a proxy or server sends.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from dataclasses import dataclass
+
+from . import findings, records
+from .findings import Finding
+from .names import LABEL_HEADER
+
+_LABEL = LABEL_HEADER.lower()
+
+
+@dataclass
+class Answer:
+    """What came back over one connection, parsed as far as it is HTTP."""
+
+    raw: bytes
+    status: int | None = None
+    status_line: str = ""
+    headers: dict[str, str] | None = None
+    body: bytes = b""
+    timed_out: bool = False
+    error: str = ""
+
+    @property
+    def label(self) -> str | None:
+        """The X-ESRS-Fix header: present only when esrs-fix made (or flagged) the answer."""
+        return (self.headers or {}).get(_LABEL)
+
+
+def exchange(address: tuple[str, int], request: bytes, timeout: float) -> Answer:
+    """Connect, send `request`, read one HTTP response (or raw bytes until close / timeout)."""
+    deadline = time.monotonic() + timeout
+    try:
+        sock = socket.create_connection(address, timeout=timeout)
+    except OSError as e:
+        return Answer(b"", error=f"cannot connect to {address[0]}:{address[1]}: {e.strerror or e}")
+    with sock:
+        return send_and_read(sock, request, deadline)
+
+
+def send_and_read(sock: socket.socket, request: bytes, deadline: float, *, head_only: bool = False) -> Answer:
+    """Send `request` on a connected socket (plain or TLS) and read one answer before `deadline`.
+
+    `head_only` stops at the end of the head (a CONNECT answer, after which the tunnel begins).
+    """
+    data = b""
+    timed_out = False
+    try:
+        sock.sendall(request)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                timed_out = True
+                break
+            sock.settimeout(remaining)
+            chunk = sock.recv(1 if head_only else 65536)  # a CONNECT answer must not eat tunnel bytes
+            if not chunk:
+                break
+            data += chunk
+            if (head_only and data.endswith(b"\r\n\r\n")) or (not head_only and _complete(data)):
+                break
+    except TimeoutError:
+        timed_out = True
+    except OSError as e:
+        return _parse(data, timed_out, error=f"connection error: {e.strerror or e}")
+    return _parse(data, timed_out)
+
+
+def _complete(data: bytes) -> bool:
+    head, sep, body = data.partition(b"\r\n\r\n")
+    if not sep or not data.startswith(b"HTTP/"):
+        return False
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            try:
+                return len(body) >= int(value.strip())
+            except ValueError:
+                return False
+    return False
+
+
+def _parse(data: bytes, timed_out: bool, error: str = "") -> Answer:
+    answer = Answer(data, timed_out=timed_out, error=error)
+    if not data.startswith(b"HTTP/"):
+        return answer
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    answer.status_line = lines[0].decode("latin-1")
+    parts = answer.status_line.split(" ", 2)
+    if len(parts) >= 2 and parts[1].isdigit():
+        answer.status = int(parts[1])
+    answer.headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        answer.headers[name.strip().lower().decode("latin-1")] = value.strip().decode("latin-1")
+    answer.body = body
+    return answer
+
+
+def describe(a: Answer) -> tuple[str, Finding | None]:
+    """What came back, in one line as an engineer writes it in a ticket (decoded when it is TLS), and its finding."""
+    if a.error and not a.raw:
+        return a.error, None
+    if a.status is not None:
+        f = findings.from_response(a.status, a.body) if a.status == 400 else None
+        label = f" [X-ESRS-Fix: {a.label}]" if a.label else ""
+        return f"{a.status_line}{label}" + (f" ({f.detail})" if f else ""), f
+    if not a.raw:
+        return ("no answer within the timeout" if a.timed_out else "connection closed without a byte"), None
+    f = findings.from_response_head(a.raw) or findings.from_incomplete_head(a.raw)
+    text = f"no HTTP status: raw bytes {records.hexdump(a.raw, 16)}"
+    return (f"{text}, decoded {f.summary}" if f else text), f
