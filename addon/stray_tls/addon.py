@@ -8,8 +8,8 @@ from __future__ import annotations
 import datetime
 import logging
 import weakref
-from collections.abc import Sequence
-from typing import Optional
+from collections.abc import Awaitable, Sequence
+from typing import Any, Optional
 
 from mitmproxy import command, ctx, exceptions, flowfilter, http, tls
 from mitmproxy.addonmanager import Loader
@@ -20,13 +20,17 @@ from . import compat, contentview, records, text
 from . import findings as fnd
 from .compat import EarlyDetection
 from .findings import Finding
+from .learned import Entry, LearnedTargets, Target
 from .names import (
     DEFAULT_HOLD_TIMEOUT,
+    HEAL_METADATA_KEY,
+    HEALED_MARKER,
     LABEL_HEADER,
     MARKER,
     METADATA_KEY,
     OPTION_NAMES,
     PREFIX,
+    UPGRADE_TIMEOUT,
     UPSTREAM_LABEL_HEADER,
 )
 from .pasted import PasteError, parse_pasted
@@ -44,6 +48,10 @@ class EsrsFix:
         self._made: weakref.WeakKeyDictionary[http.Response, Finding] = weakref.WeakKeyDictionary()
         # Answers for flows that mitmproxy fails before any response exists, claimed by the early detection.
         self._error_answers: weakref.WeakKeyDictionary[http.Request, http.Response] = weakref.WeakKeyDictionary()
+        # Responses this addon made or healed: they carry its label legitimately.
+        self._ours: weakref.WeakSet[http.Response] = weakref.WeakSet()
+        # Targets that answered plaintext as a TLS port and then answered over TLS (esrs_upgrade).
+        self.learned = LearnedTargets()
         self.early = EarlyDetection(self._on_records, self._claim_error_answer)
         # Failed TLS handshakes with an upstream, by server connection id, for the flow's error hook.
         self._tls_failures: dict[str, Finding] = {}
@@ -51,6 +59,17 @@ class EsrsFix:
         self._view: object = None
 
     def load(self, loader: Loader) -> None:
+        loader.add_option(
+            "esrs_upgrade",
+            bool,
+            False,
+            "Heal instead of fake: when the upstream answered a plaintext request as a TLS port does (TLS records, "
+            "its 'plain HTTP to HTTPS port' page, squid's HTTP/0.9 wrapping of them; or a silent close, for GET, "
+            "HEAD and OPTIONS only), send the same request again over TLS to the same host and port, verified as "
+            "mitmproxy verifies any upstream, and answer with the server's own response, labelled "
+            f"'{LABEL_HEADER}: upgraded; ...'. The target is remembered, and later plaintext requests to it go "
+            "over TLS at once. Scoped by esrs_filter; tried before esrs_rewrite, which is the fallback.",
+        )
         loader.add_option(
             "esrs_rewrite",
             bool,
@@ -161,6 +180,21 @@ class EsrsFix:
         if self.report is not None:
             self.report.close()
 
+    @command.command("esrs.upgraded")
+    def upgraded(self) -> str:
+        """The targets learned by esrs_upgrade: plaintext requests to them go over TLS at once."""
+        entries = self.learned.entries()
+        if not entries:
+            return "esrs-fix: no learned targets"
+        now = datetime.datetime.now(datetime.UTC).timestamp()
+        lines = [f"esrs-fix: {len(entries)} learned target(s) (at most {self.learned.capacity})"]
+        for e in entries:
+            lines.append(
+                f"{e.target}  learned {_iso(e.learned_at)}, expires in {max(0, e.expires_at - now):.0f} s; "
+                f"plaintext got: {e.plaintext_answer}"
+            )
+        return "\n".join(lines)
+
     @command.command("esrs.decode")
     def decode(self, *hexbytes: str) -> str:
         """Decode TLS records from hex, e.g. `esrs.decode 15 03 01 00 02 02 0a` (as `esrs-fix decode`)."""
@@ -178,7 +212,53 @@ class EsrsFix:
             return None
         response = error_response(finding)
         self._made[response] = finding
+        self._ours.add(response)
         return response
+
+    # -- learned targets: over TLS from the start
+
+    # Hooks that may need to wait for a TLS attempt return an awaitable then, and None otherwise: mitmproxy awaits
+    # what a hook returns, and clean traffic creates no coroutine.
+
+    def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        if not ctx.options.esrs_upgrade or not flow.live or flow.request.scheme != "http" or not len(self.learned):
+            return None
+        if HEAL_METADATA_KEY in flow.metadata or flow.response is not None:
+            return None
+        target = _target(flow)
+        entry = self.learned.lookup(target)
+        if entry is None or not self._in_scope(flow):
+            return None
+        return self._serve_learned(flow, target, entry)
+
+    async def _serve_learned(self, flow: http.HTTPFlow, target: Target, entry: Entry) -> None:
+        """A learned target: the request goes over TLS at once, and the client gets the server's answer."""
+        heal = await compat.resend_over_tls(flow, ctx.options, UPGRADE_TIMEOUT, HEAL_METADATA_KEY)
+        if heal.response is None:
+            self.learned.forget(target)
+            log.warning(
+                "esrs-fix: %s: TLS to learned target %s failed (%s); forgotten, the request goes out as it came",
+                flow.request.pretty_url,
+                target,
+                heal.error.msg if heal.error else "no answer",
+            )
+            return
+        self.learned.remember(target, entry.plaintext_answer, entry.kind)
+        flow.response = self._labelled(heal.response.copy(), f"upgraded (learned); {entry.plaintext_answer}")
+        meta: dict[str, Any] = {
+            "kind": entry.kind,
+            "summary": entry.plaintext_answer,
+            "upgraded": True,
+            "learned": True,
+            "upgrade": _upgrade_meta(heal),
+        }
+        self._annotate(flow, meta, healed=True)
+        log.info(
+            "esrs-fix: %s healed from memory: sent over TLS to learned target %s; the client got the server's HTTP %d",
+            flow.request.pretty_url,
+            target,
+            heal.response.status_code,
+        )
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         # Only the addon may label an answer: an upstream's own X-ESRS-Fix is renamed before the client sees it
@@ -188,7 +268,7 @@ class EsrsFix:
         if response is None or not flow.live:
             return
         # A plain scan of the raw fields: five times cheaper than `in headers`, which runs on every response.
-        if any(name.lower() == _LABEL_BYTES for name, _ in response.headers.fields) and response not in self._made:
+        if any(name.lower() == _LABEL_BYTES for name, _ in response.headers.fields) and response not in self._ours:
             values = response.headers.get_all(LABEL_HEADER)
             del response.headers[LABEL_HEADER]
             response.headers.set_all(UPSTREAM_LABEL_HEADER, values)
@@ -202,9 +282,14 @@ class EsrsFix:
                 UPSTREAM_LABEL_HEADER,
             )
 
-    def response(self, flow: http.HTTPFlow) -> None:
-        if flow.response is None or not flow.live:
-            return  # history: a flow read back with -r keeps what it recorded
+        if HEAL_METADATA_KEY in flow.metadata:
+            response.stream = False  # the healed flow's client gets this body whole, from the response hook
+
+    def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        if flow.response is None or not flow.live or HEAL_METADATA_KEY in flow.metadata:
+            return None  # history (a flow read back with -r keeps what it recorded), or esrs-fix's own TLS attempt
+        if flow.response in self._ours and flow.response not in self._made:
+            return None  # already answered here (a learned target)
         finding = self._made.pop(flow.response, None) if self._made else None
         if finding is None:
             # Late faces: a server's "plain HTTP to HTTPS port" page, or TLS records relayed as a body.
@@ -212,25 +297,24 @@ class EsrsFix:
             response = flow.response
             content = response.raw_content
             if not content or (response.status_code != 400 and not records.could_start_tls(content[0])):
-                return
+                return None
             if response.headers.get("content-encoding", "identity") != "identity":
-                return
+                return None
             finding = fnd.from_response(response.status_code, content, response.headers.get("x-transformed-from"))
             if finding is None:
-                return
-        self._report(flow, finding, may_rewrite=True)
+                return None
+        return self._decide(flow, finding, may_replace=True)
 
     # -- public-hook fallbacks
 
-    def error(self, flow: http.HTTPFlow) -> None:
-        if flow.error is None or flow.response is not None or not flow.live:
-            return
+    def error(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        if flow.error is None or flow.response is not None or not flow.live or HEAL_METADATA_KEY in flow.metadata:
+            return None
         finding = self._tls_failures.pop(flow.server_conn.id, None) or compat.finding_from_error(flow.error.msg)
         if finding is None:
-            return
+            return None
         # Only the early detection's send wrapper can put an answer in place of mitmproxy's error page.
-        if self._report(flow, finding, may_rewrite=self.early.active) and flow.response is not None:
-            self._error_answers[flow.request] = flow.response
+        return self._decide(flow, finding, may_replace=self.early.active, error_path=True)
 
     def _claim_error_answer(self, request: http.Request) -> http.Response | None:
         return self._error_answers.pop(request, None)
@@ -244,44 +328,119 @@ class EsrsFix:
     def server_disconnected(self, data: server_hooks.ServerConnectionHookData) -> None:
         self._tls_failures.pop(data.server.id, None)
 
-    # -- what every detection does
+    # -- what every detection does: the one decision
 
-    def _rewrite_allowed(self, flow: http.HTTPFlow, finding: Finding) -> bool:
-        """Off by default; then only for a rewritable finding (see Finding.rewritable) on a flow the filter selects."""
-        if not ctx.options.esrs_rewrite or not finding.rewritable:
-            return False
+    def _in_scope(self, flow: http.HTTPFlow) -> bool:
         return self.filter is None or bool(self.filter(flow))
 
-    def _report(self, flow: http.HTTPFlow, finding: Finding, *, may_rewrite: bool) -> bool:
-        """Log, mark, comment and record one detection; rewrite when allowed. True when rewritten."""
-        rewritten = may_rewrite and self._rewrite_allowed(flow, finding)
-        if rewritten:
-            flow.response = rewritten_response(finding, ctx.options.esrs_status)
-        upstream = _address(flow.server_conn.peername or flow.server_conn.address)
-        via = flow.server_conn.via
-        via_address = _address(via[1]) if via else None
-        via_text = f" via upstream proxy {via_address}" if via_address else ""
-        action = f"rewritten to a synthetic {ctx.options.esrs_status}" if rewritten else "not rewritten"
-        log.warning(
-            "esrs-fix: %s answered by %s%s: %s [%s, confidence %s; %s]. %s",
-            flow.request.pretty_url,
-            upstream,
-            via_text,
-            finding.summary,
-            finding.kind,
-            finding.confidence,
-            action,
-            finding.explanation,
-        )
-        if not flow.marked:  # a marker the user set stays
-            flow.marked = MARKER
-        note = f"{PREFIX}: {finding.summary}"
-        flow.comment = f"{flow.comment}\n{note}" if flow.comment else note  # what the user typed stays
+    def _decide(
+        self, flow: http.HTTPFlow, finding: Finding, *, may_replace: bool, error_path: bool = False
+    ) -> Awaitable[None] | None:
+        """The addon's answer to one detection, decided here and nowhere else.
+
+        A live flow only (the hooks return early for history). Heal first (esrs_upgrade, in esrs_filter, and the
+        evidence allows re-sending this method), then the synthetic status (esrs_rewrite, in esrs_filter, a
+        rewritable kind), else the labelled 502 or the upstream's own answer, untouched. `may_replace`: whether
+        the client's answer can still be changed (on the error path only the early detection's send wrapper can).
+        Returns an awaitable when a TLS attempt has to be waited for.
+        """
+        in_scope = may_replace and self._in_scope(flow)
+        if in_scope and ctx.options.esrs_upgrade and finding.upgradable(flow.request.method):
+            return self._heal(flow, finding, in_scope, error_path)
+        self._settle(flow, finding, in_scope, None, error_path)
+        return None
+
+    async def _heal(self, flow: http.HTTPFlow, finding: Finding, in_scope: bool, error_path: bool) -> None:
+        heal = await compat.resend_over_tls(flow, ctx.options, UPGRADE_TIMEOUT, HEAL_METADATA_KEY)
+        self._settle(flow, finding, in_scope, heal, error_path)
+
+    def _settle(
+        self, flow: http.HTTPFlow, finding: Finding, in_scope: bool, heal: http.HTTPFlow | None, error_path: bool
+    ) -> None:
+        """Give the client its answer after the TLS attempt (if any), then log, mark and record."""
+        healed = heal is not None and heal.response is not None
+        failure = _upgrade_failure(heal) if heal is not None and not healed else None
+        rewritten = not healed and in_scope and ctx.options.esrs_rewrite and finding.rewritable
+        if healed:
+            assert heal is not None and heal.response is not None
+            flow.response = self._labelled(heal.response.copy(), f"upgraded; {finding.summary}")
+        elif rewritten:
+            flow.response = self._labelled(rewritten_response(finding, ctx.options.esrs_status, failure))
+        elif failure is not None and finding.kind in fnd.UPGRADABLE:
+            # proven TLS port, failed TLS attempt (an untrusted certificate): say so, never fall back to insecure
+            flow.response = self._labelled(upgrade_failed_response(finding, failure))
+        if error_path and flow.response is not None:
+            self._error_answers[flow.request] = flow.response  # for the send wrapper, in place of mitmproxy's 502
+        newly_learned = False
+        if healed:
+            newly_learned = self.learned.remember(_target(flow), finding.summary, finding.kind)
         meta = finding.to_dict()
-        meta["upstream"] = upstream
-        meta["upstream_proxy"] = via_address
-        meta["rewritten"] = rewritten
-        meta["rewritten_status"] = ctx.options.esrs_status if rewritten else None
+        meta.update(
+            rewritten=rewritten,
+            rewritten_status=ctx.options.esrs_status if rewritten else None,
+            upgraded=healed,
+            learned=False,
+            upgrade=_upgrade_meta(heal) if heal is not None else None,
+            upgrade_error=failure,
+        )
+        if healed:
+            action = (
+                f"upgraded to TLS: the client got the server's HTTP {flow.response.status_code if flow.response else 0}"
+            )
+        elif rewritten:
+            action = f"rewritten to a synthetic {ctx.options.esrs_status}"
+        else:
+            action = "not rewritten"
+        if failure is not None:
+            action += f"; the TLS attempt failed: {failure}"
+        self._annotate(flow, meta, healed=healed, finding=finding, action=action)
+        if newly_learned:
+            log.warning(
+                "esrs-fix: learned %s: it speaks TLS; later plaintext requests to it go over TLS at once "
+                "(remembered for %.0f s, at most %d targets)",
+                _target(flow),
+                self.learned.ttl,
+                self.learned.capacity,
+            )
+
+    def _labelled(self, response: http.Response, label: str | None = None) -> http.Response:
+        """Mark `response` as this addon's answer (it keeps a label it already has when `label` is None)."""
+        if label is not None:
+            response.headers[LABEL_HEADER] = label
+        self._ours.add(response)
+        return response
+
+    def _annotate(
+        self,
+        flow: http.HTTPFlow,
+        meta: dict[str, Any],
+        *,
+        healed: bool,
+        finding: Finding | None = None,
+        action: str = "",
+    ) -> None:
+        """Log (for a detection), mark, comment and record one flow."""
+        upstream = _address(flow.server_conn.peername or flow.server_conn.address)
+        via = _via(flow)
+        meta.setdefault("upstream", upstream)
+        meta.setdefault("upstream_proxy", via)
+        meta.setdefault("learned", False)
+        if finding is not None:
+            log.warning(
+                "esrs-fix: %s answered by %s%s: %s [%s, confidence %s; %s]. %s",
+                flow.request.pretty_url,
+                upstream,
+                f" via upstream proxy {via}" if via else "",
+                finding.summary,
+                finding.kind,
+                finding.confidence,
+                action,
+                finding.explanation,
+            )
+        if not flow.marked:  # a marker the user set stays
+            flow.marked = HEALED_MARKER if healed else MARKER
+        note = f"{PREFIX}: " + (f"healed over TLS; plaintext got {meta['summary']}" if healed else meta["summary"])
+        flow.comment = f"{flow.comment}\n{note}" if flow.comment else note  # what the user typed stays
         flow.metadata[METADATA_KEY] = meta
         if self.report is not None:
             self.report.write(
@@ -293,7 +452,48 @@ class EsrsFix:
                     **meta,
                 }
             )
-        return rewritten
+
+
+def _target(flow: http.HTTPFlow) -> Target:
+    """Where the plaintext request went: the request's host and port, and the upstream proxy in upstream mode."""
+    return Target(flow.request.host, flow.request.port, _via(flow))
+
+
+def _via(flow: http.HTTPFlow) -> str | None:
+    """The upstream proxy of upstream mode (from the flow's mode, so that it is known before any connection)."""
+    via = flow.server_conn.via
+    if via:
+        return _address(via[1])
+    mode = flow.client_conn.proxy_mode
+    if getattr(mode, "type_name", "") == "upstream":
+        return _address(mode.address)  # type: ignore[attr-defined]
+    return None
+
+
+def _upgrade_failure(heal: http.HTTPFlow) -> str:
+    """Why the TLS attempt failed, in one line (OpenSSL's reason for a refused certificate)."""
+    message = heal.error.msg if heal.error else "no answer"
+    problem = compat.certificate_problem(message)
+    return f"certificate verification failed: {problem}" if problem else message
+
+
+def _upgrade_meta(heal: http.HTTPFlow) -> dict[str, Any]:
+    """What the TLS attempt got, for the flow's metadata and the report."""
+    conn = heal.server_conn
+    response = heal.response
+    return {
+        "flow": heal.id,
+        "url": heal.request.pretty_url,
+        "status": response.status_code if response else None,
+        "reason": response.reason if response else None,
+        "tls_version": conn.tls_version,
+        "sni": conn.sni,
+        "error": heal.error.msg if heal.error else None,
+    }
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).isoformat(timespec="seconds")
 
 
 def _address(address: tuple | None) -> str:
@@ -328,17 +528,34 @@ def error_response(finding: Finding) -> http.Response:
     )
 
 
-def rewritten_response(finding: Finding, status: int) -> http.Response:
+def rewritten_response(finding: Finding, status: int, upgrade_failure: str | None = None) -> http.Response:
     """The answer when rewriting is on: labelled as synthetic so that nobody takes it for the server's."""
     reason = status_codes.RESPONSES.get(status, "")
+    headline = f"esrs-fix: SYNTHETIC {status} {reason}: made by the proxy, not sent by the server (esrs_rewrite is on)."
+    if upgrade_failure:
+        headline += f"\nThe TLS attempt (esrs_upgrade) failed first: {upgrade_failure}."
     return http.Response.make(
         status,
-        _body(
-            finding,
-            f"esrs-fix: SYNTHETIC {status} {reason}: made by the proxy, not sent by the server (esrs_rewrite is on).",
-        ),
+        _body(finding, headline),
         {
             "Content-Type": "text/plain; charset=utf-8",
             LABEL_HEADER: f"synthetic {status}; {finding.summary}",
+        },
+    )
+
+
+def upgrade_failed_response(finding: Finding, failure: str) -> http.Response:
+    """The answer when the port proved to speak TLS but the TLS attempt failed (an untrusted certificate)."""
+    return http.Response.make(
+        502,
+        _body(
+            finding,
+            "esrs-fix: the upstream speaks TLS, and the request sent again over TLS failed (502 from the proxy, "
+            f"not from the server): {failure}. Certificate checks are never weakened on your behalf: trust the "
+            "server's CA (ssl_verify_upstream_trusted_ca) or fix its certificate.",
+        ),
+        {
+            "Content-Type": "text/plain; charset=utf-8",
+            LABEL_HEADER: f"upgrade failed: {failure}; {finding.summary}",
         },
     )

@@ -8,7 +8,9 @@
 - the content-view API (11: `View`; 12: `Contentview`);
 - early detection: wrappers of `Http1Client.read_headers` and `Http1Server.send`, with a behaviour check at
   install that drives a real `Http1Client` with events (no sockets) and requires the expected answer;
-- `Http1ClientDriver`: that same event-driven harness, for the tests and the bench.
+- `Http1ClientDriver`: that same event-driven harness, for the tests and the bench;
+- `resend_over_tls`: the same request sent again over TLS through mitmproxy's own client-replay machinery, so
+  that upstream mode, `ssl_insecure`, the trusted CAs and client certificates apply as for any other flow.
 
 Stock mitmproxy waits for a blank line before it parses an HTTP/1 response head, and a TLS alert holds a single
 `\\n`: an upstream that sends the alert and keeps its connection open makes the client wait for the idle timeout,
@@ -24,6 +26,7 @@ addon then detects through public hooks alone.
 from __future__ import annotations
 
 import ast
+import asyncio
 import logging
 import re
 from collections.abc import Callable, Generator
@@ -496,3 +499,39 @@ class Http1ClientDriver:
         if isinstance(command, i.Log):
             return ("log", command.message)
         return (type(command).__name__,)
+
+
+# -- the same request over TLS ---------------------------------------------------------------------------------------
+
+
+async def resend_over_tls(flow: http.HTTPFlow, options: Any, timeout: float, marker_key: str) -> http.HTTPFlow:
+    """Send a copy of `flow`'s request over TLS to the same host and port; returns the copy, answered or failed.
+
+    mitmproxy's `ReplayHandler` (the engine of `replay.client`) opens the connection: in upstream mode it tunnels
+    through the upstream proxy with CONNECT; the TLS handshake goes through the `tls_start_server` hook like any
+    other, so `ssl_insecure`, `ssl_verify_upstream_trusted_ca`/`_confdir` and client certificates apply; SNI and
+    the certificate check use the request's host name (`pretty_host`). Every addon sees the copy as a replayed
+    flow; `metadata[marker_key]` holds the original flow's id so that esrs-fix can tell it apart.
+    """
+    from mitmproxy.addons.clientplayback import ReplayHandler
+
+    copy = flow.copy()
+    copy.request.scheme = "https"
+    copy.response = None
+    copy.error = None
+    copy.marked = ""
+    copy.comment = ""
+    copy.metadata = {marker_key: flow.id}
+    copy.is_replay = "request"
+    handler = ReplayHandler(copy, options)
+    try:
+        await asyncio.wait_for(handler.replay(), timeout)
+    except TimeoutError:
+        for transport in list(handler.transports.values()):  # the connection it opened, if any
+            if transport.handler:
+                transport.handler.cancel()
+        if copy.response is None and copy.error is None:
+            from mitmproxy import flow as mflow
+
+            copy.error = mflow.Error(f"no answer over TLS within {timeout:.0f} s")
+    return copy

@@ -1,0 +1,90 @@
+"""The targets that answered a plaintext request as a TLS port, and then answered the same request over TLS.
+
+A small, pure memory (no mitmproxy, no I/O; the clock is injected): bounded, so that a scanner walking many
+hosts cannot grow it without limit (the least recently used entry goes first), and expiring, so that a target
+that changes its mind is tried in plaintext again after a while.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+#: How many targets are remembered at most.
+CAPACITY = 1024
+#: How long a learned target is remembered after its last successful upgrade, in seconds.
+TTL = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where a plaintext request went: host, port, and the upstream proxy it went through (upstream mode)."""
+
+    host: str
+    port: int
+    via: str | None = None
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}" + (f" via {self.via}" if self.via else "")
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    target: Target
+    #: What the plaintext attempt got when the target was learned (the finding's one-line summary and kind).
+    plaintext_answer: str
+    kind: str
+    learned_at: float
+    expires_at: float
+
+
+class LearnedTargets:
+    """An LRU memory with expiry: `remember`, `lookup`, `forget`, `entries`."""
+
+    def __init__(self, capacity: int = CAPACITY, ttl: float = TTL, clock: Callable[[], float] = time.time) -> None:
+        if capacity < 1 or ttl <= 0:
+            raise ValueError("capacity and ttl must be positive")
+        self.capacity = capacity
+        self.ttl = ttl
+        self.clock = clock
+        self._entries: OrderedDict[Target, Entry] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def remember(self, target: Target, plaintext_answer: str, kind: str = "") -> bool:
+        """Learn `target` (or refresh it); True when it was not known before."""
+        now = self.clock()
+        known = self.lookup(target)
+        learned_at = known.learned_at if known else now
+        answer, what = (known.plaintext_answer, known.kind) if known else (plaintext_answer, kind)
+        self._entries[target] = Entry(target, answer, what, learned_at, now + self.ttl)
+        self._entries.move_to_end(target)
+        while len(self._entries) > self.capacity:
+            self._entries.popitem(last=False)
+        return known is None
+
+    def lookup(self, target: Target) -> Entry | None:
+        """The entry for `target` if it is learned and not expired (an expired one is dropped)."""
+        entry = self._entries.get(target)
+        if entry is None:
+            return None
+        if entry.expires_at <= self.clock():
+            del self._entries[target]
+            return None
+        self._entries.move_to_end(target)
+        return entry
+
+    def forget(self, target: Target) -> bool:
+        """Drop `target` (TLS to it failed); True when it was known."""
+        return self._entries.pop(target, None) is not None
+
+    def entries(self) -> list[Entry]:
+        """The live entries, most recently used last (expired ones are dropped on the way)."""
+        now = self.clock()
+        for target in [t for t, e in self._entries.items() if e.expires_at <= now]:
+            del self._entries[target]
+        return list(self._entries.values())
