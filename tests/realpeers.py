@@ -128,6 +128,11 @@ def body_for(name: str) -> bytes:
     return f"esrs-fix real peer: {name}\n".encode()
 
 
+def find_program(name: str) -> str | None:
+    """A program on PATH, or in the sbin directories a user's PATH may lack (nginx, apache2 live there)."""
+    return shutil.which(name) or shutil.which(name, path="/usr/local/sbin:/usr/sbin:/sbin")
+
+
 def log_tail(path: Path, lines: int = 20) -> str:
     try:
         text = path.read_text(errors="replace")
@@ -169,13 +174,14 @@ class Workspace:
 
     def _start(self, spec: Spec) -> Peer:
         for program, install in spec.needs:
-            if shutil.which(program) is None and not Path(program).exists():
+            if find_program(program) is None and not Path(program).exists():
                 raise PeerUnavailable(f"{spec.name}: {program} is not installed ({install})")
         directory = self.root / spec.name
         directory.mkdir(mode=0o755)
         (directory / "index.html").write_bytes(body_for(spec.name))
         port = servers.free_port(HOST)
         launch = spec.prepare(self, directory, port)
+        launch.argv[0] = find_program(launch.argv[0]) or launch.argv[0]
         log = directory / "server.log"
         env = {**os.environ, **launch.env}
         started = time.monotonic()
