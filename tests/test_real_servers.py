@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from stray_tls import findings
+from stray_tls import wire as check
 from stray_tls.findings import Kind
-from stray_tls.lab import check
-from stray_tls.lab.check import Answer
+from stray_tls.wire import Answer
 
 from .conftest import reverse_modes
 from .realpeers import SPECS, Launch, Peer, PeerUnavailable, RealServers, Spec, Workspace

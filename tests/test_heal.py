@@ -1,0 +1,184 @@
+"""esrs_upgrade against real TLS servers: the client gets the server's own answer, then the target is learned.
+
+Real mitmdump, real servers from Debian (tests/realpeers.py) and the lab's stand-ins, on loopback; regular,
+reverse and upstream mode; the untrusted certificate fails closed; a POST after a silent close is not re-sent.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from stray_tls.findings import Kind
+from stray_tls.lab import servers
+from stray_tls.lab.mitm import Mitmdump
+from stray_tls.wire import Answer, exchange, send_and_read
+
+from .conftest import reverse_modes
+from .realpeers import Peer, RealServers
+
+pytestmark = pytest.mark.e2e
+
+PEERS = ["nginx", "apache2", "tomcat", "go", "jsse", "gnutls", "jdk-httpsserver", "openssl", "python-ssl"]
+TIMEOUT = 20.0  # a bound on each client, not a speed claim
+
+
+def plaintext(port: int, method: str = "GET", host: str = "localhost") -> Answer:
+    body = b"x=1" if method == "POST" else b""
+    head = f"{method} / HTTP/1.1\r\nHost: {host}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    return exchange(("127.0.0.1", port), head.encode() + body, TIMEOUT)
+
+
+def direct_tls(peer: Peer) -> Answer:
+    """What the same request gets from the server over TLS, without any proxy."""
+    with (
+        socket.create_connection(peer.address, timeout=TIMEOUT) as raw,
+        peer.tls_context().wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        request = b"GET / HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        return send_and_read(tls, request, time.monotonic() + TIMEOUT)
+
+
+def report_lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+class Healer:
+    """One mitmdump in reverse mode with a listener per available real server, esrs_upgrade on."""
+
+    def __init__(self, peers: dict[str, Peer], m: Mitmdump, ports: dict[str, int], report: Path) -> None:
+        self.peers, self.m, self.ports, self.report = peers, m, ports, report
+
+
+@pytest.fixture(scope="module")
+def healer(real_server: RealServers, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Healer]:
+    peers = {name: p for name in PEERS if (p := real_server.optional(name)) is not None}
+    if not peers:
+        pytest.skip("no real TLS server could run here (see tests/test_real_servers.py for what is missing)")
+    tmp = tmp_path_factory.mktemp("heal")
+    args, ports = reverse_modes([f"http://127.0.0.1:{p.port}" for p in peers.values()])
+    ca = next(iter(peers.values())).cert
+    report = tmp / "report.jsonl"
+    # lazy: `openssl s_server` serves one connection at a time, and the plaintext connection that reverse mode
+    # opens eagerly for a learned request (which goes over TLS instead) would hold it. Eager mode is covered below.
+    options = {
+        "esrs_upgrade": "true",
+        "ssl_verify_upstream_trusted_ca": ca,
+        "esrs_report": report,
+        "connection_strategy": "lazy",
+    }
+    m = Mitmdump(
+        args + [a for k, v in options.items() for a in ("--set", f"{k}={v}")],
+        tmp / "mitmdump.log",
+        listeners=len(ports),
+    )
+    with m:
+        yield Healer(peers, m, dict(zip(peers, ports, strict=True)), report)
+
+
+@pytest.mark.parametrize("name", PEERS)
+def test_a_real_server_is_healed_then_served_as_learned(healer: Healer, name: str) -> None:
+    peer = healer.peers.get(name)
+    if peer is None:
+        pytest.skip(f"{name} could not run here (see tests/test_real_servers.py)")
+    port = healer.ports[name]
+    real = direct_tls(peer)
+    first = plaintext(port)
+    # the same status and body as a direct https:// request (openssl -www's page differs per connection)
+    same = (first.status, first.body if peer.body_exact else b"") == (
+        real.status,
+        real.body if peer.body_exact else b"",
+    )
+    assert same, healer.m.log_tail()
+    assert peer.serves(first.body) and peer.serves(real.body)
+    assert (first.label or "").startswith("upgraded; "), first.label
+    if peer.plaintext is Kind.PLAIN_HTTP_400:
+        assert f"HTTP 400 from {peer.software}" in (first.label or "")
+    second = plaintext(port)
+    assert second.status == real.status and peer.serves(second.body)
+    assert (second.label or "").startswith("upgraded (learned); "), second.label
+    lines = [e for e in report_lines(healer.report) if f":{peer.port}/" in e["url"]]
+    assert [(e["upgraded"], e["learned"]) for e in lines] == [(True, False), (True, True)]
+    assert lines[0]["kind"] == str(peer.plaintext) and lines[0]["upgrade"]["status"] == real.status
+    if peer.plaintext is Kind.TLS_RECORDS:
+        assert bytes.fromhex(lines[0]["raw_hex"]) == peer.plaintext_answer  # what the plaintext attempt got
+
+
+@pytest.fixture
+def silent(real_server: RealServers) -> Peer:
+    for name in ("openssl", "python-ssl", "jdk-httpsserver"):
+        if (peer := real_server.optional(name)) is not None:
+            return peer
+    pytest.skip("no silently closing TLS server could run here")
+
+
+def test_a_post_after_a_silent_close_is_not_sent_again(silent: Peer, mitmdump, tmp_path: Path) -> None:
+    report = tmp_path / "report.jsonl"
+    args, (port,) = reverse_modes([f"http://127.0.0.1:{silent.port}"])
+    m = mitmdump([*args, "--set", "esrs_upgrade=true", "--set", f"ssl_verify_upstream_trusted_ca={silent.cert}",
+                  "--set", f"esrs_report={report}"])  # fmt: skip
+    posted = plaintext(port, "POST")
+    assert posted.status == 502 and posted.label is None  # mitmproxy's own 502, as without the addon
+    (entry,) = report_lines(report)
+    assert (entry["kind"], entry["upgraded"], entry["upgrade"]) == ("silent_close", False, None)
+    assert "[replay]" not in m.log()  # no TLS attempt was made
+    healed = plaintext(port, "GET")  # a safe method is sent again, and only once it succeeded is it learned
+    assert healed.status == 200 and silent.serves(healed.body) and (healed.label or "").startswith("upgraded; ")
+
+
+def test_regular_mode_plain_get_to_a_tls_port_is_healed(real_server: RealServers, mitmdump) -> None:
+    peer = real_server("nginx")
+    port = servers.free_port()
+    mitmdump(["-p", str(port), "--set", "esrs_upgrade=true", "--set", f"ssl_verify_upstream_trusted_ca={peer.cert}"])
+    request = f"GET http://localhost:{peer.port}/ HTTP/1.1\r\nHost: localhost:{peer.port}\r\n\r\n".encode()
+    for label in ("upgraded; ", "upgraded (learned); "):
+        answer = exchange(("127.0.0.1", port), request, TIMEOUT)
+        assert answer.status == 200 and peer.serves(answer.body) and (answer.label or "").startswith(label)
+
+
+def test_upstream_mode_heals_through_connect_on_the_same_proxy(cert, start_server, mitmdump) -> None:
+    """The plaintext request goes through the faulty upstream proxy; the healed one uses CONNECT through it."""
+    server = start_server(servers.EsrsServer(cert))
+    faulty = start_server(servers.FaultyProxy({("esrs.lab", 443): ("127.0.0.1", server.port)}))
+    port = servers.free_port()
+    mode = f"upstream:http://127.0.0.1:{faulty.port}"
+    m = mitmdump(["-p", str(port), "--mode", mode, "--set", "esrs_upgrade=true", "--set",
+                  f"ssl_verify_upstream_trusted_ca={cert[0]}"])  # fmt: skip
+    request = b"GET http://esrs.lab:443/ HTTP/1.1\r\nHost: esrs.lab:443\r\n\r\n"
+    first = exchange(("127.0.0.1", port), request, TIMEOUT)
+    assert first.status == 200 and first.body == servers.OK_BODY and (first.label or "").startswith("upgraded; ")
+    assert (server.plaintext_requests, server.tls_requests) == (1, 1)
+    second = exchange(("127.0.0.1", port), request, TIMEOUT)
+    assert second.body == servers.OK_BODY and (second.label or "").startswith("upgraded (learned); ")
+    assert (server.plaintext_requests, server.tls_requests) == (1, 2)  # no plaintext attempt first
+    assert f"learned esrs.lab:443 via 127.0.0.1:{faulty.port}" in m.log()
+
+
+def test_an_untrusted_certificate_fails_closed(cert, esrs, mitmdump) -> None:
+    server = esrs()
+    args, (port,) = reverse_modes([f"http://127.0.0.1:{server.port}"])
+    mitmdump([*args, "--set", "esrs_upgrade=true"])  # no trusted CA: the self-signed cert is refused
+    for _ in range(2):
+        answer = plaintext(port)
+        assert answer.status == 502
+        assert answer.label is not None and answer.label.startswith(
+            "upgrade failed: certificate verification failed: self-signed certificate; TLS alert: "
+        )
+        assert b"never weakened" in answer.body
+    assert server.tls_requests == 0  # no request went over an unverified connection
+    assert server.plaintext_requests == 2  # nothing was learned: each request tried plaintext first
+
+
+def test_an_untrusted_certificate_with_rewrite_falls_back_to_the_synthetic_status(esrs, mitmdump) -> None:
+    server = esrs()
+    args, (port,) = reverse_modes([f"http://127.0.0.1:{server.port}"])
+    mitmdump([*args, "--set", "esrs_upgrade=true", "--set", "esrs_rewrite=true"])
+    answer = plaintext(port)
+    assert answer.status == 200 and (answer.label or "").startswith("synthetic 200; ")
+    assert b"The TLS attempt (esrs_upgrade) failed first: certificate verification failed" in answer.body
+    assert server.tls_requests == 0
