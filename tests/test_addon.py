@@ -179,3 +179,40 @@ def test_options_changed_at_run_time_apply_to_new_flows(addon: EsrsFix) -> None:
         addon.response(third)
         statuses = [f.response.status_code for f in (first, second, third) if f.response is not None]
         assert statuses == [502, 204, 502]
+
+
+def test_a_users_comment_and_marker_are_kept(addon: EsrsFix) -> None:
+    with taddons.context(addon):
+        f = stray_flow(addon)
+        f.comment = "ticket 4711: customer's proxy"
+        f.marked = ":star:"
+        addon.response(f)
+        assert f.comment == f"ticket 4711: customer's proxy\nesrs-fix: {SUMMARY}"
+        assert f.marked == ":star:"
+        assert f.metadata[METADATA_KEY]["kind"] == "tls_records"
+
+
+def test_a_flow_that_is_not_live_is_history(addon: EsrsFix) -> None:
+    """Read back with -r: no renaming, no rewriting, no annotation (the real -r/-w run is in test_inspect)."""
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, esrs_rewrite=True)
+        f = tflow.tflow(resp=True)
+        assert f.response is not None
+        f.live = False
+        f.response.status_code = 400
+        f.response.content = b"The plain HTTP request was sent to HTTPS port"
+        f.response.headers[LABEL_HEADER] = "detected; recorded"
+        before = f.get_state()
+        addon.responseheaders(f)
+        addon.response(f)
+        assert f.get_state() == before
+
+
+def test_the_upgraded_command_lists_learned_targets(addon: EsrsFix) -> None:
+    from stray_tls.learned import Target
+
+    with taddons.context(addon) as tctx:
+        assert tctx.master.commands.execute("esrs.upgraded") == "esrs-fix: no learned targets"
+        addon.learned.remember(Target("esrs.lab", 443, "127.0.0.1:3128"), SUMMARY, "tls_records")
+        out = tctx.master.commands.execute("esrs.upgraded")
+        assert "esrs.lab:443 via 127.0.0.1:3128" in out and f"plaintext got: {SUMMARY}" in out

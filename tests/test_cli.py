@@ -65,7 +65,11 @@ def test_path_names_the_addon_script() -> None:
 
 def test_help_lists_every_command() -> None:
     p = esrs_fix("--help")
-    for command in ("decode", "path", "lab"):
-        assert command in p.stdout
+    assert p.returncode == 0
+    commands = p.stdout.split("positional arguments:", 1)[1].split("options:", 1)[0]  # the list, not the description
+    listed = {line.split()[0] for line in commands.splitlines() if line.startswith("    ") and line.split()}
+    assert {"decode", "check", "pcap", "path", "lab"} <= listed, commands
+    for command in ("decode", "check", "pcap", "path", "lab"):
+        assert esrs_fix(command, "--help").returncode == 0, command
     p = esrs_fix("lab", "--help")
     assert "serve-esrs" in p.stdout and "faulty-proxy" in p.stdout

@@ -169,3 +169,40 @@ def test_saved_flows_keep_the_decode_and_render_again(esrs, mitmdump, tmp_path) 
         stdin=subprocess.DEVNULL,
     )
     assert "description   unexpected_message (10)" in p.stdout, p.stdout + p.stderr
+
+
+@pytest.mark.e2e
+def test_reading_saved_flows_back_keeps_what_they_recorded(esrs, start_server, mitmdump, tmp_path) -> None:
+    """`-w`, then `-r ... -w copy -s addon` as a colleague would run it: nothing renamed, rewritten or re-annotated."""
+    from stray_tls.lab.servers import NGINX_400_BODY, ScriptedServer
+
+    upstream = esrs(Plaintext.ALERT)
+    page = b"HTTP/1.1 400 Bad Request\r\nContent-Length: %d\r\n\r\n%s" % (len(NGINX_400_BODY), NGINX_400_BODY)
+    nginx = start_server(ScriptedServer(lambda head: page))
+    saved, copy = tmp_path / "saved.flows", tmp_path / "copy.flows"
+    args, (p_stray, p_page) = reverse_modes([f"http://127.0.0.1:{upstream.port}", f"http://127.0.0.1:{nginx.port}"])
+    m = mitmdump([*args, "-w", str(saved)], listeners=2)
+    assert exchange(("127.0.0.1", p_stray), b"GET / HTTP/1.1\r\nHost: esrs\r\n\r\n", 8).status == 502
+    assert exchange(("127.0.0.1", p_page), b"GET / HTTP/1.1\r\nHost: esrs\r\n\r\n", 8).status == 400
+    m.stop()
+    from stray_tls.launch import mitmproxy_command
+
+    p = subprocess.run(
+        [*mitmproxy_command(), "-n", "-r", str(saved), "-w", str(copy), "--set", "esrs_rewrite=true"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "X-ESRS-Fix-Upstream" not in p.stdout + p.stderr and "answered by" not in p.stdout + p.stderr
+
+    def states(path) -> list[dict]:
+        with open(path, "rb") as f:
+            return [flow.get_state() for flow in io.FlowReader(f).stream()]
+
+    before, after = states(saved), states(copy)
+    assert len(before) == 2 and after == before  # byte for byte what was recorded, label and 400 page included
+    stray = next(s for s in after if s["response"]["status_code"] == 502)
+    assert (b"X-ESRS-Fix", f"detected; {SUMMARY}".encode()) in stray["response"]["headers"]
+    assert stray["comment"] == f"esrs-fix: {SUMMARY}"  # one annotation, not two

@@ -28,3 +28,12 @@ def run_check(proxy: tuple[str, int], host: str, port: int, timeout: float = 10.
     answer = exchange(proxy, request, timeout)
     saw, finding = describe(answer)
     return CheckResult(url, answer.status == 200, answer, finding, saw)
+
+
+def run_plain_get(proxy: tuple[str, int], host: str, port: int, timeout: float = 10.0) -> CheckResult:
+    """A plaintext client's request: absolute-form `GET http://host:port/` through `proxy` (lab scenario G)."""
+    url = f"http://{host}:{port}/"
+    request = f"GET {url} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: esrs-fix-lab-client\r\n\r\n".encode()
+    answer = exchange(proxy, request, timeout)
+    saw, finding = describe(answer)
+    return CheckResult(url, answer.status == 200, answer, finding, saw)

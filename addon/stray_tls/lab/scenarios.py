@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import re
-import time
+import json
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
@@ -11,16 +10,11 @@ from pathlib import Path
 
 from ..findings import Kind
 from . import servers
-from .check import CheckResult, run_check
+from .check import CheckResult, run_check, run_plain_get
 from .mitm import Mitmdump
 
 HOST = "esrs.lab"
 PORTS = (443, 8443)
-
-# One WARNING line of the addon: "esrs-fix: URL answered by ADDR[ via upstream proxy P]: SUMMARY [kind, conf; action]"
-_LOG_LINE = re.compile(
-    r"esrs-fix: (?P<url>\S+) answered by .*?: (?P<summary>.*?) \[(?P<kind>\w+), confidence \w+; (?P<action>[^\]]+)\]"
-)
 
 
 @dataclass
@@ -52,16 +46,25 @@ class Scenario:
     judge: Callable[[CheckResult, list[str]], str] = field(repr=False)  # "" when as expected, else why not
 
 
-def addon_lines(m: Mitmdump | None, url_part: str) -> list[str]:
-    """The addon's own WARNING lines for one URL, as `SUMMARY [action]`."""
-    if m is None:
+def report_action(entry: dict) -> str:
+    """What the addon did, in the words of its report line."""
+    if entry.get("upgraded"):
+        upgrade = entry.get("upgrade") or {}
+        return f"upgraded to TLS: HTTP {upgrade.get('status')} from the server" + (
+            " (learned)" if entry.get("learned") else ""
+        )
+    action = f"rewritten to a synthetic {entry['rewritten_status']}" if entry.get("rewritten") else "not rewritten"
+    if entry.get("upgrade_error"):
+        action += f"; TLS attempt failed: {entry['upgrade_error']}"
+    return action
+
+
+def addon_lines(report: Path | None, url_part: str) -> list[str]:
+    """The addon's own report lines (esrs_report, JSON Lines) for one URL, as `SUMMARY [action]`."""
+    if report is None or not report.exists():
         return []
-    found = []
-    for line in m.addon_warnings():
-        match = _LOG_LINE.search(line)
-        if match and url_part in match["url"]:
-            found.append(f"{match['summary']} [{match['action']}]")
-    return found
+    entries = [json.loads(line) for line in report.read_text().splitlines() if line.strip()]
+    return [f"{e['summary']} [{report_action(e)}]" for e in entries if url_part in e["url"]]
 
 
 class Lab:
@@ -103,16 +106,22 @@ class Lab:
         return proxy
 
     @contextmanager
-    def mitmdump(self, args: list[str], listeners: int = 1) -> Iterator[Mitmdump]:
-        log = self.workdir / f"mitmdump-{len(self.logs) + 1}.log"
+    def mitmdump(self, args: list[str], listeners: int = 1) -> Iterator[Path]:
+        """mitmdump with the addon; yields the path of its esrs_report (JSON Lines), where the lab reads what it did."""
+        n = len(self.logs) + 1
+        log, report = self.workdir / f"mitmdump-{n}.log", self.workdir / f"report-{n}.jsonl"
         self.logs.append(log)
+        args = [*args, "--set", f"esrs_report={report}"]
         m = Mitmdump(args, log, listeners=listeners)
         self.progress(f"mitmdump -s esrs_fix.py {' '.join(args)}  (log: {log})")
         with m:
-            yield m
+            yield report
 
     def check(self, proxy_port: int) -> list[CheckResult]:
         return [run_check(("127.0.0.1", proxy_port), HOST, p, self.timeout) for p in PORTS]
+
+    def plain_get(self, proxy_port: int) -> list[CheckResult]:
+        return [run_plain_get(("127.0.0.1", proxy_port), HOST, p, self.timeout) for p in PORTS]
 
 
 def _scenario_a(lab: Lab) -> list[tuple[CheckResult, list[str]]]:
@@ -124,24 +133,27 @@ def _reverse_chain(lab: Lab, extra: list[str]) -> list[tuple[CheckResult, list[s
     ports = {p: servers.free_port() for p in PORTS}
     args = [a for p in PORTS for a in ("--mode", f"reverse:http://127.0.0.1:{lab.esrs[p].port}@{ports[p]}")]
     proxy = lab.faulty_proxy(ports)
-    with lab.mitmdump(args + extra, listeners=len(PORTS)) as m:
-        results = lab.check(proxy.port)
-        time.sleep(0.2)  # let mitmdump's log line land before it is read
-        return [(r, addon_lines(m, f":{lab.esrs[p].port}/")) for r, p in zip(results, PORTS, strict=True)]
+    with lab.mitmdump(args + extra, listeners=len(PORTS)) as report:
+        results = lab.check(proxy.port)  # the report line is written before the client is answered
+        return [(r, addon_lines(report, f":{lab.esrs[p].port}/")) for r, p in zip(results, PORTS, strict=True)]
 
 
 def _upstream_chain(
-    lab: Lab, targets: dict[int, servers.EsrsServer], extra: list[str]
+    lab: Lab, targets: dict[int, servers.EsrsServer], extra: list[str], *, plain: bool = False
 ) -> list[tuple[CheckResult, list[str]]]:
     proxy = lab.faulty_proxy({p: targets[p].port for p in PORTS})
     port = servers.free_port()
-    args = ["-p", str(port), "--mode", f"upstream:http://127.0.0.1:{proxy.port}", "--set", "ssl_insecure=true"]
-    with lab.mitmdump(args + extra) as m:
-        results = lab.check(port)
-        time.sleep(0.2)
+    args = ["-p", str(port), "--mode", f"upstream:http://127.0.0.1:{proxy.port}"]
+    with lab.mitmdump(args + extra) as report:
+        results = lab.plain_get(port) if plain else lab.check(port)
         return [
-            (r, addon_lines(m, f"{HOST}:{p}/" if p != 443 else f"{HOST}/")) for r, p in zip(results, PORTS, strict=True)
+            (r, addon_lines(report, f"{HOST}:{p}/" if p != 443 or plain else f"{HOST}/"))
+            for r, p in zip(results, PORTS, strict=True)
         ]
+
+
+def _trusting(lab: Lab) -> list[str]:
+    return ["--set", "esrs_upgrade=true", "--set", f"ssl_verify_upstream_trusted_ca={lab.cert[0]}"]
 
 
 def _is_field_alert(r: CheckResult) -> bool:
@@ -183,6 +195,19 @@ def _judge_e2(r: CheckResult, logged: list[str]) -> str:
     return why or ("" if any("protocol_version (70)" in line for line in logged) else "the alert was not named")
 
 
+def _judge_healed(r: CheckResult, logged: list[str]) -> str:
+    if not r.passed or r.answer.body != servers.OK_BODY or not (r.answer.label or "").startswith("upgraded; "):
+        return "expected the server's own 200 (its body), labelled upgraded"
+    return "" if any("upgraded to TLS: HTTP 200" in line for line in logged) else "the addon reported no upgrade"
+
+
+def _judge_h(r: CheckResult, logged: list[str]) -> str:
+    label = r.answer.label or ""
+    if r.passed or r.answer.status != 502 or not label.startswith("upgrade failed: certificate verification failed"):
+        return "expected a 502 naming the certificate problem"
+    return "" if any("TLS attempt failed: certificate" in line for line in logged) else "the addon did not say why"
+
+
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
         "A",
@@ -213,7 +238,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         "mitmproxy in front of the faulty proxy",
         "check -> mitmdump (upstream mode, esrs-fix) -> faulty proxy -> ESRS server",
         "PASS for real: mitmproxy tunnels https:// with CONNECT, which the proxy handles correctly",
-        lambda lab: _upstream_chain(lab, lab.esrs, []),
+        lambda lab: _upstream_chain(lab, lab.esrs, ["--set", "ssl_insecure=true"]),
         _judge_d,
     ),
     Scenario(
@@ -221,7 +246,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         "a TLS-1.0-only server",
         "check -> mitmdump (upstream mode, esrs-fix) -> faulty proxy -> TLS-1.0-only server",
         "FAIL, explained: the handshake ends in alert protocol_version (70), named in the log",
-        lambda lab: _upstream_chain(lab, lab.tls10, []),
+        lambda lab: _upstream_chain(lab, lab.tls10, ["--set", "ssl_insecure=true"]),
         _judge_e1,
     ),
     Scenario(
@@ -229,8 +254,32 @@ SCENARIOS: tuple[Scenario, ...] = (
         "as E1 with esrs_rewrite on",
         "check -> mitmdump (upstream mode, esrs-fix, esrs_rewrite) -> faulty proxy -> TLS-1.0-only server",
         "PASS on the labelled synthetic 200",
-        lambda lab: _upstream_chain(lab, lab.tls10, ["--set", "esrs_rewrite=true"]),
+        lambda lab: _upstream_chain(lab, lab.tls10, ["--set", "esrs_rewrite=true", "--set", "ssl_insecure=true"]),
         _judge_e2,
+    ),
+    Scenario(
+        "F",
+        "heal: mitmproxy sends the request again over TLS",
+        "check -> faulty proxy -> mitmdump (reverse, esrs-fix, esrs_upgrade) -> ESRS server",
+        "PASS on the server's real answer (its own body), verified with the lab's CA",
+        lambda lab: _reverse_chain(lab, _trusting(lab)),
+        _judge_healed,
+    ),
+    Scenario(
+        "G",
+        "heal in upstream mode",
+        "client GET http://esrs.lab:PORT/ -> mitmdump (upstream mode, esrs_upgrade) -> faulty proxy -> ESRS server",
+        "PASS on the server's real answer, through CONNECT on the same proxy",
+        lambda lab: _upstream_chain(lab, lab.esrs, _trusting(lab), plain=True),
+        _judge_healed,
+    ),
+    Scenario(
+        "H",
+        "heal, but the server's certificate is not trusted",
+        "check -> faulty proxy -> mitmdump (reverse, esrs_upgrade, no trusted CA) -> ESRS server",
+        "FAIL closed: a 502 naming the certificate problem, never an unverified connection",
+        lambda lab: _reverse_chain(lab, ["--set", "esrs_upgrade=true"]),
+        _judge_h,
     ),
 )
 
