@@ -206,3 +206,32 @@ def test_reading_saved_flows_back_keeps_what_they_recorded(esrs, start_server, m
     stray = next(s for s in after if s["response"]["status_code"] == 502)
     assert (b"X-ESRS-Fix", f"detected; {SUMMARY}".encode()) in stray["response"]["headers"]
     assert stray["comment"] == f"esrs-fix: {SUMMARY}"  # one annotation, not two
+
+
+def test_view_of_a_healed_flow_shows_both_answers_and_leaves_the_body_to_its_own_view(addon: EsrsFix) -> None:
+    with taddons.context(addon):
+        f = response_flow(b'{"status": "ok"}', "application/json")
+        assert f.response is not None
+        f.metadata[METADATA_KEY] = {
+            "kind": "tls_records",
+            "confidence": "high",
+            "summary": SUMMARY,
+            "explanation": "x",
+            "raw_hex": FIELD_ALERT.hex(),
+            "upgraded": True,
+            "learned": False,
+            "upgrade": {
+                "status": 200,
+                "reason": "OK",
+                "url": "https://esrs.lab/",
+                "tls_version": "TLSv1.3",
+                "sni": "esrs.lab",
+            },  # fmt: skip
+        }
+        assert contentview.priority(f.response.content or b"", f, f.response) < 0  # JSON stays the automatic view
+        rendered = contentview.render(f.response.content or b"", f, f.response) or ""
+        assert "healed over TLS" in rendered
+        assert "the client got the server's own answer over TLS: HTTP 200 OK" in rendered
+        assert "what the plaintext attempt got (7 bytes): 15 03 01 00 02 02 0a" in rendered
+        assert "description   unexpected_message (10)" in rendered
+        assert all(len(line) <= contentview.WRAP + 4 for line in rendered.splitlines() if not line.startswith("  "))

@@ -52,12 +52,30 @@ def render(data: bytes, flow: Any = None, message: Any = None) -> str | None:
         return None
     raw = bytes.fromhex(meta.get("raw_hex", ""))
     decoded = records.decode(raw) if raw else None
+    if meta.get("rewritten"):
+        action = f"rewritten to a synthetic {meta.get('rewritten_status')}"
+    elif meta.get("upgraded"):
+        action = "healed over TLS" + (" (learned target)" if meta.get("learned") else "")
+    else:
+        action = "not rewritten"
     lines = [
-        f"esrs-fix: {meta.get('summary', '')}",
-        f"kind {meta.get('kind')}, confidence {meta.get('confidence')}; "
-        + (f"rewritten to a synthetic {meta.get('rewritten_status')}" if meta.get("rewritten") else "not rewritten"),
+        *textwrap.wrap(f"esrs-fix: {meta.get('summary', '')}", WRAP, subsequent_indent="  "),
+        f"kind {meta.get('kind')}, confidence {meta.get('confidence')}; {action}",
+    ]
+    upgrade = meta.get("upgrade") or {}
+    if meta.get("upgraded"):
+        lines += [
+            "",
+            f"the client got the server's own answer over TLS: HTTP {upgrade.get('status')} {upgrade.get('reason')}",
+            f"  {upgrade.get('url')}, {upgrade.get('tls_version')}, SNI {upgrade.get('sni')}",
+            "(the body is the server's: choose another view to read it)",
+        ]
+    elif meta.get("upgrade_error"):
+        lines += ["", *textwrap.wrap(f"the TLS attempt failed: {meta['upgrade_error']}", WRAP, subsequent_indent="  ")]
+    lines += [
         "",
-        f"what the upstream sent ({len(raw)} bytes): {records.hexdump(raw, 64) if raw else '(nothing)'}",
+        "what the plaintext attempt got"
+        + (f" ({len(raw)} bytes): {records.hexdump(raw, 64)}" if raw else ": (no bytes)"),
     ]
     if isinstance(decoded, records.Records):
         for r in decoded.records:
@@ -67,8 +85,14 @@ def render(data: bytes, flow: Any = None, message: Any = None) -> str | None:
 
 
 def priority(data: bytes, flow: Any = None, message: Any = None) -> float:
-    """Win for TLS bodies and the addon's own answers; stay out of the way (< 0) for everything else."""
-    if _body_records(data) is not None or _finding_meta(flow, message) is not None:
+    """Win for TLS bodies and the addon's own answers; stay out of the way (< 0) for everything else.
+
+    A healed flow's body is the server's own: its usual view wins, and this one stays a choice away.
+    """
+    if _body_records(data) is not None:
+        return PRIORITY
+    meta = _finding_meta(flow, message)
+    if meta is not None and not meta.get("upgraded"):
         return PRIORITY
     return -1
 
