@@ -54,7 +54,7 @@ def lines(data: dict[str, Any]) -> list[str]:
     for c in ("c1", "c32"):
         s, a = data[c]["stock"], data[c]["addon"]
         for k in KEYS:
-            d = 0 if k == "rps" else 2
+            d = 0 if k in ("rps", "cpu_us_per_req") else 2
             rows.append(
                 f"   {c:4} {k:14} stock {s[k]['median']:8.{d}f} [{s[k]['min']:.{d}f}-{s[k]['max']:.{d}f}]"
                 f"   addon {a[k]['median']:8.{d}f} [{a[k]['min']:.{d}f}-{a[k]['max']:.{d}f}]"

@@ -110,7 +110,9 @@ def one_capture(setup: Setup, mb: int, wrong: Wrong) -> dict[str, Any]:
     entry["ours_over_tshark"] = _over(ours, entry.get("tshark"))
     log(
         f"pcap {size / 1e6:.0f} MB: "
-        + ", ".join(f"{k} {entry[k]['seconds']} s" for k in ("bare_dpkt_loop", "esrs_fix", "tshark") if k in entry)
+        + ", ".join(
+            f"{k} {entry[k]['seconds'] or 0:.1f} s" for k in ("bare_dpkt_loop", "esrs_fix", "tshark") if k in entry
+        )
     )
     return entry
 
