@@ -416,7 +416,7 @@ def test_violations_planted_in_a_copy_of_the_real_package_are_found(tmp_path: Pa
     copy = tmp_path / "stray_tls"
     shutil.copytree(PACKAGE_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
     plants = {
-        "records.py": "\ndef _planted():\n    from .lab import servers\n",  # the product imports the lab
+        "capture.py": "\ndef _planted():\n    from .lab import servers\n",  # the product imports the lab
         "findings.py": "\ndef _planted():\n    from . import text\n",  # text imports findings: a cycle
         "report.py": "\nfrom mitmproxy.proxy.layers import http as _planted\n",  # an internal outside compat
         "wire.py": "\n_PLANTED = 'X-ESRS-Fix'\n",  # a second definition of the label
@@ -426,7 +426,7 @@ def test_violations_planted_in_a_copy_of_the_real_package_are_found(tmp_path: Pa
             f.write(source)
     modules = load_package(copy)
     assert {v.module for v in private_mitmproxy_uses(modules, "stray_tls.compat")} == {"stray_tls.report"}
-    assert {v.module for v in lab_imports(modules, "stray_tls")} == {"stray_tls.records"}
+    assert {v.module for v in lab_imports(modules, "stray_tls")} == {"stray_tls.capture"}
     cycle = find_cycle(import_graph(modules)) or []
     assert "stray_tls.findings" in cycle and "stray_tls.text" in cycle
     repeated = {v.module for v in repeated_names(modules, "stray_tls.names", GUARDED_NAMES)}
