@@ -83,11 +83,18 @@ def test_an_incomplete_record_then_close_is_recovered_as_incomplete(driver) -> N
     assert f.summary == "incomplete TLS record: 15 03 01 (3 of 5 bytes)"
 
 
-def test_bytes_with_both_quote_characters_survive_mitmproxys_repr(driver) -> None:
-    record = b"\x16\x03\x03\x00\x04'\"'\""  # repr switches to double quotes and escapes the single ones
+@pytest.mark.parametrize(
+    ("record", "quoted"),
+    [
+        (b"\x16\x03\x03\x00\x02''", 'b"'),  # a single quote inside: repr switches to double quotes
+        (b"\x16\x03\x03\x00\x04'\"'\"", "\\'"),  # both inside: single quotes, the inner ones escaped
+    ],
+    ids=["double-quoted repr", "escaped quotes"],
+)
+def test_quote_characters_in_the_bytes_survive_mitmproxys_repr(driver, record: bytes, quoted: str) -> None:
     driver.receive(record)
     message = error_of(driver.close())
-    assert "\\'" in message
+    assert quoted in message
     f = finding(message)
     assert f.kind is Kind.TLS_RECORDS and f.raw == record
 
