@@ -1,0 +1,433 @@
+"""The package's shape, checked from its source with `ast`: who may name mitmproxy's internals, which way
+imports point, what stays out of the product, and where the shared names are written.
+
+Each rule is a small scanner over a package directory; every scanner is also run once on a synthetic package
+in `tmp_path` that breaks its rule, so that a scanner that has gone blind fails its own test.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import shutil
+import textwrap
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+import stray_tls
+from stray_tls import names
+
+PACKAGE_DIR = Path(stray_tls.__file__).resolve().parent
+SOURCE_ROOT = PACKAGE_DIR.parent  # addon/: the package and the `mitmdump -s` script beside it
+
+#: mitmproxy modules only `compat` may import or name: anything with a private component, and these trees.
+PRIVATE_TREES = (
+    "mitmproxy.proxy.layers",
+    "mitmproxy.proxy.commands",
+    "mitmproxy.proxy.events",
+    "mitmproxy.proxy.context",
+    "mitmproxy.addons",
+)
+#: Private attributes of mitmproxy objects that only `compat` may touch.
+PRIVATE_ATTRIBUTES = frozenset({"deferred"})
+#: The module allowed all of the above (relative to the package).
+COMPAT = "compat"
+#: The names written once, in `names`: their values must not appear as string constants anywhere else.
+GUARDED_NAMES = {
+    "LABEL_HEADER": names.LABEL_HEADER,
+    "UPSTREAM_LABEL_HEADER": names.UPSTREAM_LABEL_HEADER,
+    "METADATA_KEY": names.METADATA_KEY,
+    "VIEW_NAME": names.VIEW_NAME,
+    **{f"option {name}": name for name in names.OPTION_NAMES},
+}
+_DOTTED_MITMPROXY = re.compile(r"\bmitmproxy(?:\.[A-Za-z_]\w*)+")
+
+
+@dataclass(frozen=True)
+class Module:
+    name: str  # dotted, e.g. "stray_tls.addon"
+    path: Path
+    tree: ast.Module
+    is_package: bool  # an __init__.py
+
+    @property
+    def package(self) -> list[str]:
+        """The package that relative imports start from."""
+        parts = self.name.split(".")
+        return parts if self.is_package else parts[:-1]
+
+
+@dataclass(frozen=True)
+class Violation:
+    module: str
+    line: int
+    what: str
+
+    def __str__(self) -> str:
+        return f"{self.module}:{self.line}: {self.what}"
+
+
+def load_package(directory: Path) -> dict[str, Module]:
+    """Every module of the package in `directory` (its name is the directory's name), parsed."""
+    modules: dict[str, Module] = {}
+    for path in sorted(directory.rglob("*.py")):
+        relative = path.relative_to(directory.parent).with_suffix("")
+        parts = list(relative.parts)
+        is_package = parts[-1] == "__init__"
+        if is_package:
+            parts.pop()
+        name = ".".join(parts)
+        modules[name] = Module(name, path, ast.parse(path.read_text(encoding="utf-8"), str(path)), is_package)
+    return modules
+
+
+def imported_modules(module: Module, known: set[str] | None = None) -> Iterator[tuple[int, str]]:
+    """(line, absolute module name) for every import anywhere in the module, function-local ones included.
+
+    `from X import a` gives X.a when that is a module of the package (`known`) or a mitmproxy module path
+    (which cannot be told from an attribute without importing it: both are reported), and X otherwise.
+    """
+    known = known or set()
+    for node in ast.walk(module.tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = module.package[: len(module.package) - (node.level - 1)]
+                target = ".".join(base + (node.module.split(".") if node.module else []))
+            else:
+                target = node.module or ""
+            submodules = [f"{target}.{alias.name}" for alias in node.names]
+            in_package = [s for s in submodules if s in known]
+            if target.split(".")[0] == "mitmproxy":
+                yield node.lineno, target
+                for s in submodules:
+                    yield node.lineno, s
+            elif in_package:
+                yield from ((node.lineno, s) for s in in_package)
+                if len(in_package) < len(submodules):  # names from the module itself, too
+                    yield node.lineno, target
+            else:
+                yield node.lineno, target
+
+
+def is_private_mitmproxy(module_name: str) -> bool:
+    parts = module_name.split(".")
+    if parts[0] != "mitmproxy":
+        return False
+    if any(p.startswith("_") for p in parts[1:]):
+        return True
+    return any(module_name == tree or module_name.startswith(tree + ".") for tree in PRIVATE_TREES)
+
+
+def string_constants(tree: ast.AST) -> Iterator[tuple[int, str]]:
+    """Every str constant (and bytes constant, read as latin-1), docstrings included."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str | bytes):
+            value = node.value if isinstance(node.value, str) else node.value.decode("latin-1")
+            yield node.lineno, value
+
+
+def private_mitmproxy_uses(modules: dict[str, Module], allowed: str) -> list[Violation]:
+    """Imports, names in strings and private attributes of mitmproxy's internals outside `allowed`."""
+    found: list[Violation] = []
+    for module in modules.values():
+        if module.name == allowed:
+            continue
+        for line, name in imported_modules(module, set(modules)):
+            if is_private_mitmproxy(name):
+                found.append(Violation(module.name, line, f"imports {name}"))
+        for line, value in string_constants(module.tree):
+            for named in _DOTTED_MITMPROXY.findall(value):
+                if is_private_mitmproxy(named):
+                    found.append(Violation(module.name, line, f"names {named} in a string"))
+            if value in PRIVATE_ATTRIBUTES:
+                found.append(Violation(module.name, line, f"names the private attribute {value!r} in a string"))
+        for node in ast.walk(module.tree):
+            if isinstance(node, ast.Attribute) and node.attr in PRIVATE_ATTRIBUTES:
+                found.append(Violation(module.name, node.lineno, f"uses the private attribute .{node.attr}"))
+    return found
+
+
+def import_graph(modules: dict[str, Module]) -> dict[str, set[str]]:
+    """Edges between the package's own modules (relative imports resolved, function-local ones counted)."""
+    known = set(modules)
+    graph: dict[str, set[str]] = {name: set() for name in modules}
+    for module in modules.values():
+        for _, name in imported_modules(module, known):
+            if name in known and name != module.name:
+                graph[module.name].add(name)
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle as a path that returns to its start (a -> b -> a), or None."""
+    white, grey, black = 0, 1, 2
+    colour = dict.fromkeys(graph, white)
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        colour[node] = grey
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if colour.get(nxt, black) == grey:
+                return [*stack[stack.index(nxt) :], nxt]
+            if colour.get(nxt) == white and (cycle := visit(nxt)):
+                return cycle
+        stack.pop()
+        colour[node] = black
+        return None
+
+    for start in sorted(graph):
+        if colour[start] == white and (cycle := visit(start)):
+            return cycle
+    return None
+
+
+def lab_imports(modules: dict[str, Module], root: str) -> list[Violation]:
+    """Imports of `root.lab` from outside the lab and the command-line entry point (`root.main`)."""
+    lab = f"{root}.lab"
+    found: list[Violation] = []
+    for module in modules.values():
+        if module.name == lab or module.name.startswith(lab + ".") or module.name == f"{root}.main":
+            continue
+        for line, name in imported_modules(module, set(modules)):
+            if name == lab or name.startswith(lab + "."):
+                found.append(Violation(module.name, line, f"imports {name}"))
+        for line, value in string_constants(module.tree):
+            if re.search(rf"\b{re.escape(lab)}\b", value):
+                found.append(Violation(module.name, line, f"names {lab} in a string"))
+    return found
+
+
+def shipped_test_modules(source_root: Path) -> list[Path]:
+    """The test-only capture writer (`capgen`) anywhere under the product's source root."""
+    return sorted(p for p in source_root.rglob("*") if p.stem == "capgen" and p.suffix in (".py", ".pyc", ""))
+
+
+def _docstring_nodes(tree: ast.AST) -> set[int]:
+    ids: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+                ids.add(id(body[0].value))
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):  # attribute docstrings
+            ids.add(id(node.value))
+    return ids
+
+
+def _logger_names(tree: ast.AST) -> set[int]:
+    """`logging.getLogger("...")` arguments: a logger's name is not a metadata key even when they coincide."""
+    ids: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            func = node.func
+            called = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+            if called == "getLogger":
+                ids.update(id(a) for a in node.args)
+    return ids
+
+
+def repeated_names(modules: dict[str, Module], home: str, guarded: dict[str, str]) -> list[Violation]:
+    """String constants equal to a guarded name (case-insensitively) outside its home module.
+
+    The rule is equality, not containment: help texts, messages and f-strings may mention an option by
+    name; a constant that *is* the name is a second definition of it. Docstrings and logger names are
+    exempt.
+    """
+    wanted = {value.casefold(): label for label, value in guarded.items()}
+    found: list[Violation] = []
+    for module in modules.values():
+        if module.name == home:
+            continue
+        exempt = _docstring_nodes(module.tree) | _logger_names(module.tree)
+        for node in ast.walk(module.tree):
+            if not isinstance(node, ast.Constant) or id(node) in exempt:
+                continue
+            value = node.value
+            if isinstance(value, bytes):
+                value = value.decode("latin-1")
+            if isinstance(value, str) and (label := wanted.get(value.casefold())):
+                found.append(Violation(module.name, node.lineno, f"repeats {label} ({value!r}); use names.py"))
+    return found
+
+
+def _report(violations: list[Violation]) -> str:
+    return "\n".join(str(v) for v in violations)
+
+
+# -- the real package
+
+
+@pytest.fixture(scope="module")
+def package() -> dict[str, Module]:
+    modules = load_package(PACKAGE_DIR)
+    assert {"stray_tls", "stray_tls.compat", "stray_tls.addon", "stray_tls.names"} <= set(modules)
+    return modules
+
+
+def test_only_compat_names_mitmproxy_internals(package: dict[str, Module]) -> None:
+    violations = private_mitmproxy_uses(package, "stray_tls.compat")
+    assert not violations, "only compat may name mitmproxy's internals:\n" + _report(violations)
+
+
+def test_compat_is_where_the_internals_are_named(package: dict[str, Module]) -> None:
+    # The scanner sees compat's own uses: were it blind to them, the test above would pass for nothing.
+    seen = private_mitmproxy_uses({"stray_tls.compat": package["stray_tls.compat"]}, allowed="")
+    whats = {v.what for v in seen}
+    assert "imports mitmproxy.proxy.layers.http._http1" in whats
+    assert "imports mitmproxy.proxy.commands" in whats
+    assert "names the private attribute 'deferred' in a string" in whats
+
+
+def test_stray_tls_imports_have_no_cycle(package: dict[str, Module]) -> None:
+    graph = import_graph(package)
+    assert "stray_tls.compat" in graph["stray_tls.addon"]  # edges are really there
+    assert "stray_tls.capture" in graph["stray_tls.cli"]  # a function-local import counts
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_the_product_never_imports_the_lab(package: dict[str, Module]) -> None:
+    violations = lab_imports(package, "stray_tls")
+    assert not violations, "the lab sits on top of the product, not under it:\n" + _report(violations)
+    assert "stray_tls.lab.cli" in import_graph(package)["stray_tls.main"]  # main is the one allowed door
+
+
+def test_the_test_only_capture_writer_is_not_shipped(package: dict[str, Module]) -> None:
+    assert shipped_test_modules(SOURCE_ROOT) == []
+    importing = [
+        Violation(m.name, line, f"imports {name}")
+        for m in package.values()
+        for line, name in imported_modules(m, set(package))
+        if name.split(".")[-1] == "capgen" or name.split(".")[0] == "tests"
+    ]
+    assert not importing, _report(importing)
+
+
+def test_shared_names_are_written_once_in_names_py(package: dict[str, Module]) -> None:
+    violations = repeated_names(package, "stray_tls.names", GUARDED_NAMES)
+    assert not violations, "a shared name is written again outside names.py:\n" + _report(violations)
+
+
+# -- the scanners, each shown a synthetic package that breaks its rule
+
+
+def make_package(root: Path, files: dict[str, str], name: str = "fakepkg") -> dict[str, Module]:
+    directory = root / name
+    for relative, source in {"__init__.py": "", **files}.items():
+        path = directory / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(source), encoding="utf-8")
+    return load_package(directory)
+
+
+def test_scanner_finds_every_way_of_naming_the_internals(tmp_path: Path) -> None:
+    modules = make_package(
+        tmp_path,
+        {
+            "compat.py": "from mitmproxy.proxy.layers.http import _http1\n",
+            "a.py": "import mitmproxy.proxy.layers.http._http1\n",
+            "b.py": "def f():\n    from mitmproxy.proxy import commands\n",
+            "c.py": "from mitmproxy.addons import script\n",
+            "d.py": "from mitmproxy import _private\n",
+            "e.py": "import importlib\nX = importlib.import_module('mitmproxy.proxy.events')\n",
+            "f.py": "def f(options):\n    return options.deferred\n",
+            "g.py": "def f(options):\n    return getattr(options, 'deferred')\n",
+            "fine.py": "from mitmproxy import http, version\nfrom mitmproxy.proxy import server_hooks\n",
+        },
+    )
+    violations = private_mitmproxy_uses(modules, "fakepkg.compat")
+    assert {v.module for v in violations} == {f"fakepkg.{m}" for m in "abcdefg"}, _report(violations)
+
+
+def test_scanner_reports_a_cycle_with_its_path(tmp_path: Path) -> None:
+    modules = make_package(
+        tmp_path,
+        {
+            "a.py": "from . import b\n",
+            "b.py": "def late():\n    from .sub import c\n",  # function-local, and through a subpackage
+            "sub/__init__.py": "",
+            "sub/c.py": "from ..a import something\n",
+            "d.py": "from . import a\n",  # leads into the cycle without being part of it
+        },
+    )
+    cycle = find_cycle(import_graph(modules))
+    assert cycle == ["fakepkg.a", "fakepkg.b", "fakepkg.sub.c", "fakepkg.a"]
+    acyclic = make_package(tmp_path / "ok", {"a.py": "from . import b\n", "b.py": "import os\n"})
+    assert find_cycle(import_graph(acyclic)) is None
+
+
+def test_scanner_finds_the_lab_imported_from_the_product(tmp_path: Path) -> None:
+    modules = make_package(
+        tmp_path,
+        {
+            "lab/__init__.py": "",
+            "lab/servers.py": "from .. import records\n",
+            "records.py": "",
+            "main.py": "from .lab import servers\n",  # allowed
+            "addon.py": "def f():\n    from .lab import servers\n",
+            "wire.py": "from fakepkg.lab.servers import free_port\n",
+            "cli.py": "from . import lab\n",
+        },
+    )
+    violations = lab_imports(modules, "fakepkg")
+    assert {v.module for v in violations} == {"fakepkg.addon", "fakepkg.wire", "fakepkg.cli"}, _report(violations)
+
+
+def test_scanner_finds_a_shipped_capgen(tmp_path: Path) -> None:
+    (tmp_path / "pkg").mkdir()
+    assert shipped_test_modules(tmp_path) == []
+    (tmp_path / "pkg" / "capgen.py").write_text("")
+    assert shipped_test_modules(tmp_path) == [tmp_path / "pkg" / "capgen.py"]
+
+
+def test_scanner_finds_a_second_definition_of_a_shared_name(tmp_path: Path) -> None:
+    guarded = {"LABEL_HEADER": "X-ESRS-Fix", "METADATA_KEY": "esrs_fix", "option esrs_rewrite": "esrs_rewrite"}
+    modules = make_package(
+        tmp_path,
+        {
+            "names.py": "LABEL_HEADER = 'X-ESRS-Fix'\nMETADATA_KEY = 'esrs_fix'\nOPT = 'esrs_rewrite'\n",
+            "clean.py": '''
+                """Mentions esrs_rewrite and X-ESRS-Fix in a docstring: fine."""
+                import logging
+                log = logging.getLogger("esrs_fix")
+                HELP = "set esrs_rewrite=true to rewrite"
+                def f(flow, name):
+                    """esrs_fix"""
+                    return f"{name}_upstream: esrs_rewrite: bad value"
+            ''',
+            "header.py": "H = b'X-Esrs-FIX'\n",
+            "meta.py": "def f(flow):\n    return flow.metadata['esrs_fix']\n",
+            "option.py": "def configure(updated):\n    return 'esrs_rewrite' in updated\n",
+        },
+    )
+    violations = repeated_names(modules, "fakepkg.names", guarded)
+    flagged = {v.module for v in violations}
+    assert flagged == {"fakepkg.header", "fakepkg.meta", "fakepkg.option"}, _report(violations)
+
+
+def test_violations_planted_in_a_copy_of_the_real_package_are_found(tmp_path: Path) -> None:
+    copy = tmp_path / "stray_tls"
+    shutil.copytree(PACKAGE_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    plants = {
+        "capture.py": "\ndef _planted():\n    from .lab import servers\n",  # the product imports the lab
+        "findings.py": "\ndef _planted():\n    from . import text\n",  # text imports findings: a cycle
+        "report.py": "\nfrom mitmproxy.proxy.layers import http as _planted\n",  # an internal outside compat
+        "wire.py": "\n_PLANTED = 'X-ESRS-Fix'\n",  # a second definition of the label
+    }
+    for name, source in plants.items():
+        with (copy / name).open("a", encoding="utf-8") as f:
+            f.write(source)
+    modules = load_package(copy)
+    assert {v.module for v in private_mitmproxy_uses(modules, "stray_tls.compat")} == {"stray_tls.report"}
+    assert {v.module for v in lab_imports(modules, "stray_tls")} == {"stray_tls.capture"}
+    cycle = find_cycle(import_graph(modules)) or []
+    assert "stray_tls.findings" in cycle and "stray_tls.text" in cycle
+    repeated = {v.module for v in repeated_names(modules, "stray_tls.names", GUARDED_NAMES)}
+    assert "stray_tls.wire" in repeated
