@@ -28,6 +28,13 @@ from .names import (
     LABEL_HEADER,
     MARKER,
     METADATA_KEY,
+    OPT_EARLY,
+    OPT_FILTER,
+    OPT_HOLD_TIMEOUT,
+    OPT_REPORT,
+    OPT_REWRITE,
+    OPT_STATUS,
+    OPT_UPGRADE,
     OPTION_NAMES,
     PREFIX,
     UPGRADE_TIMEOUT,
@@ -60,7 +67,7 @@ class EsrsFix:
 
     def load(self, loader: Loader) -> None:
         loader.add_option(
-            "esrs_upgrade",
+            OPT_UPGRADE,
             bool,
             False,
             "Heal instead of fake: when the upstream answered a plaintext request as a TLS port does (TLS records, "
@@ -71,7 +78,7 @@ class EsrsFix:
             "over TLS at once. Scoped by esrs_filter; tried before esrs_rewrite, which is the fallback.",
         )
         loader.add_option(
-            "esrs_rewrite",
+            OPT_REWRITE,
             bool,
             False,
             "Answer with a synthetic status (esrs_status), labelled with a "
@@ -81,20 +88,20 @@ class EsrsFix:
             "the synthetic answer is not the server's.",
         )
         loader.add_option(
-            "esrs_status",
+            OPT_STATUS,
             int,
             200,
             "The status of the synthetic answer when esrs_rewrite is on (100-599).",
         )
         loader.add_option(
-            "esrs_filter",
+            OPT_FILTER,
             Optional[str],  # type: ignore[arg-type]  # noqa: UP045 - mitmproxy's option types are typing forms
             None,
             "A mitmproxy filter expression limiting which flows esrs_rewrite may rewrite; empty means all. "
             "Detection and logging apply to every flow.",
         )
         loader.add_option(
-            "esrs_early",
+            OPT_EARLY,
             bool,
             True,
             "Detect stray TLS records the moment they arrive, so that the client is answered at once even when "
@@ -102,14 +109,14 @@ class EsrsFix:
             "own 502, or waits for the idle timeout).",
         )
         loader.add_option(
-            "esrs_hold_timeout",
+            OPT_HOLD_TIMEOUT,
             int,  # whole seconds: mitmproxy's --set cannot parse a float option
             DEFAULT_HOLD_TIMEOUT,
             "Seconds to wait for a TLS record that has begun (in the upstream's answer) to complete. Then the client "
             "is answered with what arrived, labelled incomplete. Needs esrs_early.",
         )
         loader.add_option(
-            "esrs_report",
+            OPT_REPORT,
             str,
             "",
             "Append one JSON object per detection to this file (JSON Lines, flushed as written); empty: off.",
@@ -138,16 +145,16 @@ class EsrsFix:
                 log.error("esrs-fix: option %s: invalid value %s: %s", name, " ".join(values), e)
 
     def configure(self, updated: set[str]) -> None:
-        if "esrs_status" in updated:
+        if OPT_STATUS in updated:
             status = ctx.options.esrs_status
             if not 100 <= status <= 599:
                 raise exceptions.OptionsError(f"esrs_status: {status} is not an HTTP status code (100-599)")
-        if "esrs_hold_timeout" in updated:
+        if OPT_HOLD_TIMEOUT in updated:
             hold = ctx.options.esrs_hold_timeout
             if not 1 <= hold <= 3600:
                 raise exceptions.OptionsError(f"esrs_hold_timeout: {hold} is not a number of seconds from 1 to 3600")
             self.early.hold_timeout = hold
-        if "esrs_filter" in updated:
+        if OPT_FILTER in updated:
             expr = ctx.options.esrs_filter
             if expr:
                 try:
@@ -156,13 +163,13 @@ class EsrsFix:
                     raise exceptions.OptionsError(f"esrs_filter: invalid filter expression {expr!r}: {e}") from None
             else:
                 self.filter = None
-        if "esrs_report" in updated:
+        if OPT_REPORT in updated:
             if self.report is not None:
                 self.report.close()
                 self.report = None
             if ctx.options.esrs_report:
                 self.report = ReportWriter.open(ctx.options.esrs_report)
-        if "esrs_early" in updated:
+        if OPT_EARLY in updated:
             if ctx.options.esrs_early:
                 if not self.early.install():
                     log.warning(
