@@ -77,6 +77,7 @@ def test_sslv2_framed_records() -> None:
     decoded = decode(bytes.fromhex("80 03 00 00 01"))
     assert isinstance(decoded, Records)
     assert describe(decoded.records[0]) == "SSLv2 error: no_cipher (0x0001)"
+    assert decoded.size == 5 and decoded.records[0].length == 3
     hello = decode(bytes.fromhex("80 05 04 00 01 00 02"))
     assert isinstance(hello, Records)
     assert describe(hello.records[0]) == "SSLv2 server_hello (4): 5 bytes"

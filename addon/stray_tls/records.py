@@ -7,7 +7,9 @@
 - `NotTLS`: the bytes cannot be the start of a TLS record.
 
 It never raises on any input: unknown codes decode to their number.  The verdict is monotonic as bytes
-are appended: `NotTLS` stays `NotTLS`, and `NeedMore` turns into `Records` once `needed` bytes are there.
+are appended: `NotTLS` stays `NotTLS`; once `needed` bytes are there, `NeedMore` gives way to `Records`, to
+`NotTLS` (a complete header that no record may have), or to a `NeedMore` that needs more (the header is complete
+and now the fragment is awaited).
 
 `describe(record)` is *the* one-line summary (`TLS alert: fatal unexpected_message (10), record version TLS
 1.0`); every consumer (log, comment, synthetic response, report, CLI, lab) uses it, never its own words.
@@ -32,7 +34,8 @@ ALERT = 21
 HANDSHAKE = 22
 APPLICATION_DATA = 23
 
-SSL2_MAX_LENGTH = 0x7FFF
+#: An SSLv2-framed record's header: two length bytes (the message type is the fragment's first byte).
+SSL2_HEADER_LEN = 2
 SSL2_ERROR = 0
 
 
@@ -161,7 +164,7 @@ class Records:
     @property
     def size(self) -> int:
         """How many bytes the complete records take."""
-        return sum(HEADER_LEN - 3 * r.sslv2 + r.length for r in self.records)
+        return sum((SSL2_HEADER_LEN if r.sslv2 else HEADER_LEN) + r.length for r in self.records)
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,8 +243,9 @@ def decode(data: bytes | bytearray | memoryview) -> Decoded:
                 return checked
             return Records(tuple(records), data[pos:], rest_incomplete=isinstance(checked, NeedMore))
         if sslv2:
-            records.append(Record(pos, data[pos + 2], 0x0002, data[pos + 2 : pos + 2 + checked], sslv2=True))
-            pos += 2 + checked
+            start = pos + SSL2_HEADER_LEN
+            records.append(Record(pos, data[start], 0x0002, data[start : start + checked], sslv2=True))
+            pos = start + checked
         else:
             version = (data[pos + 1] << 8) | data[pos + 2]
             records.append(Record(pos, data[pos], version, data[pos + 5 : pos + 5 + checked]))
