@@ -59,6 +59,8 @@ class EsrsFix:
         self._ours: weakref.WeakSet[http.Response] = weakref.WeakSet()
         # Targets that answered plaintext as a TLS port and then answered over TLS (esrs_upgrade).
         self.learned = LearnedTargets()
+        # Flows sent over TLS at once because their target is learned, by flow id, until their response or error.
+        self._learned_flows: dict[str, tuple[Target, Entry]] = {}
         self.early = EarlyDetection(self._on_records, self._claim_error_answer)
         # Failed TLS handshakes with an upstream, by server connection id, for the flow's error hook.
         self._tls_failures: dict[str, Finding] = {}
@@ -236,36 +238,11 @@ class EsrsFix:
         entry = self.learned.lookup(target)
         if entry is None or not self._in_scope(flow):
             return None
-        return self._serve_learned(flow, target, entry)
-
-    async def _serve_learned(self, flow: http.HTTPFlow, target: Target, entry: Entry) -> None:
-        """A learned target: the request goes over TLS at once, and the client gets the server's answer."""
-        heal = await compat.resend_over_tls(flow, ctx.options, UPGRADE_TIMEOUT, HEAL_METADATA_KEY)
-        if heal.response is None:
-            self.learned.forget(target)
-            log.warning(
-                "esrs-fix: %s: TLS to learned target %s failed (%s); forgotten, the request goes out as it came",
-                flow.request.pretty_url,
-                target,
-                heal.error.msg if heal.error else "no answer",
-            )
-            return
-        self.learned.remember(target, entry.plaintext_answer, entry.kind)
-        flow.response = self._labelled(heal.response.copy(), f"upgraded (learned); {entry.plaintext_answer}")
-        meta: dict[str, Any] = {
-            "kind": entry.kind,
-            "summary": entry.plaintext_answer,
-            "upgraded": True,
-            "learned": True,
-            "upgrade": _upgrade_meta(heal),
-        }
-        self._annotate(flow, meta, healed=True)
-        log.info(
-            "esrs-fix: %s healed from memory: sent over TLS to learned target %s; the client got the server's HTTP %d",
-            flow.request.pretty_url,
-            target,
-            heal.response.status_code,
-        )
+        # mitmproxy's own connection from here on: TLS to the same host and port (CONNECT through the upstream proxy
+        # in upstream mode), verified as any upstream, the body streamed as mitmproxy streams it.
+        flow.request.scheme = "https"
+        self._learned_flows[flow.id] = (target, entry)
+        return None
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         # Only the addon may label an answer: an upstream's own X-ESRS-Fix is renamed before the client sees it
@@ -291,12 +268,15 @@ class EsrsFix:
 
         if HEAL_METADATA_KEY in flow.metadata:
             response.stream = False  # the healed flow's client gets this body whole, from the response hook
+        elif (learned := self._learned_flows.get(flow.id)) is not None:
+            self._labelled(response, f"upgraded (learned); {learned[1].plaintext_answer}")  # before a streamed body
 
     def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         if flow.response is None or not flow.live or HEAL_METADATA_KEY in flow.metadata:
             return None  # history (a flow read back with -r keeps what it recorded), or esrs-fix's own TLS attempt
-        if flow.response in self._ours and flow.response not in self._made:
-            return None  # already answered here (a learned target)
+        if (learned := self._learned_flows.pop(flow.id, None)) is not None:
+            self._served_learned(flow, *learned)
+            return None
         finding = self._made.pop(flow.response, None) if self._made else None
         if finding is None:
             # Late faces: a server's "plain HTTP to HTTPS port" page, or TLS records relayed as a body.
@@ -315,6 +295,9 @@ class EsrsFix:
     # -- public-hook fallbacks
 
     def error(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        if (learned := self._learned_flows.pop(flow.id, None)) is not None:
+            self._learned_failed(flow, *learned)
+            return None
         if flow.error is None or flow.response is not None or not flow.live or HEAL_METADATA_KEY in flow.metadata:
             return None
         finding = self._tls_failures.pop(flow.server_conn.id, None) or compat.finding_from_error(flow.error.msg)
@@ -334,6 +317,51 @@ class EsrsFix:
 
     def server_disconnected(self, data: server_hooks.ServerConnectionHookData) -> None:
         self._tls_failures.pop(data.server.id, None)
+
+    def _served_learned(self, flow: http.HTTPFlow, target: Target, entry: Entry) -> None:
+        """A learned target answered over TLS: keep it learned, and say so."""
+        assert flow.response is not None
+        self.learned.remember(target, entry.plaintext_answer, entry.kind)
+        conn = flow.server_conn
+        meta: dict[str, Any] = {
+            "kind": entry.kind,
+            "summary": entry.plaintext_answer,
+            "upgraded": True,
+            "learned": True,
+            "upgrade": {
+                "flow": flow.id,
+                "url": flow.request.pretty_url,
+                "status": flow.response.status_code,
+                "reason": flow.response.reason,
+                "tls_version": conn.tls_version,
+                "sni": conn.sni,
+                "error": None,
+            },
+        }
+        self._annotate(flow, meta, healed=True)
+        log.info(
+            "esrs-fix: %s went over TLS at once to learned target %s; the client got the server's HTTP %d",
+            flow.request.pretty_url,
+            target,
+            flow.response.status_code,
+        )
+
+    def _learned_failed(self, flow: http.HTTPFlow, target: Target, entry: Entry) -> None:
+        """TLS to a learned target failed: forget it, and tell the client why in a labelled 502."""
+        self.learned.forget(target)
+        message = flow.error.msg if flow.error else "no answer"
+        problem = compat.certificate_problem(message)
+        failure = f"certificate verification failed: {problem}" if problem else message
+        log.warning(
+            "esrs-fix: %s: TLS to learned target %s failed (%s); it is forgotten, and the next request tries "
+            "plaintext first",
+            flow.request.pretty_url,
+            target,
+            failure,
+        )
+        if flow.live and self.early.active and flow.response is None:
+            finding = Finding(fnd.Kind(entry.kind), fnd.Confidence.HIGH, "", detail=entry.plaintext_answer)
+            self._error_answers[flow.request] = self._labelled(upgrade_failed_response(finding, failure))
 
     # -- what every detection does: the one decision
 
