@@ -12,6 +12,8 @@ from stray_tls.addon import EsrsFix
 from stray_tls.lab import servers
 from stray_tls.lab.mitm import Mitmdump
 
+pytest_plugins = ["tests.realproxies"]  # real proxies (squid, tinyproxy, privoxy, proxy.py, pproxy), session-wide
+
 #: The field report's seven bytes, and the one-line summary every consumer must give for them.
 FIELD_ALERT = bytes.fromhex("15 03 01 00 02 02 0a")
 SUMMARY = "TLS alert: fatal unexpected_message (10), record version TLS 1.0"
