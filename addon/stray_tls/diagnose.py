@@ -277,7 +277,7 @@ def check_port(
     probes += [tunnel, plain]
     if direct:
         probes.append(probe_direct(host, port, timeout))
-    return PortResult(host, port, *_verdict(absolute, tunnel, credentials, timeout), probes)
+    return PortResult(host, port, *_verdict(absolute, tunnel, credentials, timeout, plain), probes)
 
 
 # -- who answered, and what their page says ---------------------------------------------------------------------
@@ -301,6 +301,8 @@ def product(a: Answer | None) -> str | None:
 _TITLE = re.compile(rb"<title[^>]*>(.*?)</title>", re.I | re.S)
 _PARAGRAPH = re.compile(rb"<(p|h1|h2)[^>]*>(.*?)</\1>", re.I | re.S)
 _TAG = re.compile(r"<[^>]+>")
+#: Lines of error pages that say nothing about this error (squid's, tinyproxy's).
+_BOILERPLATE = ("Generated ", "Your cache administrator", "The following error was encountered")
 
 
 def _text(fragment: bytes) -> str:
@@ -318,7 +320,7 @@ def page_summary(a: Answer | None, limit: int = 160) -> str:
             parts.append(_text(m.group(1)))
         for m in _PARAGRAPH.finditer(body):
             text = _text(m.group(2))
-            if text and text not in parts and not text.startswith("Generated "):
+            if text and not any(text in part for part in parts) and not text.startswith(_BOILERPLATE):
                 parts.append(text)
             if len(parts) >= 3:
                 break
@@ -390,7 +392,11 @@ def _auth_verdict(probe: Probe, credentials: Credentials | None) -> tuple[Outcom
 
 
 def _verdict(
-    absolute: Probe, tunnel: Probe, credentials: Credentials | None = None, timeout: float = 10.0
+    absolute: Probe,
+    tunnel: Probe,
+    credentials: Credentials | None = None,
+    timeout: float = 10.0,
+    plain: Probe | None = None,
 ) -> tuple[Outcome, str]:
     if absolute.shape is Shape.PROXY_AUTH_REQUIRED:
         return _auth_verdict(absolute, credentials)
@@ -435,10 +441,16 @@ def _verdict(
             f"it never reached the server; {way}"
         )
     if shape is Shape.PROXY_UPSTREAM_ERROR:
-        return Outcome.FAIL, (
-            f"{_answered_by(a)} could not reach or verify the server: {absolute.what}{_page(a)}; it answered for "
-            f"the server with its own error page; {connect}"
+        text = (
+            f"{_answered_by(a)} answered with its own error page instead of the server's: {absolute.what}{_page(a)}; "
+            f"it could not reach, verify or read the server; {connect}"
         )
+        if plain is not None and plain.ok:
+            text += (
+                "; the port speaks TLS (CONNECT then plaintext got TLS back): a proxy that sends GET https:// in "
+                "plaintext and cannot read the TLS answer fails this way too"
+            )
+        return Outcome.FAIL, text
     if shape is Shape.MANGLED:
         return Outcome.FAIL, (
             f"no HTTP answer to GET https://: {absolute.what}; something on the way damaged the answer, or the "
