@@ -181,10 +181,13 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def _no_password(password: str, *runs: subprocess.CompletedProcess[str]) -> None:
+    """Neither the password, nor its percent-encoding, nor the Basic token that carries it."""
+    token = base64.b64encode(f"{USER}:{password}".encode()).decode()
     for run in runs:
         for stream in (run.stdout, run.stderr):
             assert password not in stream
             assert quote(password, safe="") not in stream
+            assert token not in stream
 
 
 @pytest.mark.parametrize(("name", "shape"), [("squid-auth", "proxy_upstream_error"), ("proxy.py-auth", "raw_tls")])
