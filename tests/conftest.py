@@ -13,6 +13,7 @@ from stray_tls.lab import servers
 from stray_tls.lab.mitm import Mitmdump
 
 from .realpeers import real_server  # noqa: F401  (the real Debian TLS servers: a session fixture)
+from .realproxies import jsse_esrs, real_proxies  # noqa: F401  (real proxies: session fixtures)
 
 #: The field report's seven bytes, and the one-line summary every consumer must give for them.
 FIELD_ALERT = bytes.fromhex("15 03 01 00 02 02 0a")

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import subprocess
 import sys
+from urllib.parse import quote
 
 import pytest
 
 from stray_tls.lab import servers
+from tests.realproxies import PASSWORD, USER
 
 pytestmark = pytest.mark.e2e
 
@@ -61,3 +65,242 @@ def test_bad_arguments_get_a_sentence() -> None:
     assert p.returncode == 2 and "expected http://HOST:PORT" in p.stderr
     p = check("--proxy", "127.0.0.1:1", "esrs.lab", "--timeout", "0")
     assert p.returncode == 2 and "--timeout must be positive" in p.stderr
+
+
+# -- real proxies, measured: what each answers to `GET https://127.0.0.1:PORT/` and to CONNECT ----------------------
+
+JSSE_HEX = "15 03 03 00 02 02 0a"
+JSSE_SUMMARY = "TLS alert: fatal unexpected_message (10), record version TLS 1.2"
+
+
+def check_real(proxy_url: str, port: int, *extra: str, env: dict[str, str] | None = None, host: str = "127.0.0.1"):
+    args = ["--proxy", proxy_url, host, "--port", str(port), "--timeout", "5", *extra]
+    text = subprocess.run(
+        [sys.executable, "-m", "stray_tls.main", "check", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
+    as_json = subprocess.run(
+        [sys.executable, "-m", "stray_tls.main", "check", *args, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
+    assert text.returncode == as_json.returncode, text.stdout + as_json.stdout
+    return text, json.loads(as_json.stdout), as_json
+
+
+def _port(out: dict) -> dict:
+    (port,) = out["ports"]
+    return port
+
+
+@pytest.mark.parametrize("name", ["proxy.py", "pproxy"])
+def test_proxies_that_relay_the_raw_alert(name, real_proxies, jsse_esrs) -> None:
+    proxy = real_proxies.get(name)
+    p, out, _ = check_real(proxy.url, jsse_esrs.port)
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert f"GET https:// (as the check)  no HTTP status: raw bytes {JSSE_HEX}, decoded {JSSE_SUMMARY}" in p.stdout
+    assert (
+        "verdict: the proxy forwarded the request in plaintext to a TLS port and relayed the server's answer "
+        f"({JSSE_SUMMARY}); CONNECT works, so the server is reachable" in p.stdout
+    )
+    port = _port(out)
+    assert port["outcome"] == "fail" and port["shape"] == "raw_tls"
+    assert [probe["shape"] for probe in port["probes"]] == ["raw_tls", "tls_ok", "raw_tls"]
+    assert port["probes"][0]["finding"]["raw_hex"] == "150303000202" + "0a"
+
+
+def test_squid_with_a_cache_peer_wraps_the_alert_in_a_200_that_is_no_success(real_proxies, jsse_esrs) -> None:
+    proxy = real_proxies.get("squid-peer")
+    p, out, _ = check_real(proxy.url, jsse_esrs.port)
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert "the check would pass" not in p.stdout
+    assert "HTTP/1.1 200 OK (X-Transformed-From: HTTP/0.9), body: raw bytes 15 03 03 00 02 02 0a" in p.stdout
+    assert "verdict: the HTTP 200 is no success: the proxy (squid/" in p.stdout
+    assert "the 200 is the proxy's wrapping of a TLS alert, not the server's answer" in p.stdout
+    port = _port(out)
+    assert port["outcome"] == "fail" and port["shape"] == "wrapped_http09"
+    assert port["probes"][0]["status"] == 200 and port["probes"][0]["ok"] is False
+    assert port["probes"][0]["finding"]["kind"] == "tls_wrapped_http09"
+    assert port["probes"][1]["shape"] == "tls_ok"
+
+
+def test_squid_direct_speaks_tls_itself_and_answers_with_its_error_page(real_proxies, jsse_esrs) -> None:
+    # measured: squid (5.7, GnuTLS) does TLS to https:// URLs itself; the stand-in closes without close_notify
+    # and squid answers 502 with X-Squid-Error: ERR_READ_ERROR
+    proxy = real_proxies.get("squid")
+    p, out, _ = check_real(proxy.url, jsse_esrs.port)
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert "verdict: the proxy (squid/" in p.stdout and "answered with its own error page" in p.stdout
+    assert "X-Squid-Error: ERR_" in p.stdout and "CONNECT works" in p.stdout
+    port = _port(out)
+    assert port["shape"] == "proxy_upstream_error" and port["probes"][0]["status"] == 502
+
+
+def test_tinyproxy_refuses_its_own_address_and_fails_to_read_the_alert(real_proxies, jsse_esrs) -> None:
+    proxy = real_proxies.get("tinyproxy")
+    # 127.0.0.1 is tinyproxy's own address: it refuses the request itself (400)
+    p, out, _ = check_real(proxy.url, jsse_esrs.port)
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert "verdict: the proxy (tinyproxy/" in p.stdout and "refused GET https:// itself: HTTP/1.1 400" in p.stdout
+    assert "You tried to connect to the machine the proxy is running on" in p.stdout
+    assert "the proxy takes https only through CONNECT" in p.stdout
+    assert _port(out)["shape"] == "proxy_refused"
+    # by name, it fetches the URL in plaintext, cannot parse the alert, and says 503
+    p, out, _ = check_real(proxy.url, jsse_esrs.port, host="localhost")
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert "HTTP/1.1 503 Could not retrieve all the headers" in p.stdout
+    assert "the port speaks TLS (CONNECT then plaintext got TLS back)" in p.stdout
+    assert _port(out)["shape"] == "proxy_upstream_error"
+
+
+def test_privoxy_refuses_absolute_https_urls(real_proxies, jsse_esrs) -> None:
+    proxy = real_proxies.get("privoxy")
+    p, out, _ = check_real(proxy.url, jsse_esrs.port)
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert (
+        "verdict: the proxy (it does not name itself) refused GET https:// itself: "
+        "HTTP/1.1 400 Invalid header received from client" in p.stdout
+    )
+    port = _port(out)
+    assert port["shape"] == "proxy_refused" and port["probes"][1]["shape"] == "tls_ok"
+
+
+# -- credentials ---------------------------------------------------------------------------------------------------
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "ESRS_FIX_PROXY_PASSWORD"}
+    return {**env, **extra}
+
+
+def _no_password(password: str, *runs: subprocess.CompletedProcess[str]) -> None:
+    """Neither the password, nor its percent-encoding, nor the Basic token that carries it."""
+    token = base64.b64encode(f"{USER}:{password}".encode()).decode()
+    for run in runs:
+        for stream in (run.stdout, run.stderr):
+            assert password not in stream
+            assert quote(password, safe="") not in stream
+            assert token not in stream
+
+
+@pytest.mark.parametrize(("name", "shape"), [("squid-auth", "proxy_upstream_error"), ("proxy.py-auth", "raw_tls")])
+def test_right_credentials_pass_through(name, shape, real_proxies, jsse_esrs) -> None:
+    proxy = real_proxies.get(name)
+    url = f"http://{quote(USER)}:{quote(PASSWORD, safe='')}@127.0.0.1:{proxy.port}"
+    p, out, j = check_real(url, jsse_esrs.port, env=_env())
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert _port(out)["shape"] == shape and "407" not in p.stdout
+    assert f"as user '{USER}'" in p.stderr
+    _no_password(PASSWORD, p, j)
+    # the same with --proxy-user and the password in the environment
+    p, out, j = check_real(proxy.url, jsse_esrs.port, "--proxy-user", USER, env=_env(ESRS_FIX_PROXY_PASSWORD=PASSWORD))
+    assert p.returncode == 1 and _port(out)["shape"] == shape, p.stdout + p.stderr
+    _no_password(PASSWORD, p, j)
+
+
+@pytest.mark.parametrize(("name", "challenge"), [("squid-auth", 'Basic realm="esrs-lab"'), ("proxy.py-auth", "Basic")])
+def test_missing_or_wrong_credentials_get_the_407_verdict(name, challenge, real_proxies, jsse_esrs) -> None:
+    proxy = real_proxies.get(name)
+    p, out, j = check_real(proxy.url, jsse_esrs.port, env=_env())
+    assert p.returncode == 3, p.stdout + p.stderr
+    assert "could not test: the proxy requires authentication and no credentials were given" in p.stdout
+    assert f"it offers: {challenge}; give the right user and password" in p.stdout
+    assert _port(out)["shape"] == "proxy_auth_required" and _port(out)["outcome"] == "untested"
+    wrong = "wr0ng:pa@ss"
+    url = f"http://{USER}:{quote(wrong, safe='')}@127.0.0.1:{proxy.port}"
+    p, out, j2 = check_real(url, jsse_esrs.port, env=_env())
+    assert p.returncode == 3, p.stdout + p.stderr
+    assert f"could not test: the proxy rejected the credentials given for user '{USER}' (HTTP 407" in p.stdout
+    _no_password(wrong, p, j2)
+    _no_password(PASSWORD, p, j, j2)
+
+
+def test_proxy_user_without_a_password_is_a_sentence_not_a_prompt() -> None:
+    p = subprocess.run(
+        [sys.executable, "-m", "stray_tls.main", "check", "--proxy", "127.0.0.1:1", "--proxy-user", "bob", "h"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=_env(),
+        stdin=subprocess.DEVNULL,
+    )
+    assert p.returncode == 2 and "no password for proxy user 'bob': set ESRS_FIX_PROXY_PASSWORD" in p.stderr
+    p = check("--proxy", "http://u:pw@127.0.0.1:1", "--proxy-user", "bob", "h")
+    assert p.returncode == 2 and "not both" in p.stderr
+
+
+def test_a_malformed_proxy_url_never_echoes_its_password() -> None:
+    p = check("--proxy", "http://bob:hunter2@proxy.example", "esrs.lab")
+    assert p.returncode == 2 and "http://bob:***@proxy.example" in p.stderr
+    assert "hunter2" not in p.stderr + p.stdout
+
+
+# -- shapes a real proxy of ours does not produce: scripted "proxies" --------------------------------------------
+
+
+def _scripted(start_server, answer: bytes | list[bytes], **kw) -> servers.TCPServer:
+    return start_server(servers.ScriptedServer(lambda head: answer, keep_alive=False, **kw))
+
+
+@pytest.mark.parametrize(
+    ("answer", "shape", "words"),
+    [
+        (b"\x15\x03\x03\x00\x00", "mangled", "they look like a TLS record but are not one (empty alert record"),
+        (b"\x16\x07\x01\x00\x02\x02\x0a", "mangled", "record version major byte 0x07"),
+        (b"", "closed", "the proxy closed the connection without a byte"),
+        (b"SSH-2.0-OpenSSH_9\r\n", "not_http", "no HTTP answer to GET https://"),
+    ],
+)
+def test_shapes_of_broken_answers(answer, shape, words, start_server) -> None:
+    proxy = _scripted(start_server, answer)
+    p, out, _ = check_real(f"127.0.0.1:{proxy.port}", 443)
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert words in p.stdout
+    assert _port(out)["shape"] == shape
+
+
+def test_a_proxy_that_never_answers_times_out(start_server) -> None:
+    proxy = _scripted(start_server, b"", hold=10)
+    p = check("--proxy", f"127.0.0.1:{proxy.port}", "h", "--port", "443", "--timeout", "1", "--json")
+    assert p.returncode == 1
+    assert _port(json.loads(p.stdout))["shape"] == "timeout"
+
+
+def test_407_names_schemes_esrs_fix_cannot_speak(start_server) -> None:
+    proxy = _scripted(
+        start_server,
+        b"HTTP/1.1 407 Proxy Authentication Required\r\nServer: ProxySG\r\nProxy-Authenticate: NTLM\r\n"
+        b'Proxy-Authenticate: Negotiate\r\nProxy-Authenticate: Digest realm="corp", nonce="a,b", qop="auth"\r\n'
+        b"Content-Length: 0\r\n\r\n",
+    )
+    p, out, _ = check_real(f"127.0.0.1:{proxy.port}", 443)
+    assert p.returncode == 3, p.stdout + p.stderr
+    assert (
+        'it offers: NTLM; Negotiate; Digest realm="corp", nonce="a,b", qop="auth"; not supported by esrs-fix check: '
+        "NTLM, Negotiate, Digest (only Basic is)" in p.stdout
+    )
+    assert "HTTP 407 from the proxy (ProxySG)" in p.stdout
+    assert _port(out)["shape"] == "proxy_auth_required"
+
+
+def test_credentials_go_on_every_probe(start_server) -> None:
+    seen: list[bytes] = []
+
+    def answer(head: bytes) -> bytes:
+        seen.append(head)
+        return b"HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic\r\nContent-Length: 0\r\n\r\n"
+
+    start = start_server(servers.ScriptedServer(answer, keep_alive=False))
+    p = check("--proxy", f"http://u%40corp:p%3Aw@127.0.0.1:{start.port}", "h", "--port", "443")
+    assert p.returncode == 3
+    token = base64.b64encode(b"u@corp:p:w").decode()
+    assert [h.split(b" ", 1)[0] for h in seen] == [b"GET", b"CONNECT", b"CONNECT"]
+    assert all(f"Proxy-Authorization: Basic {token}\r\n".encode() in h for h in seen)
+    assert "p:w" not in p.stdout + p.stderr and token not in p.stdout + p.stderr

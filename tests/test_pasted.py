@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stray_tls.pasted import PasteError, parse_hostport, parse_pasted, parse_route
+from stray_tls.pasted import PasteError, ProxyAddress, parse_hostport, parse_pasted, parse_proxy, parse_route
 
 ALERT = bytes.fromhex("1503010002020a")
 
@@ -81,3 +81,26 @@ def test_routes() -> None:
         parse_route("esrs.lab:443")
     with pytest.raises(ValueError, match="expected http://HOST:PORT or HOST:PORT"):
         parse_route("esrs.lab:443=nowhere")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("http://proxy.example:3128", ProxyAddress("proxy.example", 3128)),
+        ("http://bob:secret@proxy.example:3128", ProxyAddress("proxy.example", 3128, "bob", "secret")),
+        ("http://u%40corp:p%3Aw%25x@[::1]:8080/", ProxyAddress("::1", 8080, "u@corp", "p:w%x")),
+        ("bob:p@ss@10.0.0.1:80", ProxyAddress("10.0.0.1", 80, "bob", "p@ss")),
+        ("http://bob@proxy:1", ProxyAddress("proxy", 1, "bob", None)),
+    ],
+)
+def test_proxy_urls_with_credentials(text: str, expected: ProxyAddress) -> None:
+    parsed = parse_proxy(text)
+    assert parsed == expected and parsed.password == expected.password
+    assert "secret" not in repr(parsed) and "p:w%x" not in repr(parsed)
+
+
+@pytest.mark.parametrize("text", ["http://bob:secret@proxy", "http://:secret@proxy:1", "bob:secret@:1"])
+def test_bad_proxy_urls_never_repeat_the_password(text: str) -> None:
+    with pytest.raises(ValueError) as e:
+        parse_proxy(text)
+    assert "secret" not in str(e.value) and "***" in str(e.value)

@@ -6,13 +6,19 @@ The `esrs-fix` executable (`main.py`) adds the lab's commands on top; this modul
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
+import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import findings, records, text
 from .launch import script_path
-from .pasted import PasteError, argument, parse_hostport, parse_pasted
+from .pasted import PasteError, ProxyAddress, argument, parse_pasted, parse_proxy
+
+if TYPE_CHECKING:
+    from . import diagnose
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
@@ -57,26 +63,67 @@ def cmd_path(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     from . import diagnose
 
-    proxy = args.proxy
+    proxy: ProxyAddress = args.proxy
     if args.timeout <= 0:
         print("esrs-fix check: --timeout must be positive", file=sys.stderr)
         return 2
+    credentials = _check_credentials(proxy, args.proxy_user)
+    if isinstance(credentials, str):
+        print(f"esrs-fix check: {credentials}", file=sys.stderr)
+        return 2
     ports = args.port or [443, 8443]
     results = []
+    as_user = f" as user {credentials.user!r}" if credentials else ""
     for port in ports:
         if not args.json:
-            print(f"checking https://{args.host}:{port}/ through {proxy[0]}:{proxy[1]} ...", file=sys.stderr)
-        results.append(diagnose.check_port(proxy, args.host, port, args.timeout, direct=args.direct))
+            print(
+                f"checking https://{args.host}:{port}/ through {proxy.host}:{proxy.port}{as_user} ...",
+                file=sys.stderr,
+            )
+        results.append(
+            diagnose.check_port(
+                proxy.address, args.host, port, args.timeout, direct=args.direct, credentials=credentials
+            )
+        )
     outcome = diagnose.overall(results)
     if args.json:
         print(json.dumps({"outcome": outcome.name.lower(), "ports": [r.to_dict() for r in results]}, indent=2))
         return int(outcome)
     for r in results:
-        print(f"https://{r.host}:{r.port}/: {r.outcome.name}")
+        print(f"https://{r.host}:{r.port}/: {r.outcome.name} [{r.shape}]")
         for p in r.probes:
             print(f"  {p.name:28} {p.what}")
         print(f"  verdict: {r.verdict}")
     return int(outcome)
+
+
+PASSWORD_VARIABLE = "ESRS_FIX_PROXY_PASSWORD"
+
+
+def _check_credentials(proxy: ProxyAddress, proxy_user: str | None) -> diagnose.Credentials | str | None:
+    """The credentials for the proxy, or a sentence saying why there are none (exit 2). Never echoes a password."""
+    from .diagnose import Credentials
+
+    if proxy_user is not None and proxy.user is not None:
+        return "give the user either in --proxy (http://USER:PASSWORD@HOST:PORT) or with --proxy-user, not both"
+    user = proxy_user if proxy_user is not None else proxy.user
+    if user is None:
+        return None
+    if not user or ":" in user:
+        return "the proxy user name must be non-empty and must not contain ':' (Basic authentication cannot carry it)"
+    if proxy.password is not None:
+        return Credentials(user, proxy.password)
+    if (password := os.environ.get(PASSWORD_VARIABLE)) is not None:
+        return Credentials(user, password)
+    if sys.stdin.isatty():
+        try:
+            return Credentials(user, getpass.getpass(f"password for proxy user {user!r}: "))
+        except EOFError:
+            pass
+    return (
+        f"no password for proxy user {user!r}: set {PASSWORD_VARIABLE}, run from a terminal to be asked for it, "
+        "or give it in --proxy http://USER:PASSWORD@HOST:PORT"
+    )
 
 
 def cmd_pcap(args: argparse.Namespace) -> int:
@@ -154,9 +201,15 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     p.add_argument(
         "--proxy",
         required=True,
-        type=argument(parse_hostport),
-        metavar="http://HOST:PORT",
-        help="the customer's HTTP proxy",
+        type=argument(parse_proxy),
+        metavar="http://[USER:PASSWORD@]HOST:PORT",
+        help="the customer's HTTP proxy; user and password percent-encoded when they hold ':', '@' or '%%'",
+    )
+    p.add_argument(
+        "--proxy-user",
+        metavar="USER",
+        help=f"authenticate to the proxy (Basic) as USER; the password comes from {PASSWORD_VARIABLE}, or is asked "
+        "for when run from a terminal",
     )
     p.add_argument("host", help="the ESRS host name")
     p.add_argument("--port", type=int, action="append", help="ports to check (repeatable; default 443 and 8443)")

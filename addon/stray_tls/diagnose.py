@@ -2,12 +2,19 @@
 
 Per port: (1) absolute-form `GET https://HOST:PORT/` (what CECT / NetworkCheck send), (2) CONNECT then TLS then
 `GET /`, (3) CONNECT then plaintext `GET /` (does the port speak TLS?), and (4) with `--direct`, TLS straight to
-the server.  The verdict says which hop is at fault, in words.
+the server.  Every answer gets a `Shape` (what kind of answer it is: the raw TLS record, squid's HTTP/0.9
+wrapping, the proxy's own refusal, ...), and the verdict says which hop is at fault, in words.
+
+Credentials (`Proxy-Authorization: Basic`) go on every request to the proxy; the password never appears in
+anything this module returns.
 """
 
 from __future__ import annotations
 
+import base64
 import enum
+import html
+import re
 import socket
 import ssl
 import time
@@ -16,7 +23,7 @@ from typing import Any
 
 from . import findings
 from .findings import Finding, Kind
-from .wire import Answer, describe, send_and_read
+from .wire import Answer, describe, not_tls_reason, send_and_read
 
 
 class Outcome(enum.IntEnum):
@@ -24,7 +31,43 @@ class Outcome(enum.IntEnum):
 
     PASS = 0
     FAIL = 1
-    UNTESTED = 3  # could not test: the proxy is unreachable
+    UNTESTED = 3  # could not test: the proxy is unreachable, or wants credentials we do not have
+
+
+class Shape(enum.StrEnum):
+    """What kind of answer came back, whatever its bytes: the `shape` of a probe and of a port in --json."""
+
+    HTTP_OK = "http_ok"  # an HTTP 200 that is what it says
+    RAW_TLS = "raw_tls"  # TLS records where HTTP was expected: plaintext reached a TLS port (the field failure)
+    WRAPPED_HTTP09 = "wrapped_http09"  # squid's HTTP/0.9 head (X-Transformed-From) around the TLS records
+    TLS_IN_BODY = "tls_in_body"  # an HTTP head with nothing but TLS records as the body
+    SERVER_PLAIN_HTTP_400 = "server_plain_http_400"  # the server's own "plain HTTP to an HTTPS port" page
+    PROXY_REFUSED = "proxy_refused"  # the proxy's own 4xx: it will not fetch absolute https:// URLs
+    PROXY_AUTH_REQUIRED = "proxy_auth_required"  # 407
+    PROXY_UPSTREAM_ERROR = "proxy_upstream_error"  # 502/503/504: the proxy could not reach or verify the server
+    HTTP_OTHER = "http_other"  # any other HTTP status
+    MANGLED = "mangled"  # bytes that look like a TLS record but are not one
+    NOT_HTTP = "not_http"  # bytes that are neither HTTP nor TLS
+    CLOSED = "closed"  # the connection closed without a byte
+    TIMEOUT = "timeout"  # no answer within the timeout
+    TLS_OK = "tls_ok"  # (tunnels) the TLS handshake through the tunnel worked, and GET / was answered
+    TLS_FAILED = "tls_failed"  # (tunnels) the TLS handshake failed
+    UNREACHABLE = "unreachable"  # nothing to talk to: the proxy (or, direct, the server) refused the connection
+
+
+#: 4xx statuses by which a proxy refuses a request itself (407 has its own shape).
+_REFUSALS = frozenset({400, 403, 405, 501})
+_UPSTREAM_ERRORS = frozenset({502, 503, 504})
+
+
+@dataclass(frozen=True)
+class Credentials:
+    user: str
+    password: str = field(repr=False)
+
+    def header(self) -> str:
+        token = base64.b64encode(f"{self.user}:{self.password}".encode()).decode("ascii")
+        return f"Proxy-Authorization: Basic {token}\r\n"
 
 
 @dataclass
@@ -36,11 +79,14 @@ class Probe:
     status: int | None = None
     #: The proxy could not be reached at all: nothing was tested.
     unreachable: bool = False
+    shape: Shape = Shape.HTTP_OTHER
+    answer: Answer | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "probe": self.name,
             "ok": self.ok,
+            "shape": str(self.shape),
             "status": self.status,
             "what": self.what,
             "finding": self.finding.to_dict() if self.finding else None,
@@ -55,13 +101,47 @@ class PortResult:
     verdict: str
     probes: list[Probe] = field(default_factory=list)
 
+    @property
+    def shape(self) -> Shape:
+        """The shape of the answer to what the check sends (the first probe)."""
+        return self.probes[0].shape if self.probes else Shape.UNREACHABLE
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "url": f"https://{self.host}:{self.port}/",
             "outcome": self.outcome.name.lower(),
+            "shape": str(self.shape),
             "verdict": self.verdict,
             "probes": [p.to_dict() for p in self.probes],
         }
+
+
+def shape_of(a: Answer, f: Finding | None) -> Shape:
+    """The kind of answer `a` is (with its finding from `describe`)."""
+    if f is not None:
+        if f.kind in (Kind.TLS_RECORDS, Kind.TLS_INCOMPLETE):
+            return Shape.RAW_TLS
+        if f.kind is Kind.TLS_WRAPPED_HTTP09:
+            return Shape.WRAPPED_HTTP09
+        if f.kind is Kind.TLS_IN_BODY:
+            return Shape.TLS_IN_BODY
+        if f.kind is Kind.PLAIN_HTTP_400:
+            return Shape.SERVER_PLAIN_HTTP_400
+    if a.status is not None:
+        if a.status == 200:
+            return Shape.HTTP_OK
+        if a.status == 407:
+            return Shape.PROXY_AUTH_REQUIRED
+        if a.status in _REFUSALS:
+            return Shape.PROXY_REFUSED
+        if a.status in _UPSTREAM_ERRORS:
+            return Shape.PROXY_UPSTREAM_ERROR
+        return Shape.HTTP_OTHER
+    if a.raw:
+        return Shape.MANGLED if not_tls_reason(a.raw) else Shape.NOT_HTTP
+    if a.timed_out:
+        return Shape.TIMEOUT
+    return Shape.CLOSED
 
 
 def _connect(proxy: tuple[str, int], timeout: float) -> socket.socket | str:
@@ -71,32 +151,51 @@ def _connect(proxy: tuple[str, int], timeout: float) -> socket.socket | str:
         return f"cannot connect to the proxy {proxy[0]}:{proxy[1]}: {e.strerror or e}"
 
 
-def probe_absolute(proxy: tuple[str, int], host: str, port: int, timeout: float) -> Probe:
+def _auth(credentials: Credentials | None) -> str:
+    return credentials.header() if credentials else ""
+
+
+def probe_absolute(
+    proxy: tuple[str, int], host: str, port: int, timeout: float, credentials: Credentials | None = None
+) -> Probe:
+    name = "GET https:// (as the check)"
     sock = _connect(proxy, timeout)
     if isinstance(sock, str):
-        return Probe("GET https:// (as the check)", sock, False, unreachable=True)
-    request = f"GET https://{host}:{port}/ HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: esrs-fix-check\r\n\r\n"
+        return Probe(name, sock, False, unreachable=True, shape=Shape.UNREACHABLE)
+    request = (
+        f"GET https://{host}:{port}/ HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: esrs-fix-check\r\n"
+        f"{_auth(credentials)}\r\n"
+    )
     with sock:
         a = send_and_read(sock, request.encode(), time.monotonic() + timeout)
     what, f = describe(a)
-    return Probe("GET https:// (as the check)", what, a.status == 200, f, a.status)
+    shape = shape_of(a, f)
+    return Probe(name, what, shape is Shape.HTTP_OK, f, a.status, shape=shape, answer=a)
 
 
-def _tunnel(proxy: tuple[str, int], host: str, port: int, timeout: float) -> tuple[socket.socket | None, str]:
+@dataclass
+class _Tunnel:
+    sock: socket.socket | None
+    said: str  # the CONNECT answer's status line, or why there is no tunnel
+    shape: Shape = Shape.HTTP_OK
+    answer: Answer | None = None
+
+
+def _tunnel(proxy: tuple[str, int], host: str, port: int, timeout: float, credentials: Credentials | None) -> _Tunnel:
     sock = _connect(proxy, timeout)
     if isinstance(sock, str):
-        return None, sock
+        return _Tunnel(None, sock, Shape.UNREACHABLE)
     a = send_and_read(
         sock,
-        f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode(),
+        f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n{_auth(credentials)}\r\n".encode(),
         time.monotonic() + timeout,
         head_only=True,
     )
     if a.status != 200:
         sock.close()
-        what, _ = describe(a)
-        return None, f"CONNECT refused: {what}"
-    return sock, a.status_line
+        what, f = describe(a)
+        return _Tunnel(None, f"CONNECT refused: {what}", shape_of(a, f), a)
+    return _Tunnel(sock, a.status_line, Shape.HTTP_OK, a)
 
 
 def _tls_get(sock: socket.socket, host: str, timeout: float) -> tuple[Answer | None, str]:
@@ -115,73 +214,257 @@ def _tls_get(sock: socket.socket, host: str, timeout: float) -> tuple[Answer | N
     return a, f"{version} handshake done"
 
 
-def probe_connect_tls(proxy: tuple[str, int], host: str, port: int, timeout: float) -> Probe:
-    sock, said = _tunnel(proxy, host, port, timeout)
-    if sock is None:
-        return Probe("CONNECT, then TLS", said, False)
-    with sock:
-        a, tls_said = _tls_get(sock, host, timeout)
+def probe_connect_tls(
+    proxy: tuple[str, int], host: str, port: int, timeout: float, credentials: Credentials | None = None
+) -> Probe:
+    name = "CONNECT, then TLS"
+    t = _tunnel(proxy, host, port, timeout, credentials)
+    if t.sock is None:
+        return Probe(name, t.said, False, shape=t.shape, answer=t.answer)
+    with t.sock:
+        a, tls_said = _tls_get(t.sock, host, timeout)
     if a is None:
-        return Probe("CONNECT, then TLS", f"{said}; {tls_said}", False)
+        return Probe(name, f"{t.said}; {tls_said}", False, shape=Shape.TLS_FAILED)
     what, f = describe(a)
-    return Probe("CONNECT, then TLS", f"{said}; {tls_said}; {what}", a.status is not None, f, a.status)
+    ok = a.status is not None
+    return Probe(name, f"{t.said}; {tls_said}; {what}", ok, f, a.status, shape=Shape.TLS_OK if ok else shape_of(a, f))
 
 
-def probe_connect_plain(proxy: tuple[str, int], host: str, port: int, timeout: float) -> Probe:
-    sock, said = _tunnel(proxy, host, port, timeout)
-    if sock is None:
-        return Probe("CONNECT, then plaintext", said, False)
-    with sock:
-        a = send_and_read(sock, f"GET / HTTP/1.1\r\nHost: {host}\r\n\r\n".encode(), time.monotonic() + timeout)
+def probe_connect_plain(
+    proxy: tuple[str, int], host: str, port: int, timeout: float, credentials: Credentials | None = None
+) -> Probe:
+    name = "CONNECT, then plaintext"
+    t = _tunnel(proxy, host, port, timeout, credentials)
+    if t.sock is None:
+        return Probe(name, t.said, False, shape=t.shape, answer=t.answer)
+    with t.sock:
+        a = send_and_read(t.sock, f"GET / HTTP/1.1\r\nHost: {host}\r\n\r\n".encode(), time.monotonic() + timeout)
     what, f = describe(a)
     # "ok" here means: the port answered plaintext the way a TLS port does
     speaks_tls = f is not None and f.kind in (Kind.TLS_RECORDS, Kind.PLAIN_HTTP_400)
-    return Probe("CONNECT, then plaintext", f"{said}; {what}", speaks_tls, f, a.status)
+    return Probe(name, f"{t.said}; {what}", speaks_tls, f, a.status, shape=shape_of(a, f))
 
 
 def probe_direct(host: str, port: int, timeout: float) -> Probe:
+    name = "direct TLS (no proxy)"
     try:
         sock = socket.create_connection((host, port), timeout=timeout)
     except OSError as e:
-        return Probe("direct TLS (no proxy)", f"cannot connect: {e.strerror or e}", False)
+        return Probe(name, f"cannot connect: {e.strerror or e}", False, shape=Shape.UNREACHABLE)
     with sock:
         a, tls_said = _tls_get(sock, host, timeout)
     if a is None:
-        return Probe("direct TLS (no proxy)", tls_said, False)
+        return Probe(name, tls_said, False, shape=Shape.TLS_FAILED)
     what, f = describe(a)
-    return Probe("direct TLS (no proxy)", f"{tls_said}; {what}", a.status is not None, f, a.status)
+    ok = a.status is not None
+    return Probe(name, f"{tls_said}; {what}", ok, f, a.status, shape=Shape.TLS_OK if ok else shape_of(a, f))
 
 
-def check_port(proxy: tuple[str, int], host: str, port: int, timeout: float, direct: bool = False) -> PortResult:
-    absolute = probe_absolute(proxy, host, port, timeout)
+def check_port(
+    proxy: tuple[str, int],
+    host: str,
+    port: int,
+    timeout: float,
+    direct: bool = False,
+    credentials: Credentials | None = None,
+) -> PortResult:
+    absolute = probe_absolute(proxy, host, port, timeout, credentials)
     probes = [absolute]
     if absolute.unreachable:
         return PortResult(host, port, Outcome.UNTESTED, f"could not test: {absolute.what}", probes)
-    tunnel = probe_connect_tls(proxy, host, port, timeout)
-    plain = probe_connect_plain(proxy, host, port, timeout)
+    tunnel = probe_connect_tls(proxy, host, port, timeout, credentials)
+    plain = probe_connect_plain(proxy, host, port, timeout, credentials)
     probes += [tunnel, plain]
     if direct:
         probes.append(probe_direct(host, port, timeout))
-    return PortResult(host, port, *_verdict(absolute, tunnel), probes)
+    return PortResult(host, port, *_verdict(absolute, tunnel, credentials, timeout, plain), probes)
 
 
-def _verdict(absolute: Probe, tunnel: Probe) -> tuple[Outcome, str]:
+# -- who answered, and what their page says ---------------------------------------------------------------------
+
+_VIA_PRODUCT = re.compile(r"\(([^()]+)\)\s*$")
+
+
+def product(a: Answer | None) -> str | None:
+    """The proxy's product name as its answer gives it: `Server`, `Proxy-agent`, or the comment in `Via`."""
+    if a is None:
+        return None
+    for name in ("server", "proxy-agent"):
+        if value := a.header(name):
+            return value
+    if via := a.header("via"):
+        m = _VIA_PRODUCT.search(via)
+        return m.group(1) if m else via
+    return None
+
+
+_TITLE = re.compile(rb"<title[^>]*>(.*?)</title>", re.I | re.S)
+_PARAGRAPH = re.compile(rb"<(p|h1|h2)[^>]*>(.*?)</\1>", re.I | re.S)
+_TAG = re.compile(r"<[^>]+>")
+#: Lines of error pages that say nothing about this error (squid's, tinyproxy's).
+_BOILERPLATE = ("Generated ", "Your cache administrator", "The following error was encountered")
+
+
+def _text(fragment: bytes) -> str:
+    return " ".join(html.unescape(_TAG.sub(" ", fragment.decode("utf-8", "replace"))).split())
+
+
+def page_summary(a: Answer | None, limit: int = 160) -> str:
+    """The error page in a line: its title and first paragraphs (HTML), or its first line (text)."""
+    if a is None or not a.body:
+        return ""
+    body = a.body[:65536]
+    if b"<" in body[:512]:
+        parts: list[str] = []
+        if m := _TITLE.search(body):
+            parts.append(_text(m.group(1)))
+        for m in _PARAGRAPH.finditer(body):
+            text = _text(m.group(2))
+            if text and not any(text in part for part in parts) and not text.startswith(_BOILERPLATE):
+                parts.append(text)
+            if len(parts) >= 3:
+                break
+        summary = ": ".join(parts)
+    else:
+        summary = next((line.strip() for line in body.decode("utf-8", "replace").splitlines() if line.strip()), "")
+    return summary if len(summary) <= limit else summary[: limit - 1] + "…"
+
+
+def _answered_by(a: Answer | None) -> str:
+    name = product(a)
+    return f"the proxy ({name})" if name else "the proxy (it does not name itself)"
+
+
+def _page(a: Answer | None) -> str:
+    details = []
+    if a is not None and (squid := a.header("x-squid-error")):
+        details.append(f"X-Squid-Error: {squid}")
+    if summary := page_summary(a):
+        details.append(f'page: "{summary}"')
+    return f" ({'; '.join(details)})" if details else ""
+
+
+_CHALLENGE_START = re.compile(r"^\s*([!#$%&'*+.^_`|~0-9A-Za-z-]+)(?:\s+|$)(?!=)")
+_PARAM = re.compile(r"^\s*[!#$%&'*+.^_`|~0-9A-Za-z-]+\s*=")
+
+
+def challenges(values: list[str]) -> list[str]:
+    """`Proxy-Authenticate` values -> one string per challenge (`Basic realm="x"`, `NTLM`, `Negotiate`)."""
+    out: list[str] = []
+    for value in values:
+        # commas outside quoted strings separate challenges and their parameters
+        pieces = re.findall(r'(?:[^,"]|"(?:[^"\\]|\\.)*")+', value)
+        for piece in pieces:
+            if _PARAM.match(piece) or not _CHALLENGE_START.match(piece):
+                if out:
+                    out[-1] += "," + piece
+                continue
+            out.append(piece.strip())
+    return [" ".join(c.split()) for c in out]
+
+
+def scheme_of(challenge: str) -> str:
+    return challenge.split(None, 1)[0] if challenge else ""
+
+
+def _auth_verdict(probe: Probe, credentials: Credentials | None) -> tuple[Outcome, str]:
+    offered = challenges(probe.answer.all("proxy-authenticate") if probe.answer else [])
+    schemes = [scheme_of(c) for c in offered]
+    basic = any(s.lower() == "basic" for s in schemes)
+    unsupported = list(dict.fromkeys(s for s in schemes if s.lower() != "basic"))
+    said = (
+        f"the proxy rejected the credentials given for user {credentials.user!r}"
+        if credentials
+        else "the proxy requires authentication and no credentials were given"
+    )
+    text = f"could not test: {said} (HTTP 407 from {_answered_by(probe.answer)}); it offers: "
+    text += "; ".join(offered) if offered else "no Proxy-Authenticate challenge at all"
+    if unsupported:
+        text += f"; not supported by esrs-fix check: {', '.join(unsupported)} (only Basic is)"
+    if basic:
+        text += (
+            "; give the right user and password: --proxy http://USER:PASSWORD@HOST:PORT, or --proxy-user USER "
+            "with the password in ESRS_FIX_PROXY_PASSWORD"
+        )
+    else:
+        text += "; test from a host the proxy lets through without authentication, or offer Basic"
+    return Outcome.UNTESTED, text
+
+
+def _verdict(
+    absolute: Probe,
+    tunnel: Probe,
+    credentials: Credentials | None = None,
+    timeout: float = 10.0,
+    plain: Probe | None = None,
+) -> tuple[Outcome, str]:
+    if absolute.shape is Shape.PROXY_AUTH_REQUIRED:
+        return _auth_verdict(absolute, credentials)
     connect = (
         "CONNECT works, so the server is reachable" if tunnel.ok else f"CONNECT does not work either ({tunnel.what})"
     )
-    if absolute.ok:
-        return Outcome.PASS, "the check would pass: the proxy answers GET https:// with HTTP 200"
+    fix = "fix the proxy's handling of https:// URLs or bypass the check" if tunnel.ok else "fix the proxy"
     f = absolute.finding
-    if f is not None and f.kind in (Kind.TLS_RECORDS, Kind.TLS_INCOMPLETE, Kind.TLS_IN_BODY):
-        fix = "fix the proxy's handling of https:// URLs or bypass the check" if tunnel.ok else "fix the proxy"
+    a = absolute.answer
+    shape = absolute.shape
+    if shape is Shape.HTTP_OK:
+        return Outcome.PASS, "the check would pass: the proxy answers GET https:// with HTTP 200"
+    if shape is Shape.WRAPPED_HTTP09 and f is not None:
+        tls = "a TLS alert" if any(r.alert is not None for r in f.records) else "TLS records"
+        return Outcome.FAIL, (
+            f"the HTTP {absolute.status} is no success: {_answered_by(a)} sent the request in plaintext to a TLS "
+            f"port, got the server's TLS answer ({f.summary}) and wrapped it in an HTTP/0.9 answer of its own "
+            f"(X-Transformed-From: HTTP/0.9): the {absolute.status} is the proxy's wrapping of {tls}, not the server's "
+            f"answer; {connect}: {fix}"
+        )
+    if shape is Shape.TLS_IN_BODY and f is not None:
+        return Outcome.FAIL, (
+            f"the HTTP {absolute.status} is no success: its body is the server's raw TLS answer ({f.summary}): "
+            f"{_answered_by(a)} sent the request in plaintext to a TLS port; {connect}: {fix}"
+        )
+    if shape is Shape.RAW_TLS and f is not None:
         return Outcome.FAIL, (
             "the proxy forwarded the request in plaintext to a TLS port and relayed the server's answer "
             f"({f.summary}); {connect}: {fix}"
         )
-    if f is not None and f.kind is Kind.PLAIN_HTTP_400:
+    if shape is Shape.SERVER_PLAIN_HTTP_400 and f is not None:
         return Outcome.FAIL, f"the proxy sent the request in plaintext and the server said so ({f.detail}); {connect}"
+    if shape is Shape.PROXY_REFUSED:
+        way = (
+            "CONNECT works, so the server is reachable: the proxy takes https only through CONNECT; make the check "
+            "tunnel (CONNECT), or bypass the proxy for the check"
+            if tunnel.ok
+            else connect
+        )
+        return Outcome.FAIL, (
+            f"{_answered_by(a)} refused GET https:// itself: {absolute.what.split(',')[0]}{_page(a)}; "
+            f"it never reached the server; {way}"
+        )
+    if shape is Shape.PROXY_UPSTREAM_ERROR:
+        text = (
+            f"{_answered_by(a)} answered with its own error page instead of the server's: {absolute.what}{_page(a)}; "
+            f"it could not reach, verify or read the server; {connect}"
+        )
+        if plain is not None and plain.ok:
+            text += (
+                "; the port speaks TLS (CONNECT then plaintext got TLS back): a proxy that sends GET https:// in "
+                "plaintext and cannot read the TLS answer fails this way too"
+            )
+        return Outcome.FAIL, text
+    if shape is Shape.MANGLED:
+        return Outcome.FAIL, (
+            f"no HTTP answer to GET https://: {absolute.what}; something on the way damaged the answer, or the "
+            f"port speaks neither HTTP nor TLS; {connect}"
+        )
+    if shape is Shape.CLOSED:
+        return Outcome.FAIL, (
+            "the proxy closed the connection without a byte: it dropped the request, or forwarded it in "
+            "plaintext to a TLS server that closes silently (OpenSSL 3 does); " + connect
+        )
+    if shape is Shape.TIMEOUT:
+        return Outcome.FAIL, f"no answer to GET https:// within {timeout:g} s; {connect}"
     if absolute.status is not None:
-        return Outcome.FAIL, f"the proxy answered {absolute.what} instead of 200; {connect}"
+        return Outcome.FAIL, f"{_answered_by(a)} answered {absolute.what}{_page(a)} instead of 200; {connect}"
     return Outcome.FAIL, f"no HTTP answer to GET https:// ({absolute.what}); {connect}"
 
 

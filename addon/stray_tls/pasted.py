@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import re
+import urllib.parse
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 # A Wireshark "Copy as Hex Dump" line: an offset, up to 16 bytes (single or double spaced), an ASCII column.
@@ -50,6 +52,53 @@ def parse_hostport(text: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or not host.strip("[]"):
         raise ValueError(f"expected http://HOST:PORT or HOST:PORT, got {text!r}")
     return host.strip("[]"), int(port)
+
+
+@dataclass(frozen=True)
+class ProxyAddress:
+    """A proxy's address and, when given in the URL, its credentials (percent-decoded).
+
+    The password is never part of the repr, so that no error message or log line can carry it.
+    """
+
+    host: str
+    port: int
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.host, self.port
+
+
+def parse_proxy(text: str) -> ProxyAddress:
+    """`http://user:pass@proxy:3128`, `http://proxy:3128`, `proxy:3128` -> ProxyAddress; ValueError with a sentence
+    that never repeats the password."""
+    rest = text.split("://", 1)[-1]
+    userinfo, at, hostport = rest.rpartition("@")
+    user = password = None
+    if at:
+        raw_user, colon, raw_password = userinfo.partition(":")
+        user = urllib.parse.unquote(raw_user)
+        password = urllib.parse.unquote(raw_password) if colon else None
+        if not user:
+            raise ValueError(f"no user name before '@' in {redact_proxy(text)!r}; give http://USER:PASSWORD@HOST:PORT")
+    try:
+        host, port = parse_hostport(hostport)
+    except ValueError:
+        raise ValueError(
+            f"expected http://HOST:PORT, http://USER:PASSWORD@HOST:PORT or HOST:PORT, got {redact_proxy(text)!r}"
+        ) from None
+    return ProxyAddress(host, port, user, password)
+
+
+def redact_proxy(text: str) -> str:
+    """The proxy URL with any password replaced by `***`."""
+    scheme, sep, rest = text.rpartition("://")
+    userinfo, at, hostport = rest.rpartition("@")
+    if not at or ":" not in userinfo:
+        return text
+    return f"{scheme}{sep}{userinfo.partition(':')[0]}:***@{hostport}"
 
 
 def parse_route(text: str) -> tuple[tuple[str, int], tuple[str, int]]:

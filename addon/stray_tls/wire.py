@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from . import findings, records
-from .findings import Finding
+from .findings import Finding, Kind
 from .names import LABEL_HEADER
 
 _LABEL = LABEL_HEADER.lower()
@@ -25,6 +25,9 @@ class Answer:
     status: int | None = None
     status_line: str = ""
     headers: dict[str, str] | None = None
+    #: Every header field in order, names lower-cased: a proxy may send several Proxy-Authenticate fields.
+    fields: list[tuple[str, str]] = field(default_factory=list)
+    #: The body, de-chunked when the answer was `Transfer-Encoding: chunked` (squid's HTTP/0.9 wrapping is).
     body: bytes = b""
     timed_out: bool = False
     error: str = ""
@@ -33,6 +36,14 @@ class Answer:
     def label(self) -> str | None:
         """The X-ESRS-Fix header: present only when esrs-fix made (or flagged) the answer."""
         return (self.headers or {}).get(_LABEL)
+
+    def header(self, name: str) -> str | None:
+        return (self.headers or {}).get(name.lower())
+
+    def all(self, name: str) -> list[str]:
+        """Every value of header `name`, in order."""
+        name = name.lower()
+        return [value for n, value in self.fields if n == name]
 
 
 def exchange(address: tuple[str, int], request: bytes, timeout: float) -> Answer:
@@ -78,14 +89,42 @@ def _complete(data: bytes) -> bool:
     head, sep, body = data.partition(b"\r\n\r\n")
     if not sep or not data.startswith(b"HTTP/"):
         return False
+    status = head[9:12]
+    if status.startswith(b"1") or status in (b"204", b"304"):
+        return True
     for line in head.split(b"\r\n")[1:]:
         name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
+        name = name.strip().lower()
+        if name == b"transfer-encoding" and b"chunked" in value.lower():
+            return _dechunk(body)[1]
+        if name == b"content-length":
             try:
                 return len(body) >= int(value.strip())
             except ValueError:
                 return False
     return False
+
+
+def _dechunk(body: bytes) -> tuple[bytes, bool]:
+    """A chunked body's content, and whether the last chunk has arrived; what cannot be parsed is kept as is."""
+    out = b""
+    pos = 0
+    while True:
+        line_end = body.find(b"\r\n", pos)
+        if line_end < 0:
+            return out, False
+        size_text = body[pos:line_end].split(b";", 1)[0].strip()
+        try:
+            size = int(size_text, 16)
+        except ValueError:
+            return out + body[pos:], False
+        if size == 0:
+            return out, True
+        start = line_end + 2
+        if len(body) < start + size + 2:
+            return out + body[start : start + size], False
+        out += body[start : start + size]
+        pos = start + size + 2
 
 
 def _parse(data: bytes, timed_out: bool, error: str = "") -> Answer:
@@ -101,8 +140,11 @@ def _parse(data: bytes, timed_out: bool, error: str = "") -> Answer:
     answer.headers = {}
     for line in lines[1:]:
         name, _, value = line.partition(b":")
-        answer.headers[name.strip().lower().decode("latin-1")] = value.strip().decode("latin-1")
-    answer.body = body
+        key, text = name.strip().lower().decode("latin-1"), value.strip().decode("latin-1")
+        answer.fields.append((key, text))
+        answer.headers[key] = text
+    chunked = "chunked" in answer.headers.get("transfer-encoding", "").lower()
+    answer.body = _dechunk(body)[0] if chunked else body
     return answer
 
 
@@ -111,11 +153,25 @@ def describe(a: Answer) -> tuple[str, Finding | None]:
     if a.error and not a.raw:
         return a.error, None
     if a.status is not None:
-        f = findings.from_response(a.status, a.body) if a.status == 400 else None
+        f = findings.from_response(a.status, a.body, a.header("x-transformed-from"))
         label = f" [X-ESRS-Fix: {a.label}]" if a.label else ""
+        if f is not None and f.kind in (Kind.TLS_WRAPPED_HTTP09, Kind.TLS_IN_BODY):
+            wrapped = " (X-Transformed-From: HTTP/0.9)" if f.kind is Kind.TLS_WRAPPED_HTTP09 else ""
+            body = f"body: raw bytes {records.hexdump(f.raw, 16)}, decoded {f.summary}"
+            return f"{a.status_line}{label}{wrapped}, {body}", f
         return f"{a.status_line}{label}" + (f" ({f.detail})" if f else ""), f
     if not a.raw:
         return ("no answer within the timeout" if a.timed_out else "connection closed without a byte"), None
     f = findings.from_response_head(a.raw) or findings.from_incomplete_head(a.raw)
     text = f"no HTTP status: raw bytes {records.hexdump(a.raw, 16)}"
+    if f is None and (reason := not_tls_reason(a.raw)):
+        return f"{text}: they look like a TLS record but are not one ({reason})", None
     return (f"{text}, decoded {f.summary}" if f else text), f
+
+
+def not_tls_reason(data: bytes) -> str | None:
+    """Why bytes that begin like a TLS record (a content type byte, or SSLv2's high bit) are not one; else None."""
+    if not data or not records.could_start_tls(data[0]):
+        return None
+    decoded = records.decode(data)
+    return decoded.reason if isinstance(decoded, records.NotTLS) else None
