@@ -642,8 +642,9 @@ def _packets(f: BinaryIO) -> tuple[Iterator[tuple[float, bytes]], Callable[[byte
         276: dpkt.sll2.SLL2,  # DLT_LINUX_SLL2
         dpkt.pcap.DLT_NULL: dpkt.loopback.Loopback,
         dpkt.pcap.DLT_LOOP: dpkt.loopback.Loopback,
-        dpkt.pcap.DLT_RAW: dpkt.ip.IP,
-        12: dpkt.ip.IP,  # DLT_RAW on some systems
+        101: dpkt.ip.IP,  # LINKTYPE_RAW: what libpcap writes for a raw-IP interface (tun, some VPNs)
+        12: dpkt.ip.IP,  # DLT_RAW on most systems
+        14: dpkt.ip.IP,  # DLT_RAW on OpenBSD
         228: dpkt.ip.IP,  # LINKTYPE_IPV4
         229: dpkt.ip6.IP6,  # LINKTYPE_IPV6
     }
@@ -835,7 +836,8 @@ def scan(path: Path, on_progress: Callable[[int, int], None] | None = None) -> S
                 if not size:
                     continue
                 skip = stream.skip[side]
-                if skip > size and seq == stream.nxt[side]:  # in order, and nothing in it to look at
+                # in order, nothing in it to look at, and no later segment waiting for it
+                if skip > size and seq == stream.nxt[side] and not stream.pending[side]:
                     stream.skip[side] = skip - size
                     stream.nxt[side] = (seq + size) & _SEQ
                     continue
