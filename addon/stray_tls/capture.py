@@ -827,7 +827,7 @@ def scan(path: Path, on_progress: Callable[[int, int], None] | None = None) -> S
                 stream.last = ts
                 if len(streams) > 2 * MAX_STREAMS:
                     idle = sorted((s.last, k) for k, (s, d) in streams.items() if d == 0)
-                    for _, k in idle[: MAX_STREAMS // 16]:
+                    for _, k in idle[: max(1, MAX_STREAMS // 16)]:
                         close(k)
             else:
                 stream, side = entry
