@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterable, Iterator
+import struct
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
+
+#: How one payload goes on the wire: (side, payload) -> its segments in sending order, as (offset, bytes) with
+#: the offset into the payload; segments may repeat (retransmissions) or overlap. Side 0 is the client.
+Segmenter = Callable[[int, bytes], list[tuple[int, bytes]]]
 
 
 @dataclass
@@ -21,10 +26,17 @@ class Conversation:
     retransmit: bool = False  # send the first segment of each answer twice
     server_fin: bool = True
     start: float = 1_490_000_000.0
+    pipeline: int = 1  # the client sends this many requests before the first of their answers (in order) comes
+    segmenter: Segmenter | None = None  # replaces segment / swap_segments / retransmit
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _ip(src: str, dst: str, tcp: Any) -> Any:
+#: The link types `write_capture` can wrap the IP packets in, and their pcap numbers.
+LINKS = {"ethernet": 1, "vlan": 1, "sll": 113, "sll2": 276, "null": 0, "raw": 101}
+
+
+def _ip(src: str, dst: str, tcp: Any) -> tuple[bytes, int]:
+    """The IP packet around a TCP segment, and its ethertype."""
     import dpkt
 
     if ":" in src:
@@ -33,15 +45,44 @@ def _ip(src: str, dst: str, tcp: Any) -> Any:
         )
         ip6.data = tcp
         ip6.plen = len(bytes(tcp))
-        return ip6, dpkt.ethernet.ETH_TYPE_IP6
+        return bytes(ip6), dpkt.ethernet.ETH_TYPE_IP6
     ip = dpkt.ip.IP(src=socket.inet_aton(src), dst=socket.inet_aton(dst), p=6, ttl=64)
     ip.data = tcp
     ip.len = len(ip)  # type: ignore[arg-type]
-    return ip, dpkt.ethernet.ETH_TYPE_IP
+    return bytes(ip), dpkt.ethernet.ETH_TYPE_IP
 
 
-def frames(c: Conversation) -> Iterator[tuple[float, bytes]]:
-    """The Ethernet frames of a conversation: handshake, turns, closes."""
+def _frame(packet: bytes, eth_type: int, link: str) -> bytes:
+    """An IP packet wrapped for the link type (see LINKS)."""
+    macs = b"\x04" * 6 + b"\x02" * 6
+    if link == "ethernet":
+        return macs + struct.pack(">H", eth_type) + packet
+    if link == "vlan":  # one 802.1Q tag, VLAN 42
+        return macs + struct.pack(">HHH", 0x8100, 42, eth_type) + packet
+    if link == "sll":  # Linux cooked: packet type, ARPHRD_ETHER, address length, address, protocol
+        return struct.pack(">HHH8sH", 4, 1, 6, b"\x02" * 6, eth_type) + packet
+    if link == "sll2":  # Linux cooked v2: protocol, reserved, interface, ARPHRD_ETHER, type, length, address
+        return struct.pack(">HHiHBB8s", eth_type, 0, 1, 1, 4, 6, b"\x02" * 6) + packet
+    if link == "null":  # BSD loopback: the address family in host byte order
+        return struct.pack("=I", 2 if eth_type == 0x0800 else 24) + packet
+    if link == "raw":
+        return packet
+    raise ValueError(f"unknown link type {link!r}")
+
+
+def _segments(c: Conversation, side: int, payload: bytes) -> list[tuple[int, bytes]]:
+    if c.segmenter is not None:
+        return c.segmenter(side, payload)
+    positions = [(i, payload[i : i + c.segment]) for i in range(0, len(payload), c.segment)]
+    if side == 1 and c.swap_segments and len(positions) > 1:
+        positions[0], positions[1] = positions[1], positions[0]
+    if side == 1 and c.retransmit and positions:
+        positions.insert(1, positions[0])
+    return positions
+
+
+def frames(c: Conversation, link: str = "ethernet") -> Iterator[tuple[float, bytes]]:
+    """The frames of a conversation: handshake, turns (or pipelined groups of them), closes."""
     import dpkt
 
     t = c.start
@@ -56,9 +97,13 @@ def frames(c: Conversation) -> Iterator[tuple[float, bytes]]:
             sport=src[1], dport=dst[1], seq=seq[side] if at is None else at, ack=seq[1 - side], flags=flags, win=65535
         )
         tcp.data = payload
-        ip, eth_type = _ip(src[0], dst[0], tcp)
-        eth = dpkt.ethernet.Ethernet(src=b"\x02" * 6, dst=b"\x04" * 6, type=eth_type, data=ip)
-        return t, bytes(eth)
+        return t, _frame(*_ip(src[0], dst[0], tcp), link)
+
+    def send(side: int, payload: bytes) -> Iterator[tuple[float, bytes]]:
+        base = seq[side]
+        for offset, chunk in _segments(c, side, payload):
+            yield packet(side, psh | ack, chunk, at=(base + offset) & 0xFFFFFFFF)
+        seq[side] = (base + len(payload)) & 0xFFFFFFFF
 
     syn, ack, psh, fin = dpkt.tcp.TH_SYN, dpkt.tcp.TH_ACK, dpkt.tcp.TH_PUSH, dpkt.tcp.TH_FIN
     yield packet(0, syn)
@@ -66,40 +111,33 @@ def frames(c: Conversation) -> Iterator[tuple[float, bytes]]:
     yield packet(1, syn | ack)
     seq[1] += 1
     yield packet(0, ack)
-    for request, answer in c.turns:
-        for side, payload in ((0, request), (1, answer)):
-            chunks = [payload[i : i + c.segment] for i in range(0, len(payload), c.segment)]
-            positions = []
-            for chunk in chunks:
-                positions.append((seq[side], chunk))
-                seq[side] += len(chunk)
-            if side == 1 and c.swap_segments and len(positions) > 1:
-                positions[0], positions[1] = positions[1], positions[0]
-            for n, (at, chunk) in enumerate(positions):
-                yield packet(side, psh | ack, chunk, at=at)
-                if side == 1 and c.retransmit and n == 0:
-                    yield packet(side, psh | ack, chunk, at=at)
+    for first in range(0, len(c.turns), c.pipeline):
+        group = c.turns[first : first + c.pipeline]
+        for request, _ in group:
+            yield from send(0, request)
+        for _, answer in group:
+            yield from send(1, answer)
     if c.server_fin:
         yield packet(1, fin | ack)
         seq[1] += 1
         yield packet(0, fin | ack)
 
 
-def write_capture(path: Path, conversations: Iterable[Conversation], fmt: str = "pcap") -> None:
-    """Write the conversations one after another into a pcap or pcapng file."""
+def write_capture(path: Path, conversations: Iterable[Conversation], fmt: str = "pcap", link: str = "ethernet") -> None:
+    """Write the conversations one after another into a pcap or pcapng file, framed for `link` (see LINKS)."""
 
     with open(path, "wb") as f:
-        writer = _writer(f, fmt)
+        writer = _writer(f, fmt, LINKS[link])
         for c in conversations:
-            for ts, frame in frames(c):
+            for ts, frame in frames(c, link):
                 writer.writepkt(frame, ts=ts)
 
 
-def _writer(f: BinaryIO, fmt: str) -> Any:
+def _writer(f: BinaryIO, fmt: str, linktype: int) -> Any:
     import dpkt
 
     if fmt == "pcapng":
-        return dpkt.pcapng.Writer(f)
+        return dpkt.pcapng.Writer(f, linktype=linktype)
     if fmt == "pcap":
-        return dpkt.pcap.Writer(f)
+        return dpkt.pcap.Writer(f, linktype=linktype)
     raise ValueError(f"unknown capture format {fmt!r}")

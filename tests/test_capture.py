@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("dpkt")
 
 from stray_tls import capture
 from stray_tls.findings import Kind
 from stray_tls.lab.servers import ALERT_TLS10, NGINX_400_BODY
-from tests.capgen import Conversation, write_capture
+from tests.capgen import LINKS, Conversation, frames, write_capture
 
 REQ = b"GET https://esrs.example:443/ HTTP/1.1\r\nHost: esrs.example:443\r\n\r\n"
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
@@ -136,3 +139,176 @@ def test_cli_text_output(tmp_path: Path) -> None:
     assert (
         lines[-1] == "7 packets, 1 TCP streams, 1 HTTP requests, 1 answered by TLS or a plain-HTTP-to-HTTPS complaint"
     )
+
+
+# -- several requests on one connection: keep-alive and pipelining
+
+CLOSE_NOTIFY = bytes.fromhex("15 03 01 00 02 01 00")
+ALERT_SUMMARY = "TLS alert: fatal unexpected_message (10), record version TLS 1.0"
+
+
+def request(path: str, method: str = "GET", extra: str = "") -> bytes:
+    return f"{method} https://esrs.example:443{path} HTTP/1.1\r\nHost: esrs.example:443\r\n{extra}\r\n".encode()
+
+
+def line(req: bytes) -> str:
+    return req.split(b"\r\n", 1)[0].decode()
+
+
+def answer(status: str, body: bytes = b"", headers: str = "") -> bytes:
+    return f"HTTP/1.1 {status}\r\n{headers}Content-Length: {len(body)}\r\n\r\n".encode() + body
+
+
+def scan_one(tmp_path: Path, conversation: Conversation, link: str = "ethernet") -> capture.ScanResult:
+    path = tmp_path / f"one-{link}.pcap"
+    write_capture(path, [conversation], link=link)
+    result = capture.scan(path)
+    assert result.damaged == "" and result.tcp_streams == 1
+    return result
+
+
+def test_407_then_the_alert_on_one_keep_alive_connection(tmp_path: Path) -> None:
+    first = request("/", extra="Proxy-Connection: keep-alive\r\n")
+    second = request("/", extra="Proxy-Authorization: Basic ZXNyczpzZWNyZXQ=\r\n")
+    page = b"<html><body>" + b"Proxy Authentication Required. " * 100 + b"</body></html>"  # 3 kB: 3 segments
+    denied = answer("407 Proxy Authentication Required", page, 'Proxy-Authenticate: Basic realm="proxy"\r\n')
+    conversation = Conversation(("10.0.0.5", 41001), PROXY, [(first, denied), (second, ALERT_TLS10)])
+    result = scan_one(tmp_path, conversation)
+    assert result.requests == 2
+    [found] = result.exchanges
+    assert (found.finding.kind, found.finding.summary) == (Kind.TLS_RECORDS, ALERT_SUMMARY)
+    asked_again = next(t for t, frame in frames(conversation) if second in frame)
+    assert found.time == pytest.approx(asked_again, abs=1e-5) and found.request_line == line(second)
+
+
+def test_three_pipelined_requests_the_second_answered_by_the_alert(tmp_path: Path) -> None:
+    asks = [request(f"/{n}") for n in (1, 2, 3)]
+    conversation = Conversation(
+        ("10.0.0.5", 41002), PROXY, [(asks[0], OK), (asks[1], ALERT_TLS10), (asks[2], b"")], pipeline=3
+    )
+    result = scan_one(tmp_path, conversation)
+    assert result.requests == 3
+    assert [(e.request_line, e.finding.summary) for e in result.exchanges] == [(line(asks[1]), ALERT_SUMMARY)]
+
+
+def test_a_chunked_200_then_the_alert(tmp_path: Path) -> None:
+    tricky = b"HTTP/1.1 200 OK\r\n\r\n\x15\x03\x01\x00\x02"  # chunk data that looks like a head, then TLS
+    body = b"5\r\nhello\r\n%x;ext=1\r\n%s\r\n0\r\nX-Trailer: 1\r\n\r\n" % (len(tricky), tricky)
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + body
+    asks = [request("/chunked"), request("/next")]
+    conversation = Conversation(("10.0.0.5", 41003), PROXY, [(asks[0], chunked), (asks[1], ALERT_TLS10)], pipeline=2)
+    result = scan_one(tmp_path, conversation)
+    assert result.requests == 2
+    assert [(e.request_line, e.finding.summary) for e in result.exchanges] == [(line(asks[1]), ALERT_SUMMARY)]
+
+
+def test_a_head_answered_without_body_then_the_alert(tmp_path: Path) -> None:
+    asks = [request("/", method="HEAD"), request("/next")]
+    no_body = b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n"  # the length of the body a GET would get
+    conversation = Conversation(("10.0.0.5", 41004), PROXY, [(asks[0], no_body), (asks[1], ALERT_TLS10)], pipeline=2)
+    result = scan_one(tmp_path, conversation)
+    assert result.requests == 2
+    assert [(e.request_line, e.finding.summary) for e in result.exchanges] == [(line(asks[1]), ALERT_SUMMARY)]
+
+
+def test_100_continue_then_200_then_the_alert(tmp_path: Path) -> None:
+    post = request("/upload", method="POST", extra="Expect: 100-continue\r\nContent-Length: 5\r\n")
+    then = request("/next")
+    conversation = Conversation(
+        ("10.0.0.5", 41005),
+        PROXY,
+        # the client sends the body and, pipelined behind it, the next request; the 200 and the alert come together
+        [(post, b"HTTP/1.1 100 Continue\r\n\r\n"), (b"hello" + then, answer("200 OK", b"ok") + ALERT_TLS10)],
+    )
+    result = scan_one(tmp_path, conversation)
+    assert result.requests == 2
+    assert [(e.request_line, e.finding.summary) for e in result.exchanges] == [(line(then), ALERT_SUMMARY)]
+
+
+def test_tls_inside_a_connect_tunnel_is_no_finding(tmp_path: Path) -> None:
+    connect = b"CONNECT esrs.example:443 HTTP/1.1\r\nHost: esrs.example:443\r\n\r\n"
+    client_hello = bytes.fromhex("16 03 01 00 05 01 00 00 01 00")
+    server_hello = bytes.fromhex("16 03 03 00 05 02 00 00 01 00")
+    conversation = Conversation(
+        ("10.0.0.5", 41006),
+        PROXY,
+        [(connect, b"HTTP/1.1 200 Connection established\r\n\r\n"), (client_hello, server_hello + ALERT_TLS10)],
+    )
+    result = scan_one(tmp_path, conversation)
+    assert result.requests == 1 and result.exchanges == []
+
+
+def test_requests_beyond_the_outstanding_bound_are_counted_and_still_paired(tmp_path: Path) -> None:
+    n = capture.MAX_OUTSTANDING + 6
+    asks = [request(f"/{i}") for i in range(n)]
+    turns = [(ask, OK) for ask in asks[:-1]] + [(asks[-1], ALERT_TLS10)]
+    conversation = Conversation(("10.0.0.5", 41007), PROXY, turns, pipeline=n)
+    result = scan_one(tmp_path, conversation)
+    assert result.requests == n and result.requests_unkept == 6
+    assert [(e.request_line, e.finding.summary) for e in result.exchanges] == [(capture.UNKEPT_LINE, ALERT_SUMMARY)]
+
+
+@pytest.mark.parametrize("link", sorted(LINKS))
+def test_every_link_type_read_from_raw_bytes(tmp_path: Path, link: str) -> None:
+    path = tmp_path / f"{link}.pcap"
+    write_capture(path, conversations()[:3] + conversations()[6:7], link=link)  # IPv4 and IPv6
+    result = capture.scan(path)
+    assert result.damaged == "" and result.tcp_streams == 4 and result.requests == 4
+    assert [(e.client, e.finding.kind, e.finding.summary) for e in result.exchanges] == [
+        EXPECTED[0],
+        EXPECTED[1],
+        EXPECTED[5],
+    ]
+
+
+# -- reassembly: however the bytes are cut into segments, the findings are the same
+
+
+def keep_alive_and_pipelined(pipeline: int) -> Conversation:
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nsome\r\n0\r\n\r\n"
+    denied = answer("407 Proxy Authentication Required", b"<html>" + b"x" * 600 + b"</html>")
+    return Conversation(
+        ("10.0.0.5", 41010),
+        PROXY,
+        [
+            (request("/1"), chunked),
+            (request("/2", method="POST", extra="Content-Length: 11\r\n") + b"hello world", denied),
+            (request("/3", method="HEAD"), b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n"),
+            (request("/4"), ALERT_TLS10 + CLOSE_NOTIFY),
+        ],
+        pipeline=pipeline,
+    )
+
+
+def findings_of(result: capture.ScanResult) -> list[tuple[str, str, Kind, str, bytes]]:
+    return [(e.client, e.request_line, e.finding.kind, e.finding.summary, e.finding.raw) for e in result.exchanges]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data(), pipeline=st.integers(1, 4))
+def test_findings_do_not_depend_on_how_the_stream_is_cut(tmp_path: Path, data: st.DataObject, pipeline: int) -> None:
+    whole = keep_alive_and_pipelined(pipeline)
+    whole.segment = 1 << 16
+    expected = findings_of(scan_one(tmp_path, whole))
+    assert [(e[1], e[3]) for e in expected] == [
+        (line(request("/4")), ALERT_SUMMARY + "; TLS alert: warning close_notify (0), record version TLS 1.0")
+    ]
+
+    def cut(side: int, payload: bytes) -> list[tuple[int, bytes]]:
+        if len(payload) < 2:
+            return [(0, payload)]
+        points = sorted(data.draw(st.sets(st.integers(1, len(payload) - 1), max_size=8), label="cuts"))
+        bounds = [0, *points, len(payload)]
+        segments = [(a, payload[a:b]) for a, b in itertools.pairwise(bounds)]
+        if len(segments) > 1 and data.draw(st.booleans(), label="swap"):
+            i = data.draw(st.integers(0, len(segments) - 2), label="swapped")
+            segments[i], segments[i + 1] = segments[i + 1], segments[i]
+        if data.draw(st.booleans(), label="retransmit"):  # a copy of a stretch, late and not aligned to the cuts
+            a = data.draw(st.integers(0, len(payload) - 1), label="from")
+            b = data.draw(st.integers(a + 1, len(payload)), label="to")
+            segments.insert(data.draw(st.integers(0, len(segments)), label="when"), (a, payload[a:b]))
+        return segments
+
+    split = keep_alive_and_pipelined(pipeline)
+    split.segmenter = cut
+    assert findings_of(scan_one(tmp_path, split)) == expected

@@ -1,17 +1,22 @@
 """`esrs-fix pcap`: find HTTP requests answered by TLS records (and the other faces) in a pcap or pcapng file.
 
-Streaming: packets are read one at a time, TCP payload is reassembled in order per direction, and only the
-first bytes of each answer are kept (enough to decide), so memory stays flat however large the capture.
-A truncated or corrupt file ends the scan with a clear message, and what was read so far is still reported.
-Needs dpkt (`pip install esrs-fix[pcap]`).
+Streaming: packets are read one at a time, TCP payload is reassembled in order per direction, and each
+direction is followed as HTTP/1: the client's requests (pipelined or one after another on a keep-alive
+connection) are queued in order, and each answer is framed (Content-Length, chunked, close-delimited; 1xx
+interim answers; HEAD, 204 and 304 without a body) so that every answer is paired with its own request line.
+Only the first bytes of each answer are kept (enough to decide), the queue of outstanding requests is bounded,
+and the bytes of a body already decided on are counted, not looked at, so memory stays flat however large the
+capture and most packets cost a few header reads. dpkt reads the file formats (and decodes the rare frames the
+header reads here do not cover). A truncated or corrupt file ends the scan with a clear message, and what was
+read so far is still reported. Needs dpkt (`pip install esrs-fix[pcap]`).
 """
 
 from __future__ import annotations
 
 import datetime
-import functools
 import socket
-from collections import OrderedDict
+import struct
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +29,10 @@ from .findings import Finding
 ANSWER_PREFIX = 4096
 #: How much of a request is kept: its request line.
 REQUEST_PREFIX = 300
+#: The longest HTTP head (request or answer) followed; a longer one ends the following of that direction.
+MAX_HEAD = 65536
+#: Requests kept per connection waiting for their answers (pipelining); the request lines beyond are not kept.
+MAX_OUTSTANDING = 64
 #: Out-of-order segments kept per direction before the gap is given up.
 MAX_PENDING = 64
 #: Streams followed at once; the least recently active beyond this are dropped.
@@ -32,6 +41,13 @@ MAX_STREAMS = 50_000
 IDLE_SECONDS = 300.0
 
 METHODS = (b"GET ", b"POST ", b"PUT ", b"HEAD ", b"DELETE ", b"OPTIONS ", b"PATCH ", b"CONNECT ", b"TRACE ")
+
+#: The request line reported for an answer whose request was beyond MAX_OUTSTANDING.
+UNKEPT_LINE = f"(request line not kept: more than {MAX_OUTSTANDING} requests outstanding)"
+
+_SEQ = 0xFFFFFFFF
+_IGNORE = 1 << 62  # a direction's `skip` when nothing more it sends matters
+_SYN, _FIN, _RST, _ACK = 0x02, 0x01, 0x04, 0x10
 
 
 class CaptureError(Exception):
@@ -65,6 +81,7 @@ class ScanResult:
     requests: int = 0
     exchanges: list[Exchange] = field(default_factory=list)
     damaged: str = ""  # why the scan stopped early, if it did
+    requests_unkept: int = 0  # requests beyond MAX_OUTSTANDING on one connection: counted, line not kept
 
 
 def _iso(ts: float) -> str:
@@ -77,114 +94,416 @@ def _endpoint(addr: bytes, port: int) -> str:
     return f"{socket.inet_ntop(socket.AF_INET, addr)}:{port}"
 
 
-class _Direction:
-    """In-order reassembly of one direction of a TCP stream, delivering bytes to a callback."""
+def _framing(head: bytes) -> tuple[bool, int | None]:
+    """(chunked, Content-Length) of an HTTP head."""
+    chunked, length = False, None
+    for line in head.split(b"\r\n")[1:]:
+        name, sep, value = line.partition(b":")
+        if not sep:
+            continue
+        name = name.strip().lower()
+        if name == b"transfer-encoding":
+            chunked = value.strip().lower().endswith(b"chunked")
+        elif name == b"content-length" and value.strip().isdigit():
+            length = int(value.strip())
+    return chunked, length
 
-    __slots__ = ("next_seq", "pending")
+
+class _Chunked:
+    """A streaming decoder of a chunked body: feed it bytes, it says where the body ended."""
+
+    __slots__ = ("left", "line", "state")
+
+    SIZE, DATA, DATA_END, TRAILER = range(4)
 
     def __init__(self) -> None:
-        self.next_seq: int | None = None
-        self.pending: dict[int, bytes] = {}
+        self.state = self.SIZE
+        self.left = 0
+        self.line = bytearray()
 
-    def feed(self, seq: int, payload: bytes, syn: bool, deliver: Callable[[bytes], None]) -> None:
-        if syn:
-            self.next_seq = (seq + 1) & 0xFFFFFFFF
-            return
-        if not payload:
-            return
-        if self.next_seq is None:  # the capture began mid-stream
-            self.next_seq = seq
-        offset = (seq - self.next_seq) & 0xFFFFFFFF
-        if offset >= 0x80000000:  # before next_seq: a retransmission, maybe partly new
-            overlap = (self.next_seq - seq) & 0xFFFFFFFF
-            if overlap >= len(payload):
-                return
-            payload, seq = payload[overlap:], self.next_seq
-            offset = 0
-        if offset:
-            if len(self.pending) < MAX_PENDING:
-                self.pending[seq] = payload
-            else:  # a gap that will not fill: skip it
-                self.pending.clear()
-                self.next_seq = seq
-                self.feed(seq, payload, False, deliver)
-            return
-        deliver(payload)
-        self.next_seq = (seq + len(payload)) & 0xFFFFFFFF
-        while self.next_seq in self.pending:
-            chunk = self.pending.pop(self.next_seq)
-            deliver(chunk)
-            self.next_seq = (self.next_seq + len(chunk)) & 0xFFFFFFFF
+    def feed(self, data: bytes, pos: int, sink: Callable[[bytes], None] | None) -> tuple[int, bool]:
+        """Consume `data` from `pos`; (where the consumed part ends, whether the body ended there).
+
+        Raises ValueError on a chunk size that is not one.
+        """
+        n = len(data)
+        while pos < n:
+            if self.state == self.DATA:
+                k = min(self.left, n - pos)
+                if sink is not None:
+                    sink(data[pos : pos + k])
+                pos += k
+                self.left -= k
+                if not self.left:
+                    self.state = self.DATA_END
+                continue
+            i = data.find(b"\n", pos)
+            if i < 0:
+                self.line += data[pos:]
+                if len(self.line) > MAX_HEAD:
+                    raise ValueError("a chunk-size or trailer line without end")
+                return n, False
+            line = bytes(self.line) + data[pos:i]
+            self.line.clear()
+            pos = i + 1
+            if self.state == self.SIZE:
+                size = int(line.split(b";", 1)[0].strip(), 16)
+                self.state, self.left = (self.DATA, size) if size else (self.TRAILER, 0)
+            elif self.state == self.DATA_END:
+                self.state = self.SIZE
+            elif not line.strip():  # the empty line after the trailers
+                return pos, True
+        return pos, False
+
+
+class _Request:
+    __slots__ = ("connect", "head_method", "line", "time")
+
+    def __init__(self, time: float) -> None:
+        self.time = time
+        self.line = b""  # the first REQUEST_PREFIX bytes of the request, once its head is complete
+        self.head_method = False  # HEAD: the answer has no body
+        self.connect = False  # CONNECT: a 2xx answer turns the connection into a tunnel
+
+
+# what the server's side of a stream is reading
+_START, _MAYBE_HTTP, _RAW, _HEAD, _BODY, _CHUNKED, _CLOSE, _GONE = range(8)
 
 
 class _Stream:
-    """One TCP connection: which side asks, what it asked, and the first bytes of each answer."""
+    """One TCP connection: in-order reassembly of both directions, its requests, and the start of each answer.
+
+    `skip[side]` is how many bytes that direction may send that need no look: the rest of a body already
+    decided on (counted down), or _IGNORE. The scan loop passes such in-order segments by without calling in.
+    """
 
     __slots__ = (
         "a",
-        "answer",
-        "asking",
+        "answered",
         "b",
+        "body",
+        "body_left",
+        "buf",
+        "chunks",
         "client",
         "decided",
-        "deliver",
-        "dirs",
         "last",
-        "on_request",
-        "report",
-        "request",
-        "request_time",
+        "limit",
+        "nxt",
+        "pending",
+        "queue",
+        "receiving",
+        "req_buf",
+        "req_chunks",
+        "req_lost",
+        "result",
+        "skip",
+        "state",
+        "status",
+        "unkept",
     )
 
-    def __init__(self, a: str, b: str, report: Callable[[Exchange], None], on_request: Callable[[], None]) -> None:
+    def __init__(self, a: str, b: str, result: ScanResult) -> None:
         self.a, self.b = a, b  # the first packet's source and destination
-        self.dirs = (_Direction(), _Direction())
+        self.result = result
         self.client: int | None = None  # 0: a is the client; 1: b is (known from the SYN, else from a method)
-        self.request = bytearray()  # the start of the current request, for its request line
-        self.asking = False  # the client is still sending the current request
-        self.request_time = 0.0
-        self.answer = bytearray()
-        self.decided = True  # no request outstanding
+        self.nxt: list[int | None] = [None, None]  # the next sequence number expected from each side
+        self.pending: tuple[dict[int, bytes], dict[int, bytes]] = ({}, {})
+        self.skip = [0, 0]
         self.last = 0.0
-        self.report = report
-        self.on_request = on_request
-        self.deliver = (functools.partial(self.data, 0), functools.partial(self.data, 1))
+        # the client's side
+        self.req_buf = bytearray()  # the head of the request being received
+        self.req_chunks: _Chunked | None = None  # its chunked body, being read
+        self.req_lost = False  # the client sent something that is not HTTP: no more requests are read
+        self.receiving: _Request | None = None  # the request whose head is being received
+        self.queue: deque[_Request] = deque()  # requests waiting for (the end of) their answers, oldest first
+        self.unkept = 0  # requests outstanding after the queue whose lines were not kept
+        # the server's side: the answer to queue[0]
+        self.state = _START
+        self.buf = bytearray()  # the answer's first bytes (RAW) or its head (HEAD)
+        self.status = b""
+        self.body = bytearray()  # the start of an HTTP answer's body, while it is needed to decide
+        self.limit = 0  # how much of the body is kept
+        self.body_left = 0  # a Content-Length body's bytes still to come
+        self.chunks: _Chunked | None = None
+        self.decided = False  # the answer being read has been judged (and reported, if it is a finding)
+        self.answered = False  # bytes of an answer to queue[0] have arrived
 
-    @property
-    def request_line(self) -> str:
-        return bytes(self.request).split(b"\r\n", 1)[0].decode("latin-1")
+    # -- TCP
 
-    def data(self, side: int, payload: bytes) -> None:
+    def segment(self, side: int, seq: int, flags: int, payload: bytes, ts: float) -> None:
+        """One segment of `side`, in any order; in-order bytes go on to HTTP."""
+        if flags & _SYN:
+            self.nxt[side] = (seq + 1) & _SEQ
+            return
+        if not payload:
+            return
+        nxt = self.nxt[side]
+        if nxt is None:  # the capture began mid-stream
+            nxt = seq
+        offset = (seq - nxt) & _SEQ
+        if offset >= 0x80000000:  # before nxt: a retransmission, maybe partly new
+            overlap = (nxt - seq) & _SEQ
+            if overlap >= len(payload):
+                return
+            payload, seq, offset = payload[overlap:], nxt, 0
+        pending = self.pending[side]
+        if offset:
+            if len(pending) < MAX_PENDING:
+                if len(payload) > len(pending.get(seq, b"")):
+                    pending[seq] = payload
+                return
+            pending.clear()  # a gap that will not fill: skip it
+        self.nxt[side] = (seq + len(payload)) & _SEQ
+        self.deliver(side, payload, ts)
+        while pending:
+            nxt = self.nxt[side]
+            assert nxt is not None
+            chunk = pending.pop(nxt, None)
+            if chunk is None:  # a stored segment may overlap what has been delivered since
+                for at in list(pending):
+                    overlap = (nxt - at) & _SEQ
+                    if overlap < 0x80000000:
+                        late = pending.pop(at)
+                        if overlap < len(late):
+                            chunk = late[overlap:]
+                            break
+                if chunk is None:
+                    return
+            self.nxt[side] = (nxt + len(chunk)) & _SEQ
+            self.deliver(side, chunk, ts)
+
+    def deliver(self, side: int, data: bytes, ts: float) -> None:
+        skip = self.skip[side]
+        if skip:
+            if skip >= _IGNORE:
+                return
+            if skip >= len(data):
+                self.skip[side] = skip - len(data)
+                if skip == len(data):
+                    self._body_skipped(side)
+                return
+            self.skip[side] = 0
+            self._body_skipped(side)
+            data = data[skip:]
         if self.client is None:  # no SYN seen: the first side to send an HTTP method asks
-            if not payload.startswith(METHODS):
+            if not data.startswith(METHODS):
                 return
             self.client = side
         if side == self.client:
-            if not self.asking:  # a new request: the previous answer has begun, or there was none
-                self.finish()
-                self.asking = True
-                self.request.clear()
-                self.request_time = self.last
-                self.answer.clear()
-                self.decided = False
-                self.on_request()
-            self.request += payload[: REQUEST_PREFIX - len(self.request)]
-            return
-        self.asking = False
-        if self.decided:
-            return
-        self.answer += payload[: ANSWER_PREFIX - len(self.answer)]
-        self.decide(final=False)
+            self.client_bytes(data, ts)
+        else:
+            self.server_bytes(data)
 
-    def decide(self, final: bool) -> None:
-        """Decide on the answer so far; `final` when no more bytes will come."""
-        data = bytes(self.answer)
-        finding: Finding | None = None
-        if not data:
-            if not final:
+    def _body_skipped(self, side: int) -> None:
+        """The counted-down body of `side` has ended."""
+        if side != self.client:
+            self.answer_done()
+        # a request body: the client's side simply reads the next request
+
+    # -- the client's side: requests
+
+    def client_bytes(self, data: bytes, ts: float) -> None:
+        pos, n = 0, len(data)
+        while pos < n:
+            if self.req_lost:
                 return
-            finding = findings.silent_close()
-        elif records.could_start_tls(data[0]):
+            if self.skip[side := self._client_side()]:  # a Content-Length request body
+                k = min(self.skip[side], n - pos)
+                self.skip[side] -= k
+                pos += k
+                continue
+            if self.req_chunks is not None:
+                try:
+                    pos, done = self.req_chunks.feed(data, pos, None)
+                except ValueError:
+                    self._client_lost()
+                    return
+                if done:
+                    self.req_chunks = None
+                continue
+            buf = self.req_buf
+            if not buf:  # a new request begins (empty lines between requests are allowed)
+                while pos < n and data[pos] in b"\r\n":
+                    pos += 1
+                if pos == n:
+                    return
+                if not 65 <= data[pos] <= 90:  # a method starts with a capital letter; TLS, a tunnel's bytes, ...
+                    self._client_lost()
+                    return
+                self.begin_request(ts)
+            old = len(buf)
+            buf += data[pos : pos + MAX_HEAD - old]
+            end = buf.find(b"\r\n\r\n", max(0, old - 3))
+            if end < 0:
+                if len(buf) >= MAX_HEAD:
+                    self._client_lost()
+                return
+            end += 4
+            pos += end - old
+            head = bytes(buf[:end])
+            buf.clear()
+            self.request_head(head)
+
+    def _client_side(self) -> int:
+        assert self.client is not None
+        return self.client
+
+    def _client_lost(self) -> None:
+        self.req_lost = True
+        self.skip[self._client_side()] = _IGNORE
+        if self.receiving is not None:
+            self.receiving.line = bytes(self.req_buf[:REQUEST_PREFIX])
+            self.receiving = None
+        self.req_buf.clear()
+        if not self.queue and not self.unkept and self.state == _START:
+            self.server_gone()
+
+    def begin_request(self, ts: float) -> None:
+        self.result.requests += 1
+        request = _Request(ts)
+        self.receiving = request
+        if self.unkept or len(self.queue) >= MAX_OUTSTANDING:
+            self.unkept += 1
+            self.result.requests_unkept += 1
+        else:
+            self.queue.append(request)
+        if self.state in (_RAW, _CLOSE) and len(self.queue) + self.unkept > 1:
+            # an answer without an end of its own (TLS records, a close-delimited body) ends when the client asks
+            # again on the same connection
+            self.answer_done()
+
+    def request_head(self, head: bytes) -> None:
+        request = self.receiving
+        assert request is not None
+        self.receiving = None
+        request.line = head[:REQUEST_PREFIX]
+        method = head.split(b" ", 1)[0]
+        request.head_method = method == b"HEAD"
+        request.connect = method == b"CONNECT"
+        chunked, length = _framing(head)
+        if chunked:
+            self.req_chunks = _Chunked()
+        elif length:
+            self.skip[self._client_side()] = length
+
+    # -- the server's side: answers
+
+    def outstanding(self) -> bool:
+        return bool(self.queue or self.unkept)
+
+    def server_bytes(self, data: bytes) -> None:
+        pos, n = 0, len(data)
+        while pos < n:
+            state = self.state
+            if state == _GONE:
+                return
+            if state == _START:
+                if not self.outstanding():
+                    return  # bytes nobody asked for
+                self.answered = True
+                state = self.state = _MAYBE_HTTP
+            if state == _MAYBE_HTTP:  # as long as the answer so far could begin "HTTP/"
+                buf = self.buf
+                take = min(5 - len(buf), n - pos)
+                buf += data[pos : pos + take]
+                pos += take
+                if not b"HTTP/".startswith(buf):
+                    self.state = _RAW
+                elif len(buf) == 5:
+                    self.state = _HEAD
+                continue
+            if state == _RAW:
+                room = ANSWER_PREFIX - len(self.buf)
+                if room > 0 and not self.decided:
+                    self.buf += data[pos : pos + room]
+                    self.decide_raw(final=False)
+                if self.decided:
+                    self.skip[1 - self._client_side()] = _IGNORE  # until the client asks again, or closes
+                return
+            if state == _HEAD:
+                buf = self.buf
+                old = len(buf)
+                buf += data[pos : pos + MAX_HEAD - old]
+                end = buf.find(b"\r\n\r\n", max(0, old - 3))
+                if end < 0:
+                    if len(buf) >= MAX_HEAD:
+                        self.decide_http(final=True)
+                        self.server_gone()
+                    return
+                end += 4
+                pos += end - old
+                head = bytes(buf[:end])
+                del buf[end:]
+                self.answer_head(head)
+                continue
+            if state == _BODY:
+                k = min(self.body_left, n - pos)
+                self.take_body(data[pos : pos + k])
+                pos += k
+                self.body_left -= k
+                if not self.body_left:
+                    self.answer_done()
+                elif self.decided:
+                    self.skip[1 - self._client_side()] = self.body_left
+                    self.body_left = 0
+                    return
+                continue
+            if state == _CHUNKED:
+                assert self.chunks is not None
+                try:
+                    pos, done = self.chunks.feed(data, pos, None if self.decided else self.take_body)
+                except ValueError:
+                    self.decide_http(final=True)
+                    self.server_gone()
+                    return
+                if done:
+                    self.answer_done()
+                continue
+            if state == _CLOSE:
+                self.take_body(data[pos:])
+                if self.decided:
+                    self.skip[1 - self._client_side()] = _IGNORE
+                return
+
+    def answer_head(self, head: bytes) -> None:
+        """A complete head of an HTTP answer to queue[0]: how its body is framed, and whether it is needed."""
+        status = self.status = head[9:12]
+        code = int(status) if status.isdigit() else 0
+        request = self.queue[0] if self.queue else None
+        if 100 <= code < 200 and code != 101:  # interim: the real answer follows
+            self.buf.clear()
+            self.state = _MAYBE_HTTP
+            return
+        self.limit = max(0, ANSWER_PREFIX - len(head))
+        if code == 101 or (request is not None and request.connect and 200 <= code < 300):
+            self.decide_http(final=True)
+            self.server_gone()  # a tunnel: neither side speaks HTTP any more
+            self.req_lost = True
+            self.skip[self._client_side()] = _IGNORE
+            return
+        chunked, length = _framing(head)
+        if (request is not None and request.head_method) or code in (204, 304) or (not chunked and length == 0):
+            self.answer_done()
+            return
+        if chunked:
+            self.state, self.chunks = _CHUNKED, _Chunked()
+        elif length is not None:
+            self.state, self.body_left = _BODY, length
+        else:
+            self.state = _CLOSE
+        self.decide_http(final=False)
+
+    def take_body(self, data: bytes) -> None:
+        if not self.decided:
+            self.body += data[: self.limit - len(self.body)]
+            self.decide_http(final=False)
+
+    def decide_raw(self, final: bool) -> None:
+        """Decide on an answer that is not HTTP; `final` when no more of it will come."""
+        data = bytes(self.buf)
+        finding: Finding | None = None
+        if records.could_start_tls(data[0]):
             decoded = records.decode(data)
             if not final and len(data) < ANSWER_PREFIX and not isinstance(decoded, records.NotTLS):
                 return  # unlike the proxy, a reader can wait for the whole answer and report every record
@@ -192,33 +511,92 @@ class _Stream:
                 finding = findings.from_incomplete_head(data)
             else:
                 finding = findings.from_response_head(data)
-        elif data.startswith(b"HTTP/"):
-            head, sep, body = data.partition(b"\r\n\r\n")
-            if not sep:
-                if not final and len(data) < ANSWER_PREFIX:
-                    return
-            else:
-                status = head[9:12]
-                if status == b"400" or (body and records.could_start_tls(body[0])):
-                    if not final and len(data) < ANSWER_PREFIX and not _body_complete(head, body):
-                        return
-                    finding = findings.from_response(int(status) if status.isdigit() else 0, body)
         self.decided = True
-        if finding is not None:
-            client, server = (self.a, self.b) if self.client == 0 else (self.b, self.a)
-            self.report(Exchange(self.request_time, client, server, self.request_line, finding))
+        self.report(finding)
+
+    def decide_http(self, final: bool) -> None:
+        """Decide on an HTTP answer from its status and the start of its body; `final` when no more will come."""
+        if self.decided:
+            return
+        body, status = self.body, self.status
+        complete = self.state == _START  # answer_done() has been called on it
+        if not self.limit:  # the head alone filled what is kept
+            final = True
+        if status != b"400":
+            if not body:
+                if not (final or complete):
+                    return
+            elif not records.could_start_tls(body[0]):
+                final = True  # nothing in it to report
+        if not (final or complete or len(body) >= self.limit):
+            return
+        self.decided = True
+        if self.buf.endswith(b"\r\n\r\n"):  # the head is complete
+            self.report(findings.from_response(int(status) if status.isdigit() else 0, bytes(body)))
+
+    def report(self, finding: Finding | None) -> None:
+        if finding is None:
+            return
+        if self.queue:
+            time, line = self.queue[0].time, self._line(self.queue[0])
+        else:
+            time, line = self.last, UNKEPT_LINE
+        client, server = (self.a, self.b) if self.client == 0 else (self.b, self.a)
+        self.result.exchanges.append(Exchange(time, client, server, line, finding))
+
+    def _line(self, request: _Request) -> str:
+        data = bytes(self.req_buf[:REQUEST_PREFIX]) if request is self.receiving else request.line
+        return data.split(b"\r\n", 1)[0].decode("latin-1")
+
+    def answer_done(self) -> None:
+        """The answer to queue[0] has ended: judge it if not yet, and expect the next request's."""
+        state, self.state = self.state, _START
+        if not self.decided:
+            if state == _RAW:
+                self.decide_raw(final=True)
+            elif state != _MAYBE_HTTP:
+                self.decide_http(final=True)
+        if self.queue:
+            self.queue.popleft()
+        elif self.unkept:
+            self.unkept -= 1
+        self.buf.clear()
+        self.body.clear()
+        self.status = b""
+        self.chunks = None
+        self.decided = self.answered = False
+        self.body_left = 0
+        if self.client is not None:
+            self.skip[1 - self.client] = 0
+        if self.req_lost and not self.outstanding():
+            self.server_gone()
+
+    def server_gone(self) -> None:
+        """Nothing more the server sends is read: a tunnel, a stream that is not HTTP, or framing lost."""
+        self.state = _GONE
+        if self.client is not None:
+            self.skip[1 - self.client] = _IGNORE
 
     def finish(self) -> None:
-        if not self.decided:
-            self.decide(final=True)
+        """The connection closed (or the capture ended, or the stream was dropped)."""
+        state = self.state
+        if state == _GONE or not self.outstanding():
+            return
+        if state == _START and not self.answered:
+            self.report(findings.silent_close())
+        elif state == _MAYBE_HTTP:
+            if self.buf:
+                self.state = _RAW
+                self.decide_raw(final=True)
+        elif not self.decided:
+            if state == _RAW:
+                self.decide_raw(final=True)
+            else:
+                self.decide_http(final=True)
+        self.state = _GONE
 
 
-def _body_complete(head: bytes, body: bytes) -> bool:
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length" and value.strip().isdigit():
-            return len(body) >= int(value.strip())
-    return False
+# -- reading frames
 
 
 class _CutDetector:
@@ -243,6 +621,7 @@ class _CutDetector:
 
 
 def _packets(f: BinaryIO) -> tuple[Iterator[tuple[float, bytes]], Callable[[bytes], Any]]:
+    """The file's frames, and dpkt's decoder for its link type."""
     import dpkt
 
     magic = f.read(4)
@@ -263,8 +642,9 @@ def _packets(f: BinaryIO) -> tuple[Iterator[tuple[float, bytes]], Callable[[byte
         276: dpkt.sll2.SLL2,  # DLT_LINUX_SLL2
         dpkt.pcap.DLT_NULL: dpkt.loopback.Loopback,
         dpkt.pcap.DLT_LOOP: dpkt.loopback.Loopback,
-        dpkt.pcap.DLT_RAW: dpkt.ip.IP,
-        12: dpkt.ip.IP,  # DLT_RAW on some systems
+        101: dpkt.ip.IP,  # LINKTYPE_RAW: what libpcap writes for a raw-IP interface (tun, some VPNs)
+        12: dpkt.ip.IP,  # DLT_RAW on most systems
+        14: dpkt.ip.IP,  # DLT_RAW on OpenBSD
         228: dpkt.ip.IP,  # LINKTYPE_IPV4
         229: dpkt.ip6.IP6,  # LINKTYPE_IPV6
     }
@@ -273,18 +653,80 @@ def _packets(f: BinaryIO) -> tuple[Iterator[tuple[float, bytes]], Callable[[byte
     return iter(reader), decoders[link]
 
 
-def _ip_of(frame: Any) -> Any:
-    """Walk down from the link layer to the IP packet, or None."""
+# Where the IP packet starts in a frame, read from the raw bytes: (offset, IP version), or None for a frame
+# left to dpkt (other encapsulations: MPLS, PPPoE, LLC, ...). Short frames raise IndexError.
+_IP_TYPES = {b"\x08\x00": 4, b"\x86\xdd": 6}
+_VLAN_TYPES = (b"\x81\x00", b"\x88\xa8", b"\x91\x00", b"\x92\x00")
+_NULL_FAMILIES = {  # AF_INET, and the AF_INET6 of Linux, the BSDs and macOS, in either byte order
+    **{fam.to_bytes(4, "big"): version for fam, version in ((2, 4), (24, 6), (28, 6), (30, 6))},
+    **{fam.to_bytes(4, "little"): version for fam, version in ((2, 4), (24, 6), (28, 6), (30, 6))},
+}
+
+
+def _at_ethernet(buf: bytes) -> tuple[int, int] | None:
+    kind = buf[12:14]
+    off = 14
+    for _ in range(2):  # 802.1Q / 802.1ad tags, up to two
+        if kind not in _VLAN_TYPES:
+            break
+        kind = buf[off + 2 : off + 4]
+        off += 4
+    version = _IP_TYPES.get(kind)
+    return None if version is None else (off, version)
+
+
+def _at_sll(buf: bytes) -> tuple[int, int] | None:
+    version = _IP_TYPES.get(buf[14:16])
+    return None if version is None else (16, version)
+
+
+def _at_sll2(buf: bytes) -> tuple[int, int] | None:
+    version = _IP_TYPES.get(buf[0:2])
+    return None if version is None else (20, version)
+
+
+def _at_null(buf: bytes) -> tuple[int, int] | None:
+    version = _NULL_FAMILIES.get(buf[0:4])
+    return None if version is None else (4, version)
+
+
+def _at_raw(buf: bytes) -> tuple[int, int] | None:
+    version = buf[0] >> 4
+    return (0, version) if version in (4, 6) else None
+
+
+_IP4 = struct.Struct(">BxH2xHxB").unpack_from  # version+IHL, total length, flags+fragment offset, protocol
+_TCP = struct.Struct(">4xI4xBB").unpack_from  # sequence number, data offset, flags
+_PORTS = struct.Struct(">HH")
+
+
+def _dpkt_tcp(decode: Callable[[bytes], Any], buf: bytes) -> tuple[bytes, int, int, bytes] | None:
+    """The slow way, for the frames `_at_*` leave to dpkt: (stream key, seq, flags, payload) of a TCP segment."""
     import dpkt
 
-    layer = frame
-    for _ in range(4):
+    try:
+        layer = decode(buf)
+    except (dpkt.UnpackError, dpkt.NeedData, ValueError):
+        return None  # a truncated or odd frame: skip it, keep going
+    for _ in range(4):  # walk down from the link layer to the IP packet
         if isinstance(layer, dpkt.ip.IP | dpkt.ip6.IP6):
-            return layer
+            break
         layer = getattr(layer, "data", None)
         if layer is None or isinstance(layer, bytes):
             return None
-    return None
+    else:
+        return None
+    tcp = layer.data
+    if not isinstance(tcp, dpkt.tcp.TCP):
+        return None
+    key = bytes(layer.src) + bytes(layer.dst) + _PORTS.pack(tcp.sport, tcp.dport)
+    return key, tcp.seq, tcp.flags, bytes(tcp.data)
+
+
+def _reverse(key: bytes) -> bytes:
+    """The stream key of the other direction: addresses and ports swapped."""
+    half = (len(key) - 4) // 2
+    return key[half : 2 * half] + key[:half] + key[-2:] + key[-4:-2]
 
 
 def scan(path: Path, on_progress: Callable[[int, int], None] | None = None) -> ScanResult:
@@ -292,13 +734,13 @@ def scan(path: Path, on_progress: Callable[[int, int], None] | None = None) -> S
     import dpkt
 
     result = ScanResult()
-    streams: OrderedDict[tuple[bytes, int, bytes, int], _Stream] = OrderedDict()
+    # both directions' keys -> (stream, the side that sends with that key); insertion order is creation order
+    streams: dict[bytes, tuple[_Stream, int]] = {}
 
-    def count_request() -> None:
-        result.requests += 1
-
-    def close(key: tuple[bytes, int, bytes, int]) -> None:
-        streams.pop(key).finish()
+    def close(key: bytes) -> None:
+        stream = streams.pop(key)[0]
+        del streams[_reverse(key)]
+        stream.finish()
 
     try:
         f = open(path, "rb")  # noqa: SIM115 - closed in the finally below
@@ -306,62 +748,110 @@ def scan(path: Path, on_progress: Callable[[int, int], None] | None = None) -> S
         raise CaptureError(f"cannot open {path}: {e.strerror or e}") from e
     cut = _CutDetector(f)
     try:
-        packets, link = _packets(cut)  # type: ignore[arg-type]
+        packets, decode = _packets(cut)  # type: ignore[arg-type]
+        at = {
+            dpkt.ethernet.Ethernet: _at_ethernet,
+            dpkt.sll.SLL: _at_sll,
+            dpkt.sll2.SLL2: _at_sll2,
+            dpkt.loopback.Loopback: _at_null,
+            dpkt.ip.IP: _at_raw,
+            dpkt.ip6.IP6: _at_raw,
+        }[decode]  # type: ignore[index]
+        ip4, tcp_fields, get = _IP4, _TCP, streams.get
+        count = 0
         while True:
             try:
-                item = next(packets)
+                ts, buf = next(packets)
             except StopIteration:
                 break
             except (dpkt.NeedData, dpkt.UnpackError, ValueError, EOFError) as e:
-                result.damaged = (
-                    f"the capture is truncated or corrupt after packet {result.packets} ({e or type(e).__name__})"
-                )
+                result.damaged = f"the capture is truncated or corrupt after packet {count} ({e or type(e).__name__})"
                 break
-            ts, buf = item
-            result.packets += 1
-            if on_progress and result.packets % 100_000 == 0:
-                on_progress(result.packets, f.tell())
-            try:
-                ip = _ip_of(link(buf))
-            except (dpkt.UnpackError, dpkt.NeedData, ValueError):
-                continue  # a truncated or odd frame: skip it, keep going
-            if ip is None or not isinstance(ip.data, dpkt.tcp.TCP):
-                continue
-            tcp = ip.data
-            src, dst = bytes(ip.src), bytes(ip.dst)
-            key, side = (src, tcp.sport, dst, tcp.dport), 0
-            stream = streams.get(key)
-            if stream is None:
-                rkey = (dst, tcp.dport, src, tcp.sport)
-                stream = streams.get(rkey)
-                if stream is not None:
-                    key, side = rkey, 1
-                elif not (tcp.data or tcp.flags & dpkt.tcp.TH_SYN):
-                    continue  # the last ACK or FIN of a stream already finished
-                else:
-                    stream = _Stream(
-                        _endpoint(src, tcp.sport), _endpoint(dst, tcp.dport), result.exchanges.append, count_request
-                    )
-                    if tcp.flags & dpkt.tcp.TH_SYN:  # SYN: this side connects; SYN-ACK: the other side did
-                        stream.client = 1 if tcp.flags & dpkt.tcp.TH_ACK else 0
-                    streams[key] = stream
-                    result.tcp_streams += 1
-            streams.move_to_end(key)
-            stream.last = ts
-            flags = tcp.flags
-            stream.dirs[side].feed(tcp.seq, bytes(tcp.data), bool(flags & dpkt.tcp.TH_SYN), stream.deliver[side])
-            if flags & (dpkt.tcp.TH_FIN | dpkt.tcp.TH_RST) and (side != stream.client or flags & dpkt.tcp.TH_RST):
-                close(key)
-            if len(streams) > MAX_STREAMS:
-                close(next(iter(streams)))
-            if result.packets % 10_000 == 0:
-                for k in [k for k, s in streams.items() if ts - s.last > IDLE_SECONDS]:
+            count += 1
+            if count % 10_000 == 0:
+                result.packets = count
+                if on_progress and count % 100_000 == 0:
+                    on_progress(count, f.tell())
+                for k in [k for k, (s, side) in streams.items() if side == 0 and ts - s.last > IDLE_SECONDS]:
                     close(k)
+            # the TCP segment, from the raw bytes: its stream key, sequence number, flags, and payload's bounds
+            try:
+                where = at(buf)
+                if where is None:
+                    raise LookupError
+                off, version = where
+                if version == 4:
+                    vhl, total, fragment, proto = ip4(buf, off)
+                    ihl = (vhl & 15) << 2
+                    if proto != 6 or vhl >> 4 != 4 or ihl < 20 or fragment & 0x1FFF:
+                        continue
+                    t = off + ihl
+                    end = min(off + total, len(buf)) if total else len(buf)
+                    key = buf[off + 12 : t + 4] if ihl == 20 else buf[off + 12 : off + 20] + buf[t : t + 4]
+                else:
+                    if buf[off + 6] != 6:  # extension headers: left to dpkt
+                        raise LookupError
+                    t = off + 40
+                    total = buf[off + 4] << 8 | buf[off + 5]
+                    end = min(t + total, len(buf)) if total else len(buf)
+                    key = buf[off + 8 : t + 4]
+                if end - t < 20:
+                    continue
+                seq, doff, flags = tcp_fields(buf, t)
+                doff = (doff >> 4) << 2
+                if doff < 20:
+                    continue
+                start = t + doff
+            except (IndexError, struct.error):
+                continue  # a truncated or odd frame: skip it, keep going
+            except LookupError:
+                slow = _dpkt_tcp(decode, buf)
+                if slow is None:
+                    continue
+                key, seq, flags, buf = slow
+                start, end = 0, len(buf)
+            size = end - start if end > start else 0
+            entry = get(key)
+            if entry is None:
+                if not (size or flags & _SYN):
+                    continue  # the last ACK or FIN of a stream already finished
+                half = (len(key) - 4) // 2
+                sport, dport = _PORTS.unpack_from(key, 2 * half)
+                stream = _Stream(_endpoint(key[:half], sport), _endpoint(key[half : 2 * half], dport), result)
+                if flags & _SYN:  # SYN: this side connects; SYN-ACK: the other side did
+                    stream.client = 1 if flags & _ACK else 0
+                streams[key] = (stream, 0)
+                streams[_reverse(key)] = (stream, 1)
+                result.tcp_streams += 1
+                side = 0
+                stream.last = ts
+                if len(streams) > 2 * MAX_STREAMS:
+                    idle = sorted((s.last, k) for k, (s, d) in streams.items() if d == 0)
+                    for _, k in idle[: max(1, MAX_STREAMS // 16)]:
+                        close(k)
+            else:
+                stream, side = entry
+            stream.last = ts
+            if not flags & 0x07:  # no SYN, FIN or RST
+                if not size:
+                    continue
+                skip = stream.skip[side]
+                # in order, nothing in it to look at, and no later segment waiting for it
+                if skip > size and seq == stream.nxt[side] and not stream.pending[side]:
+                    stream.skip[side] = skip - size
+                    stream.nxt[side] = (seq + size) & _SEQ
+                    continue
+                stream.segment(side, seq, flags, buf[start:end], ts)
+                continue
+            stream.segment(side, seq, flags, buf[start:end], ts)
+            if flags & (_FIN | _RST) and (side != stream.client or flags & _RST):
+                close(key)
+        result.packets = count
         if cut.cut and not result.damaged:
             result.damaged = f"the capture is truncated: it ends inside packet {result.packets}"
     finally:
         f.close()
-    for k in list(streams):
+    for k in [k for k, (s, side) in streams.items() if side == 0]:
         close(k)
     result.exchanges.sort(key=lambda e: e.time)
     return result
