@@ -182,3 +182,23 @@ def test_an_untrusted_certificate_with_rewrite_falls_back_to_the_synthetic_statu
     assert answer.status == 200 and (answer.label or "").startswith("synthetic 200; ")
     assert b"The TLS attempt (esrs_upgrade) failed first: certificate verification failed" in answer.body
     assert server.tls_requests == 0
+
+
+def test_squids_wrapped_200_is_healed_through_connect_on_squid(real_proxies, jsse_esrs, cert, mitmdump) -> None:
+    """squid (cache_peer to a JSSE-like TLS port) wraps the raw alert in `HTTP/1.1 200` + X-Transformed-From:
+    HTTP/0.9; that 200 is squid's invention, so the request is sent again over TLS, through CONNECT on squid."""
+    squid = real_proxies.get("squid-peer")
+    port = servers.free_port()
+    m = mitmdump(["-p", str(port), "--mode", f"upstream:{squid.url}", "--set", "esrs_upgrade=true", "--set",
+                  f"ssl_verify_upstream_trusted_ca={cert[0]}"])  # fmt: skip
+    url = f"http://localhost:{jsse_esrs.port}/"
+    request = f"GET {url} HTTP/1.1\r\nHost: localhost:{jsse_esrs.port}\r\n\r\n".encode()
+    before = (jsse_esrs.plaintext_requests, jsse_esrs.tls_requests)
+    first = exchange(("127.0.0.1", port), request, TIMEOUT)
+    assert first.status == 200 and first.body == servers.OK_BODY, m.log_tail()
+    assert (first.label or "").startswith("upgraded; TLS alert: fatal unexpected_message (10), record version TLS 1.2")
+    assert (jsse_esrs.plaintext_requests, jsse_esrs.tls_requests) == (before[0] + 1, before[1] + 1)
+    assert "[tls_wrapped_http09, confidence high; upgraded to TLS" in m.log()
+    second = exchange(("127.0.0.1", port), request, TIMEOUT)
+    assert second.body == servers.OK_BODY and (second.label or "").startswith("upgraded (learned); ")
+    assert (jsse_esrs.plaintext_requests, jsse_esrs.tls_requests) == (before[0] + 1, before[1] + 2)
