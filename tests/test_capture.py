@@ -312,3 +312,15 @@ def test_findings_do_not_depend_on_how_the_stream_is_cut(tmp_path: Path, data: s
     split = keep_alive_and_pipelined(pipeline)
     split.segmenter = cut
     assert findings_of(scan_one(tmp_path, split)) == expected
+
+
+def test_cli_says_how_many_request_lines_were_not_kept(tmp_path: Path) -> None:
+    n = capture.MAX_OUTSTANDING + 3
+    asks = [request(f"/{i}") for i in range(n)]
+    path = tmp_path / "deep.pcap"
+    write_capture(path, [Conversation(("10.0.0.5", 41008), PROXY, [(a, OK) for a in asks], pipeline=n)])
+    cli = [sys.executable, "-m", "stray_tls.main", "pcap"]
+    out = json.loads(subprocess.run([*cli, "--json", str(path)], capture_output=True, text=True, timeout=60).stdout)
+    assert (out["http_requests"], out["requests_unkept"]) == (n, 3)
+    text = subprocess.run([*cli, str(path)], capture_output=True, text=True, timeout=60).stdout
+    assert f"3 requests waited behind {capture.MAX_OUTSTANDING} others on one connection" in text

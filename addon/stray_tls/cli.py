@@ -152,6 +152,7 @@ def cmd_pcap(args: argparse.Namespace) -> int:
                     "packets": result.packets,
                     "tcp_streams": result.tcp_streams,
                     "http_requests": result.requests,
+                    "requests_unkept": result.requests_unkept,
                     "damaged": result.damaged or None,
                     "exchanges": [e.to_dict() for e in result.exchanges],
                 },
@@ -168,6 +169,11 @@ def cmd_pcap(args: argparse.Namespace) -> int:
             f"{result.packets} packets, {result.tcp_streams} TCP streams, {result.requests} HTTP requests, "
             f"{len(result.exchanges)} answered by TLS or a plain-HTTP-to-HTTPS complaint"
         )
+        if result.requests_unkept:
+            print(
+                f"{result.requests_unkept} requests waited behind {capture.MAX_OUTSTANDING} others on one connection: "
+                "counted and paired, their request lines not kept"
+            )
     if result.damaged:
         print(f"esrs-fix pcap: {args.file}: {result.damaged}; the streams read so far are reported", file=sys.stderr)
         return 3
