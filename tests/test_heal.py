@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -202,3 +203,30 @@ def test_squids_wrapped_200_is_healed_through_connect_on_squid(real_proxies, jss
     second = exchange(("127.0.0.1", port), request, TIMEOUT)
     assert second.body == servers.OK_BODY and (second.label or "").startswith("upgraded (learned); ")
     assert (jsse_esrs.plaintext_requests, jsse_esrs.tls_requests) == (before[0] + 1, before[1] + 2)
+
+
+class ClientCertServer(servers.EsrsServer):
+    """The stand-in, asking every TLS client for a certificate signed by `client_ca`."""
+
+    def __init__(self, cert: tuple[Path, Path], client_ca: Path) -> None:
+        super().__init__(cert)
+        self.context.verify_mode = ssl.CERT_REQUIRED
+        self.context.load_verify_locations(str(client_ca))
+
+
+def test_the_tls_attempt_presents_mitmproxys_client_certificate(cert, start_server, mitmdump, tmp_path) -> None:
+    client_cert, client_key = servers.make_certificate(tmp_path, "esrs-fix-client")
+    bundle = tmp_path / "client.pem"  # mitmproxy's client_certs: certificate and key in one PEM file
+    bundle.write_bytes(client_cert.read_bytes() + client_key.read_bytes())
+    server = start_server(ClientCertServer(cert, client_cert))
+    trusted = ["--set", "esrs_upgrade=true", "--set", f"ssl_verify_upstream_trusted_ca={cert[0]}"]
+    args, (with_cert,) = reverse_modes([f"http://127.0.0.1:{server.port}"])
+    mitmdump([*args, *trusted, "--set", f"client_certs={bundle}"])
+    healed = plaintext(with_cert)
+    assert healed.status == 200 and healed.body == servers.OK_BODY and (healed.label or "").startswith("upgraded; ")
+    assert server.tls_requests == 1
+    args, (without,) = reverse_modes([f"http://127.0.0.1:{server.port}"])
+    mitmdump([*args, *trusted])
+    refused = plaintext(without)
+    assert refused.status == 502 and (refused.label or "").startswith("upgrade failed: "), refused.label
+    assert server.tls_requests == 1  # the server refused the TLS client without a certificate
