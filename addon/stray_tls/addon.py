@@ -230,8 +230,8 @@ class EsrsFix:
     # what a hook returns, and clean traffic creates no coroutine.
 
     def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
-        if not ctx.options.esrs_upgrade or not flow.live or flow.request.scheme != "http" or not len(self.learned):
-            return None
+        if not self.learned or not ctx.options.esrs_upgrade or not flow.live or flow.request.scheme != "http":
+            return None  # clean traffic with nothing learned pays one length test
         if HEAL_METADATA_KEY in flow.metadata or flow.response is not None:
             return None
         target = _target(flow)

@@ -55,6 +55,9 @@ class LearnedTargets:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def __bool__(self) -> bool:
+        return bool(self._entries)
+
     def remember(self, target: Target, plaintext_answer: str, kind: str = "") -> bool:
         """Learn `target` (or refresh it); True when it was not known before."""
         now = self.clock()
