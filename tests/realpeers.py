@@ -49,7 +49,11 @@ JAVA_OPTIONS = ["-Xmx96m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-Xss5
 
 
 class PeerUnavailable(Exception):
-    """The peer cannot run here: a program is missing, or it did not start (the message says which and why)."""
+    """A program the peer needs is not installed here: its tests skip, saying what to install."""
+
+
+class PeerFailed(Exception):
+    """The peer is installed but did not build, start or verify: its tests fail, with the tail of its log."""
 
 
 @dataclass
@@ -151,23 +155,23 @@ class Workspace:
         (root / "cert").mkdir()
         self.cert, self.key = servers.make_certificate(root / "cert")
         self.peers: dict[str, Peer] = {}
-        self.failures: dict[str, str] = {}
+        self.failures: dict[str, PeerUnavailable | PeerFailed] = {}
         self._built: dict[str, Path] = {}
         self._lock = threading.Lock()
 
     def get(self, name: str) -> Peer:
-        """The running peer `name`, started on first use; PeerUnavailable (remembered) when it cannot run."""
+        """The running peer `name`, started on first use; PeerUnavailable or PeerFailed (remembered) otherwise."""
         if name not in self.specs:
             raise KeyError(f"no real peer named {name!r}; known: {', '.join(self.specs)}")
         with self._lock:
             if name in self.peers:
                 return self.peers[name]
             if name in self.failures:
-                raise PeerUnavailable(self.failures[name])
+                raise self.failures[name]
             try:
                 peer = self._start(self.specs[name])
-            except PeerUnavailable as e:
-                self.failures[name] = str(e)
+            except (PeerUnavailable, PeerFailed) as e:
+                self.failures[name] = e
                 raise
             self.peers[name] = peer
             return peer
@@ -206,7 +210,7 @@ class Workspace:
         )
         try:
             wait_for_tls(peer, launch.startup_timeout)
-        except PeerUnavailable:
+        except PeerFailed:
             stop(process)
             raise
         peer.startup_seconds = time.monotonic() - started
@@ -228,12 +232,12 @@ class Workspace:
 
 
 def wait_for_tls(peer: Peer, timeout: float) -> None:
-    """Until the peer completes a verified TLS handshake, or PeerUnavailable with the tail of its log."""
+    """Until the peer completes a verified TLS handshake, or PeerFailed with the tail of its log."""
     context = peer.tls_context()
     deadline = time.monotonic() + timeout
     while True:
         if peer.process.poll() is not None:
-            raise PeerUnavailable(
+            raise PeerFailed(
                 f"{peer.name} exited with status {peer.process.returncode} while starting; {peer.log}:\n"
                 + peer.log_tail()
             )
@@ -244,11 +248,11 @@ def wait_for_tls(peer: Peer, timeout: float) -> None:
             ):
                 return
         except ssl.SSLCertVerificationError as e:
-            raise PeerUnavailable(f"{peer.name} serves a certificate that does not verify: {e}") from None
+            raise PeerFailed(f"{peer.name} serves a certificate that does not verify: {e}") from None
         except OSError:
             pass
         if time.monotonic() > deadline:
-            raise PeerUnavailable(
+            raise PeerFailed(
                 f"{peer.name} did not complete a TLS handshake within {timeout:.0f} s; {peer.log}:\n" + peer.log_tail()
             )
         time.sleep(0.1)
@@ -274,10 +278,10 @@ def run_build(argv: list[str], what: str, env: dict[str, str] | None = None, tim
             argv, env={**os.environ, **(env or {})}, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL
         )
     except subprocess.TimeoutExpired:
-        raise PeerUnavailable(f"building {what} took longer than {timeout:.0f} s") from None
+        raise PeerFailed(f"building {what} took longer than {timeout:.0f} s") from None
     if done.returncode != 0:
         output = (done.stdout + done.stderr).decode(errors="replace").strip().splitlines()[-20:]
-        raise PeerUnavailable(f"building {what} failed ({' '.join(argv)}):\n" + "\n".join(output))
+        raise PeerFailed(f"building {what} failed ({' '.join(argv)}):\n" + "\n".join(output))
 
 
 # --- the peers ---------------------------------------------------------------------------------------------------
@@ -556,13 +560,17 @@ class RealServers:
             return self.workspace.get(name)
         except PeerUnavailable as e:
             pytest.skip(str(e))
+        except PeerFailed as e:
+            pytest.fail(str(e), pytrace=False)
 
     def optional(self, name: str) -> Peer | None:
-        """The running peer, or None when it cannot run here (for tests that use whichever peers there are)."""
+        """The running peer, or None when it is not installed here; one that is installed but fails, fails."""
         try:
             return self.workspace.get(name)
         except PeerUnavailable:
             return None
+        except PeerFailed as e:
+            pytest.fail(str(e), pytrace=False)
 
     @property
     def names(self) -> list[str]:

@@ -58,6 +58,9 @@ def test_stray_alert_is_annotated_and_answered_with_a_labelled_502(addon: EsrsFi
 
 def test_rewrite_is_off_by_default_and_scoped_by_the_filter(addon: EsrsFix) -> None:
     with taddons.context(addon) as tctx:
+        default = stray_flow(addon)
+        addon.response(default)
+        assert default.response is not None and default.response.status_code == 502
         tctx.configure(addon, esrs_rewrite=True, esrs_status=200, esrs_filter="~d esrs.example")
         inside = stray_flow(addon, "http://esrs.example:443/")
         outside = stray_flow(addon, "http://other.example:443/")

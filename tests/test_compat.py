@@ -239,7 +239,8 @@ def test_tls_to_a_plain_http_port_is_reported_and_never_rewritten(mitmdump, star
     assert entry["kind"] == "upstream_not_tls"
     assert "The remote server does not speak TLS." in str(entry["summary"])
     assert entry["rewritten"] is False
-    assert compat.finding_from_tls_error(str(entry["tls_error"])) is not None
+    assert "The remote server does not speak TLS." in str(entry["tls_error"])
+    assert entry["url"] == f"https://127.0.0.1:{upstream.port}/"
 
 
 @pytest.mark.e2e

@@ -81,11 +81,15 @@ def test_client_connection_stays_usable_after_a_rewrite(esrs, mitmdump) -> None:
     args, (port,) = reverse_modes([f"http://127.0.0.1:{upstream.port}"])
     mitmdump([*args, "--set", "esrs_rewrite=true"])
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=PROMPT)
+    sockets = []
     for _ in range(3):
         conn.request("GET", "/")
         response = conn.getresponse()
         response.read()
         assert response.status == 200 and response.headers["X-ESRS-Fix"].startswith("synthetic 200;")
+        assert not response.will_close
+        sockets.append(conn.sock)
+    assert sockets[0] is not None and all(s is sockets[0] for s in sockets)  # one client connection throughout
     conn.close()
     assert upstream.plaintext_requests == 3  # each request reached the upstream on a fresh connection
 
@@ -113,6 +117,7 @@ CLEAN_ANSWERS: dict[bytes, bytes] = {
     b"/not-modified": b'HTTP/1.1 304 Not Modified\r\nETag: "x"\r\n\r\n',
     b"/bad-request": b"HTTP/1.1 400 Bad Request\r\nContent-Length: 11\r\n\r\nbad request",
 }
+CLEAN_BODIES = {"/length": b"hello", "/chunked": b"hello", "/tls-looking-body": b"\x15\x03\x01\x00\x02\x02\x0a\x00\x01"}
 FORGED_LABEL = b"HTTP/1.1 200 OK\r\nX-ESRS-Fix: synthetic 200; forged\r\nContent-Length: 2\r\n\r\nok"
 
 
@@ -163,7 +168,7 @@ def test_keep_alive_clean_requests_through_the_addon(start_server, mitmdump) -> 
         response = conn.getresponse()
         body = response.read()
         assert response.status == 200 and "X-ESRS-Fix" not in response.headers
-        assert body in (b"hello", b"\x15\x03\x01\x00\x02\x02\x0a\x00\x01")
+        assert body == CLEAN_BODIES[path]
     conn.close()
     assert origin.connections == 1
 
