@@ -113,3 +113,28 @@ def test_a_real_browser_shows_the_marker_comment_and_decode(mitmweb_with_a_stray
     assert "description   unexpected_message (10)" in text and "level         fatal (2)" in text  # the view
     assert "\u26a0" in text  # the marker, in the flow list
     assert f"esrs-fix: {SUMMARY}" in comment_shown  # the comment, on the Comment tab
+
+
+def test_the_marker_tells_a_healed_flow_from_a_failed_one(cert, esrs, start_server, tmp_path) -> None:
+    """esrs_upgrade in mitmweb: the healed flow carries the bandage, a failed one (untrusted) the warning sign."""
+    trusted = esrs(Plaintext.ALERT)
+    untrusted = start_server(servers.EsrsServer(servers.make_certificate(tmp_path, "untrusted")))
+    args, (p_healed, p_failed) = reverse_modes([f"http://127.0.0.1:{s.port}" for s in (trusted, untrusted)])
+    options = ["--set", "esrs_upgrade=true", "--set", f"ssl_verify_upstream_trusted_ca={cert[0]}"]
+    web = Mitmweb([*args, *options], tmp_path / "mitmweb.log", web_port=servers.free_port(), listeners=2)
+    with web:
+        healed = exchange(("127.0.0.1", p_healed), b"GET /healed HTTP/1.1\r\nHost: esrs\r\n\r\n", 8)
+        failed = exchange(("127.0.0.1", p_failed), b"GET /failed HTTP/1.1\r\nHost: esrs\r\n\r\n", 8)
+        assert healed.status == 200 and failed.status == 502
+        deadline = time.monotonic() + 10
+        while True:
+            flows = json.loads(web.api("/flows"))
+            live = {f["request"]["path"]: f for f in flows if not f.get("is_replay")}
+            if {"/healed", "/failed"} <= set(live) or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+    assert live["/healed"]["marked"] in (":adhesive_bandage:", "\U0001fa79")
+    assert live["/failed"]["marked"] in (":warning:", "\u26a0")
+    assert live["/healed"]["comment"].startswith("esrs-fix: healed over TLS; plaintext got TLS alert")
+    replays = [f for f in flows if f.get("is_replay") == "request"]  # the TLS attempts are flows of their own
+    assert any(f["request"]["path"] == "/healed" and f["request"]["scheme"] == "https" for f in replays)
