@@ -253,9 +253,6 @@ def learned_vs_stock(setup: Setup, peers: Peers, wrong: Wrong) -> dict[str, Any]
     data: dict[str, Any] = {"requests_per_round": n, "rounds": setup.rounds, "goal": "<= 1.05"}
     data["fresh"] = _learned_case(setup, peers, wrong, n, "fresh", peers.pool[-1], False, ())
     data["keepalive"] = _learned_case(setup, peers, wrong, n, "keepalive", peers.keep, True, ())
-    # the same, both proxies logging warnings only: the addon logs one info line per learned flow (not a goal)
-    quiet = ("--set", "termlog_verbosity=warn")
-    data["keepalive_quiet"] = _learned_case(setup, peers, wrong, n, "keepalive-quiet", peers.keep, True, quiet)
     return data
 
 
@@ -503,7 +500,6 @@ def lines(data: dict[str, Any]) -> list[str]:
     for case, what in (
         ("fresh", "fresh connection per request"),
         ("keepalive", "keep-alive"),
-        ("keepalive_quiet", "keep-alive, both at termlog_verbosity=warn"),
     ):
         e = le[case]
         rows.append(
