@@ -16,6 +16,7 @@ import pwd
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -131,7 +132,8 @@ def start(
     if auth and name not in ("proxy.py", "squid"):
         raise ValueError("only proxy.py and squid take credentials here")
     work.mkdir(parents=True, exist_ok=True)
-    _hand_to_proxy_user(work)
+    if name in ("squid", "tinyproxy"):
+        _hand_to_proxy_user(work)
     if name == "proxy.py":
         argv = [*command, "--hostname", "127.0.0.1", "--port", str(port), "--num-workers", "1", "--num-acceptors", "1"]
         argv += ["--pid-file", str(work / "proxy.pid")]
@@ -260,7 +262,8 @@ def _privoxy_config(work: Path, port: int) -> Path:
 def _hand_to_proxy_user(path: Path) -> None:
     """As root, squid and tinyproxy drop to the `proxy` user: let it write its logs and pid file in `path`.
 
-    The directories above `path` must let that user through (the lab's and the tests' temp dirs are 0755).
+    The directories above `path` must let that user through (the lab's and the tests' temp dirs are 0755):
+    `ProxyFailed` says so before the proxy is started, rather than the proxy's own "Permission denied".
     """
     if os.geteuid() != 0:
         return
@@ -269,3 +272,15 @@ def _hand_to_proxy_user(path: Path) -> None:
     except KeyError:
         return
     os.chown(path, entry.pw_uid, entry.pw_gid)
+    for parent in path.resolve().parents:
+        st = parent.stat()
+        through = st.st_mode & stat.S_IXOTH or (
+            st.st_mode & stat.S_IXUSR
+            if st.st_uid == entry.pw_uid
+            else st.st_gid == entry.pw_gid and st.st_mode & stat.S_IXGRP
+        )
+        if not through:
+            raise ProxyFailed(
+                f"as root, squid and tinyproxy run as the user 'proxy', which cannot enter {parent} "
+                f"(mode {stat.filemode(st.st_mode)}): use a work dir it can reach, e.g. one under /tmp with mode 755"
+            )
