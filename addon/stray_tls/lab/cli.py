@@ -135,8 +135,8 @@ def render_table(rows: list[Row]) -> str:
     for key in dict.fromkeys(r.scenario for r in rows):
         group = [r for r in rows if r.scenario == key]
         lines.append(f"{key}: {group[0].title}")
-        lines.append(f"    chain:    {group[0].chain}")
-        lines.append(f"    expected: {group[0].expected}")
+        lines.extend(wrap.wrap(f"chain:    {group[0].chain}"))
+        lines.extend(wrap.wrap(f"expected: {group[0].expected}"))
         for r in group:
             lines.extend(wrap.wrap(f"{r.url} -> {r.verdict}"))
             lines.extend(wrap.wrap(f"saw:    {r.saw}"))
