@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from stray_tls.lab import servers
+from stray_tls import main
+from stray_tls.lab import proxies, servers
 from stray_tls.lab.check import run_check
 
 pytestmark = pytest.mark.e2e
@@ -72,3 +78,105 @@ def test_check_tells_the_faulty_proxy_from_a_well_behaved_one(cert, start_server
     assert ok.passed and ok.answer.body == servers.OK_BODY
     nobody = run_check(("127.0.0.1", servers.free_port()), "esrs.lab", 443, timeout=5)
     assert not nobody.passed and nobody.saw.startswith("cannot connect to 127.0.0.1:")
+
+
+# -- through real proxies: the same scenarios, the check asking for 127.0.0.1 and the real ports -------------------
+
+
+def _lab(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "stray_tls.main", "lab", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    """A work dir that squid, run as root, can reach after it drops to the `proxy` user (pytest's are 0700)."""
+    directory = Path(tempfile.mkdtemp(prefix="esrs-lab-test-"))
+    os.chmod(directory, 0o755)
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def _port(url: str) -> int:
+    return int(url.rstrip("/").rsplit(":", 1)[1])
+
+
+@pytest.mark.parametrize("name", ["proxy.py", "pproxy", "squid"])
+def test_every_scenario_behaves_the_same_through_a_real_proxy(name: str, workdir: Path) -> None:
+    try:
+        proxies.find(name)
+    except proxies.ProxyMissing as e:
+        pytest.skip(str(e))
+    p = _lab("--proxy", name, "--json", "--workdir", str(workdir))
+    assert p.returncode == 0, p.stdout + p.stderr
+    result = json.loads(p.stdout)
+    rows = result["rows"]
+    assert result["passed"] and result["proxy"] == name
+    assert [r["scenario"] for r in rows] == [k for k in ("A", "B", "C", "D", "E1", "E2", "F", "G", "H") for _ in "xy"]
+    assert all(r["ok"] for r in rows), [r for r in rows if not r["ok"]]
+    # a real proxy resolves names itself: the check asks for 127.0.0.1 and the real ports
+    assert all(r["url"].startswith(("https://127.0.0.1:", "http://127.0.0.1:")) for r in rows)
+    urls = {k: [r["url"] for r in rows if r["scenario"] == k] for k in dict.fromkeys(r["scenario"] for r in rows)}
+    ports = {k: [_port(u) for u in v] for k, v in urls.items()}
+    assert ports["A"] == ports["D"] == ports["G"]  # the stand-in server's two ports
+    assert not set(ports["B"]) & set(ports["A"])  # mitmdump's reverse listeners
+    by = {r["scenario"]: r for r in rows}  # the :8443 row of each
+    a = by["A"]
+    assert not a["passed"] and a["verdict"] == "FAIL as expected" and a["logged"] == "-"
+    if name == "squid":
+        assert a["chain"] == "check -> squid (cache_peer) -> ESRS server"
+        assert (
+            a["saw"].startswith("the 200 is squid/")
+            and "'s wrapping of a TLS alert, not the server's answer: " in a["saw"]
+        )
+        assert "HTTP/1.1 200 OK (X-Transformed-From: HTTP/0.9), body: raw bytes 15 03 01 00 02 02 0a" in a["saw"]
+        assert by["D"]["chain"] == "check -> mitmdump (upstream mode, esrs-fix) -> squid (direct) -> ESRS server"
+        assert "cache_peer 127.0.0.1 parent" in (workdir / "proxy-1-squid" / "squid.conf").read_text()
+        assert "cache_peer" not in (workdir / "proxy-4-squid" / "squid.conf").read_text()
+    else:
+        assert a["chain"] == f"check -> {name} -> ESRS server"
+        assert a["saw"] == f"no HTTP status: raw bytes 15 03 01 00 02 02 0a, decoded {ALERT}"
+    assert by["B"]["logged"] == f"{ALERT} [not rewritten]"
+    assert by["B"]["saw"].startswith(f"HTTP/1.1 502 Bad Gateway [X-ESRS-Fix: detected; {ALERT}]")
+    assert by["C"]["logged"] == f"{ALERT} [rewritten to a synthetic 200]"
+    assert by["D"]["logged"] == "-" and by["D"]["saw"] == "HTTP/1.1 200 OK"
+    assert by["E1"]["logged"] == "TLS handshake with the upstream failed: alert protocol_version (70) [not rewritten]"
+    assert by["F"]["logged"] == f"{ALERT} [upgraded to TLS: HTTP 200 from the server]"
+    wrapped = " (wrapped in a proxy's HTTP/0.9 200)" if name == "squid" else ""
+    assert by["G"]["logged"] == f"{ALERT}{wrapped} [upgraded to TLS: HTTP 200 from the server]"
+    assert "certificate verification failed" in by["H"]["logged"]
+    assert len(list(workdir.glob("proxy-*"))) == 9  # one proxy per scenario, each with its config and log
+
+
+@pytest.mark.parametrize(
+    ("name", "missing", "hint"),
+    [
+        ("squid", "_which", "squid is not installed: apt-get install squid"),
+        ("pproxy", "_has_module", "pip install 'esrs-fix[lab]'"),
+    ],
+)
+def test_a_proxy_that_is_not_installed_gets_the_command_that_installs_it(
+    name: str, missing: str, hint: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(proxies, missing, lambda _name: None if missing == "_which" else False)
+    assert main.main(["lab", "--proxy", name]) == 2
+    err = capsys.readouterr().err
+    assert f"esrs-fix lab: --proxy {name}: " in err and hint in err
+    assert "[lab] " not in err  # nothing was started (no progress line)
+
+
+def test_the_check_counts_a_proxys_wrapped_200_as_the_fail_it_is(start_server) -> None:
+    wrapped = (
+        b"HTTP/1.1 200 OK\r\nServer: squid/5.7\r\nX-Transformed-From: HTTP/0.9\r\nConnection: close\r\n\r\n"
+        + servers.ALERT_TLS10
+    )
+    proxy = start_server(servers.ScriptedServer(lambda head: wrapped, keep_alive=False))
+    r = run_check(("127.0.0.1", proxy.port), "127.0.0.1", 443, timeout=5)
+    assert r.answer.status == 200 and not r.passed
+    assert r.saw.startswith("the 200 is squid/5.7's wrapping of a TLS alert, not the server's answer: HTTP/1.1 200 OK")

@@ -1,15 +1,21 @@
 """A stand-in for the ESRS connectivity check (CECT / Unity NetworkCheck).
 
 It does what the check does: absolute-form `GET https://host:port/` through an HTTP proxy, PASS on HTTP 200.
-Anything else is a FAIL with what came back, decoded when it is TLS.
+Anything else is a FAIL with what came back, decoded when it is TLS.  A 200 that only wraps TLS records (squid's
+HTTP/0.9 answer of its own, or TLS as the body) is a FAIL too, and says so: a check that looks at the status
+alone would pass there, and the ESRS connection would still fail.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..findings import Finding
+from ..diagnose import product
+from ..findings import Finding, Kind
 from ..wire import Answer, describe, exchange
+
+#: Answers whose HTTP status is a proxy's, around the server's TLS records: their 200 is no success.
+WRAPPING = (Kind.TLS_WRAPPED_HTTP09, Kind.TLS_IN_BODY)
 
 
 @dataclass
@@ -25,15 +31,21 @@ def run_check(proxy: tuple[str, int], host: str, port: int, timeout: float = 10.
     """One probe of the check: absolute-form `GET https://host:port/` through `proxy`."""
     url = f"https://{host}:{port}/"
     request = f"GET {url} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: esrs-fix-lab-check\r\n\r\n".encode()
-    answer = exchange(proxy, request, timeout)
-    saw, finding = describe(answer)
-    return CheckResult(url, answer.status == 200, answer, finding, saw)
+    return _result(url, exchange(proxy, request, timeout))
 
 
 def run_plain_get(proxy: tuple[str, int], host: str, port: int, timeout: float = 10.0) -> CheckResult:
     """A plaintext client's request: absolute-form `GET http://host:port/` through `proxy` (lab scenario G)."""
     url = f"http://{host}:{port}/"
     request = f"GET {url} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: esrs-fix-lab-client\r\n\r\n".encode()
-    answer = exchange(proxy, request, timeout)
+    return _result(url, exchange(proxy, request, timeout))
+
+
+def _result(url: str, answer: Answer) -> CheckResult:
     saw, finding = describe(answer)
-    return CheckResult(url, answer.status == 200, answer, finding, saw)
+    wrapped = finding is not None and finding.kind in WRAPPING
+    if wrapped and finding is not None and answer.status == 200:
+        tls = "a TLS alert" if any(r.alert is not None for r in finding.records) else "TLS records"
+        who = product(answer) or "the proxy"
+        saw = f"the 200 is {who}'s wrapping of {tls}, not the server's answer: {saw}"
+    return CheckResult(url, answer.status == 200 and not wrapped, answer, finding, saw)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 import textwrap
 import threading
@@ -14,9 +15,10 @@ from mitmproxy import version as mitmproxy_version
 
 from .. import records
 from ..pasted import argument, parse_hostport, parse_route
-from . import servers
+from . import proxies, servers
 from .check import run_check
-from .scenarios import SCENARIOS, Lab, Row, rows_as_dicts, run_scenarios
+from .mitm import MitmError
+from .scenarios import BUILTIN, LAB_PROXIES, SCENARIOS, Lab, Row, rows_as_dicts, run_scenarios
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -25,9 +27,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="reproduce the failing ESRS check and its rescue on loopback (run every scenario)",
         description="Start the stand-in ESRS server, the faulty proxy and mitmdump with esrs-fix on loopback, run "
         "every scenario, print a table, and exit 0 only if every scenario behaved as expected. "
-        "Scenarios: " + "; ".join(f"{s.key}: {s.chain}" for s in SCENARIOS) + ".",
+        "Scenarios: " + "; ".join(f"{s.key}: {s.chain_via(BUILTIN)}" for s in SCENARIOS) + ".",
     )
     lab.add_argument("--only", metavar="KEYS", help="run only these scenarios, e.g. A,B")
+    lab.add_argument(
+        "--proxy",
+        choices=LAB_PROXIES,
+        default=BUILTIN,
+        help="the proxy in the field: the built-in faulty proxy (default; needs nothing installed), or a real one, "
+        "started for each scenario on a free loopback port (proxy.py, pproxy: pip install 'esrs-fix[lab]'; "
+        "squid: apt-get install squid, with a plaintext cache_peer where it must forward https:// itself)",
+    )
     lab.add_argument("--timeout", type=float, default=10.0, help="seconds a check waits for an answer (default 10)")
     lab.add_argument("--json", action="store_true", help="print the results as JSON instead of the table")
     lab.add_argument("--workdir", type=Path, help="keep certificates and mitmdump logs here (default: a temp dir)")
@@ -84,14 +94,30 @@ def cmd_lab(args: argparse.Namespace) -> int:
     if keys and not set(keys) <= known:
         print(f"esrs-fix lab: unknown scenario {sorted(set(keys) - known)}; known: {sorted(known)}", file=sys.stderr)
         return 2
+    if args.proxy != BUILTIN:
+        try:
+            proxies.find(args.proxy)
+        except proxies.ProxyMissing as e:
+            print(f"esrs-fix lab: --proxy {args.proxy}: {e}", file=sys.stderr)
+            return 2
     with servers.temporary_directory() as tmp:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        _progress(f"mitmproxy {mitmproxy_version.VERSION}, Python {sys.version.split()[0]}, work dir {workdir}")
-        with Lab(workdir, timeout=args.timeout, progress=_progress) as lab:
-            rows = run_scenarios(lab, keys)
+        if args.workdir is None:
+            os.chmod(tmp, 0o755)  # as root, squid drops to the `proxy` user, which must reach its own directory
+        _progress(
+            f"mitmproxy {mitmproxy_version.VERSION}, Python {sys.version.split()[0]}, work dir {workdir}, "
+            f"proxy in the field: {args.proxy}"
+        )
+        try:
+            with Lab(workdir, timeout=args.timeout, progress=_progress, proxy=args.proxy) as lab:
+                rows = run_scenarios(lab, keys)
+        except (proxies.ProxyFailed, MitmError) as e:
+            print(f"esrs-fix lab: {e}", file=sys.stderr)
+            return 1
     if args.json:
-        print(json.dumps({"passed": all(r.ok for r in rows), "rows": rows_as_dicts(rows)}, indent=2))
+        out = {"passed": all(r.ok for r in rows), "proxy": args.proxy, "rows": rows_as_dicts(rows)}
+        print(json.dumps(out, indent=2))
     else:
         print(render_table(rows))
     return 0 if rows and all(r.ok for r in rows) else 1
@@ -109,8 +135,8 @@ def render_table(rows: list[Row]) -> str:
     for key in dict.fromkeys(r.scenario for r in rows):
         group = [r for r in rows if r.scenario == key]
         lines.append(f"{key}: {group[0].title}")
-        lines.append(f"    chain:    {group[0].chain}")
-        lines.append(f"    expected: {group[0].expected}")
+        lines.extend(wrap.wrap(f"chain:    {group[0].chain}"))
+        lines.extend(wrap.wrap(f"expected: {group[0].expected}"))
         for r in group:
             lines.extend(wrap.wrap(f"{r.url} -> {r.verdict}"))
             lines.extend(wrap.wrap(f"saw:    {r.saw}"))

@@ -1,4 +1,13 @@
-"""The lab's scenarios: the field report's failing chain and its rescues, each run for real on loopback."""
+"""The lab's scenarios: the field report's failing chain and its rescues, each run for real on loopback.
+
+The proxy in the field is the built-in faulty proxy by default (it needs nothing installed), or a real one
+(`LAB_PROXIES`, launched by `proxies`), started afresh for each scenario.  The built-in proxy routes the name
+`esrs.lab` to the lab's loopback ports; a real proxy resolves names itself, so through it the check asks for
+`127.0.0.1` and the real port of what the proxy should reach (the stand-in server's, or mitmdump's reverse
+listener's).  squid forwards `GET https://` in plaintext only to a `cache_peer` without `tls` (by itself it
+speaks TLS and answers with its own 502), so where the proxy must forward the check (A, B, C, F, H) squid runs
+with the target as its cache_peer; where mitmdump tunnels through it (D, E1, E2, G) squid runs direct.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +18,24 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..findings import Kind
-from . import servers
+from . import proxies, servers
 from .check import CheckResult, run_check, run_plain_get
 from .mitm import Mitmdump
 
 HOST = "esrs.lab"
 PORTS = (443, 8443)
+BUILTIN = "builtin"
+#: The proxies a lab run can go through: the built-in faulty proxy, or a real one.
+LAB_PROXIES = (BUILTIN, "proxy.py", "pproxy", "squid")
+
+
+@dataclass
+class Hop:
+    """The proxy in the field for one scenario: its port, its name, and what the check asks it for, per lab port."""
+
+    port: int
+    name: str
+    targets: dict[int, tuple[str, int]]
 
 
 @dataclass
@@ -44,6 +65,34 @@ class Scenario:
     expected: str
     run: Callable[[Lab], list[tuple[CheckResult, list[str]]]]
     judge: Callable[[CheckResult, list[str]], str] = field(repr=False)  # "" when as expected, else why not
+    #: mitmdump reaches the proxy in the field with CONNECT (upstream mode): squid takes its direct form then;
+    #: otherwise the proxy itself forwards `GET https://` (squid with a plaintext cache_peer)
+    tunnels: bool = False
+    #: where squid legitimately differs from the others (it wraps a TLS answer in an HTTP/0.9 200 of its own)
+    squid_expected: str = ""
+    squid_judge: Callable[[CheckResult, list[str]], str] | None = field(default=None, repr=False)
+
+    def chain_via(self, proxy: str) -> str:
+        return self.chain.format(proxy=proxy_label(proxy, tunnels=self.tunnels), host=_host(proxy))
+
+    def expected_via(self, proxy: str) -> str:
+        return self.squid_expected if proxy == "squid" and self.squid_expected else self.expected
+
+    def judge_via(self, proxy: str) -> Callable[[CheckResult, list[str]], str]:
+        return self.squid_judge if proxy == "squid" and self.squid_judge else self.judge
+
+
+def proxy_label(proxy: str, *, tunnels: bool) -> str:
+    """The proxy in the field, as the chain names it."""
+    if proxy == BUILTIN:
+        return "faulty proxy"
+    if proxy == "squid":
+        return "squid (direct)" if tunnels else "squid (cache_peer)"
+    return proxy
+
+
+def _host(proxy: str) -> str:
+    return HOST if proxy == BUILTIN else "127.0.0.1"
 
 
 def report_action(entry: dict) -> str:
@@ -64,16 +113,29 @@ def addon_lines(report: Path | None, url_part: str) -> list[str]:
     if report is None or not report.exists():
         return []
     entries = [json.loads(line) for line in report.read_text().splitlines() if line.strip()]
-    return [f"{e['summary']} [{report_action(e)}]" for e in entries if url_part in e["url"]]
+    return [f"{e['summary']}{_wrapped(e)} [{report_action(e)}]" for e in entries if url_part in e["url"]]
+
+
+def _wrapped(entry: dict) -> str:
+    return " (wrapped in a proxy's HTTP/0.9 200)" if entry.get("kind") == Kind.TLS_WRAPPED_HTTP09 else ""
 
 
 class Lab:
     """Owns every server and process of a lab run; all of them stop when the `with` block ends."""
 
-    def __init__(self, workdir: Path, timeout: float = 10.0, progress: Callable[[str], None] = print) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        timeout: float = 10.0,
+        progress: Callable[[str], None] = print,
+        proxy: str = BUILTIN,
+    ) -> None:
+        if proxy not in LAB_PROXIES:
+            raise ValueError(f"unknown proxy {proxy!r}; known: {', '.join(LAB_PROXIES)}")
         self.workdir = workdir
         self.timeout = timeout
         self.progress = progress
+        self.proxy = proxy
         self._stack = ExitStack()
         self.logs: list[Path] = []
 
@@ -98,12 +160,27 @@ class Lab:
         self._stack.callback(s.stop)
         return s  # type: ignore[return-value]
 
-    def faulty_proxy(self, targets: dict[int, int]) -> servers.FaultyProxy:
-        proxy = servers.FaultyProxy({(HOST, p): ("127.0.0.1", t) for p, t in targets.items()}, idle=self.timeout / 2)
-        proxy.start()
-        self._stack.callback(proxy.stop)
-        self.progress(f"faulty proxy (plaintext for https:// URLs, CONNECT works) on 127.0.0.1:{proxy.port}")
-        return proxy
+    def field_proxy(self, targets: dict[int, int], *, tunnels: bool) -> Hop:
+        """The proxy in the field, reaching `targets` (lab port -> loopback port); stopped when the lab ends.
+
+        `tunnels`: it is reached through mitmdump in upstream mode (CONNECT); otherwise it must forward
+        `GET https://` itself, which squid does in plaintext only towards a `cache_peer` without `tls`.
+        """
+        if self.proxy == BUILTIN:
+            faulty = servers.FaultyProxy(
+                {(HOST, p): ("127.0.0.1", t) for p, t in targets.items()}, idle=self.timeout / 2
+            )
+            faulty.start()
+            self._stack.callback(faulty.stop)
+            self.progress(f"faulty proxy (plaintext for https:// URLs, CONNECT works) on 127.0.0.1:{faulty.port}")
+            return Hop(faulty.port, "faulty proxy", {p: (HOST, p) for p in targets})
+        peers = [("127.0.0.1", t) for t in targets.values()] if self.proxy == "squid" and not tunnels else []
+        n = len(list(self.workdir.glob("proxy-*"))) + 1
+        work = self.workdir / f"proxy-{n}-{self.proxy}"
+        real = proxies.start(self.proxy, work, servers.free_port(), peers=peers)
+        self._stack.callback(real.stop)
+        self.progress(f"{real.name} on 127.0.0.1:{real.port}  (config and log in {work})")
+        return Hop(real.port, real.name, {p: ("127.0.0.1", t) for p, t in targets.items()})
 
     @contextmanager
     def mitmdump(self, args: list[str], listeners: int = 1) -> Iterator[Path]:
@@ -117,38 +194,46 @@ class Lab:
         with m:
             yield report
 
-    def check(self, proxy_port: int) -> list[CheckResult]:
-        return [run_check(("127.0.0.1", proxy_port), HOST, p, self.timeout) for p in PORTS]
+    def check(self, hop: Hop, via: int | None = None) -> list[CheckResult]:
+        """The check for each lab port, to `hop`'s targets, sent to `via` (mitmdump) or else to the hop itself."""
+        proxy = ("127.0.0.1", via or hop.port)
+        return [run_check(proxy, *hop.targets[p], self.timeout) for p in PORTS]
 
-    def plain_get(self, proxy_port: int) -> list[CheckResult]:
-        return [run_plain_get(("127.0.0.1", proxy_port), HOST, p, self.timeout) for p in PORTS]
+    def plain_get(self, hop: Hop, via: int) -> list[CheckResult]:
+        return [run_plain_get(("127.0.0.1", via), *hop.targets[p], self.timeout) for p in PORTS]
+
+
+def _url_part(scheme: str, host: str, port: int) -> str:
+    """How mitmproxy writes the URL's authority in its report: without the scheme's default port."""
+    return f"://{host}/" if port == {"https": 443, "http": 80}[scheme] else f"://{host}:{port}/"
 
 
 def _scenario_a(lab: Lab) -> list[tuple[CheckResult, list[str]]]:
-    proxy = lab.faulty_proxy({p: lab.esrs[p].port for p in PORTS})
-    return [(r, []) for r in lab.check(proxy.port)]
+    hop = lab.field_proxy({p: lab.esrs[p].port for p in PORTS}, tunnels=False)
+    return [(r, []) for r in lab.check(hop)]
 
 
 def _reverse_chain(lab: Lab, extra: list[str]) -> list[tuple[CheckResult, list[str]]]:
     ports = {p: servers.free_port() for p in PORTS}
     args = [a for p in PORTS for a in ("--mode", f"reverse:http://127.0.0.1:{lab.esrs[p].port}@{ports[p]}")]
-    proxy = lab.faulty_proxy(ports)
     with lab.mitmdump(args + extra, listeners=len(PORTS)) as report:
-        results = lab.check(proxy.port)  # the report line is written before the client is answered
+        # the proxy after mitmdump: squid probes its cache_peers when it starts and shuns one that is not up yet
+        hop = lab.field_proxy(ports, tunnels=False)
+        results = lab.check(hop)  # the report line is written before the client is answered
         return [(r, addon_lines(report, f":{lab.esrs[p].port}/")) for r, p in zip(results, PORTS, strict=True)]
 
 
 def _upstream_chain(
     lab: Lab, targets: dict[int, servers.EsrsServer], extra: list[str], *, plain: bool = False
 ) -> list[tuple[CheckResult, list[str]]]:
-    proxy = lab.faulty_proxy({p: targets[p].port for p in PORTS})
+    hop = lab.field_proxy({p: targets[p].port for p in PORTS}, tunnels=True)
     port = servers.free_port()
-    args = ["-p", str(port), "--mode", f"upstream:http://127.0.0.1:{proxy.port}"]
+    args = ["-p", str(port), "--mode", f"upstream:http://127.0.0.1:{hop.port}"]
     with lab.mitmdump(args + extra) as report:
-        results = lab.plain_get(port) if plain else lab.check(port)
+        results = lab.plain_get(hop, port) if plain else lab.check(hop, port)
+        scheme = "http" if plain else "https"
         return [
-            (r, addon_lines(report, f"{HOST}:{p}/" if p != 443 or plain else f"{HOST}/"))
-            for r, p in zip(results, PORTS, strict=True)
+            (r, addon_lines(report, _url_part(scheme, *hop.targets[p]))) for r, p in zip(results, PORTS, strict=True)
         ]
 
 
@@ -163,6 +248,15 @@ def _is_field_alert(r: CheckResult) -> bool:
 
 def _judge_a(r: CheckResult, logged: list[str]) -> str:
     return "" if not r.passed and _is_field_alert(r) else "expected the raw alert 15 03 01 00 02 02 0a"
+
+
+def _judge_a_squid(r: CheckResult, logged: list[str]) -> str:
+    f = r.finding
+    wrapped = r.answer.status == 200 and f is not None and f.kind is Kind.TLS_WRAPPED_HTTP09
+    alert = wrapped and f is not None and f.records[0].alert is not None and f.records[0].alert.description == 10
+    if r.passed or not alert:
+        return "expected squid's 200 wrapping the alert 15 03 01 00 02 02 0a (X-Transformed-From: HTTP/0.9)"
+    return ""
 
 
 def _judge_b(r: CheckResult, logged: list[str]) -> str:
@@ -201,6 +295,12 @@ def _judge_healed(r: CheckResult, logged: list[str]) -> str:
     return "" if any("upgraded to TLS: HTTP 200" in line for line in logged) else "the addon reported no upgrade"
 
 
+def _judge_g_squid(r: CheckResult, logged: list[str]) -> str:
+    why = _judge_healed(r, logged)
+    wrapped = any("(wrapped in a proxy's HTTP/0.9 200) [upgraded" in line for line in logged)
+    return why or ("" if wrapped else "the addon did not see squid's HTTP/0.9 wrapping")
+
+
 def _judge_h(r: CheckResult, logged: list[str]) -> str:
     label = r.answer.label or ""
     if r.passed or r.answer.status != 502 or not label.startswith("upgrade failed: certificate verification failed"):
@@ -212,15 +312,17 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
         "A",
         "the field report",
-        "check -> faulty proxy -> ESRS server",
+        "check -> {proxy} -> ESRS server",
         "FAIL: the check gets the raw TLS alert",
         _scenario_a,
         _judge_a,
+        squid_expected="FAIL: squid wraps the TLS alert in a 200 of its own (X-Transformed-From: HTTP/0.9): no success",
+        squid_judge=_judge_a_squid,
     ),
     Scenario(
         "B",
         "mitmproxy + esrs-fix between proxy and server",
-        "check -> faulty proxy -> mitmdump (reverse, esrs-fix) -> ESRS server",
+        "check -> {proxy} -> mitmdump (reverse, esrs-fix) -> ESRS server",
         "FAIL, explained: a 502 carrying the decoded alert, and a WARNING in the log",
         lambda lab: _reverse_chain(lab, []),
         _judge_b,
@@ -228,39 +330,42 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
         "C",
         "as B with esrs_rewrite on",
-        "check -> faulty proxy -> mitmdump (reverse, esrs-fix, esrs_rewrite) -> ESRS server",
+        "check -> {proxy} -> mitmdump (reverse, esrs-fix, esrs_rewrite) -> ESRS server",
         "PASS on the labelled synthetic 200 (validation only: the server did not send it)",
         lambda lab: _reverse_chain(lab, ["--set", "esrs_rewrite=true"]),
         _judge_synthetic,
     ),
     Scenario(
         "D",
-        "mitmproxy in front of the faulty proxy",
-        "check -> mitmdump (upstream mode, esrs-fix) -> faulty proxy -> ESRS server",
+        "mitmproxy in front of the proxy",
+        "check -> mitmdump (upstream mode, esrs-fix) -> {proxy} -> ESRS server",
         "PASS for real: mitmproxy tunnels https:// with CONNECT, which the proxy handles correctly",
         lambda lab: _upstream_chain(lab, lab.esrs, ["--set", "ssl_insecure=true"]),
         _judge_d,
+        tunnels=True,
     ),
     Scenario(
         "E1",
         "a TLS-1.0-only server",
-        "check -> mitmdump (upstream mode, esrs-fix) -> faulty proxy -> TLS-1.0-only server",
+        "check -> mitmdump (upstream mode, esrs-fix) -> {proxy} -> TLS-1.0-only server",
         "FAIL, explained: the handshake ends in alert protocol_version (70), named in the log",
         lambda lab: _upstream_chain(lab, lab.tls10, ["--set", "ssl_insecure=true"]),
         _judge_e1,
+        tunnels=True,
     ),
     Scenario(
         "E2",
         "as E1 with esrs_rewrite on",
-        "check -> mitmdump (upstream mode, esrs-fix, esrs_rewrite) -> faulty proxy -> TLS-1.0-only server",
+        "check -> mitmdump (upstream mode, esrs-fix, esrs_rewrite) -> {proxy} -> TLS-1.0-only server",
         "PASS on the labelled synthetic 200",
         lambda lab: _upstream_chain(lab, lab.tls10, ["--set", "esrs_rewrite=true", "--set", "ssl_insecure=true"]),
         _judge_e2,
+        tunnels=True,
     ),
     Scenario(
         "F",
         "heal: mitmproxy sends the request again over TLS",
-        "check -> faulty proxy -> mitmdump (reverse, esrs-fix, esrs_upgrade) -> ESRS server",
+        "check -> {proxy} -> mitmdump (reverse, esrs-fix, esrs_upgrade) -> ESRS server",
         "PASS on the server's real answer (its own body), verified with the lab's CA",
         lambda lab: _reverse_chain(lab, _trusting(lab)),
         _judge_healed,
@@ -268,15 +373,19 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
         "G",
         "heal in upstream mode",
-        "client GET http://esrs.lab:PORT/ -> mitmdump (upstream mode, esrs_upgrade) -> faulty proxy -> ESRS server",
+        "client GET http://{host}:PORT/ -> mitmdump (upstream mode, esrs_upgrade) -> {proxy} -> ESRS server",
         "PASS on the server's real answer, through CONNECT on the same proxy",
         lambda lab: _upstream_chain(lab, lab.esrs, _trusting(lab), plain=True),
         _judge_healed,
+        tunnels=True,
+        squid_expected="PASS on the server's real answer: squid wraps the alert in an HTTP/0.9 200 of its own, the "
+        "addon sees through it and sends the request again through CONNECT",
+        squid_judge=_judge_g_squid,
     ),
     Scenario(
         "H",
         "heal, but the server's certificate is not trusted",
-        "check -> faulty proxy -> mitmdump (reverse, esrs_upgrade, no trusted CA) -> ESRS server",
+        "check -> {proxy} -> mitmdump (reverse, esrs_upgrade, no trusted CA) -> ESRS server",
         "FAIL closed: a 502 naming the certificate problem, never an unverified connection",
         lambda lab: _reverse_chain(lab, ["--set", "esrs_upgrade=true"]),
         _judge_h,
@@ -289,17 +398,18 @@ def run_scenarios(lab: Lab, keys: list[str] | None = None) -> list[Row]:
     chosen = [s for s in SCENARIOS if not keys or s.key in keys]
     for n, s in enumerate(chosen, 1):
         lab.progress(f"[{n}/{len(chosen)}] scenario {s.key}: {s.title}")
+        judge = s.judge_via(lab.proxy)
         for result, logged in s.run(lab):
-            why = s.judge(result, logged)
+            why = judge(result, logged)
             rows.append(
                 Row(
                     s.key,
                     s.title,
-                    s.chain,
+                    s.chain_via(lab.proxy),
                     result.url,
                     result.saw,
                     result.passed,
-                    s.expected,
+                    s.expected_via(lab.proxy),
                     not why,
                     "; ".join(logged) or "-",
                     why,
