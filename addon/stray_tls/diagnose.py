@@ -410,7 +410,7 @@ def _verdict(
     if shape is Shape.HTTP_OK:
         return Outcome.PASS, "the check would pass: the proxy answers GET https:// with HTTP 200"
     if shape is Shape.WRAPPED_HTTP09 and f is not None:
-        tls = "a TLS alert" if any(r.alert is not None for r in f.records) else "TLS records"
+        tls = f.what_came
         return Outcome.FAIL, (
             f"the HTTP {absolute.status} is no success: {_answered_by(a)} sent the request in plaintext to a TLS "
             f"port, got the server's TLS answer ({f.summary}) and wrapped it in an HTTP/0.9 answer of its own "

@@ -76,6 +76,11 @@ class Finding:
         """Whether a synthetic status may stand in for this answer (see REWRITABLE)."""
         return self.kind in REWRITABLE
 
+    @property
+    def what_came(self) -> str:
+        """The records in words for a sentence: "a TLS alert" when one of them is an alert."""
+        return "a TLS alert" if any(r.alert is not None for r in self.records) else "TLS records without an alert"
+
     def upgradable(self, method: str) -> bool:
         """Whether the request may be sent again over TLS after this answer (see UPGRADABLE)."""
         return self.kind in UPGRADABLE or (self.kind in UPGRADABLE_IF_SAFE and method.upper() in SAFE_METHODS)

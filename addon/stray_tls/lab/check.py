@@ -45,7 +45,6 @@ def _result(url: str, answer: Answer) -> CheckResult:
     saw, finding = describe(answer)
     wrapped = finding is not None and finding.kind in WRAPPING
     if wrapped and finding is not None and answer.status == 200:
-        tls = "a TLS alert" if any(r.alert is not None for r in finding.records) else "TLS records"
         who = product(answer) or "the proxy"
-        saw = f"the 200 is {who}'s wrapping of {tls}, not the server's answer: {saw}"
+        saw = f"the 200 is {who}'s wrapping of {finding.what_came}, not the server's answer: {saw}"
     return CheckResult(url, answer.status == 200 and not wrapped, answer, finding, saw)
