@@ -230,3 +230,72 @@ def test_the_tls_attempt_presents_mitmproxys_client_certificate(cert, start_serv
     refused = plaintext(without)
     assert refused.status == 502 and (refused.label or "").startswith("upgrade failed: "), refused.label
     assert server.tls_requests == 1  # the server refused the TLS client without a certificate
+
+
+class BigBodyServer(servers.TCPServer):
+    """A TLS port answering `GET` over TLS with `body`, and plaintext with the field alert (like the stand-in)."""
+
+    def __init__(self, cert: tuple[Path, Path], body: bytes) -> None:
+        super().__init__()
+        self.body = body
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(str(cert[0]), str(cert[1]))
+        self.tls_requests = 0
+        self.plaintext_bodies: list[bytes] = []
+
+    def handle(self, conn: socket.socket) -> None:
+        if conn.recv(1, socket.MSG_PEEK) != b"\x16":
+            head = servers.read_head(conn)
+            length = int(next((v for k, v in (line.split(b":", 1) for line in head.split(b"\r\n")[1:] if b":" in line)
+                               if k.strip().lower() == b"content-length"), b"0"))  # fmt: skip
+            received = head.split(b"\r\n\r\n", 1)[1]
+            while len(received) < length and (more := conn.recv(4096)):
+                received += more
+            self.plaintext_bodies.append(received[:length])
+            conn.sendall(servers.ALERT_TLS10)
+            return
+        with self.context.wrap_socket(conn, server_side=True) as tls:
+            servers.read_head(tls)
+            self.tls_requests += 1
+            tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(self.body))
+            tls.sendall(self.body)
+
+
+def test_a_large_answer_is_healed_whole_when_mitmproxy_streams_bodies(cert, start_server, mitmdump) -> None:
+    """With stream_large_bodies, the TLS attempt's body streams; it is kept, not dropped, and the client gets it."""
+    body = bytes(range(256)) * 1024  # 256 KiB
+    server = start_server(BigBodyServer(cert, body))
+    args, (port,) = reverse_modes([f"http://127.0.0.1:{server.port}"])
+    mitmdump([*args, "--set", "esrs_upgrade=true", "--set", f"ssl_verify_upstream_trusted_ca={cert[0]}",
+              "--set", "stream_large_bodies=1k"])  # fmt: skip
+    for label in ("upgraded; ", "upgraded (learned); "):
+        answer = plaintext(port)
+        assert answer.status == 200 and (answer.label or "").startswith(label), answer.label
+        assert answer.body == body
+    assert server.tls_requests == 2
+
+
+def test_a_body_over_body_size_limit_is_not_healed(cert, start_server, mitmdump) -> None:
+    server = start_server(BigBodyServer(cert, b"x" * 200_000))
+    args, (port,) = reverse_modes([f"http://127.0.0.1:{server.port}"])
+    mitmdump([*args, "--set", "esrs_upgrade=true", "--set", f"ssl_verify_upstream_trusted_ca={cert[0]}",
+              "--set", "body_size_limit=100k"])  # fmt: skip
+    answer = plaintext(port)
+    assert answer.status == 502 and (answer.label or "").startswith("upgrade failed: "), answer.label
+
+
+def test_a_post_whose_body_mitmproxy_streamed_is_not_sent_again(cert, start_server, mitmdump, tmp_path) -> None:
+    """mitmproxy keeps no copy of a streamed request body: re-sending would send the request without it."""
+    server = start_server(BigBodyServer(cert, b"ok"))
+    report = tmp_path / "report.jsonl"
+    args, (port,) = reverse_modes([f"http://127.0.0.1:{server.port}"])
+    # 2k: the 4,000-byte request body streams, the addon's 502 for the alert (about 650 bytes) does not
+    mitmdump([*args, "--set", "esrs_upgrade=true", "--set", f"ssl_verify_upstream_trusted_ca={cert[0]}",
+              "--set", "stream_large_bodies=2k", "--set", f"esrs_report={report}"])  # fmt: skip
+    body = b"x" * 4000
+    head = b"POST / HTTP/1.1\r\nHost: localhost\r\nContent-Length: 4000\r\nConnection: close\r\n\r\n"
+    answer = exchange(("127.0.0.1", port), head + body, TIMEOUT)
+    assert answer.status == 502 and (answer.label or "").startswith("detected; "), answer.label
+    assert server.tls_requests == 0 and server.plaintext_bodies == [body]
+    (entry,) = report_lines(report)
+    assert entry["upgraded"] is False and entry["upgrade"] is None

@@ -12,9 +12,11 @@ from collections.abc import Awaitable, Sequence
 from typing import Any, Optional
 
 from mitmproxy import command, ctx, exceptions, flowfilter, http, tls
+from mitmproxy import flow as flow_module
 from mitmproxy.addonmanager import Loader
 from mitmproxy.net.http import status_codes
 from mitmproxy.proxy import server_hooks
+from mitmproxy.utils import human
 
 from . import compat, contentview, records, text
 from . import findings as fnd
@@ -61,6 +63,8 @@ class EsrsFix:
         self.learned = LearnedTargets()
         # Flows sent over TLS at once because their target is learned, by flow id, until their response or error.
         self._learned_flows: dict[str, tuple[Target, Entry]] = {}
+        # The bodies of TLS attempts, kept as they stream in, by the attempt's flow id until its decision.
+        self._heal_bodies: dict[str, _HealBody] = {}
         self.early = EarlyDetection(self._on_records, self._claim_error_answer)
         # Failed TLS handshakes with an upstream, by server connection id, for the flow's error hook.
         self._tls_failures: dict[str, Finding] = {}
@@ -229,20 +233,22 @@ class EsrsFix:
     # Hooks that may need to wait for a TLS attempt return an awaitable then, and None otherwise: mitmproxy awaits
     # what a hook returns, and clean traffic creates no coroutine.
 
-    def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        # Here, not in `request`: a request whose body mitmproxy streams is connected and sent before `request` runs.
         if not self.learned or not ctx.options.esrs_upgrade or not flow.live or flow.request.scheme != "http":
-            return None  # clean traffic with nothing learned pays one length test
+            return  # clean traffic with nothing learned pays one length test
         if HEAL_METADATA_KEY in flow.metadata or flow.response is not None:
-            return None
+            return
         target = _target(flow)
         entry = self.learned.lookup(target)
         if entry is None or not self._in_scope(flow):
-            return None
+            return
         # mitmproxy's own connection from here on: TLS to the same host and port (CONNECT through the upstream proxy
         # in upstream mode), verified as any upstream, the body streamed as mitmproxy streams it.
         flow.request.scheme = "https"
+        if flow.request.http_version.startswith("HTTP/1"):
+            flow.request.authority = ""  # origin-form inside TLS, as for mitmproxy's own https flows
         self._learned_flows[flow.id] = (target, entry)
-        return None
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         # Only the addon may label an answer: an upstream's own X-ESRS-Fix is renamed before the client sees it
@@ -267,16 +273,19 @@ class EsrsFix:
             )
 
         if HEAL_METADATA_KEY in flow.metadata:
-            response.stream = False  # the healed flow's client gets this body whole, from the response hook
-        elif (learned := self._learned_flows.get(flow.id)) is not None:
+            # The TLS attempt's body: kept as it streams in (the replay's own client drops it), whole or not at all.
+            response.stream = self._heal_bodies.setdefault(flow.id, _HealBody(_body_limit()))
+        elif (learned := self._learned_flows.get(flow.id)) is not None and flow.server_conn.tls_established:
             self._labelled(response, f"upgraded (learned); {learned[1].plaintext_answer}")  # before a streamed body
 
     def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         if flow.response is None or not flow.live or HEAL_METADATA_KEY in flow.metadata:
             return None  # history (a flow read back with -r keeps what it recorded), or esrs-fix's own TLS attempt
         if (learned := self._learned_flows.pop(flow.id, None)) is not None:
-            self._served_learned(flow, *learned)
-            return None
+            if flow.server_conn.tls_established and flow.response in self._ours:
+                self._served_learned(flow, *learned)
+                return None
+            self.learned.forget(learned[0])  # it did not go over TLS after all: judge the answer as any other
         finding = self._made.pop(flow.response, None) if self._made else None
         if finding is None:
             # Late faces: a server's "plain HTTP to HTTPS port" page, or TLS records relayed as a body.
@@ -290,21 +299,25 @@ class EsrsFix:
             finding = fnd.from_response(response.status_code, content, response.headers.get("x-transformed-from"))
             if finding is None:
                 return None
-        return self._decide(flow, finding, may_replace=True)
+        # A streamed answer is already on its way to the client: it can be reported, not replaced.
+        return self._decide(flow, finding, may_replace=not flow.response.stream)
 
     # -- public-hook fallbacks
 
     def error(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         if (learned := self._learned_flows.pop(flow.id, None)) is not None:
-            self._learned_failed(flow, *learned)
+            killed = flow.error is not None and flow.error.msg == flow.error.KILLED_MESSAGE
+            if not flow.server_conn.tls_established and not killed:  # TLS itself failed, not the client or a user
+                self._learned_failed(flow, *learned)
             return None
         if flow.error is None or flow.response is not None or not flow.live or HEAL_METADATA_KEY in flow.metadata:
             return None
         finding = self._tls_failures.pop(flow.server_conn.id, None) or compat.finding_from_error(flow.error.msg)
         if finding is None:
             return None
-        # Only the early detection's send wrapper can put an answer in place of mitmproxy's error page.
-        return self._decide(flow, finding, may_replace=self.early.active, error_path=True)
+        # Only the early detection's send wrapper (HTTP/1 clients) can put an answer in place of mitmproxy's error page.
+        may_replace = self.early.active and flow.request.http_version.startswith("HTTP/1")
+        return self._decide(flow, finding, may_replace=may_replace, error_path=True)
 
     def _claim_error_answer(self, request: http.Request) -> http.Response | None:
         return self._error_answers.pop(request, None)
@@ -380,7 +393,9 @@ class EsrsFix:
         Returns an awaitable when a TLS attempt has to be waited for.
         """
         in_scope = may_replace and self._in_scope(flow)
-        if in_scope and ctx.options.esrs_upgrade and finding.upgradable(flow.request.method):
+        # Only a plaintext request whose body mitmproxy kept can be sent again as it was.
+        resendable = flow.request.scheme == "http" and flow.request.raw_content is not None
+        if in_scope and ctx.options.esrs_upgrade and resendable and finding.upgradable(flow.request.method):
             return self._heal(flow, finding, in_scope, error_path)
         self._settle(flow, finding, in_scope, None, error_path)
         return None
@@ -393,12 +408,20 @@ class EsrsFix:
         self, flow: http.HTTPFlow, finding: Finding, in_scope: bool, heal: http.HTTPFlow | None, error_path: bool
     ) -> None:
         """Give the client its answer after the TLS attempt (if any), then log, mark and record."""
-        healed = heal is not None and heal.response is not None
+        body = self._heal_bodies.pop(heal.id, None) if heal is not None else None
+        if heal is not None and heal.error is None and body is not None and body.too_large:
+            heal.error = flow_error(f"the answer over TLS is larger than body_size_limit ({body.limit} bytes)")
+        if heal is not None and heal.response is not None and heal.response in self._ours:
+            heal.error = flow_error("the answer over TLS was not HTTP either")  # esrs-fix's own 502 for the copy
+        healed = heal is not None and heal.error is None and heal.response is not None
         failure = _upgrade_failure(heal) if heal is not None and not healed else None
         rewritten = not healed and in_scope and ctx.options.esrs_rewrite and finding.rewritable
         if healed:
             assert heal is not None and heal.response is not None
-            flow.response = self._labelled(heal.response.copy(), f"upgraded; {finding.summary}")
+            answer = heal.response.copy()
+            if body is not None:
+                answer.raw_content = bytes(body.kept)
+            flow.response = self._labelled(answer, f"upgraded; {finding.summary}")
         elif rewritten:
             flow.response = self._labelled(rewritten_response(finding, ctx.options.esrs_status, failure))
         elif failure is not None and finding.kind in fnd.UPGRADABLE:
@@ -487,6 +510,32 @@ class EsrsFix:
                     **meta,
                 }
             )
+
+
+class _HealBody:
+    """A TLS attempt's response body, kept chunk by chunk (mitmproxy's stream callable), up to `limit` bytes."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self.kept = bytearray()
+        self.too_large = False
+
+    def __call__(self, chunk: bytes) -> bytes:
+        if not self.too_large:
+            if self.limit is not None and len(self.kept) + len(chunk) > self.limit:
+                self.too_large, self.kept = True, bytearray()
+            else:
+                self.kept += chunk
+        return chunk
+
+
+def _body_limit() -> int | None:
+    """mitmproxy's body_size_limit in bytes (None: no limit), which a streamed body would otherwise escape."""
+    return human.parse_size(ctx.options.body_size_limit) if ctx.options.body_size_limit else None
+
+
+def flow_error(message: str) -> flow_module.Error:
+    return flow_module.Error(message)
 
 
 def _target(flow: http.HTTPFlow) -> Target:

@@ -509,14 +509,21 @@ async def resend_over_tls(flow: http.HTTPFlow, options: Any, timeout: float, mar
 
     mitmproxy's `ReplayHandler` (the engine of `replay.client`) opens the connection: in upstream mode it tunnels
     through the upstream proxy with CONNECT; the TLS handshake goes through the `tls_start_server` hook like any
-    other, so `ssl_insecure`, `ssl_verify_upstream_trusted_ca`/`_confdir` and client certificates apply; SNI and
-    the certificate check use the request's host name (`pretty_host`). Every addon sees the copy as a replayed
-    flow; `metadata[marker_key]` holds the original flow's id so that esrs-fix can tell it apart.
+    other, so `ssl_insecure`, `ssl_verify_upstream_trusted_ca`/`_confdir` and client certificates apply. SNI and the
+    certificate check use the request's host (`request.host`), the name mitmproxy itself uses when the same request
+    goes out as https:// (the learned path), so that both paths verify the same name. Every addon sees the copy as
+    a replayed flow; `metadata[marker_key]` holds the original flow's id so that esrs-fix can tell it apart.
+
+    The copy is answered only when its response is complete (`handler.done`); a timeout or a route that differs
+    from the flow's own (ReplayHandler follows the first `--mode` only) sets `copy.error` instead.
     """
+    from mitmproxy import flow as mflow
     from mitmproxy.addons.clientplayback import ReplayHandler
 
     copy = flow.copy()
     copy.request.scheme = "https"
+    if copy.request.http_version.startswith("HTTP/1"):
+        copy.request.authority = ""  # origin-form inside the TLS connection, as for mitmproxy's own https flows
     copy.response = None
     copy.error = None
     copy.marked = ""
@@ -524,14 +531,21 @@ async def resend_over_tls(flow: http.HTTPFlow, options: Any, timeout: float, mar
     copy.metadata = {marker_key: flow.id}
     copy.is_replay = "request"
     handler = ReplayHandler(copy, options)
+    handler.layer.context.server.sni = flow.request.host
+    mode = flow.client_conn.proxy_mode
+    route = (mode.scheme, mode.address) if getattr(mode, "type_name", "") == "upstream" else None  # type: ignore[attr-defined]
+    if handler.layer.context.server.via != route:
+        copy.error = mflow.Error("not sent again: mitmproxy's replay would take another route than this flow's mode")
+        return copy
     try:
         await asyncio.wait_for(handler.replay(), timeout)
     except TimeoutError:
-        for transport in list(handler.transports.values()):  # the connection it opened, if any
-            if transport.handler:
-                transport.handler.cancel()
-        if copy.response is None and copy.error is None:
-            from mitmproxy import flow as mflow
-
-            copy.error = mflow.Error(f"no answer over TLS within {timeout:.0f} s")
+        pass
+    finally:
+        if not handler.done.is_set():  # timed out, or cancelled (shutdown): end the connection it opened
+            for transport in list(handler.transports.values()):
+                if transport.handler:
+                    transport.handler.cancel()
+    if copy.error is None and not handler.done.is_set():
+        copy.error = mflow.Error(f"no complete answer over TLS within {timeout:.0f} s")
     return copy
