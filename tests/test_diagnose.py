@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import ssl
 import subprocess
 import sys
 from urllib.parse import quote
@@ -304,3 +305,81 @@ def test_credentials_go_on_every_probe(start_server) -> None:
     assert [h.split(b" ", 1)[0] for h in seen] == [b"GET", b"CONNECT", b"CONNECT"]
     assert all(f"Proxy-Authorization: Basic {token}\r\n".encode() in h for h in seen)
     assert "p:w" not in p.stdout + p.stderr and token not in p.stdout + p.stderr
+
+
+# -- answers found by a review: the server's own status, old TLS, portals, interim answers, bad input -------------
+
+
+class StatusServer(servers.TCPServer):
+    """A TLS server answering every `GET` with `status` (a server behind a correct proxy that refuses `/`)."""
+
+    def __init__(self, cert, status: bytes) -> None:
+        super().__init__()
+        self.status = status
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(str(cert[0]), str(cert[1]))
+
+    def handle(self, conn) -> None:
+        with self.context.wrap_socket(conn, server_side=True) as tls:
+            servers.read_head(tls)
+            tls.sendall(b"HTTP/1.1 %s\r\nServer: Apache-Coyote/1.1\r\nContent-Length: 0\r\n\r\n" % self.status)
+
+
+def test_the_servers_own_refusal_is_not_blamed_on_the_proxy(cert, start_server) -> None:
+    server = start_server(StatusServer(cert, b"403 Forbidden"))
+    proxy = start_server(servers.FaultyProxy({("esrs.lab", 443): ("127.0.0.1", server.port)}, well_behaved=True))
+    p = check("--proxy", f"127.0.0.1:{proxy.port}", "esrs.lab", "--port", "443", "--timeout", "5")
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert "verdict: the server itself answers HTTP/1.1 403 Forbidden" in p.stdout
+    assert "refused GET https:// itself" not in p.stdout
+
+
+def test_a_tls10_only_server_behind_the_proxy_is_reachable(cert, start_server) -> None:
+    old = start_server(servers.EsrsServer(cert, servers.EsrsBehaviour(tls10_only=True)))
+    proxy = start_server(servers.FaultyProxy({("esrs.lab", 443): ("127.0.0.1", old.port)}))
+    p = check("--proxy", f"127.0.0.1:{proxy.port}", "esrs.lab", "--port", "443", "--timeout", "5")
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert "CONNECT works, so the server is reachable" in p.stdout and "fix the proxy's handling" in p.stdout
+
+
+def test_a_login_portal_redirect_says_where_it_points(start_server) -> None:
+    portal = b"HTTP/1.1 302 Found\r\nLocation: http://login.corp.example/portal?u=1\r\nContent-Length: 0\r\n\r\n"
+    proxy = _scripted(start_server, portal)
+    p = check("--proxy", f"127.0.0.1:{proxy.port}", "esrs.lab", "--port", "443", "--timeout", "3")
+    assert p.returncode == 1
+    assert "Location: http://login.corp.example/portal?u=1: probably the proxy's login or consent page" in p.stdout
+
+
+def test_an_interim_100_continue_is_not_the_answer(start_server) -> None:
+    answer = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    proxy = _scripted(start_server, answer)
+    p = check("--proxy", f"127.0.0.1:{proxy.port}", "esrs.lab", "--port", "443", "--timeout", "3", "--json")
+    assert p.returncode == 0, p.stdout
+    assert _port(json.loads(p.stdout))["probes"][0]["status"] == 200
+
+
+def test_a_password_that_looks_like_a_scheme_is_still_redacted() -> None:
+    p = check("--proxy", "http://bob:x://y@proxy.example", "esrs.lab")
+    assert p.returncode == 2 and "x://y" not in p.stdout + p.stderr and "bob:***@" in p.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--proxy", "127.0.0.1:70000", "esrs.lab"], "port 70000 is not a TCP port"),
+        (["--proxy", "127.0.0.1:3128", "esrs.lab", "--port", "70000"], "--port 70000 is not a TCP port"),
+        (["--proxy", "127.0.0.1:3128", "esrs..lab"], "'esrs..lab' is not a host name"),
+        (["--proxy", "socks5://127.0.0.1:1080", "esrs.lab"], "only http:// proxies are supported"),
+    ],
+)
+def test_bad_ports_hosts_and_schemes_get_a_sentence(args: list[str], words: str) -> None:
+    p = check(*args)
+    assert p.returncode == 2 and words in p.stderr and "Traceback" not in p.stderr, p.stderr
+
+
+def test_an_endless_answer_is_read_only_so_far(start_server) -> None:
+    from stray_tls import wire
+
+    flood = start_server(servers.ScriptedServer(lambda head: [b"\x17\x03\x03\x40\x00" + b"x" * 16384] * 256, gap=0))
+    answer = wire.exchange(("127.0.0.1", flood.port), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 20)
+    assert wire.MAX_ANSWER <= len(answer.raw) < wire.MAX_ANSWER + 65536 and not answer.timed_out

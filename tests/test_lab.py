@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -180,3 +182,34 @@ def test_the_check_counts_a_proxys_wrapped_200_as_the_fail_it_is(start_server) -
     r = run_check(("127.0.0.1", proxy.port), "127.0.0.1", 443, timeout=5)
     assert r.answer.status == 200 and not r.passed
     assert r.saw.startswith("the 200 is squid/5.7's wrapping of a TLS alert, not the server's answer: HTTP/1.1 200 OK")
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if text.encode() in cmdline.read_bytes():
+                found.append(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_sigterm_stops_every_process_the_lab_started(tmp_path) -> None:
+    """A CI timeout or `kill` sends SIGTERM: the lab unwinds as on Ctrl-C, and its mitmdump goes with it."""
+    lab = subprocess.Popen(
+        [sys.executable, "-m", "stray_tls.main", "lab", "--only", "D", "--workdir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    log = tmp_path / "mitmdump-1.log"
+    deadline = time.monotonic() + 60
+    while not (log.exists() and "listening at" in log.read_text(errors="replace")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _processes_mentioning(str(tmp_path)), "the lab's mitmdump should be running by now"
+    lab.send_signal(signal.SIGTERM)  # our own process, by its id
+    lab.wait(timeout=60)
+    left = _processes_mentioning(str(tmp_path))
+    for pid in left:  # what the lab failed to stop is still ours to end (it names our temporary directory)
+        os.kill(pid, signal.SIGKILL)
+    assert left == []

@@ -67,6 +67,14 @@ def cmd_check(args: argparse.Namespace) -> int:
     if args.timeout <= 0:
         print("esrs-fix check: --timeout must be positive", file=sys.stderr)
         return 2
+    if bad := [p for p in args.port or [] if not 0 < p < 65536]:
+        print(f"esrs-fix check: --port {bad[0]} is not a TCP port (1-65535)", file=sys.stderr)
+        return 2
+    try:
+        args.host.encode("idna")
+    except UnicodeError:
+        print(f"esrs-fix check: {args.host!r} is not a host name", file=sys.stderr)
+        return 2
     credentials = _check_credentials(proxy, args.proxy_user)
     if isinstance(credentials, str):
         print(f"esrs-fix check: {credentials}", file=sys.stderr)
@@ -76,10 +84,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     as_user = f" as user {credentials.user!r}" if credentials else ""
     for port in ports:
         if not args.json:
-            print(
-                f"checking https://{args.host}:{port}/ through {proxy.host}:{proxy.port}{as_user} ...",
-                file=sys.stderr,
-            )
+            where = f"[{proxy.host}]:{proxy.port}" if ":" in proxy.host else f"{proxy.host}:{proxy.port}"
+            print(f"checking https://{args.host}:{port}/ through {where}{as_user} ...", file=sys.stderr)
         results.append(
             diagnose.check_port(
                 proxy.address, args.host, port, args.timeout, direct=args.direct, credentials=credentials
@@ -202,7 +208,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
         help="diagnose a proxy from the customer's side: what the ESRS check does, plus probes",
         description="Send what the ESRS check sends (absolute-form GET https://HOST:PORT/) through the proxy, then "
         "CONNECT+TLS and CONNECT+plaintext probes, and say which hop is at fault. Exit status: 0 the check would "
-        "pass, 1 it would fail, 2 bad arguments, 3 could not test (the proxy is unreachable).",
+        "pass, 1 it would fail, 2 bad arguments, 3 could not test (the proxy is unreachable, or wants credentials "
+        "it was not given).",
     )
     p.add_argument(
         "--proxy",

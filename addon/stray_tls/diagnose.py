@@ -12,6 +12,7 @@ anything this module returns.
 from __future__ import annotations
 
 import base64
+import contextlib
 import enum
 import html
 import re
@@ -147,8 +148,8 @@ def shape_of(a: Answer, f: Finding | None) -> Shape:
 def _connect(proxy: tuple[str, int], timeout: float) -> socket.socket | str:
     try:
         return socket.create_connection(proxy, timeout=timeout)
-    except OSError as e:
-        return f"cannot connect to the proxy {proxy[0]}:{proxy[1]}: {e.strerror or e}"
+    except (OSError, UnicodeError) as e:  # UnicodeError: a host name the IDNA codec refuses (`proxy..corp`)
+        return f"cannot connect to the proxy {proxy[0]}:{proxy[1]}: {getattr(e, 'strerror', None) or e}"
 
 
 def _auth(credentials: Credentials | None) -> str:
@@ -203,9 +204,13 @@ def _tls_get(sock: socket.socket, host: str, timeout: float) -> tuple[Answer | N
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE  # reachability, not trust: the customer's CA is not ours to judge
+    with contextlib.suppress(ssl.SSLError, ValueError):  # and old servers too (TLS 1.0 only): reachable is reachable
+        context.minimum_version = ssl.TLSVersion.TLSv1
+        context.set_ciphers("DEFAULT:@SECLEVEL=0")
+    sock.settimeout(timeout)  # the handshake's own budget, not what reading the CONNECT answer left over
     try:
         tls = context.wrap_socket(sock, server_hostname=host)
-    except (ssl.SSLError, OSError) as e:
+    except (ssl.SSLError, OSError, UnicodeError) as e:
         f = findings.from_tls_error(str(e))
         return None, f"TLS handshake failed: {f.summary if f else e}"
     with tls:
@@ -249,8 +254,8 @@ def probe_direct(host: str, port: int, timeout: float) -> Probe:
     name = "direct TLS (no proxy)"
     try:
         sock = socket.create_connection((host, port), timeout=timeout)
-    except OSError as e:
-        return Probe(name, f"cannot connect: {e.strerror or e}", False, shape=Shape.UNREACHABLE)
+    except (OSError, UnicodeError) as e:
+        return Probe(name, f"cannot connect: {getattr(e, 'strerror', None) or e}", False, shape=Shape.UNREACHABLE)
     with sock:
         a, tls_said = _tls_get(sock, host, timeout)
     if a is None:
@@ -299,7 +304,7 @@ def product(a: Answer | None) -> str | None:
 
 
 _TITLE = re.compile(rb"<title[^>]*>(.*?)</title>", re.I | re.S)
-_PARAGRAPH = re.compile(rb"<(p|h1|h2)[^>]*>(.*?)</\1>", re.I | re.S)
+_PARAGRAPH = re.compile(rb"<(p|h1|h2)\b[^>]*>(.*?)</\1\s*>", re.I | re.S)  # not <pre>: it may echo the request
 _TAG = re.compile(r"<[^>]+>")
 #: Lines of error pages that say nothing about this error (squid's, tinyproxy's).
 _BOILERPLATE = ("Generated ", "Your cache administrator", "The following error was encountered")
@@ -337,6 +342,8 @@ def _answered_by(a: Answer | None) -> str:
 
 def _page(a: Answer | None) -> str:
     details = []
+    if a is not None and a.status in (301, 302, 303, 307, 308) and (location := a.header("location")):
+        details.append(f"Location: {location}: probably the proxy's login or consent page")
     if a is not None and (squid := a.header("x-squid-error")):
         details.append(f"X-Squid-Error: {squid}")
     if summary := page_summary(a):
@@ -400,15 +407,29 @@ def _verdict(
 ) -> tuple[Outcome, str]:
     if absolute.shape is Shape.PROXY_AUTH_REQUIRED:
         return _auth_verdict(absolute, credentials)
-    connect = (
-        "CONNECT works, so the server is reachable" if tunnel.ok else f"CONNECT does not work either ({tunnel.what})"
+    if tunnel.ok:
+        connect = "CONNECT works, so the server is reachable"
+    elif tunnel.shape is Shape.TLS_FAILED:
+        connect = f"CONNECT works, but the TLS handshake with the server failed ({tunnel.what})"
+    else:
+        connect = f"CONNECT does not work either ({tunnel.what})"
+    fix = (
+        "fix the proxy's handling of https:// URLs or bypass the check"
+        if tunnel.ok or tunnel.shape is Shape.TLS_FAILED
+        else "fix the proxy"
     )
-    fix = "fix the proxy's handling of https:// URLs or bypass the check" if tunnel.ok else "fix the proxy"
     f = absolute.finding
     a = absolute.answer
     shape = absolute.shape
     if shape is Shape.HTTP_OK:
         return Outcome.PASS, "the check would pass: the proxy answers GET https:// with HTTP 200"
+    same_answer = tunnel.ok and absolute.status is not None and tunnel.status == absolute.status
+    if same_answer and shape in (Shape.PROXY_REFUSED, Shape.PROXY_UPSTREAM_ERROR, Shape.HTTP_OTHER):
+        return Outcome.FAIL, (
+            f"the server itself answers {absolute.what}{_page(a)}: through CONNECT and TLS it says the same "
+            f"(HTTP {tunnel.status}), so the proxy fetched https:// correctly (or a TLS-inspecting proxy answers "
+            "both); the check fails on the server's answer to GET /, not on the proxy"
+        )
     if shape is Shape.WRAPPED_HTTP09 and f is not None:
         tls = f.what_came
         return Outcome.FAIL, (

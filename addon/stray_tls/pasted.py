@@ -45,12 +45,21 @@ def _looks_like_offset_first(line: str) -> bool:
     return bool(re.match(r"^\s*0{4,8}:?\s", line))
 
 
+class PortError(ValueError):
+    """A number that is no TCP port."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(f"port {port} is not a TCP port (1-65535)")
+
+
 def parse_hostport(text: str) -> tuple[str, int]:
     """`http://proxy:3128`, `proxy:3128` or `[::1]:3128` -> (host, port); ValueError with a sentence otherwise."""
     rest = text.split("://", 1)[-1].rstrip("/")
     host, sep, port = rest.rpartition(":")
-    if not sep or not port.isdigit() or not host.strip("[]"):
+    if not sep or not (port.isascii() and port.isdigit()) or not host.strip("[]"):
         raise ValueError(f"expected http://HOST:PORT or HOST:PORT, got {text!r}")
+    if not 0 < int(port) < 65536:
+        raise PortError(int(port))
     return host.strip("[]"), int(port)
 
 
@@ -74,7 +83,9 @@ class ProxyAddress:
 def parse_proxy(text: str) -> ProxyAddress:
     """`http://user:pass@proxy:3128`, `http://proxy:3128`, `proxy:3128` -> ProxyAddress; ValueError with a sentence
     that never repeats the password."""
-    rest = text.split("://", 1)[-1]
+    scheme, rest = _scheme(text)
+    if scheme not in ("", "http://"):
+        raise ValueError(f"only http:// proxies are supported, got {redact_proxy(text)!r}")
     userinfo, at, hostport = rest.rpartition("@")
     user = password = None
     if at:
@@ -85,6 +96,8 @@ def parse_proxy(text: str) -> ProxyAddress:
             raise ValueError(f"no user name before '@' in {redact_proxy(text)!r}; give http://USER:PASSWORD@HOST:PORT")
     try:
         host, port = parse_hostport(hostport)
+    except PortError as e:
+        raise ValueError(f"{e}, in {redact_proxy(text)!r}") from None
     except ValueError:
         raise ValueError(
             f"expected http://HOST:PORT, http://USER:PASSWORD@HOST:PORT or HOST:PORT, got {redact_proxy(text)!r}"
@@ -92,13 +105,22 @@ def parse_proxy(text: str) -> ProxyAddress:
     return ProxyAddress(host, port, user, password)
 
 
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def _scheme(text: str) -> tuple[str, str]:
+    """(`http://` or whatever scheme the URL starts with, lower-cased, or "", the rest); the first `://` only."""
+    m = _SCHEME.match(text)
+    return (m.group(0).lower(), text[m.end() :]) if m else ("", text)
+
+
 def redact_proxy(text: str) -> str:
-    """The proxy URL with any password replaced by `***`."""
-    scheme, sep, rest = text.rpartition("://")
+    """The proxy URL with any password replaced by `***` (the same split as parse_proxy's, so nothing escapes)."""
+    scheme, rest = _scheme(text)
     userinfo, at, hostport = rest.rpartition("@")
     if not at or ":" not in userinfo:
         return text
-    return f"{scheme}{sep}{userinfo.partition(':')[0]}:***@{hostport}"
+    return f"{text[: len(scheme)]}{userinfo.partition(':')[0]}:***@{hostport}"
 
 
 def parse_route(text: str) -> tuple[tuple[str, int], tuple[str, int]]:

@@ -57,10 +57,15 @@ def exchange(address: tuple[str, int], request: bytes, timeout: float) -> Answer
         return send_and_read(sock, request, deadline)
 
 
+#: How much of an answer is read at most: enough for any head and error page, and the output stays readable.
+MAX_ANSWER = 1 << 20
+
+
 def send_and_read(sock: socket.socket, request: bytes, deadline: float, *, head_only: bool = False) -> Answer:
     """Send `request` on a connected socket (plain or TLS) and read one answer before `deadline`.
 
-    `head_only` stops at the end of the head (a CONNECT answer, after which the tunnel begins).
+    `head_only` stops at the end of the head (a CONNECT answer, after which the tunnel begins). At most
+    `MAX_ANSWER` bytes are read.
     """
     data = b""
     timed_out = False
@@ -78,6 +83,8 @@ def send_and_read(sock: socket.socket, request: bytes, deadline: float, *, head_
             data += chunk
             if (head_only and data.endswith(b"\r\n\r\n")) or (not head_only and _complete(data)):
                 break
+            if len(data) >= MAX_ANSWER:
+                break
     except TimeoutError:
         timed_out = True
     except OSError as e:
@@ -85,12 +92,23 @@ def send_and_read(sock: socket.socket, request: bytes, deadline: float, *, head_
     return _parse(data, timed_out)
 
 
+def _final(data: bytes) -> bytes:
+    """`data` from its final answer on: interim 1xx heads (100 Continue, 103 Early Hints) skipped; 101 is final."""
+    while data[9:10] == b"1" and data[9:12] != b"101" and data.startswith(b"HTTP/"):
+        head_end = data.find(b"\r\n\r\n")
+        if head_end < 0:
+            return data
+        data = data[head_end + 4 :]
+    return data
+
+
 def _complete(data: bytes) -> bool:
+    data = _final(data)
     head, sep, body = data.partition(b"\r\n\r\n")
     if not sep or not data.startswith(b"HTTP/"):
         return False
     status = head[9:12]
-    if status.startswith(b"1") or status in (b"204", b"304"):
+    if status in (b"101", b"204", b"304"):
         return True
     for line in head.split(b"\r\n")[1:]:
         name, _, value = line.partition(b":")
@@ -131,7 +149,7 @@ def _parse(data: bytes, timed_out: bool, error: str = "") -> Answer:
     answer = Answer(data, timed_out=timed_out, error=error)
     if not data.startswith(b"HTTP/"):
         return answer
-    head, _, body = data.partition(b"\r\n\r\n")
+    head, _, body = _final(data).partition(b"\r\n\r\n")
     lines = head.split(b"\r\n")
     answer.status_line = lines[0].decode("latin-1")
     parts = answer.status_line.split(" ", 2)

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import sys
 import textwrap
 import threading
@@ -88,6 +89,10 @@ def _progress(message: str) -> None:
     print(f"[lab] {message}", file=sys.stderr, flush=True)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def cmd_lab(args: argparse.Namespace) -> int:
     keys = [k.strip().upper() for k in args.only.split(",")] if args.only else None
     known = {s.key for s in SCENARIOS}
@@ -109,12 +114,16 @@ def cmd_lab(args: argparse.Namespace) -> int:
             f"mitmproxy {mitmproxy_version.VERSION}, Python {sys.version.split()[0]}, work dir {workdir}, "
             f"proxy in the field: {args.proxy}"
         )
+        # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so that every process the lab started is stopped.
+        previous = signal.signal(signal.SIGTERM, _interrupt)
         try:
             with Lab(workdir, timeout=args.timeout, progress=_progress, proxy=args.proxy) as lab:
                 rows = run_scenarios(lab, keys)
         except (proxies.ProxyFailed, MitmError) as e:
             print(f"esrs-fix lab: {e}", file=sys.stderr)
             return 1
+        finally:
+            signal.signal(signal.SIGTERM, previous)
     if args.json:
         out = {"passed": all(r.ok for r in rows), "proxy": args.proxy, "rows": rows_as_dicts(rows)}
         print(json.dumps(out, indent=2))

@@ -52,15 +52,20 @@ class Mitmdump:
             self.process = subprocess.Popen(
                 self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
             )
-        deadline = time.monotonic() + self.startup_timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise MitmError(f"{self.tool} exited with status {self.process.returncode}:\n{self.log_tail()}")
-            if self.log().count("listening at") >= self.listeners:
-                return self
-            time.sleep(0.05)
-        self.stop()
-        raise MitmError(f"{self.tool} did not start listening within {self.startup_timeout:.0f} s:\n{self.log_tail()}")
+        try:
+            deadline = time.monotonic() + self.startup_timeout
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise MitmError(f"{self.tool} exited with status {self.process.returncode}:\n{self.log_tail()}")
+                if self.log().count("listening at") >= self.listeners:
+                    return self
+                time.sleep(0.05)
+            raise MitmError(
+                f"{self.tool} did not start listening within {self.startup_timeout:.0f} s:\n{self.log_tail()}"
+            )
+        except BaseException:  # not up, or interrupted while waiting: stop it, by its own process id
+            self.stop()
+            raise
 
     def log(self) -> str:
         try:

@@ -152,7 +152,11 @@ def start(
     with log.open("wb") as out:
         process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=work)
     proxy = RealProxy(label, port, process, log, auth is not None)
-    _wait_listening(proxy, startup_timeout)
+    try:
+        _wait_listening(proxy, startup_timeout)
+    except BaseException:  # not up, or interrupted while waiting: it is not on anybody's stop list yet
+        proxy.stop()
+        raise
     return proxy
 
 
@@ -205,6 +209,7 @@ def _squid_config(work: Path, port: int, peers: Sequence[tuple[str, int]], auth:
             raise ProxyMissing(f"{helper} is missing: apt-get install squid")
         passwords = work / "htpasswd"
         subprocess.run([htpasswd, "-bc", str(passwords), *auth], check=True, capture_output=True)
+        os.chmod(passwords, 0o640)  # the lab's password: for squid's helper (group proxy), not for everyone
         _hand_to_proxy_user(passwords)
         conf += [
             f"auth_param basic program {helper} {passwords}",

@@ -140,11 +140,15 @@ class Lab:
         self.logs: list[Path] = []
 
     def __enter__(self) -> Lab:
-        self.cert = servers.make_certificate(self.workdir)
-        self.esrs = {p: self.server(servers.EsrsServer(self.cert)) for p in PORTS}
-        self.tls10 = {
-            p: self.server(servers.EsrsServer(self.cert, servers.EsrsBehaviour(tls10_only=True))) for p in PORTS
-        }
+        try:
+            self.cert = servers.make_certificate(self.workdir)
+            self.esrs = {p: self.server(servers.EsrsServer(self.cert)) for p in PORTS}
+            self.tls10 = {
+                p: self.server(servers.EsrsServer(self.cert, servers.EsrsBehaviour(tls10_only=True))) for p in PORTS
+            }
+        except BaseException:  # what started before the failure is on the stack: stop it
+            self._stack.close()
+            raise
         for p in PORTS:
             self.progress(
                 f"stand-in ESRS server for :{p} on 127.0.0.1:{self.esrs[p].port} (TLS; plaintext gets "
