@@ -80,3 +80,8 @@ def test_console_shows_the_marker_the_tls_records_view_and_runs_esrs_decode(cons
     keys("esrs.decode 15 03 01 00 02 02 0a", literal=True)
     viewer = keys("Enter", settle=1.5)
     assert "level         fatal (2)" in viewer and "version       TLS 1.0 (0x0301)" in viewer
+    keys("q")  # back to the flow list
+    keys(":")
+    keys("esrs.upgraded", literal=True)
+    listed = keys("Enter", settle=1.5)
+    assert "esrs-fix: no learned targets" in listed  # esrs_upgrade is off here: nothing was learned
