@@ -246,6 +246,8 @@ class BigBodyServer(servers.TCPServer):
     def handle(self, conn: socket.socket) -> None:
         if conn.recv(1, socket.MSG_PEEK) != b"\x16":
             head = servers.read_head(conn)
+            if not head:  # reverse mode's eager connection, closed unused (the request went over TLS)
+                return
             length = int(next((v for k, v in (line.split(b":", 1) for line in head.split(b"\r\n")[1:] if b":" in line)
                                if k.strip().lower() == b"content-length"), b"0"))  # fmt: skip
             received = head.split(b"\r\n\r\n", 1)[1]

@@ -33,6 +33,7 @@ from collections.abc import Callable, Generator
 from typing import Any
 
 from mitmproxy import http, version
+from mitmproxy.connection import ConnectionState
 
 from . import findings
 from . import records as tls
@@ -537,15 +538,50 @@ async def resend_over_tls(flow: http.HTTPFlow, options: Any, timeout: float, mar
     if handler.layer.context.server.via != route:
         copy.error = mflow.Error("not sent again: mitmproxy's replay would take another route than this flow's mode")
         return copy
+    replay = asyncio.ensure_future(handler.replay())
     try:
-        await asyncio.wait_for(handler.replay(), timeout)
-    except TimeoutError:
-        pass
+        await _until_answered(replay, copy, timeout)
     finally:
+        replay.cancel()
         if not handler.done.is_set():  # timed out, or cancelled (shutdown): end the connection it opened
             for transport in list(handler.transports.values()):
                 if transport.handler:
                     transport.handler.cancel()
     if copy.error is None and not handler.done.is_set():
-        copy.error = mflow.Error(f"no complete answer over TLS within {timeout:.0f} s")
+        ended = _ended_unanswered(copy)
+        copy.error = mflow.Error(
+            f"the TLS connection ended without an answer ({copy.server_conn.error or 'closed by the server'})"
+            if ended
+            else f"no complete answer over TLS within {timeout:.0f} s"
+        )
     return copy
+
+
+#: How long the replay's server connection may be closed, with no answer and no error, before the attempt counts as
+#: failed: mitmproxy's replay never completes when the server ends TLS after the handshake (TLS 1.3's
+#: certificate_required alert), and its own error hook, when there is one, comes well within this.
+_ENDED_GRACE = 0.5
+_POLL = 0.05
+
+
+def _ended_unanswered(copy: http.HTTPFlow) -> bool:
+    """The replay's server connection was open and the server has closed its side, and there is no answer yet."""
+    conn = copy.server_conn
+    closed = conn.timestamp_start is not None and not (conn.state & ConnectionState.CAN_READ)
+    return closed and copy.response is None and copy.error is None
+
+
+async def _until_answered(replay: asyncio.Future[None], copy: http.HTTPFlow, timeout: float) -> None:
+    """Wait for the replay to finish, for `timeout` at most, or until its connection ended without an answer."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    ended_since: float | None = None
+    while not replay.done() and loop.time() < deadline:
+        await asyncio.wait({replay}, timeout=_POLL)
+        ended = _ended_unanswered(copy)
+        if not ended:
+            ended_since = None
+        elif ended_since is None:
+            ended_since = loop.time()
+        elif loop.time() - ended_since >= _ENDED_GRACE:
+            return
