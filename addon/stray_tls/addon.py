@@ -335,21 +335,12 @@ class EsrsFix:
         """A learned target answered over TLS: keep it learned, and say so."""
         assert flow.response is not None
         self.learned.remember(target, entry.plaintext_answer, entry.kind)
-        conn = flow.server_conn
         meta: dict[str, Any] = {
             "kind": entry.kind,
             "summary": entry.plaintext_answer,
             "upgraded": True,
             "learned": True,
-            "upgrade": {
-                "flow": flow.id,
-                "url": flow.request.pretty_url,
-                "status": flow.response.status_code,
-                "reason": flow.response.reason,
-                "tls_version": conn.tls_version,
-                "sni": conn.sni,
-                "error": None,
-            },
+            "upgrade": _upgrade_meta(flow),  # the client's own flow went over TLS: it is the attempt
         }
         self._annotate(flow, meta, healed=True)
         log.info(
@@ -362,9 +353,7 @@ class EsrsFix:
     def _learned_failed(self, flow: http.HTTPFlow, target: Target, entry: Entry) -> None:
         """TLS to a learned target failed: forget it, and tell the client why in a labelled 502."""
         self.learned.forget(target)
-        message = flow.error.msg if flow.error else "no answer"
-        problem = compat.certificate_problem(message)
-        failure = f"certificate verification failed: {problem}" if problem else message
+        failure = _upgrade_failure(flow)
         log.warning(
             "esrs-fix: %s: TLS to learned target %s failed (%s); it is forgotten, and the next request tries "
             "plaintext first",
@@ -410,9 +399,9 @@ class EsrsFix:
         """Give the client its answer after the TLS attempt (if any), then log, mark and record."""
         body = self._heal_bodies.pop(heal.id, None) if heal is not None else None
         if heal is not None and heal.error is None and body is not None and body.too_large:
-            heal.error = flow_error(f"the answer over TLS is larger than body_size_limit ({body.limit} bytes)")
+            heal.error = flow_module.Error(f"the answer over TLS is larger than body_size_limit ({body.limit} bytes)")
         if heal is not None and heal.response is not None and heal.response in self._ours:
-            heal.error = flow_error("the answer over TLS was not HTTP either")  # esrs-fix's own 502 for the copy
+            heal.error = flow_module.Error("the answer over TLS was not HTTP either")  # esrs-fix's own 502 for it
         healed = heal is not None and heal.error is None and heal.response is not None
         failure = _upgrade_failure(heal) if heal is not None and not healed else None
         rewritten = not healed and in_scope and ctx.options.esrs_rewrite and finding.rewritable
@@ -534,10 +523,6 @@ def _body_limit() -> int | None:
     return human.parse_size(ctx.options.body_size_limit) if ctx.options.body_size_limit else None
 
 
-def flow_error(message: str) -> flow_module.Error:
-    return flow_module.Error(message)
-
-
 def _target(flow: http.HTTPFlow) -> Target:
     """Where the plaintext request went: the request's host and port, and the upstream proxy in upstream mode."""
     return Target(flow.request.host, flow.request.port, _via(flow))
@@ -555,14 +540,14 @@ def _via(flow: http.HTTPFlow) -> str | None:
 
 
 def _upgrade_failure(heal: http.HTTPFlow) -> str:
-    """Why the TLS attempt failed, in one line (OpenSSL's reason for a refused certificate)."""
+    """Why a TLS attempt (a heal's copy, or a learned flow) failed, in one line (OpenSSL's reason for a certificate)."""
     message = heal.error.msg if heal.error else "no answer"
     problem = compat.certificate_problem(message)
     return f"certificate verification failed: {problem}" if problem else message
 
 
 def _upgrade_meta(heal: http.HTTPFlow) -> dict[str, Any]:
-    """What the TLS attempt got, for the flow's metadata and the report."""
+    """What a TLS attempt (a heal's copy, or a learned flow) got, for the flow's metadata and the report."""
     conn = heal.server_conn
     response = heal.response
     return {
