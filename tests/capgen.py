@@ -32,7 +32,20 @@ class Conversation:
 
 
 #: The link types `write_capture` can wrap the IP packets in, and their pcap numbers.
-LINKS = {"ethernet": 1, "vlan": 1, "sll": 113, "sll2": 276, "null": 0, "raw": 101}
+#: "raw" is LINKTYPE_RAW; "raw12" and "raw14" are DLT_RAW as most systems and OpenBSD number it; "ipv4" and "ipv6"
+#: (LINKTYPE_IPV4 / _IPV6) hold packets of that IP version only.
+LINKS = {
+    "ethernet": 1,
+    "vlan": 1,
+    "sll": 113,
+    "sll2": 276,
+    "null": 0,
+    "raw": 101,
+    "raw12": 12,
+    "raw14": 14,
+    "ipv4": 228,
+    "ipv6": 229,
+}
 
 
 def _ip(src: str, dst: str, tcp: Any) -> tuple[bytes, int]:
@@ -65,7 +78,7 @@ def _frame(packet: bytes, eth_type: int, link: str) -> bytes:
         return struct.pack(">HHiHBB8s", eth_type, 0, 1, 1, 4, 6, b"\x02" * 6) + packet
     if link == "null":  # BSD loopback: the address family in host byte order
         return struct.pack("=I", 2 if eth_type == 0x0800 else 24) + packet
-    if link == "raw":
+    if link.startswith("raw") or link in ("ipv4", "ipv6"):
         return packet
     raise ValueError(f"unknown link type {link!r}")
 

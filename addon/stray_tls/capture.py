@@ -82,6 +82,12 @@ class ScanResult:
     exchanges: list[Exchange] = field(default_factory=list)
     damaged: str = ""  # why the scan stopped early, if it did
     requests_unkept: int = 0  # requests beyond MAX_OUTSTANDING on one connection: counted, line not kept
+    #: Requests still waiting for an answer when the capture ended or the client closed: no finding either way.
+    requests_unanswered: int = 0
+    #: Bytes missing from the capture (a lost segment) that were stepped over, and how many of those lost the
+    #: framing of their direction, so that later answers on that connection were not read.
+    gaps: int = 0
+    gaps_unread: int = 0
 
 
 def _iso(ts: float) -> str:
@@ -107,6 +113,15 @@ def _framing(head: bytes) -> tuple[bool, int | None]:
         elif name == b"content-length" and value.strip().isdigit():
             length = int(value.strip())
     return chunked, length
+
+
+def _header(head: bytes, name: bytes) -> str | None:
+    """The value of header `name` (lower-case) in an HTTP head, or None."""
+    for line in head.split(b"\r\n")[1:]:
+        key, sep, value = line.partition(b":")
+        if sep and key.strip().lower() == name:
+            return value.strip().decode("latin-1")
+    return None
 
 
 class _Chunked:
@@ -253,9 +268,16 @@ class _Stream:
                 if len(payload) > len(pending.get(seq, b"")):
                     pending[seq] = payload
                 return
-            pending.clear()  # a gap that will not fill: skip it
+            pending[seq] = payload
+            self.give_up_gap(side, ts)  # a gap that will not fill: step over it
+            return
         self.nxt[side] = (seq + len(payload)) & _SEQ
         self.deliver(side, payload, ts)
+        self.drain(side, ts)
+
+    def drain(self, side: int, ts: float) -> None:
+        """Deliver the stored segments of `side` that follow in order from `nxt`."""
+        pending = self.pending[side]
         while pending:
             nxt = self.nxt[side]
             assert nxt is not None
@@ -272,6 +294,40 @@ class _Stream:
                     return
             self.nxt[side] = (nxt + len(chunk)) & _SEQ
             self.deliver(side, chunk, ts)
+
+    def give_up_gap(self, side: int, ts: float) -> None:
+        """Bytes of `side` missing from the capture will not come: step over them to the next stored segment.
+
+        Inside a body whose length is counted, the following goes on after the gap, counted as skipped bytes;
+        anywhere else the framing of that direction is lost, and its later answers (or requests) are not read.
+        """
+        pending, nxt = self.pending[side], self.nxt[side]
+        if not pending or nxt is None:
+            return
+        at = min(pending, key=lambda seq: (seq - nxt) & _SEQ)
+        gap = (at - nxt) & _SEQ
+        self.result.gaps += 1
+        self.nxt[side] = at
+        skip = self.skip[side]
+        if skip >= _IGNORE:
+            pass  # nothing it sends is read anyway
+        elif skip > gap:
+            self.skip[side] = skip - gap
+        elif skip == gap and skip:
+            self.skip[side] = 0
+            self._body_skipped(side)
+        elif side != self.client and self.state == _BODY and self.body_left > gap:
+            self.body_left -= gap
+        elif side != self.client and self.state == _BODY and self.body_left == gap:
+            self.answer_done()
+        else:
+            self.result.gaps_unread += 1
+            if side == self.client:
+                self._client_lost()
+            else:
+                self._judge_what_arrived()
+                self.server_gone()
+        self.drain(side, ts)
 
     def deliver(self, side: int, data: bytes, ts: float) -> None:
         skip = self.skip[side]
@@ -531,8 +587,10 @@ class _Stream:
         if not (final or complete or len(body) >= self.limit):
             return
         self.decided = True
-        if self.buf.endswith(b"\r\n\r\n"):  # the head is complete
-            self.report(findings.from_response(int(status) if status.isdigit() else 0, bytes(body)))
+        head = bytes(self.buf)
+        if head.endswith(b"\r\n\r\n"):  # the head is complete
+            code = int(status) if status.isdigit() else 0
+            self.report(findings.from_response(code, bytes(body), _header(head, b"x-transformed-from")))
 
     def report(self, finding: Finding | None) -> None:
         if finding is None:
@@ -577,23 +635,36 @@ class _Stream:
         if self.client is not None:
             self.skip[1 - self.client] = _IGNORE
 
-    def finish(self) -> None:
-        """The connection closed (or the capture ended, or the stream was dropped)."""
+    def finish(self, closed_by_server: bool = False) -> None:
+        """The connection closed (`closed_by_server`: a FIN or RST from the server), or the capture ended, or the
+        stream was dropped."""
+        for side in (0, 1):
+            while self.pending[side]:
+                self.give_up_gap(side, self.last)
         state = self.state
         if state == _GONE or not self.outstanding():
             return
         if state == _START and not self.answered:
-            self.report(findings.silent_close())
-        elif state == _MAYBE_HTTP:
+            if closed_by_server:
+                self.report(findings.silent_close())
+            else:  # the capture ended (or the client closed) before any answer: no evidence of anything
+                self.result.requests_unanswered += len(self.queue) + self.unkept
+        else:
+            self._judge_what_arrived()
+        self.state = _GONE
+
+    def _judge_what_arrived(self) -> None:
+        """No more of the answer being read will be seen: decide on what of it arrived."""
+        state = self.state
+        if state == _MAYBE_HTTP:
             if self.buf:
                 self.state = _RAW
                 self.decide_raw(final=True)
-        elif not self.decided:
+        elif state != _START and not self.decided:
             if state == _RAW:
                 self.decide_raw(final=True)
             else:
                 self.decide_http(final=True)
-        self.state = _GONE
 
 
 # -- reading frames
@@ -634,7 +705,7 @@ def _packets(f: BinaryIO) -> tuple[Iterator[tuple[float, bytes]], Callable[[byte
         else:
             raise CaptureError(f"not a pcap or pcapng file (it starts with {magic.hex(' ') or 'nothing'})")
     except (ValueError, dpkt.UnpackError, dpkt.NeedData) as e:
-        raise CaptureError(f"the capture's header is damaged: {e}") from e
+        raise CaptureError(f"the capture's header is damaged ({_reason(e)})") from e
     link = reader.datalink()
     decoders: dict[int, Callable[[bytes], Any]] = {
         dpkt.pcap.DLT_EN10MB: dpkt.ethernet.Ethernet,
@@ -723,6 +794,11 @@ def _dpkt_tcp(decode: Callable[[bytes], Any], buf: bytes) -> tuple[bytes, int, i
     return key, tcp.seq, tcp.flags, bytes(tcp.data)
 
 
+def _reason(e: BaseException) -> str:
+    """dpkt's words for a read error, or the error's name where it has none."""
+    return str(e) or type(e).__name__
+
+
 def _reverse(key: bytes) -> bytes:
     """The stream key of the other direction: addresses and ports swapped."""
     half = (len(key) - 4) // 2
@@ -737,10 +813,10 @@ def scan(path: Path, on_progress: Callable[[int, int], None] | None = None) -> S
     # both directions' keys -> (stream, the side that sends with that key); insertion order is creation order
     streams: dict[bytes, tuple[_Stream, int]] = {}
 
-    def close(key: bytes) -> None:
+    def close(key: bytes, by_server: bool = False) -> None:
         stream = streams.pop(key)[0]
         del streams[_reverse(key)]
-        stream.finish()
+        stream.finish(by_server)
 
     try:
         f = open(path, "rb")  # noqa: SIM115 - closed in the finally below
@@ -765,7 +841,7 @@ def scan(path: Path, on_progress: Callable[[int, int], None] | None = None) -> S
             except StopIteration:
                 break
             except (dpkt.NeedData, dpkt.UnpackError, ValueError, EOFError) as e:
-                result.damaged = f"the capture is truncated or corrupt after packet {count} ({e or type(e).__name__})"
+                result.damaged = f"the capture is truncated or corrupt after packet {count} ({_reason(e)})"
                 break
             count += 1
             if count % 10_000 == 0:
@@ -845,10 +921,11 @@ def scan(path: Path, on_progress: Callable[[int, int], None] | None = None) -> S
                 continue
             stream.segment(side, seq, flags, buf[start:end], ts)
             if flags & (_FIN | _RST) and (side != stream.client or flags & _RST):
-                close(key)
+                close(key, by_server=side != stream.client)
         result.packets = count
         if cut.cut and not result.damaged:
-            result.damaged = f"the capture is truncated: it ends inside packet {result.packets}"
+            # inside the last packet, or inside a block after it (pcapng's statistics): the reader cannot tell
+            result.damaged = f"the capture is truncated: it ends inside packet {result.packets} or a block after it"
     finally:
         f.close()
     for k in [k for k, (s, side) in streams.items() if side == 0]:
