@@ -5,14 +5,21 @@ from __future__ import annotations
 import base64
 import json
 import os
+import pty
+import select
+import shutil
 import ssl
 import subprocess
 import sys
+import tempfile
+import time
+from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 
-from stray_tls.lab import servers
+from stray_tls.lab import proxies, servers
+from stray_tls.lab.check import run_check
 from tests.realproxies import PASSWORD, USER
 
 pytestmark = pytest.mark.e2e
@@ -65,7 +72,7 @@ def test_bad_arguments_get_a_sentence() -> None:
     p = check("--proxy", "nonsense", "esrs.lab")
     assert p.returncode == 2 and "expected http://HOST:PORT" in p.stderr
     p = check("--proxy", "127.0.0.1:1", "esrs.lab", "--timeout", "0")
-    assert p.returncode == 2 and "--timeout must be positive" in p.stderr
+    assert p.returncode == 2 and "--timeout must be a positive number of seconds" in p.stderr
 
 
 # -- real proxies, measured: what each answers to `GET https://127.0.0.1:PORT/` and to CONNECT ----------------------
@@ -132,6 +139,53 @@ def test_squid_with_a_cache_peer_wraps_the_alert_in_a_200_that_is_no_success(rea
     assert port["probes"][1]["shape"] == "tls_ok"
 
 
+def test_squids_wrapping_of_what_is_no_tls_record_is_no_success_either(start_server) -> None:
+    # squid (cache_peer) wraps whatever it cannot parse as HTTP in its own 200, TLS or not: one squid, one peer each
+    answers = {
+        b"\x15\x03\x03\x00\x00": "which look like a TLS record but are not one (empty alert record",
+        b"SSH-2.0-OpenSSH_9\r\n": "neither HTTP nor TLS",
+    }
+    origins = {_scripted(start_server, answer).port: words for answer, words in answers.items()}
+    work = Path(tempfile.mkdtemp(prefix="esrs-squid-"))
+    work.chmod(0o755)  # squid runs as the user 'proxy', which must reach its directory
+    try:
+        peers = [("127.0.0.1", port) for port in origins]
+        squid = proxies.start("squid", work / "squid", servers.free_port(), peers=peers)
+    except proxies.ProxyMissing as e:
+        pytest.skip(str(e))
+    try:
+        for port, words in origins.items():
+            p, out, _ = check_real(squid.url, port, "--timeout", "2")  # the TLS probes meet no TLS: they time out
+            assert p.returncode == 1, p.stdout + p.stderr
+            assert "the check would pass" not in p.stdout
+            assert "HTTP/1.1 200 OK (X-Transformed-From: HTTP/0.9), body: raw bytes" in p.stdout
+            assert "verdict: the HTTP 200 is no success: the proxy (squid/" in p.stdout and words in p.stdout
+            result = _port(out)
+            assert result["outcome"] == "fail" and result["shape"] == "wrapped_http09"
+            assert result["probes"][0]["ok"] is False
+    finally:
+        squid.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def test_a_wrapped_incomplete_record_is_still_squids_wrapping(start_server) -> None:
+    proxy = _scripted(
+        start_server, b"HTTP/1.1 200 OK\r\nX-Transformed-From: HTTP/0.9\r\nContent-Length: 4\r\n\r\n\x15\x03\x03\x00"
+    )
+    p, out, _ = check_real(f"127.0.0.1:{proxy.port}", 443)
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert "the 200 is the proxy's wrapping of an incomplete TLS record, not the server's answer" in p.stdout
+    assert _port(out)["probes"][0]["finding"]["kind"] == "tls_wrapped_http09"
+
+
+def test_the_labs_check_fails_on_a_wrapping_of_bytes_that_are_no_tls_record(start_server) -> None:
+    wrapped = b"HTTP/1.1 200 OK\r\nX-Transformed-From: HTTP/0.9\r\nContent-Length: 5\r\n\r\n\x15\x03\x03\x00\x00"
+    proxy = _scripted(start_server, wrapped)
+    result = run_check(("127.0.0.1", proxy.port), "esrs.lab", 443, timeout=5)
+    assert not result.passed and result.finding is None
+    assert result.saw.startswith("the 200 is the proxy's wrapping of an answer that is not HTTP, not the server's")
+
+
 def test_squid_direct_speaks_tls_itself_and_answers_with_its_error_page(real_proxies, jsse_esrs) -> None:
     # measured: squid (5.7, GnuTLS) does TLS to https:// URLs itself; the stand-in closes without close_notify
     # and squid answers 502 with X-Squid-Error: ERR_READ_ERROR
@@ -151,7 +205,7 @@ def test_tinyproxy_refuses_its_own_address_and_fails_to_read_the_alert(real_prox
     assert p.returncode == 1, p.stdout + p.stderr
     assert "verdict: the proxy (tinyproxy/" in p.stdout and "refused GET https:// itself: HTTP/1.1 400" in p.stdout
     assert "You tried to connect to the machine the proxy is running on" in p.stdout
-    assert "the proxy takes https only through CONNECT" in p.stdout
+    assert "the proxy will not fetch this https:// URL itself but tunnels it" in p.stdout
     assert _port(out)["shape"] == "proxy_refused"
     # by name, it fetches the URL in plaintext, cannot parse the alert, and says 503
     p, out, _ = check_real(proxy.url, jsse_esrs.port, host="localhost")
@@ -159,6 +213,11 @@ def test_tinyproxy_refuses_its_own_address_and_fails_to_read_the_alert(real_prox
     assert "HTTP/1.1 503 Could not retrieve all the headers" in p.stdout
     assert "the port speaks TLS (CONNECT then plaintext got TLS back)" in p.stdout
     assert _port(out)["shape"] == "proxy_upstream_error"
+    # a port where nothing listens: its own 500, a failure to reach the server like a 502
+    p, out, _ = check_real(proxy.url, servers.free_port(), host="localhost")
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert "HTTP/1.1 500 Unable to connect" in p.stdout and "it could not reach, verify or read the server" in p.stdout
+    assert _port(out)["shape"] == "proxy_upstream_error" and _port(out)["product"].startswith("tinyproxy/")
 
 
 def test_privoxy_refuses_absolute_https_urls(real_proxies, jsse_esrs) -> None:
@@ -288,7 +347,101 @@ def test_407_names_schemes_esrs_fix_cannot_speak(start_server) -> None:
         "NTLM, Negotiate, Digest (only Basic is)" in p.stdout
     )
     assert "HTTP 407 from the proxy (ProxySG)" in p.stdout
-    assert _port(out)["shape"] == "proxy_auth_required"
+    assert "test from a host the proxy lets through without authentication" in p.stdout
+    assert "give the right user and password" not in p.stdout  # no Basic on offer: no password would help
+    port = _port(out)
+    assert port["shape"] == "proxy_auth_required" and port["product"] == "ProxySG"
+    assert port["auth"] == {
+        "offered": ["NTLM", "Negotiate", 'Digest realm="corp", nonce="a,b", qop="auth"'],
+        "unsupported": ["NTLM", "Negotiate", "Digest"],
+    }
+    # credentials given to a proxy that takes no Basic: not "rejected", but of no use
+    p = check("--proxy", f"http://u:pw@127.0.0.1:{proxy.port}", "h", "--port", "443")
+    assert p.returncode == 3 and "the proxy does not take Basic credentials, so those given for user 'u'" in p.stdout
+
+
+def test_the_password_prompt_on_a_terminal(start_server) -> None:
+    seen: list[bytes] = []
+
+    def answer(head: bytes) -> bytes:
+        seen.append(head)
+        return b"HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic\r\nContent-Length: 0\r\n\r\n"
+
+    proxy = start_server(servers.ScriptedServer(answer, keep_alive=False))
+    argv = [sys.executable, "-m", "stray_tls.main", "check", "--proxy", f"127.0.0.1:{proxy.port}"]
+    argv += ["--proxy-user", "bob", "h", "--port", "443", "--timeout", "5"]
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the check, on the terminal
+        os.environ.pop("ESRS_FIX_PROXY_PASSWORD", None)
+        os.execv(sys.executable, argv)
+    said = b""
+    try:
+        deadline = time.monotonic() + 60
+        while b"password for proxy user 'bob': " not in said and time.monotonic() < deadline:
+            if select.select([fd], [], [], 1)[0]:
+                said += os.read(fd, 4096)
+        os.write(fd, b"typed-secret\n")
+        while time.monotonic() < deadline:
+            if select.select([fd], [], [], 1)[0]:
+                try:
+                    chunk = os.read(fd, 4096)
+                except OSError:  # the terminal closed with the child
+                    break
+                if not chunk:
+                    break
+                said += chunk
+    finally:
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 3, said
+    token = base64.b64encode(b"bob:typed-secret").decode()
+    assert seen and all(f"Proxy-Authorization: Basic {token}\r\n".encode() in h for h in seen)
+    assert b"typed-secret" not in said and token.encode() not in said  # the prompt does not echo it
+
+
+@pytest.mark.parametrize(
+    ("answer", "shape", "words"),
+    [
+        (
+            b"HTTP/1.0 200 OK\r\nContent-Length: 7\r\n\r\n\x15\x03\x01\x00\x02\x02\x0a",
+            "tls_in_body",
+            "the HTTP 200 is no success: its body is the server's raw TLS answer (TLS alert: fatal unexpected_message",
+        ),
+    ],
+)
+def test_verdicts_of_answers_that_wrap_tls(answer, shape, words, start_server) -> None:
+    proxy = _scripted(start_server, answer)
+    p, out, _ = check_real(f"127.0.0.1:{proxy.port}", 443)
+    assert p.returncode == 1 and words in p.stdout, p.stdout
+    assert _port(out)["shape"] == shape
+
+
+def test_connect_works_but_the_servers_tls_handshake_fails(start_server) -> None:
+    def answer(head: bytes) -> bytes:
+        if head.startswith(b"CONNECT"):  # the tunnel, then the "server" refuses the ClientHello with an alert
+            return b"HTTP/1.1 200 Connection established\r\n\r\n" + bytes.fromhex("15 03 03 00 02 02 28")
+        return b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n"
+
+    proxy = start_server(servers.ScriptedServer(answer, keep_alive=False))
+    p, out, _ = check_real(f"127.0.0.1:{proxy.port}", 443)
+    assert p.returncode == 1, p.stdout
+    assert (
+        "CONNECT works, but the TLS handshake with the server failed (HTTP/1.1 200 Connection established; "
+        "TLS handshake failed: alert handshake_failure (40))" in p.stdout
+    )
+    assert "upstream" not in p.stdout.split("CONNECT, then TLS", 1)[1].splitlines()[0]
+    assert _port(out)["probes"][1]["shape"] == "tls_failed"
+
+
+def test_the_servers_own_400_page_through_a_real_proxy(real_proxies, real_server) -> None:
+    nginx = real_server("nginx")
+    proxy = real_proxies.get("proxy.py")
+    p, out, _ = check_real(proxy.url, nginx.address[1])
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert (
+        'the proxy sent the request in plaintext and the server said so (HTTP 400 from nginx: "The plain HTTP '
+        'request was sent to HTTPS port"); CONNECT works, so the server is reachable: fix the proxy' in p.stdout
+    )
+    assert _port(out)["shape"] == "server_plain_http_400"
 
 
 def test_credentials_go_on_every_probe(start_server) -> None:
@@ -305,6 +458,35 @@ def test_credentials_go_on_every_probe(start_server) -> None:
     assert [h.split(b" ", 1)[0] for h in seen] == [b"GET", b"CONNECT", b"CONNECT"]
     assert all(f"Proxy-Authorization: Basic {token}\r\n".encode() in h for h in seen)
     assert "p:w" not in p.stdout + p.stderr and token not in p.stdout + p.stderr
+
+
+def test_an_ipv6_target_and_a_password_that_is_no_utf8(start_server) -> None:
+    seen: list[bytes] = []
+
+    def answer(head: bytes) -> bytes:
+        seen.append(head)
+        return b"HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic\r\nContent-Length: 0\r\n\r\n"
+
+    start = start_server(servers.ScriptedServer(answer, keep_alive=False))
+    env = {k: v for k, v in os.environb.items() if k != b"ESRS_FIX_PROXY_PASSWORD"}
+    env[b"ESRS_FIX_PROXY_PASSWORD"] = b"se\xffcret"
+    args = ["--proxy", f"127.0.0.1:{start.port}", "--proxy-user", "u", "::1", "--port", "443"]
+    p = subprocess.run(
+        [sys.executable, "-m", "stray_tls.main", "check", *args],
+        capture_output=True,
+        timeout=120,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
+    assert p.returncode == 3 and b"Traceback" not in p.stderr, p.stderr
+    token = base64.b64encode(b"u:se\xffcret")
+    assert [h.split(b"\r\n", 2)[:2] for h in seen] == [
+        [b"GET https://[::1]:443/ HTTP/1.1", b"Host: [::1]:443"],
+        [b"CONNECT [::1]:443 HTTP/1.1", b"Host: [::1]:443"],
+        [b"CONNECT [::1]:443 HTTP/1.1", b"Host: [::1]:443"],
+    ]
+    assert all(b"Proxy-Authorization: Basic " + token + b"\r\n" in h for h in seen)
+    assert b"https://[::1]:443/" in p.stdout and token not in p.stdout + p.stderr
 
 
 # -- answers found by a review: the server's own status, old TLS, portals, interim answers, bad input -------------
@@ -369,7 +551,14 @@ def test_a_password_that_looks_like_a_scheme_is_still_redacted() -> None:
         (["--proxy", "127.0.0.1:70000", "esrs.lab"], "port 70000 is not a TCP port"),
         (["--proxy", "127.0.0.1:3128", "esrs.lab", "--port", "70000"], "--port 70000 is not a TCP port"),
         (["--proxy", "127.0.0.1:3128", "esrs..lab"], "'esrs..lab' is not a host name"),
+        (["--proxy", "127.0.0.1:3128", "a b"], "'a b' is not a host name or an IP address"),
+        (["--proxy", "127.0.0.1:3128", ""], "'' is not a host name or an IP address"),
+        (["--proxy", "127.0.0.1:3128", "::1::2"], "'::1::2' is not a host name or an IP address"),
         (["--proxy", "socks5://127.0.0.1:1080", "esrs.lab"], "only http:// proxies are supported"),
+        (["--proxy", "http://[::1", "esrs.lab"], "expected http://HOST:PORT"),
+        (["--proxy", "::1", "esrs.lab"], "IPv6 address in brackets"),
+        (["--proxy", "127.0.0.1:3128", "esrs.lab", "--timeout", "nan"], "--timeout must be a positive number"),
+        (["--proxy", "127.0.0.1:3128", "esrs.lab", "--timeout", "inf"], "--timeout must be a positive number"),
     ],
 )
 def test_bad_ports_hosts_and_schemes_get_a_sentence(args: list[str], words: str) -> None:

@@ -6,7 +6,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stray_tls.pasted import PasteError, ProxyAddress, parse_hostport, parse_pasted, parse_proxy, parse_route
+from stray_tls.pasted import (
+    PasteError,
+    ProxyAddress,
+    hostport,
+    parse_host,
+    parse_hostport,
+    parse_pasted,
+    parse_proxy,
+    parse_route,
+    url_host,
+)
 
 ALERT = bytes.fromhex("1503010002020a")
 
@@ -73,6 +83,25 @@ def test_addresses(text: str, expected: tuple[str, int]) -> None:
 def test_bad_addresses_get_a_sentence(text: str) -> None:
     with pytest.raises(ValueError, match="expected http://HOST:PORT or HOST:PORT"):
         parse_hostport(text)
+
+
+@pytest.mark.parametrize("text", ["::1", "http://[::1", "::1]:3128", "fe80::1:3128"])
+def test_an_ipv6_address_without_its_brackets_is_refused(text: str) -> None:
+    with pytest.raises(ValueError, match=r"IPv6 address in brackets|expected http://HOST:PORT"):
+        parse_hostport(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "bare", "in_url"),
+    [("esrs.example", "esrs.example", "esrs.example"), ("::1", "::1", "[::1]"), ("[::1]", "::1", "[::1]")],
+)
+def test_hosts_bare_and_in_a_url(text: str, bare: str, in_url: str) -> None:
+    assert parse_host(text) == bare and url_host(bare) == in_url and hostport(bare, 443) == f"{in_url}:443"
+
+
+def test_a_password_that_is_no_utf8_keeps_its_bytes() -> None:
+    proxy = parse_proxy("http://bob:se%FFcret@proxy:3128")
+    assert proxy.password is not None and proxy.password.encode("utf-8", "surrogateescape") == b"se\xffcret"
 
 
 def test_routes() -> None:

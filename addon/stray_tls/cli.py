@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from . import findings, records, text
 from .launch import script_path
-from .pasted import PasteError, ProxyAddress, argument, parse_pasted, parse_proxy
+from .pasted import PasteError, ProxyAddress, argument, hostport, parse_host, parse_pasted, parse_proxy
 
 if TYPE_CHECKING:
     from . import diagnose
@@ -64,16 +65,16 @@ def cmd_check(args: argparse.Namespace) -> int:
     from . import diagnose
 
     proxy: ProxyAddress = args.proxy
-    if args.timeout <= 0:
-        print("esrs-fix check: --timeout must be positive", file=sys.stderr)
+    if not (math.isfinite(args.timeout) and args.timeout > 0):
+        print("esrs-fix check: --timeout must be a positive number of seconds", file=sys.stderr)
         return 2
     if bad := [p for p in args.port or [] if not 0 < p < 65536]:
         print(f"esrs-fix check: --port {bad[0]} is not a TCP port (1-65535)", file=sys.stderr)
         return 2
     try:
-        args.host.encode("idna")
-    except UnicodeError:
-        print(f"esrs-fix check: {args.host!r} is not a host name", file=sys.stderr)
+        host = parse_host(args.host)
+    except ValueError as e:
+        print(f"esrs-fix check: {e}", file=sys.stderr)
         return 2
     credentials = _check_credentials(proxy, args.proxy_user)
     if isinstance(credentials, str):
@@ -84,19 +85,17 @@ def cmd_check(args: argparse.Namespace) -> int:
     as_user = f" as user {credentials.user!r}" if credentials else ""
     for port in ports:
         if not args.json:
-            where = f"[{proxy.host}]:{proxy.port}" if ":" in proxy.host else f"{proxy.host}:{proxy.port}"
-            print(f"checking https://{args.host}:{port}/ through {where}{as_user} ...", file=sys.stderr)
+            where = hostport(*proxy.address)
+            print(f"checking https://{hostport(host, port)}/ through {where}{as_user} ...", file=sys.stderr)
         results.append(
-            diagnose.check_port(
-                proxy.address, args.host, port, args.timeout, direct=args.direct, credentials=credentials
-            )
+            diagnose.check_port(proxy.address, host, port, args.timeout, direct=args.direct, credentials=credentials)
         )
     outcome = diagnose.overall(results)
     if args.json:
         print(json.dumps({"outcome": outcome.name.lower(), "ports": [r.to_dict() for r in results]}, indent=2))
         return int(outcome)
     for r in results:
-        print(f"https://{r.host}:{r.port}/: {r.outcome.name} [{r.shape}]")
+        print(f"https://{hostport(r.host, r.port)}/: {r.outcome.name} [{r.shape}]")
         for p in r.probes:
             print(f"  {p.name:28} {p.what}")
         print(f"  verdict: {r.verdict}")
@@ -159,6 +158,9 @@ def cmd_pcap(args: argparse.Namespace) -> int:
                     "tcp_streams": result.tcp_streams,
                     "http_requests": result.requests,
                     "requests_unkept": result.requests_unkept,
+                    "requests_unanswered": result.requests_unanswered,
+                    "gaps": result.gaps,
+                    "gaps_unread": result.gaps_unread,
                     "damaged": result.damaged or None,
                     "exchanges": [e.to_dict() for e in result.exchanges],
                 },
@@ -179,6 +181,21 @@ def cmd_pcap(args: argparse.Namespace) -> int:
             print(
                 f"{result.requests_unkept} requests waited behind {capture.MAX_OUTSTANDING} others on one connection: "
                 "counted and paired, their request lines not kept"
+            )
+        if result.requests_unanswered:
+            print(
+                f"{result.requests_unanswered} requests had no answer yet when the capture ended or their client "
+                "closed: not reported (a silent close is only a server's)"
+            )
+        if result.gaps:
+            print(
+                f"{result.gaps} gaps in the capture (segments it missed) were stepped over"
+                + (
+                    f"; after {result.gaps_unread} of them the rest of that connection could not be followed, "
+                    "so answers there may be missing"
+                    if result.gaps_unread
+                    else ", each inside a body of known length: no answer lost"
+                )
             )
     if result.damaged:
         print(f"esrs-fix pcap: {args.file}: {result.damaged}; the streams read so far are reported", file=sys.stderr)
@@ -224,7 +241,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
         help=f"authenticate to the proxy (Basic) as USER; the password comes from {PASSWORD_VARIABLE}, or is asked "
         "for when run from a terminal",
     )
-    p.add_argument("host", help="the ESRS host name")
+    p.add_argument("host", help="the ESRS host name (or its IP address; an IPv6 address with or without brackets)")
     p.add_argument("--port", type=int, action="append", help="ports to check (repeatable; default 443 and 8443)")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds each probe may take (default 10)")
     p.add_argument("--direct", action="store_true", help="also try TLS straight to the host, without the proxy")

@@ -24,6 +24,8 @@ from typing import Any
 
 from . import findings
 from .findings import Finding, Kind
+from .pasted import hostport, url_host
+from .records import hexdump
 from .wire import Answer, describe, not_tls_reason, send_and_read
 
 
@@ -58,7 +60,7 @@ class Shape(enum.StrEnum):
 
 #: 4xx statuses by which a proxy refuses a request itself (407 has its own shape).
 _REFUSALS = frozenset({400, 403, 405, 501})
-_UPSTREAM_ERRORS = frozenset({502, 503, 504})
+_UPSTREAM_ERRORS = frozenset({500, 502, 503, 504})  # 500: tinyproxy's "Unable to connect", among others
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,8 @@ class Credentials:
     password: str = field(repr=False)
 
     def header(self) -> str:
-        token = base64.b64encode(f"{self.user}:{self.password}".encode()).decode("ascii")
+        # surrogateescape: bytes that are not UTF-8 (from the environment, or %FF in the URL) go out as they came
+        token = base64.b64encode(f"{self.user}:{self.password}".encode("utf-8", "surrogateescape")).decode("ascii")
         return f"Proxy-Authorization: Basic {token}\r\n"
 
 
@@ -108,11 +111,15 @@ class PortResult:
         return self.probes[0].shape if self.probes else Shape.UNREACHABLE
 
     def to_dict(self) -> dict[str, Any]:
+        first = self.probes[0].answer if self.probes else None
         return {
-            "url": f"https://{self.host}:{self.port}/",
+            "url": f"https://{hostport(self.host, self.port)}/",
             "outcome": self.outcome.name.lower(),
             "shape": str(self.shape),
             "verdict": self.verdict,
+            # who answered what the check sends, as its answer names itself (Server, Proxy-agent, Via)
+            "product": product(first),
+            "auth": AuthOffer.of(first).to_dict() if self.shape is Shape.PROXY_AUTH_REQUIRED else None,
             "probes": [p.to_dict() for p in self.probes],
         }
 
@@ -129,6 +136,8 @@ def shape_of(a: Answer, f: Finding | None) -> Shape:
         if f.kind is Kind.PLAIN_HTTP_400:
             return Shape.SERVER_PLAIN_HTTP_400
     if a.status is not None:
+        if findings.is_http09_wrapping(a.header("x-transformed-from")):
+            return Shape.WRAPPED_HTTP09  # the proxy's own head around whatever came back: never a success
         if a.status == 200:
             return Shape.HTTP_OK
         if a.status == 407:
@@ -149,7 +158,7 @@ def _connect(proxy: tuple[str, int], timeout: float) -> socket.socket | str:
     try:
         return socket.create_connection(proxy, timeout=timeout)
     except (OSError, UnicodeError) as e:  # UnicodeError: a host name the IDNA codec refuses (`proxy..corp`)
-        return f"cannot connect to the proxy {proxy[0]}:{proxy[1]}: {getattr(e, 'strerror', None) or e}"
+        return f"cannot connect to the proxy {hostport(*proxy)}: {getattr(e, 'strerror', None) or e}"
 
 
 def _auth(credentials: Credentials | None) -> str:
@@ -163,9 +172,9 @@ def probe_absolute(
     sock = _connect(proxy, timeout)
     if isinstance(sock, str):
         return Probe(name, sock, False, unreachable=True, shape=Shape.UNREACHABLE)
+    target = hostport(host, port)
     request = (
-        f"GET https://{host}:{port}/ HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: esrs-fix-check\r\n"
-        f"{_auth(credentials)}\r\n"
+        f"GET https://{target}/ HTTP/1.1\r\nHost: {target}\r\nUser-Agent: esrs-fix-check\r\n{_auth(credentials)}\r\n"
     )
     with sock:
         a = send_and_read(sock, request.encode(), time.monotonic() + timeout)
@@ -188,7 +197,7 @@ def _tunnel(proxy: tuple[str, int], host: str, port: int, timeout: float, creden
         return _Tunnel(None, sock, Shape.UNREACHABLE)
     a = send_and_read(
         sock,
-        f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n{_auth(credentials)}\r\n".encode(),
+        f"CONNECT {hostport(host, port)} HTTP/1.1\r\nHost: {hostport(host, port)}\r\n{_auth(credentials)}\r\n".encode(),
         time.monotonic() + timeout,
         head_only=True,
     )
@@ -212,10 +221,11 @@ def _tls_get(sock: socket.socket, host: str, timeout: float) -> tuple[Answer | N
         tls = context.wrap_socket(sock, server_hostname=host)
     except (ssl.SSLError, OSError, UnicodeError) as e:
         f = findings.from_tls_error(str(e))
-        return None, f"TLS handshake failed: {f.summary if f else e}"
+        said = f.summary.removeprefix(findings.HANDSHAKE_FAILED_PREFIX) if f else str(e)
+        return None, f"TLS handshake failed: {said}"
     with tls:
         version = tls.version() or "TLS"
-        a = send_and_read(tls, f"GET / HTTP/1.1\r\nHost: {host}\r\n\r\n".encode(), time.monotonic() + timeout)
+        a = send_and_read(tls, f"GET / HTTP/1.1\r\nHost: {url_host(host)}\r\n\r\n".encode(), time.monotonic() + timeout)
     return a, f"{version} handshake done"
 
 
@@ -243,7 +253,8 @@ def probe_connect_plain(
     if t.sock is None:
         return Probe(name, t.said, False, shape=t.shape, answer=t.answer)
     with t.sock:
-        a = send_and_read(t.sock, f"GET / HTTP/1.1\r\nHost: {host}\r\n\r\n".encode(), time.monotonic() + timeout)
+        request = f"GET / HTTP/1.1\r\nHost: {url_host(host)}\r\n\r\n".encode()
+        a = send_and_read(t.sock, request, time.monotonic() + timeout)
     what, f = describe(a)
     # "ok" here means: the port answered plaintext the way a TLS port does
     speaks_tls = f is not None and f.kind in (Kind.TLS_RECORDS, Kind.PLAIN_HTTP_400)
@@ -374,16 +385,36 @@ def scheme_of(challenge: str) -> str:
     return challenge.split(None, 1)[0] if challenge else ""
 
 
+@dataclass(frozen=True)
+class AuthOffer:
+    """What a 407 offers: its challenges, and the schemes among them that esrs-fix check cannot speak."""
+
+    offered: list[str]
+    unsupported: list[str]
+
+    @property
+    def basic(self) -> bool:
+        return any(scheme_of(c).lower() == "basic" for c in self.offered)
+
+    @classmethod
+    def of(cls, a: Answer | None) -> AuthOffer:
+        offered = challenges(a.all("proxy-authenticate") if a else [])
+        schemes = [scheme_of(c) for c in offered]
+        return cls(offered, list(dict.fromkeys(s for s in schemes if s.lower() != "basic")))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"offered": self.offered, "unsupported": self.unsupported}
+
+
 def _auth_verdict(probe: Probe, credentials: Credentials | None) -> tuple[Outcome, str]:
-    offered = challenges(probe.answer.all("proxy-authenticate") if probe.answer else [])
-    schemes = [scheme_of(c) for c in offered]
-    basic = any(s.lower() == "basic" for s in schemes)
-    unsupported = list(dict.fromkeys(s for s in schemes if s.lower() != "basic"))
-    said = (
-        f"the proxy rejected the credentials given for user {credentials.user!r}"
-        if credentials
-        else "the proxy requires authentication and no credentials were given"
-    )
+    offer = AuthOffer.of(probe.answer)
+    offered, unsupported, basic = offer.offered, offer.unsupported, offer.basic
+    if credentials and not basic:
+        said = f"the proxy does not take Basic credentials, so those given for user {credentials.user!r} could not work"
+    elif credentials:
+        said = f"the proxy rejected the credentials given for user {credentials.user!r}"
+    else:
+        said = "the proxy requires authentication and no credentials were given"
     text = f"could not test: {said} (HTTP 407 from {_answered_by(probe.answer)}); it offers: "
     text += "; ".join(offered) if offered else "no Proxy-Authenticate challenge at all"
     if unsupported:
@@ -438,6 +469,12 @@ def _verdict(
             f"(X-Transformed-From: HTTP/0.9): the {absolute.status} is the proxy's wrapping of {tls}, not the server's "
             f"answer; {connect}: {fix}"
         )
+    if shape is Shape.WRAPPED_HTTP09:
+        return Outcome.FAIL, (
+            f"the HTTP {absolute.status} is no success: {_answered_by(a)} got an answer that is not HTTP and wrapped "
+            f"it in an HTTP/0.9 answer of its own (X-Transformed-From: HTTP/0.9): {_wrapped_body(a)}; it is not the "
+            f"server's answer to GET https://; {connect}"
+        )
     if shape is Shape.TLS_IN_BODY and f is not None:
         return Outcome.FAIL, (
             f"the HTTP {absolute.status} is no success: its body is the server's raw TLS answer ({f.summary}): "
@@ -449,16 +486,18 @@ def _verdict(
             f"({f.summary}); {connect}: {fix}"
         )
     if shape is Shape.SERVER_PLAIN_HTTP_400 and f is not None:
-        return Outcome.FAIL, f"the proxy sent the request in plaintext and the server said so ({f.detail}); {connect}"
+        return Outcome.FAIL, (
+            f"the proxy sent the request in plaintext and the server said so ({f.detail}); {connect}: {fix}"
+        )
     if shape is Shape.PROXY_REFUSED:
         way = (
-            "CONNECT works, so the server is reachable: the proxy takes https only through CONNECT; make the check "
-            "tunnel (CONNECT), or bypass the proxy for the check"
+            "CONNECT works, so the server is reachable: the proxy will not fetch this https:// URL itself but "
+            "tunnels it; make the check tunnel (CONNECT), or bypass the proxy for the check"
             if tunnel.ok
             else connect
         )
         return Outcome.FAIL, (
-            f"{_answered_by(a)} refused GET https:// itself: {absolute.what.split(',')[0]}{_page(a)}; "
+            f"{_answered_by(a)} refused GET https:// itself: {a.status_line if a else absolute.what}{_page(a)}; "
             f"it never reached the server; {way}"
         )
     if shape is Shape.PROXY_UPSTREAM_ERROR:
@@ -487,6 +526,17 @@ def _verdict(
     if absolute.status is not None:
         return Outcome.FAIL, f"{_answered_by(a)} answered {absolute.what}{_page(a)} instead of 200; {connect}"
     return Outcome.FAIL, f"no HTTP answer to GET https:// ({absolute.what}); {connect}"
+
+
+def _wrapped_body(a: Answer | None) -> str:
+    """What a proxy's HTTP/0.9 wrapping held, when it was no TLS record: in words, with its first bytes."""
+    body = a.body if a is not None else b""
+    if not body:
+        return "it held no bytes (the upstream closed without answering)"
+    raw = f"raw bytes {hexdump(body, 16)}"
+    if reason := not_tls_reason(body):
+        return f"it held {raw}, which look like a TLS record but are not one ({reason}): damaged on the way"
+    return f"it held {raw}, neither HTTP nor TLS"
 
 
 def overall(results: list[PortResult]) -> Outcome:

@@ -79,6 +79,8 @@ class Finding:
     @property
     def what_came(self) -> str:
         """The records in words for a sentence: "a TLS alert" when one of them is an alert."""
+        if not self.records:
+            return "an incomplete TLS record" if self.raw else "no bytes at all"
         return "a TLS alert" if any(r.alert is not None for r in self.records) else "TLS records without an alert"
 
     def upgradable(self, method: str) -> bool:
@@ -152,8 +154,12 @@ def from_incomplete_head(data: bytes | bytearray) -> Finding | None:
         "The upstream's answer began like a TLS record but the record never completed "
         f"({decoded.buffered} of {decoded.needed} bytes arrived). The port most likely speaks TLS. " + CHECK_ADVICE,
         raw=bytes(data),
-        detail=f"incomplete TLS record: {tls.hexdump(bytes(data), 16)} ({decoded.buffered} of {decoded.needed} bytes)",
+        detail=_incomplete_detail(bytes(data), decoded),
     )
+
+
+def _incomplete_detail(data: bytes, decoded: tls.NeedMore) -> str:
+    return f"incomplete TLS record: {tls.hexdump(data, 16)} ({decoded.buffered} of {decoded.needed} bytes)"
 
 
 def silent_close() -> Finding:
@@ -180,6 +186,11 @@ PLAIN_HTTP_PAGES: tuple[tuple[bytes, str], ...] = (
 TRANSFORMED_FROM_HTTP09 = "HTTP/0.9"
 
 
+def is_http09_wrapping(transformed_from: str | None) -> bool:
+    """Whether an `X-Transformed-From` value says the head is a proxy's invention around a non-HTTP answer."""
+    return (transformed_from or "").strip().upper() == TRANSFORMED_FROM_HTTP09
+
+
 def from_response(status_code: int, body: bytes | None, transformed_from: str | None = None) -> Finding | None:
     """A complete HTTP response that is really the TLS port's answer: a known 400 page, or TLS as the body.
 
@@ -201,9 +212,23 @@ def from_response(status_code: int, body: bytes | None, transformed_from: str | 
         return None
     if tls.could_start_tls(body[0]):
         decoded = tls.decode(body)
+        wrapped = is_http09_wrapping(transformed_from)
+        if wrapped and isinstance(decoded, tls.NeedMore):
+            # the upstream stopped part-way through a record, and squid wrapped what had arrived
+            return Finding(
+                Kind.TLS_WRAPPED_HTTP09,
+                Confidence.MEDIUM,
+                f"The HTTP {status_code} is not the server's: a proxy (squid) sent the request in plaintext, got "
+                "back the start of a TLS record that never completed, and wrapped it in an HTTP/0.9 answer of its "
+                f"own (X-Transformed-From: HTTP/0.9). The port most likely speaks TLS; the {status_code} is no "
+                f"success. {CHECK_ADVICE}",
+                raw=body,
+                detail=_incomplete_detail(body, decoded),
+                extra={"http_status": status_code},
+            )
         if not isinstance(decoded, Records):
             return None
-        if (transformed_from or "").strip().upper() == TRANSFORMED_FROM_HTTP09:
+        if wrapped:
             # squid keeps whatever follows, so a trailing partial record is still its wrapping of a TLS answer
             return Finding(
                 Kind.TLS_WRAPPED_HTTP09,
@@ -236,6 +261,10 @@ _NOT_TLS_WORDS = ("wrong version number", "packet length too long", "record laye
 _NO_SHARED_VERSION_WORDS = ("unsupported protocol", "no protocols available")
 
 
+#: How the summary of a failed TLS handshake with the upstream begins.
+HANDSHAKE_FAILED_PREFIX = "TLS handshake with the upstream failed: "
+
+
 def tls_alert(code: int, message: str) -> Finding:
     """The TLS handshake with the upstream ended in alert `code`; `message` is the TLS stack's own text."""
     name = tls.registry.alert_description_name(code)
@@ -256,7 +285,7 @@ def tls_alert(code: int, message: str) -> Finding:
         Kind.TLS_HANDSHAKE_ALERT,
         Confidence.HIGH,
         cause,
-        detail=f"TLS handshake with the upstream failed: alert {name} ({code})",
+        detail=f"{HANDSHAKE_FAILED_PREFIX}alert {name} ({code})",
         extra={"alert": {"description": code, "description_name": name}, "tls_error": message.strip()},
     )
 
@@ -288,6 +317,6 @@ def from_tls_error(message: str) -> Finding | None:
             Kind.TLS_HANDSHAKE_ALERT,
             Confidence.MEDIUM,
             "The upstream offers only TLS versions that mitmproxy refuses (for instance TLS 1.0 alone).",
-            detail=f"TLS handshake with the upstream failed: {message.strip()}",
+            detail=f"{HANDSHAKE_FAILED_PREFIX}{message.strip()}",
         )
     return None

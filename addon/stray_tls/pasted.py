@@ -4,6 +4,7 @@ and proxy or server addresses."""
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import re
 import urllib.parse
 from collections.abc import Callable
@@ -58,9 +59,43 @@ def parse_hostport(text: str) -> tuple[str, int]:
     host, sep, port = rest.rpartition(":")
     if not sep or not (port.isascii() and port.isdigit()) or not host.strip("[]"):
         raise ValueError(f"expected http://HOST:PORT or HOST:PORT, got {text!r}")
+    bracketed = host.startswith("[") and host.endswith("]")
+    if host.startswith("[") != host.endswith("]") or (":" in host and not bracketed):
+        raise ValueError(f"expected HOST:PORT with an IPv6 address in brackets ([::1]:3128), got {text!r}")
     if not 0 < int(port) < 65536:
         raise PortError(int(port))
-    return host.strip("[]"), int(port)
+    return parse_host(host), int(port)
+
+
+#: Characters no host name or address holds; with them, a request line or CONNECT target would be broken.
+_NOT_IN_HOST = re.compile(r"[\s/?#@\[\]\\%]")
+
+
+def parse_host(text: str) -> str:
+    """A host name, an IPv4 address, or an IPv6 address (brackets optional) -> the bare host; ValueError otherwise."""
+    host = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+    if ":" in host:
+        try:
+            return str(ipaddress.IPv6Address(host))
+        except ValueError:
+            raise ValueError(f"{text!r} is not a host name or an IP address") from None
+    if not host or _NOT_IN_HOST.search(host):
+        raise ValueError(f"{text!r} is not a host name or an IP address")
+    try:
+        host.encode("idna")
+    except UnicodeError:
+        raise ValueError(f"{text!r} is not a host name or an IP address") from None
+    return host
+
+
+def url_host(host: str) -> str:
+    """The host as it goes into a URL, a Host header or a CONNECT target: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host else host
+
+
+def hostport(host: str, port: int) -> str:
+    """`host:port`, `[::1]:port` for an IPv6 address."""
+    return f"{url_host(host)}:{port}"
 
 
 @dataclass(frozen=True)
@@ -90,8 +125,9 @@ def parse_proxy(text: str) -> ProxyAddress:
     user = password = None
     if at:
         raw_user, colon, raw_password = userinfo.partition(":")
-        user = urllib.parse.unquote(raw_user)
-        password = urllib.parse.unquote(raw_password) if colon else None
+        # bytes that are not UTF-8 are kept as they are (surrogateescape), so the proxy gets what was typed
+        user = urllib.parse.unquote(raw_user, errors="surrogateescape")
+        password = urllib.parse.unquote(raw_password, errors="surrogateescape") if colon else None
         if not user:
             raise ValueError(f"no user name before '@' in {redact_proxy(text)!r}; give http://USER:PASSWORD@HOST:PORT")
     try:
@@ -100,7 +136,8 @@ def parse_proxy(text: str) -> ProxyAddress:
         raise ValueError(f"{e}, in {redact_proxy(text)!r}") from None
     except ValueError:
         raise ValueError(
-            f"expected http://HOST:PORT, http://USER:PASSWORD@HOST:PORT or HOST:PORT, got {redact_proxy(text)!r}"
+            "expected http://HOST:PORT, http://USER:PASSWORD@HOST:PORT or HOST:PORT (an IPv6 address in brackets: "
+            f"http://[::1]:3128), got {redact_proxy(text)!r}"
         ) from None
     return ProxyAddress(host, port, user, password)
 

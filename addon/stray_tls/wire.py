@@ -177,6 +177,9 @@ def describe(a: Answer) -> tuple[str, Finding | None]:
             wrapped = " (X-Transformed-From: HTTP/0.9)" if f.kind is Kind.TLS_WRAPPED_HTTP09 else ""
             body = f"body: raw bytes {records.hexdump(f.raw, 16)}, decoded {f.summary}"
             return f"{a.status_line}{label}{wrapped}, {body}", f
+        if f is None and findings.is_http09_wrapping(a.header("x-transformed-from")):
+            body = f"body: raw bytes {records.hexdump(a.body, 16)}" if a.body else "empty body"
+            return f"{a.status_line}{label} (X-Transformed-From: HTTP/0.9), {body}", None
         return f"{a.status_line}{label}" + (f" ({f.detail})" if f else ""), f
     if not a.raw:
         return ("no answer within the timeout" if a.timed_out else "connection closed without a byte"), None

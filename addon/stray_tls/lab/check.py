@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..diagnose import product
-from ..findings import Finding, Kind
+from ..diagnose import Shape, product, shape_of
+from ..findings import Finding
 from ..wire import Answer, describe, exchange
 
-#: Answers whose HTTP status is a proxy's, around the server's TLS records: their 200 is no success.
-WRAPPING = (Kind.TLS_WRAPPED_HTTP09, Kind.TLS_IN_BODY)
+#: Answers whose HTTP status is a proxy's, around the server's answer: their 200 is no success.
+WRAPPING = (Shape.WRAPPED_HTTP09, Shape.TLS_IN_BODY)
 
 
 @dataclass
@@ -43,8 +43,9 @@ def run_plain_get(proxy: tuple[str, int], host: str, port: int, timeout: float =
 
 def _result(url: str, answer: Answer) -> CheckResult:
     saw, finding = describe(answer)
-    wrapped = finding is not None and finding.kind in WRAPPING
-    if wrapped and finding is not None and answer.status == 200:
+    shape = shape_of(answer, finding)
+    if answer.status == 200 and shape in WRAPPING:
         who = product(answer) or "the proxy"
-        saw = f"the 200 is {who}'s wrapping of {finding.what_came}, not the server's answer: {saw}"
-    return CheckResult(url, answer.status == 200 and not wrapped, answer, finding, saw)
+        held = finding.what_came if finding is not None else "an answer that is not HTTP"
+        saw = f"the 200 is {who}'s wrapping of {held}, not the server's answer: {saw}"
+    return CheckResult(url, shape is Shape.HTTP_OK, answer, finding, saw)

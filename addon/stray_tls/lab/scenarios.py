@@ -257,7 +257,8 @@ def _judge_a(r: CheckResult, logged: list[str]) -> str:
 def _judge_a_squid(r: CheckResult, logged: list[str]) -> str:
     f = r.finding
     wrapped = r.answer.status == 200 and f is not None and f.kind is Kind.TLS_WRAPPED_HTTP09
-    alert = wrapped and f is not None and f.records[0].alert is not None and f.records[0].alert.description == 10
+    first = f.records[0] if wrapped and f is not None and f.records else None
+    alert = first is not None and first.alert is not None and first.alert.description == 10
     if r.passed or not alert:
         return "expected squid's 200 wrapping the alert 15 03 01 00 02 02 0a (X-Transformed-From: HTTP/0.9)"
     return ""
