@@ -213,3 +213,9 @@ def test_sigterm_stops_every_process_the_lab_started(tmp_path) -> None:
     for pid in left:  # what the lab failed to stop is still ours to end (it names our temporary directory)
         os.kill(pid, signal.SIGKILL)
     assert left == []
+
+
+def test_free_ports_are_never_handed_out_twice() -> None:
+    """One mitmdump with two modes on one port refuses to start (a CI run failed so): every port is new."""
+    ports = [servers.free_port() for _ in range(3000)]
+    assert len(set(ports)) == len(ports)

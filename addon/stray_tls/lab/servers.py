@@ -65,12 +65,26 @@ def make_certificate(directory: Path, common_name: str = "esrs.lab") -> tuple[Pa
     return cert_path, key_path
 
 
+_handed_out: set[tuple[str, int]] = set()
+_handed_out_lock = threading.Lock()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port that was free a moment ago, for programs that must be told their port (mitmdump)."""
+    """A port that was free a moment ago, for programs that must be told their port (mitmdump).
+
+    The kernel may give the same port to two binds in a row once the first is closed, and one mitmdump
+    with two modes on one port refuses to start; so a port is handed out once per process, never twice.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    with _handed_out_lock:
+        for _ in range(256):
+            with socket.socket(family, socket.SOCK_STREAM) as s:
+                s.bind((host, 0))
+                port = int(s.getsockname()[1])
+            if (host, port) not in _handed_out:
+                _handed_out.add((host, port))
+                return port
+    raise OSError(f"no free port on {host} that was not handed out before")
 
 
 def read_head(conn: socket.socket, limit: int = 65536) -> bytes:
