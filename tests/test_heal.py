@@ -497,6 +497,27 @@ def test_squids_wrapped_200_is_healed_through_connect_on_squid(real_proxies, jss
     assert (jsse_esrs.plaintext_requests, jsse_esrs.tls_requests) == (before[0] + 1, before[1] + 2)
 
 
+def test_squid_in_front_of_the_real_jsse_server_is_healed(real_server: RealServers, real_proxies, mitmdump) -> None:
+    """squid, its cache_peer the real JSSE server (Java), wraps JSSE's own alert in `HTTP/1.1 200` + X-Transformed-From:
+    HTTP/0.9; the client gets what a direct https:// request to that server gets, then the target is learned."""
+    jsse = real_server("jsse")
+    squid = real_proxies.get("squid-jsse")
+    port = servers.free_port()
+    m = mitmdump(["-p", str(port), "--mode", f"upstream:{squid.url}", "--set", "esrs_upgrade=true", "--set",
+                  f"ssl_verify_upstream_trusted_ca={jsse.cert}"])  # fmt: skip
+    request = f"GET http://localhost:{jsse.port}/ HTTP/1.1\r\nHost: localhost:{jsse.port}\r\n\r\n".encode()
+    real = direct_tls(jsse)
+    first = exchange(("127.0.0.1", port), request, TIMEOUT)
+    assert (first.status, first.body) == (real.status, real.body), m.log_tail()
+    assert jsse.serves(first.body)
+    assert (first.label or "").startswith("upgraded; TLS alert: fatal unexpected_message (10), record version TLS 1.2")
+    assert "[tls_wrapped_http09, confidence high; upgraded to TLS" in m.log()
+    second = exchange(("127.0.0.1", port), request, TIMEOUT)
+    assert (second.status, second.body) == (real.status, real.body), m.log_tail()
+    assert (second.label or "").startswith("upgraded (learned); "), second.label
+    assert f"learned localhost:{jsse.port} via 127.0.0.1:{squid.port}" in m.log()
+
+
 class ClientCertServer(servers.EsrsServer):
     """The stand-in, asking every TLS client for a certificate signed by `client_ca`."""
 
