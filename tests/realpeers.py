@@ -572,6 +572,11 @@ class RealServers:
         except PeerFailed as e:
             pytest.fail(str(e), pytrace=False)
 
+    def why_not(self, name: str) -> str:
+        """Why `optional(name)` gave None, for a skip reason: the PeerUnavailable message, naming what to install."""
+        failure = self.workspace.failures.get(name)
+        return str(failure) if failure is not None else f"{name}: not started"
+
     @property
     def names(self) -> list[str]:
         return list(self.workspace.specs)

@@ -7,7 +7,8 @@ that is not installed skips the test that asked for it, with the install command
 installed but does not come up fails the test, with the tail of its log.
 
 Every proxy that needs to know the origin (squid's `cache_peer`) points at one session-wide ESRS stand-in that
-answers plaintext the way JSSE does (`15 03 03 00 02 02 0a`): `jsse_esrs`.
+answers plaintext the way JSSE does (`15 03 03 00 02 02 0a`): `jsse_esrs`. `squid-jsse` is squid with the real
+JSSE server (tests/realpeers.py, Java) as its `cache_peer` instead; it skips, naming what to install, without Java.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from stray_tls import records
 from stray_tls.lab import proxies, servers
 from stray_tls.lab.proxies import RealProxy
 
+from .realpeers import RealServers
+
 __all__ = ["PASSWORD", "USER", "RealProxies", "RealProxy", "jsse_esrs", "real_proxies"]
 
 #: JSSE's answer to plaintext on a TLS port: a fatal unexpected_message alert in a TLS 1.2 record.
@@ -35,21 +38,24 @@ USER, PASSWORD = "esrsuser", "s3cr%t:pw"  # a password with characters that need
 class RealProxies:
     """Starts each proxy on first `get(name)`; `stop_all()` ends them, each by its own pid."""
 
-    #: the fixture's names: a proxy, and the form it runs in (`-peer`: squid with the origin as its cache_peer)
+    #: the fixture's names: a proxy, and the form it runs in (`-peer`: squid with the stand-in origin as its
+    #: cache_peer; `-jsse`: squid with the real JSSE server as its cache_peer)
     NAMES = (
         "proxy.py",
         "proxy.py-auth",
         "pproxy",
         "squid",
         "squid-peer",
+        "squid-jsse",
         "squid-auth",
         "tinyproxy",
         "privoxy",
     )
 
-    def __init__(self, directory: Path, origin: servers.EsrsServer) -> None:
+    def __init__(self, directory: Path, origin: servers.EsrsServer, real_servers: RealServers | None = None) -> None:
         self.directory = directory
         self.origin = origin
+        self.real_servers = real_servers
         self.running: dict[str, RealProxy] = {}
         self.unavailable: dict[str, str] = {}
 
@@ -61,6 +67,10 @@ class RealProxies:
             return proxy, {"auth": (USER, PASSWORD)}
         if form == "peer":
             return proxy, {"peers": [("127.0.0.1", self.origin.port)]}
+        if form == "jsse":
+            if self.real_servers is None:
+                raise ValueError("squid-jsse needs the real servers (the real_server fixture)")
+            return proxy, {"peers": [self.real_servers("jsse").address]}  # a skip naming what to install, if need be
         return proxy, {}
 
     def get(self, name: str) -> RealProxy:
@@ -92,11 +102,11 @@ def jsse_esrs(cert) -> Iterator[servers.EsrsServer]:
 
 
 @pytest.fixture(scope="session")
-def real_proxies(jsse_esrs: servers.EsrsServer) -> Iterator[RealProxies]:
+def real_proxies(jsse_esrs: servers.EsrsServer, real_server: RealServers) -> Iterator[RealProxies]:
     """Real proxies, each started on first `real_proxies.get(name)` and stopped at the end of the session."""
     directory = Path(tempfile.mkdtemp(prefix="esrs-realproxies-"))
     os.chmod(directory, 0o755)  # the proxy user must reach its own directory below
-    started = RealProxies(directory, jsse_esrs)
+    started = RealProxies(directory, jsse_esrs, real_server)
     try:
         yield started
     finally:

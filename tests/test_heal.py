@@ -1,16 +1,25 @@
 """esrs_upgrade against real TLS servers: the client gets the server's own answer, then the target is learned.
 
 Real mitmdump, real servers from Debian (tests/realpeers.py) and the lab's stand-ins, on loopback; regular,
-reverse and upstream mode; the untrusted certificate fails closed; a POST after a silent close is not re-sent.
+reverse and upstream mode (squid in front of the real JSSE server too); esrs_filter scopes healing; esrs_upgrade
+beats esrs_rewrite; a POST is sent again after a TLS alert but not after a silent close; a learned target whose TLS
+fails is forgotten; an untrusted certificate or one for another name fails closed, unless ssl_insecure is set;
+an answer that is valid HTTP (TLS records as its body) is never upgraded.
+
+Each mitmdump serves several checks: `healer` (reverse mode, a listener per real server and per stand-in),
+`lenient` (esrs_rewrite, esrs_filter and ssl_insecure on) and `silent_healer` (the silently closing servers). Every
+check there has a target of its own, so that what one check learned does not change another's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import ssl
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -26,67 +35,181 @@ from .realpeers import Peer, RealServers
 pytestmark = pytest.mark.e2e
 
 PEERS = ["nginx", "apache2", "tomcat", "go", "jsse", "gnutls", "jdk-httpsserver", "openssl", "python-ssl"]
+#: The servers that answer plaintext with a silent close.
+SILENT = ["openssl", "python-ssl", "jdk-httpsserver"]
+#: Those of them that answer HEAD over TLS (`openssl s_server -www` waits for a GET line, and would hold the attempt).
+ANSWER_HEAD = {"python-ssl", "jdk-httpsserver"}
 TIMEOUT = 20.0  # a bound on each client, not a speed claim
+#: A request header that puts a flow outside `lenient`'s esrs_filter.
+OUT_OF_SCOPE = "X-Esrs-Test: out-of-scope"
+FIELD_ALERT_SUMMARY = "TLS alert: fatal unexpected_message (10), record version TLS 1.0"
 
 
-def plaintext(port: int, method: str = "GET", host: str = "localhost") -> Answer:
-    body = b"x=1" if method == "POST" else b""
-    head = f"{method} / HTTP/1.1\r\nHost: {host}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+def plaintext(
+    port: int, method: str = "GET", host: str = "localhost", *, body: bytes | None = None, header: str = ""
+) -> Answer:
+    body = (b"x=1" if method == "POST" else b"") if body is None else body
+    extra = f"{header}\r\n" if header else ""
+    head = f"{method} / HTTP/1.1\r\nHost: {host}\r\nContent-Length: {len(body)}\r\n{extra}Connection: close\r\n\r\n"
     return exchange(("127.0.0.1", port), head.encode() + body, TIMEOUT)
 
 
-def direct_tls(peer: Peer) -> Answer:
+def direct_tls(peer: Peer, method: str = "GET") -> Answer:
     """What the same request gets from the server over TLS, without any proxy."""
     with (
         socket.create_connection(peer.address, timeout=TIMEOUT) as raw,
         peer.tls_context().wrap_socket(raw, server_hostname="localhost") as tls,
     ):
-        request = b"GET / HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-        return send_and_read(tls, request, time.monotonic() + TIMEOUT)
+        request = f"{method} / HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        return send_and_read(tls, request.encode(), time.monotonic() + TIMEOUT)
 
 
 def report_lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-class Healer:
-    """One mitmdump in reverse mode with a listener per available real server, esrs_upgrade on."""
+def replayed(m: Mitmdump, method: str, port: int) -> bool:
+    """Whether mitmdump's log shows esrs-fix's TLS attempt (a replayed flow) of `method` to `port`."""
+    return any(
+        line.startswith("[replay]") and f": {method} https://" in line and f":{port}/" in line
+        for line in m.log().splitlines()
+    )
 
-    def __init__(self, peers: dict[str, Peer], m: Mitmdump, ports: dict[str, int], report: Path) -> None:
-        self.peers, self.m, self.ports, self.report = peers, m, ports, report
+
+def eventually(check: Callable[[], bool], seconds: float = 5.0) -> bool:
+    """Whether `check()` holds within `seconds` (a log line may land a moment after the client's answer)."""
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+@contextlib.contextmanager
+def reverse_mitmdump(
+    targets: dict[str, str], options: Mapping[str, object], log: Path
+) -> Iterator[tuple[Mitmdump, dict[str, int]]]:
+    """One mitmdump with a reverse-mode listener per target (by name), the addon's options set; its ports by name."""
+    args, ports = reverse_modes(list(targets.values()))
+    settings = [a for k, v in options.items() for a in ("--set", f"{k}={v}")]
+    with Mitmdump(args + settings, log, listeners=len(ports)) as m:
+        yield m, dict(zip(targets, ports, strict=True))
+
+
+def server_context(cert: tuple[Path, Path]) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(str(cert[0]), str(cert[1]))
+    return context
+
+
+class RecordingServer(servers.TCPServer):
+    """A TLS port answering TLS requests with `body`, and plaintext with the field alert (like the stand-in); it
+    keeps every request's body, plaintext and TLS apart, so that a test sees what reached the server and how."""
+
+    def __init__(self, cert: tuple[Path, Path], body: bytes, host: str = "127.0.0.1") -> None:
+        super().__init__(host)
+        self.body = body
+        self.context = server_context(cert)
+        self.plaintext_bodies: list[bytes] = []
+        self.tls_requests: list[tuple[str, bytes]] = []  # (method, body)
+
+    @property
+    def tls_count(self) -> int:
+        return len(self.tls_requests)
+
+    @staticmethod
+    def read_request(conn: socket.socket) -> tuple[bytes, bytes]:
+        """The head (empty when the client sent nothing) and the Content-Length body of one request."""
+        head = servers.read_head(conn)
+        if not head:
+            return b"", b""
+        length = int(next((v for k, v in (line.split(b":", 1) for line in head.split(b"\r\n")[1:] if b":" in line)
+                           if k.strip().lower() == b"content-length"), b"0"))  # fmt: skip
+        received = head.split(b"\r\n\r\n", 1)[1]
+        while len(received) < length and (more := conn.recv(4096)):
+            received += more
+        return head, received[:length]
+
+    def handle(self, conn: socket.socket) -> None:
+        if conn.recv(1, socket.MSG_PEEK) != b"\x16":
+            head, body = self.read_request(conn)
+            if not head:  # reverse mode's eager connection, closed unused (the request went over TLS)
+                return
+            self.plaintext_bodies.append(body)
+            conn.sendall(servers.ALERT_TLS10)
+            return
+        with self.context.wrap_socket(conn, server_side=True) as tls:
+            head, body = self.read_request(tls)
+            self.tls_requests.append((head.split(b" ", 1)[0].decode(), body))
+            tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(self.body))
+            tls.sendall(self.body)
+
+
+# -- healer: one mitmdump in reverse mode, a listener per real server and per stand-in, esrs_upgrade on
+
+
+@dataclass
+class Healer:
+    peers: dict[str, Peer]
+    #: Why each real server that is not in `peers` could not run here (what to install).
+    missing: dict[str, str]
+    m: Mitmdump
+    ports: dict[str, int]
+    report: Path
+    #: Stand-ins, each the target of one check: a POST is sent again after an alert, the body reaches it once.
+    post: RecordingServer
+    #: A learned target whose certificate is swapped for an untrusted one.
+    swap: servers.EsrsServer
+    #: A trusted certificate, but not for the address it is reached at (127.0.0.2).
+    other_name: servers.EsrsServer
+    #: A valid HTTP 200 whose body is TLS records: never upgraded.
+    tls_body: servers.ScriptedServer
+
+
+#: The answer of `Healer.tls_body`: an HTTP head, then the field alert as its body (tls_in_body).
+TLS_BODY_ANSWER = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+    % (len(servers.ALERT_TLS10), servers.ALERT_TLS10)
+)
+POST_ANSWER = b"the real server: posted\n"
 
 
 @pytest.fixture(scope="module")
 def healer(real_server: RealServers, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Healer]:
     peers = {name: p for name in PEERS if (p := real_server.optional(name)) is not None}
-    if not peers:
-        pytest.skip("no real TLS server could run here (see tests/test_real_servers.py for what is missing)")
+    missing = {name: real_server.why_not(name) for name in PEERS if name not in peers}
     tmp = tmp_path_factory.mktemp("heal")
-    args, ports = reverse_modes([f"http://127.0.0.1:{p.port}" for p in peers.values()])
-    ca = next(iter(peers.values())).cert
-    report = tmp / "report.jsonl"
-    # lazy: `openssl s_server` serves one connection at a time, and the plaintext connection that reverse mode
-    # opens eagerly for a learned request (which goes over TLS instead) would hold it. Eager mode is covered below.
-    options = {
-        "esrs_upgrade": "true",
-        "ssl_verify_upstream_trusted_ca": ca,
-        "esrs_report": report,
-        "connection_strategy": "lazy",
-    }
-    m = Mitmdump(
-        args + [a for k, v in options.items() for a in ("--set", f"{k}={v}")],
-        tmp / "mitmdump.log",
-        listeners=len(ports),
-    )
-    with m:
-        yield Healer(peers, m, dict(zip(peers, ports, strict=True)), report)
+    trusted = (real_server.workspace.cert, real_server.workspace.key)  # the real servers' certificate, trusted below
+    post = RecordingServer(trusted, POST_ANSWER)
+    swap = servers.EsrsServer(trusted)
+    other_name = servers.EsrsServer(trusted, host="127.0.0.2")  # the certificate names 127.0.0.1, not .2
+    tls_body = servers.ScriptedServer(lambda head: TLS_BODY_ANSWER, keep_alive=False)
+    with contextlib.ExitStack() as stack:
+        for server in (post, swap, other_name, tls_body):
+            stack.enter_context(server)
+        targets = {name: f"http://127.0.0.1:{p.port}" for name, p in peers.items()}
+        for name, server in (("post", post), ("swap", swap), ("other_name", other_name), ("tls_body", tls_body)):
+            targets[name] = f"http://{server.host}:{server.port}"
+        report = tmp / "report.jsonl"
+        # lazy: `openssl s_server` serves one connection at a time, and the plaintext connection that reverse mode
+        # opens eagerly for a learned request (which goes over TLS instead) would hold it. Eager mode is covered
+        # below.
+        options = {
+            "esrs_upgrade": "true",
+            "ssl_verify_upstream_trusted_ca": trusted[0],
+            "esrs_report": report,
+            "connection_strategy": "lazy",
+        }
+        with reverse_mitmdump(targets, options, tmp / "mitmdump.log") as (m, ports):
+            yield Healer(peers, missing, m, ports, report, post, swap, other_name, tls_body)
 
 
 @pytest.mark.parametrize("name", PEERS)
 def test_a_real_server_is_healed_then_served_as_learned(healer: Healer, name: str) -> None:
     peer = healer.peers.get(name)
     if peer is None:
-        pytest.skip(f"{name} could not run here (see tests/test_real_servers.py)")
+        pytest.skip(healer.missing[name])
     port = healer.ports[name]
     real = direct_tls(peer)
     first = plaintext(port)
@@ -100,6 +223,8 @@ def test_a_real_server_is_healed_then_served_as_learned(healer: Healer, name: st
     assert (first.label or "").startswith("upgraded; "), first.label
     if peer.plaintext is Kind.PLAIN_HTTP_400:
         assert f"HTTP 400 from {peer.software}" in (first.label or "")
+    # the TLS attempt is a replayed flow of its own: the counterpart of "no replay" for a POST after a silent close
+    assert eventually(lambda: replayed(healer.m, "GET", peer.port)), healer.m.log_tail()
     second = plaintext(port)
     assert second.status == real.status and peer.serves(second.body)
     assert (second.label or "").startswith("upgraded (learned); "), second.label
@@ -110,26 +235,193 @@ def test_a_real_server_is_healed_then_served_as_learned(healer: Healer, name: st
         assert bytes.fromhex(lines[0]["raw_hex"]) == peer.plaintext_answer  # what the plaintext attempt got
 
 
-@pytest.fixture
-def silent(real_server: RealServers) -> Peer:
-    for name in ("openssl", "python-ssl", "jdk-httpsserver"):
-        if (peer := real_server.optional(name)) is not None:
-            return peer
-    pytest.skip("no silently closing TLS server could run here")
+def test_a_post_is_sent_again_over_tls_after_a_tls_alert(healer: Healer) -> None:
+    """The alert proves that the server never processed the request: the POST, body and all, goes again over TLS,
+    once; the client gets the server's answer. Once learned, the next POST goes over TLS at once."""
+    server, port = healer.post, healer.ports["post"]
+    body = b"name=esrs&attempt=1"
+    first = plaintext(port, "POST", body=body)
+    assert first.status == 200 and first.body == POST_ANSWER, healer.m.log_tail()
+    assert (first.label or "").startswith(f"upgraded; {FIELD_ALERT_SUMMARY}"), first.label
+    assert server.plaintext_bodies == [body]  # the plaintext attempt, answered with the alert
+    assert server.tls_requests == [("POST", body)]  # over TLS, once, with its body
+    second = plaintext(port, "POST", body=b"name=esrs&attempt=2")
+    assert second.body == POST_ANSWER and (second.label or "").startswith("upgraded (learned); "), second.label
+    assert server.plaintext_bodies == [body]  # no plaintext attempt first
+    assert server.tls_requests == [("POST", body), ("POST", b"name=esrs&attempt=2")]
 
 
-def test_a_post_after_a_silent_close_is_not_sent_again(silent: Peer, mitmdump, tmp_path: Path) -> None:
-    report = tmp_path / "report.jsonl"
-    args, (port,) = reverse_modes([f"http://127.0.0.1:{silent.port}"])
-    m = mitmdump([*args, "--set", "esrs_upgrade=true", "--set", f"ssl_verify_upstream_trusted_ca={silent.cert}",
-                  "--set", f"esrs_report={report}"])  # fmt: skip
+def test_a_learned_target_whose_tls_fails_is_forgotten(healer: Healer, cert: tuple[Path, Path]) -> None:
+    """TLS to a learned target fails (its certificate is no longer trusted): a labelled 502, a log line that it is
+    forgotten, and the next request tries plaintext first; once TLS works again, it is healed and learned anew."""
+    server, port = healer.swap, healer.ports["swap"]
+    target = f"127.0.0.1:{server.port}"
+    assert (plaintext(port).label or "").startswith("upgraded; ")
+    assert (plaintext(port).label or "").startswith("upgraded (learned); ")
+    assert (server.plaintext_requests, server.tls_requests) == (1, 2)
+    trusted, server.context = server.context, server_context(cert)  # a certificate mitmdump does not trust
+    try:
+        failed = plaintext(port)
+        assert failed.status == 502, healer.m.log_tail()
+        assert (failed.label or "").startswith(
+            f"upgrade failed: certificate verification failed: self-signed certificate; {FIELD_ALERT_SUMMARY}"
+        ), failed.label
+        assert b"never weakened" in failed.body
+        assert server.plaintext_requests == 1  # it went over TLS at once, as learned
+        forgotten = f"TLS to learned target {target} failed"
+        assert eventually(lambda: forgotten in healer.m.log()), healer.m.log_tail()
+        assert "it is forgotten, and the next request tries plaintext first" in healer.m.log()
+        again = plaintext(port)  # forgotten: plaintext first, then the TLS attempt, which fails the same way
+        assert again.status == 502 and (again.label or "").startswith("upgrade failed: "), again.label
+        assert (server.plaintext_requests, server.tls_requests) == (2, 2)
+    finally:
+        server.context = trusted
+    healed = plaintext(port)
+    assert healed.status == 200 and (healed.label or "").startswith("upgraded; "), healed.label
+    assert (server.plaintext_requests, server.tls_requests) == (3, 3)
+    assert healer.m.log().count(f"learned {target}: it speaks TLS") == 2
+
+
+def test_a_certificate_for_another_name_fails_closed(healer: Healer) -> None:
+    """The certificate is trusted, but names 127.0.0.1, localhost and esrs.lab, not 127.0.0.2 where the server is:
+    a labelled 502 naming the mismatch, no request over that connection, nothing learned."""
+    server, port = healer.other_name, healer.ports["other_name"]
+    for _ in range(2):
+        answer = plaintext(port)
+        assert answer.status == 502, healer.m.log_tail()
+        label = answer.label or ""
+        assert label.startswith("upgrade failed: certificate verification failed: IP address mismatch; "), label
+        assert b"never weakened" in answer.body
+    assert server.tls_requests == 0  # no request went over the unverified connection
+    assert server.plaintext_requests == 2  # nothing was learned: each request tried plaintext first
+    assert "learned 127.0.0.2" not in healer.m.log()
+
+
+def test_tls_records_in_the_body_of_a_valid_http_answer_are_not_healed(healer: Healer) -> None:
+    """An HTTP 200 whose body is TLS records is valid HTTP: reported (tls_in_body), never sent again over TLS."""
+    server, port = healer.tls_body, healer.ports["tls_body"]
+    answer = plaintext(port)
+    assert (answer.status, answer.body, answer.label) == (200, servers.ALERT_TLS10, None), healer.m.log_tail()
+    assert server.connections == 1  # no TLS attempt
+    assert not replayed(healer.m, "GET", server.port)
+    (entry,) = [e for e in report_lines(healer.report) if f":{server.port}/" in e["url"]]
+    assert (entry["kind"], entry["upgraded"], entry["upgrade"]) == ("tls_in_body", False, None)
+
+
+# -- lenient: esrs_rewrite, esrs_filter and ssl_insecure on, each stand-in's certificate untrusted
+
+
+@dataclass
+class Lenient:
+    m: Mitmdump
+    ports: dict[str, int]
+    #: The target of the esrs_filter check.
+    scoped: servers.EsrsServer
+    #: The target of the esrs_upgrade-beats-esrs_rewrite check.
+    healed: servers.EsrsServer
+
+
+@pytest.fixture(scope="module")
+def lenient(cert: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lenient]:
+    tmp = tmp_path_factory.mktemp("heal-lenient")
+    scoped, healed = servers.EsrsServer(cert), servers.EsrsServer(cert)
+    with scoped, healed:
+        targets = {"scoped": f"http://127.0.0.1:{scoped.port}", "healed": f"http://127.0.0.1:{healed.port}"}
+        options = {
+            "esrs_upgrade": "true",
+            "esrs_rewrite": "true",
+            "esrs_filter": f"!~hq {OUT_OF_SCOPE.split(': ')[1]}",
+            "ssl_insecure": "true",  # and no trusted CA: only this lets the stand-ins' certificate through
+        }
+        with reverse_mitmdump(targets, options, tmp / "mitmdump.log") as (m, ports):
+            yield Lenient(m, ports, scoped, healed)
+
+
+def test_esrs_filter_scopes_healing(lenient: Lenient) -> None:
+    """Outside esrs_filter: today's labelled 502 (neither healed nor rewritten), before and after the target was
+    learned by a flow inside it; inside: healed, then learned."""
+    server, port = lenient.scoped, lenient.ports["scoped"]
+    outside = plaintext(port, header=OUT_OF_SCOPE)
+    assert outside.status == 502 and (outside.label or "").startswith(f"detected; {FIELD_ALERT_SUMMARY}"), outside.label
+    assert (server.plaintext_requests, server.tls_requests) == (1, 0)
+    inside = plaintext(port)
+    assert inside.status == 200 and inside.body == servers.OK_BODY, lenient.m.log_tail()
+    assert (inside.label or "").startswith("upgraded; "), inside.label
+    assert (server.plaintext_requests, server.tls_requests) == (2, 1)
+    outside = plaintext(port, header=OUT_OF_SCOPE)  # learned now, but outside the filter: plaintext, as before
+    assert outside.status == 502 and (outside.label or "").startswith("detected; "), outside.label
+    assert (server.plaintext_requests, server.tls_requests) == (3, 1)
+    inside = plaintext(port)
+    assert inside.body == servers.OK_BODY and (inside.label or "").startswith("upgraded (learned); "), inside.label
+    assert (server.plaintext_requests, server.tls_requests) == (3, 2)
+
+
+def test_with_rewrite_on_too_a_heal_answers_with_the_real_answer(lenient: Lenient) -> None:
+    """esrs_upgrade and esrs_rewrite both on: the heal is tried first, and when it works the client gets the
+    server's own answer, not the synthetic status. The certificate is untrusted: ssl_insecure is what lets it heal."""
+    server, port = lenient.healed, lenient.ports["healed"]
+    answer = plaintext(port)
+    assert answer.status == 200 and answer.body == servers.OK_BODY, lenient.m.log_tail()
+    assert (answer.label or "").startswith(f"upgraded; {FIELD_ALERT_SUMMARY}"), answer.label
+    assert b"SYNTHETIC" not in answer.body
+    assert (server.plaintext_requests, server.tls_requests) == (1, 1)
+
+
+# -- silent_healer: the silently closing real servers, one mitmdump
+
+
+@dataclass
+class SilentHealer:
+    peers: dict[str, Peer]
+    missing: dict[str, str]
+    m: Mitmdump | None  # None when no silently closing server could run here
+    ports: dict[str, int]
+    report: Path
+
+
+@pytest.fixture(scope="module")
+def silent_healer(real_server: RealServers, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SilentHealer]:
+    peers = {name: p for name in SILENT if (p := real_server.optional(name)) is not None}
+    missing = {name: real_server.why_not(name) for name in SILENT if name not in peers}
+    tmp = tmp_path_factory.mktemp("heal-silent")
+    report = tmp / "report.jsonl"
+    if not peers:
+        yield SilentHealer(peers, missing, None, {}, report)
+        return
+    targets = {name: f"http://127.0.0.1:{p.port}" for name, p in peers.items()}
+    options = {
+        "esrs_upgrade": "true",
+        "ssl_verify_upstream_trusted_ca": real_server.workspace.cert,
+        "esrs_report": report,
+        "connection_strategy": "lazy",  # openssl s_server: one connection at a time (see `healer`)
+    }
+    with reverse_mitmdump(targets, options, tmp / "mitmdump.log") as (m, ports):
+        yield SilentHealer(peers, missing, m, ports, report)
+
+
+@pytest.mark.parametrize("name", SILENT)
+def test_a_post_after_a_silent_close_is_not_sent_again(silent_healer: SilentHealer, name: str) -> None:
+    """A silent close proves nothing: a POST is not sent again; HEAD (where the server answers it) and GET are."""
+    peer, m = silent_healer.peers.get(name), silent_healer.m
+    if peer is None or m is None:
+        pytest.skip(silent_healer.missing[name])
+    port = silent_healer.ports[name]
     posted = plaintext(port, "POST")
-    assert posted.status == 502 and posted.label is None  # mitmproxy's own 502, as without the addon
-    (entry,) = report_lines(report)
+    assert posted.status == 502 and posted.label is None, m.log_tail()  # mitmproxy's own 502, as without the addon
+    (entry,) = [e for e in report_lines(silent_healer.report) if f":{peer.port}/" in e["url"]]
     assert (entry["kind"], entry["upgraded"], entry["upgrade"]) == ("silent_close", False, None)
-    assert "[replay]" not in m.log()  # no TLS attempt was made
-    healed = plaintext(port, "GET")  # a safe method is sent again, and only once it succeeded is it learned
-    assert healed.status == 200 and silent.serves(healed.body) and (healed.label or "").startswith("upgraded; ")
+    assert not replayed(m, "POST", peer.port)  # no TLS attempt was made
+    if name in ANSWER_HEAD:  # a safe method is sent again, and only once it succeeded is it learned
+        real = direct_tls(peer, "HEAD")
+        head = plaintext(port, "HEAD")
+        assert (head.status, head.body) == (real.status, b""), m.log_tail()
+        assert (head.label or "").startswith("upgraded; "), head.label
+    got = plaintext(port, "GET")  # healed, or (after HEAD) learned
+    assert got.status == 200 and peer.serves(got.body), m.log_tail()
+    assert (got.label or "").startswith("upgraded (learned); " if name in ANSWER_HEAD else "upgraded; "), got.label
+    healed = "HEAD" if name in ANSWER_HEAD else "GET"
+    assert eventually(lambda: replayed(m, healed, peer.port)), m.log_tail()  # the counterpart of "no replay" above
+    assert not replayed(m, "POST", peer.port)
 
 
 def test_regular_mode_plain_get_to_a_tls_port_is_healed(real_server: RealServers, mitmdump) -> None:
@@ -205,6 +497,27 @@ def test_squids_wrapped_200_is_healed_through_connect_on_squid(real_proxies, jss
     assert (jsse_esrs.plaintext_requests, jsse_esrs.tls_requests) == (before[0] + 1, before[1] + 2)
 
 
+def test_squid_in_front_of_the_real_jsse_server_is_healed(real_server: RealServers, real_proxies, mitmdump) -> None:
+    """squid, its cache_peer the real JSSE server (Java), wraps JSSE's own alert in `HTTP/1.1 200` + X-Transformed-From:
+    HTTP/0.9; the client gets what a direct https:// request to that server gets, then the target is learned."""
+    jsse = real_server("jsse")
+    squid = real_proxies.get("squid-jsse")
+    port = servers.free_port()
+    m = mitmdump(["-p", str(port), "--mode", f"upstream:{squid.url}", "--set", "esrs_upgrade=true", "--set",
+                  f"ssl_verify_upstream_trusted_ca={jsse.cert}"])  # fmt: skip
+    request = f"GET http://localhost:{jsse.port}/ HTTP/1.1\r\nHost: localhost:{jsse.port}\r\n\r\n".encode()
+    real = direct_tls(jsse)
+    first = exchange(("127.0.0.1", port), request, TIMEOUT)
+    assert (first.status, first.body) == (real.status, real.body), m.log_tail()
+    assert jsse.serves(first.body)
+    assert (first.label or "").startswith("upgraded; TLS alert: fatal unexpected_message (10), record version TLS 1.2")
+    assert "[tls_wrapped_http09, confidence high; upgraded to TLS" in m.log()
+    second = exchange(("127.0.0.1", port), request, TIMEOUT)
+    assert (second.status, second.body) == (real.status, real.body), m.log_tail()
+    assert (second.label or "").startswith("upgraded (learned); "), second.label
+    assert f"learned localhost:{jsse.port} via 127.0.0.1:{squid.port}" in m.log()
+
+
 class ClientCertServer(servers.EsrsServer):
     """The stand-in, asking every TLS client for a certificate signed by `client_ca`."""
 
@@ -232,41 +545,10 @@ def test_the_tls_attempt_presents_mitmproxys_client_certificate(cert, start_serv
     assert server.tls_requests == 1  # the server refused the TLS client without a certificate
 
 
-class BigBodyServer(servers.TCPServer):
-    """A TLS port answering `GET` over TLS with `body`, and plaintext with the field alert (like the stand-in)."""
-
-    def __init__(self, cert: tuple[Path, Path], body: bytes) -> None:
-        super().__init__()
-        self.body = body
-        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.context.load_cert_chain(str(cert[0]), str(cert[1]))
-        self.tls_requests = 0
-        self.plaintext_bodies: list[bytes] = []
-
-    def handle(self, conn: socket.socket) -> None:
-        if conn.recv(1, socket.MSG_PEEK) != b"\x16":
-            head = servers.read_head(conn)
-            if not head:  # reverse mode's eager connection, closed unused (the request went over TLS)
-                return
-            length = int(next((v for k, v in (line.split(b":", 1) for line in head.split(b"\r\n")[1:] if b":" in line)
-                               if k.strip().lower() == b"content-length"), b"0"))  # fmt: skip
-            received = head.split(b"\r\n\r\n", 1)[1]
-            while len(received) < length and (more := conn.recv(4096)):
-                received += more
-            self.plaintext_bodies.append(received[:length])
-            conn.sendall(servers.ALERT_TLS10)
-            return
-        with self.context.wrap_socket(conn, server_side=True) as tls:
-            servers.read_head(tls)
-            self.tls_requests += 1
-            tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(self.body))
-            tls.sendall(self.body)
-
-
 def test_a_large_answer_is_healed_whole_when_mitmproxy_streams_bodies(cert, start_server, mitmdump) -> None:
     """With stream_large_bodies, the TLS attempt's body streams; it is kept, not dropped, and the client gets it."""
     body = bytes(range(256)) * 1024  # 256 KiB
-    server = start_server(BigBodyServer(cert, body))
+    server = start_server(RecordingServer(cert, body))
     args, (port,) = reverse_modes([f"http://127.0.0.1:{server.port}"])
     mitmdump([*args, "--set", "esrs_upgrade=true", "--set", f"ssl_verify_upstream_trusted_ca={cert[0]}",
               "--set", "stream_large_bodies=1k"])  # fmt: skip
@@ -274,11 +556,11 @@ def test_a_large_answer_is_healed_whole_when_mitmproxy_streams_bodies(cert, star
         answer = plaintext(port)
         assert answer.status == 200 and (answer.label or "").startswith(label), answer.label
         assert answer.body == body
-    assert server.tls_requests == 2
+    assert server.tls_count == 2
 
 
 def test_a_body_over_body_size_limit_is_not_healed(cert, start_server, mitmdump) -> None:
-    server = start_server(BigBodyServer(cert, b"x" * 200_000))
+    server = start_server(RecordingServer(cert, b"x" * 200_000))
     args, (port,) = reverse_modes([f"http://127.0.0.1:{server.port}"])
     mitmdump([*args, "--set", "esrs_upgrade=true", "--set", f"ssl_verify_upstream_trusted_ca={cert[0]}",
               "--set", "body_size_limit=100k"])  # fmt: skip
@@ -288,7 +570,7 @@ def test_a_body_over_body_size_limit_is_not_healed(cert, start_server, mitmdump)
 
 def test_a_post_whose_body_mitmproxy_streamed_is_not_sent_again(cert, start_server, mitmdump, tmp_path) -> None:
     """mitmproxy keeps no copy of a streamed request body: re-sending would send the request without it."""
-    server = start_server(BigBodyServer(cert, b"ok"))
+    server = start_server(RecordingServer(cert, b"ok"))
     report = tmp_path / "report.jsonl"
     args, (port,) = reverse_modes([f"http://127.0.0.1:{server.port}"])
     # 2k: the 4,000-byte request body streams, the addon's 502 for the alert (about 650 bytes) does not
@@ -298,6 +580,6 @@ def test_a_post_whose_body_mitmproxy_streamed_is_not_sent_again(cert, start_serv
     head = b"POST / HTTP/1.1\r\nHost: localhost\r\nContent-Length: 4000\r\nConnection: close\r\n\r\n"
     answer = exchange(("127.0.0.1", port), head + body, TIMEOUT)
     assert answer.status == 502 and (answer.label or "").startswith("detected; "), answer.label
-    assert server.tls_requests == 0 and server.plaintext_bodies == [body]
+    assert server.tls_count == 0 and server.plaintext_bodies == [body]
     (entry,) = report_lines(report)
     assert entry["upgraded"] is False and entry["upgrade"] is None

@@ -103,8 +103,9 @@ class EsrsFix:
             OPT_FILTER,
             Optional[str],  # type: ignore[arg-type]  # noqa: UP045 - mitmproxy's option types are typing forms
             None,
-            "A mitmproxy filter expression limiting which flows esrs_rewrite may rewrite; empty means all. "
-            "Detection and logging apply to every flow.",
+            "A mitmproxy filter expression limiting which flows esrs-fix may change: those esrs_upgrade may send "
+            "again over TLS (a learned target's flows outside it go out in plaintext, as if nothing was learned) "
+            "and those esrs_rewrite may rewrite; empty means all. Detection and logging apply to every flow.",
         )
         loader.add_option(
             OPT_EARLY,
