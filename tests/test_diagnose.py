@@ -10,6 +10,7 @@ import pty
 import re
 import select
 import shutil
+import socket
 import ssl
 import subprocess
 import sys
@@ -410,6 +411,70 @@ def test_shapes_of_broken_answers(answer, shape, words, start_server) -> None:
     assert p.returncode == 1, p.stdout + p.stderr
     assert words in p.stdout
     assert _port(out)["shape"] == shape
+
+
+class RefusingProxy(servers.FaultyProxy):
+    """Tunnels as a correct proxy does (CONNECT), and answers every other request with its own `refusal`."""
+
+    def __init__(self, refusal: bytes, routes: dict[tuple[str, int], tuple[str, int]]) -> None:
+        super().__init__(routes, idle=1.0)  # the tunnel outlives its server by `idle`: the plaintext probe waits it
+        self.refusal = refusal
+
+    def handle(self, conn: socket.socket) -> None:
+        if conn.recv(7, socket.MSG_PEEK | socket.MSG_WAITALL) == b"CONNECT":
+            super().handle(conn)
+            return
+        servers.read_head(conn)
+        conn.sendall(self.refusal)
+
+
+TUNNELS = (
+    "it never reached the server; CONNECT works, so the server is reachable: the proxy will not fetch this https:// "
+    "URL itself but tunnels it; make the check tunnel (CONNECT), or bypass the proxy for the check"
+)
+
+
+@pytest.mark.parametrize(
+    ("refusal", "status", "verdict"),
+    [
+        (
+            _http(
+                b"405 Method Not Allowed",
+                b"Server: CorpGate/2.1\r\nAllow: CONNECT\r\nContent-Type: text/html\r\n",
+                "<html><title>405 Method Not Allowed</title><h1>Only CONNECT goes through this proxy</h1></html>",
+            ),
+            405,
+            "verdict: the proxy (CorpGate/2.1) refused GET https:// itself: HTTP/1.1 405 Method Not Allowed (Allow: "
+            'CONNECT; page: "405 Method Not Allowed: Only CONNECT goes through this proxy"); ' + TUNNELS,
+        ),
+        (
+            _http(
+                b"408 Request Timeout",
+                b"Server: CorpGate/2.1\r\nContent-Type: text/plain\r\n",
+                "Request timed out waiting for the client\n",
+            ),
+            408,
+            "verdict: the proxy (CorpGate/2.1) gave up waiting for the request: HTTP/1.1 408 Request Timeout "
+            '(page: "Request timed out waiting for the client"); '
+            "the 408 is the proxy's own answer, not the server's: it did not take GET https:// as a complete request "
+            "within its own timeout (it may not read absolute https:// URLs, or waits for more), so " + TUNNELS,
+        ),
+    ],
+)
+def test_a_proxy_that_refuses_with_405_or_408_but_tunnels(refusal, status, verdict, esrs, start_server) -> None:
+    proxy = start_server(RefusingProxy(refusal, {("esrs.lab", 443): ("127.0.0.1", esrs().port)}))
+    p, out, _ = check_real(f"127.0.0.1:{proxy.port}", 443, host="esrs.lab")
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert f"https://esrs.lab:443/: FAIL [proxy_refused]\n  GET https:// (as the check)  HTTP/1.1 {status} " in p.stdout
+    assert verdict in p.stdout, p.stdout
+    port = _port(out)
+    assert port["outcome"] == "fail" and port["shape"] == "proxy_refused" and port["product"] == "CorpGate/2.1"
+    assert [(probe["shape"], probe["status"]) for probe in port["probes"]] == [
+        ("proxy_refused", status),
+        ("tls_ok", 200),
+        ("raw_tls", None),
+    ]
+    assert port["verdict"] == verdict.removeprefix("verdict: ")
 
 
 def test_a_proxy_that_never_answers_times_out(start_server) -> None:

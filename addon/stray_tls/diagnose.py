@@ -60,8 +60,9 @@ class Shape(enum.StrEnum):
     UNREACHABLE = "unreachable"  # nothing to talk to: the proxy (or, direct, the server) refused the connection
 
 
-#: 4xx statuses by which a proxy refuses a request itself (407 has its own shape).
-_REFUSALS = frozenset({400, 403, 405, 501})
+#: 4xx statuses by which a proxy refuses a request itself (407 has its own shape).  408: the proxy gave up waiting
+#: for a request it did not take as complete; its own answer, never the server's.
+_REFUSALS = frozenset({400, 403, 405, 408, 501})
 _UPSTREAM_ERRORS = frozenset({500, 502, 503, 504})  # 500: tinyproxy's "Unable to connect", among others
 
 
@@ -389,6 +390,8 @@ def _page(a: Answer | None) -> str:
     details = []
     if a is not None and a.status in (301, 302, 303, 307, 308) and (location := a.header("location")):
         details.append(f"Location: {location}: probably the proxy's login or consent page")
+    if a is not None and a.status == 405 and (allow := a.header("allow")):
+        details.append(f"Allow: {allow}")  # the methods it takes: CONNECT, if it tunnels
     if a is not None and (squid := a.header("x-squid-error")):
         details.append(f"X-Squid-Error: {squid}")
     if summary := page_summary(a):
@@ -530,9 +533,16 @@ def _verdict(
             if tunnel.ok
             else connect
         )
-        return Outcome.FAIL, (
-            f"{_answered_by(a)} refused GET https:// itself: {a.status_line if a else absolute.what}{_page(a)}; "
-            f"it never reached the server; {way}"
+        said = a.status_line if a else absolute.what
+        if absolute.status == 408:
+            return Outcome.FAIL, (
+                f"{_answered_by(a)} gave up waiting for the request: {said}{_page(a)}; the 408 is the proxy's own "
+                "answer, not the server's: it did not take GET https:// as a complete request within its own timeout "
+                f"(it may not read absolute https:// URLs, or waits for more), so it never reached the server; {way}"
+            )
+        return (
+            Outcome.FAIL,
+            f"{_answered_by(a)} refused GET https:// itself: {said}{_page(a)}; it never reached the server; {way}",
         )
     if shape is Shape.PROXY_UPSTREAM_ERROR:
         text = (
