@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import base64
+import html
 import json
 import os
 import pty
+import re
 import select
 import shutil
+import socket
 import ssl
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
 
@@ -241,13 +245,15 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def _no_password(password: str, *runs: subprocess.CompletedProcess[str]) -> None:
-    """Neither the password, nor its percent-encoding, nor the Basic token that carries it."""
-    token = base64.b64encode(f"{USER}:{password}".encode()).decode()
+    """Neither the password, nor its percent-encoding, nor the user:password pair, nor the Basic token that carries
+    it; nor any of them in hex (a finding's raw_hex in --json)."""
+    pair = f"{USER}:{password}"
+    token = base64.b64encode(pair.encode()).decode()
     for run in runs:
         for stream in (run.stdout, run.stderr):
-            assert password not in stream
-            assert quote(password, safe="") not in stream
-            assert token not in stream
+            for secret in (password, quote(password, safe=""), pair, token):
+                assert secret not in stream
+                assert secret.encode().hex() not in stream
 
 
 @pytest.mark.parametrize(("name", "shape"), [("squid-auth", "proxy_upstream_error"), ("proxy.py-auth", "raw_tls")])
@@ -302,6 +308,87 @@ def test_a_malformed_proxy_url_never_echoes_its_password() -> None:
     assert "hunter2" not in p.stderr + p.stdout
 
 
+def _echoing(page: Callable[[str, str], bytes]) -> Callable[[bytes], bytes]:
+    """A scripted proxy's answer that echoes the credentials it was sent: `page(token, password)`."""
+
+    def answer(head: bytes) -> bytes:
+        m = re.search(rb"Proxy-Authorization: Basic (\S+)", head)
+        token = m.group(1).decode() if m else ""
+        return page(token, base64.b64decode(token).decode().partition(":")[2])
+
+    return answer
+
+
+def _http(status: bytes, headers: bytes, body: str) -> bytes:
+    data = body.encode()
+    return b"HTTP/1.1 %s\r\n%sContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (status, headers, len(data), data)
+
+
+def _text_400(token: str, password: str) -> bytes:
+    # the echoed token straddles the summary's 160-character cut: only a scrub before the cut leaves no piece of it
+    first = f"Rejected {USER}:{password} ({quote(password, safe='')}) for a bad request line; "
+    first += "x" * (139 - len(first)) + f" Proxy-Authorization: Basic {token}"
+    return _http(b"400 Bad Request", b"Server: EchoGate/1\r\nContent-Type: text/plain\r\n", first + "\nbye\n")
+
+
+def _html_502(token: str, password: str) -> bytes:
+    page = (
+        f"<html><title>502 Bad Gateway</title><h1>Proxy-Authorization: Basic {token}</h1>"
+        f"<p>user {USER} with password {html.escape(password)} could not reach the server</p></html>"
+    )
+    return _http(b"502 Bad Gateway", f"Via: 1.1 gw (EchoGate {password})\r\n".encode(), page)
+
+
+def _plain_http_400(token: str, password: str) -> bytes:
+    # the nginx phrase makes it the server's own 400 page: its body goes into --json as the finding's raw_hex
+    page = f"<html><h1>400</h1><p>The plain HTTP request was sent to HTTPS port</p><pre>Basic {token} {password}</pre>"
+    return _http(b"400 Bad Request", b"Server: nginx\r\n", page)
+
+
+@pytest.mark.parametrize(
+    ("page", "shape", "scrubbed"),
+    [
+        (
+            _text_400,
+            "proxy_refused",
+            ['page: "Rejected *** (***) for a bad request line; xxx', 'xxx Proxy-Authorization: Basic ***")'],
+        ),
+        (
+            _html_502,
+            "proxy_upstream_error",
+            [
+                "the proxy (EchoGate ***) answered with its own error page instead of the server's: HTTP/1.1 502",
+                'page: "502 Bad Gateway: Proxy-Authorization: Basic ***: user esrsuser with password *** could not',
+            ],
+        ),
+        (_plain_http_400, "server_plain_http_400", ["the proxy sent the request in plaintext and the server said so"]),
+    ],
+)
+def test_a_page_that_echoes_the_credentials_never_prints_them(page, shape, scrubbed, start_server) -> None:
+    proxy = start_server(servers.ScriptedServer(_echoing(page), keep_alive=False))
+    url = f"http://{USER}:{quote(PASSWORD, safe='')}@127.0.0.1:{proxy.port}"
+    p, out, j = check_real(url, 443, env=_env())
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert all(words in p.stdout for words in scrubbed), p.stdout
+    _no_password(PASSWORD, p, j)
+    port = _port(out)
+    assert port["shape"] == shape
+    if shape == "server_plain_http_400":  # its body is in --json, as hex
+        assert b"<pre>Basic *** ***</pre>" in bytes.fromhex(port["probes"][0]["finding"]["raw_hex"])
+    else:
+        assert "Basic ***" in port["verdict"] and port["verdict"] in p.stdout
+
+
+def test_an_unreachable_proxy_given_with_credentials_never_prints_them() -> None:
+    port = servers.free_port()
+    p, out, j = check_real(f"http://{USER}:{quote(PASSWORD, safe='')}@127.0.0.1:{port}", 443, env=_env())
+    assert p.returncode == 3, p.stdout + p.stderr
+    assert f"checking https://127.0.0.1:443/ through 127.0.0.1:{port} as user '{USER}' ..." in p.stderr
+    assert f"verdict: could not test: cannot connect to the proxy 127.0.0.1:{port}: " in p.stdout
+    assert _port(out)["shape"] == "unreachable"
+    _no_password(PASSWORD, p, j)
+
+
 # -- shapes a real proxy of ours does not produce: scripted "proxies" --------------------------------------------
 
 
@@ -324,6 +411,70 @@ def test_shapes_of_broken_answers(answer, shape, words, start_server) -> None:
     assert p.returncode == 1, p.stdout + p.stderr
     assert words in p.stdout
     assert _port(out)["shape"] == shape
+
+
+class RefusingProxy(servers.FaultyProxy):
+    """Tunnels as a correct proxy does (CONNECT), and answers every other request with its own `refusal`."""
+
+    def __init__(self, refusal: bytes, routes: dict[tuple[str, int], tuple[str, int]]) -> None:
+        super().__init__(routes, idle=1.0)  # the tunnel outlives its server by `idle`: the plaintext probe waits it
+        self.refusal = refusal
+
+    def handle(self, conn: socket.socket) -> None:
+        if conn.recv(7, socket.MSG_PEEK | socket.MSG_WAITALL) == b"CONNECT":
+            super().handle(conn)
+            return
+        servers.read_head(conn)
+        conn.sendall(self.refusal)
+
+
+TUNNELS = (
+    "it never reached the server; CONNECT works, so the server is reachable: the proxy will not fetch this https:// "
+    "URL itself but tunnels it; make the check tunnel (CONNECT), or bypass the proxy for the check"
+)
+
+
+@pytest.mark.parametrize(
+    ("refusal", "status", "verdict"),
+    [
+        (
+            _http(
+                b"405 Method Not Allowed",
+                b"Server: CorpGate/2.1\r\nAllow: CONNECT\r\nContent-Type: text/html\r\n",
+                "<html><title>405 Method Not Allowed</title><h1>Only CONNECT goes through this proxy</h1></html>",
+            ),
+            405,
+            "verdict: the proxy (CorpGate/2.1) refused GET https:// itself: HTTP/1.1 405 Method Not Allowed (Allow: "
+            'CONNECT; page: "405 Method Not Allowed: Only CONNECT goes through this proxy"); ' + TUNNELS,
+        ),
+        (
+            _http(
+                b"408 Request Timeout",
+                b"Server: CorpGate/2.1\r\nContent-Type: text/plain\r\n",
+                "Request timed out waiting for the client\n",
+            ),
+            408,
+            "verdict: the proxy (CorpGate/2.1) gave up waiting for the request: HTTP/1.1 408 Request Timeout "
+            '(page: "Request timed out waiting for the client"); '
+            "the 408 is the proxy's own answer, not the server's: it did not take GET https:// as a complete request "
+            "within its own timeout (it may not read absolute https:// URLs, or waits for more), so " + TUNNELS,
+        ),
+    ],
+)
+def test_a_proxy_that_refuses_with_405_or_408_but_tunnels(refusal, status, verdict, esrs, start_server) -> None:
+    proxy = start_server(RefusingProxy(refusal, {("esrs.lab", 443): ("127.0.0.1", esrs().port)}))
+    p, out, _ = check_real(f"127.0.0.1:{proxy.port}", 443, host="esrs.lab")
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert f"https://esrs.lab:443/: FAIL [proxy_refused]\n  GET https:// (as the check)  HTTP/1.1 {status} " in p.stdout
+    assert verdict in p.stdout, p.stdout
+    port = _port(out)
+    assert port["outcome"] == "fail" and port["shape"] == "proxy_refused" and port["product"] == "CorpGate/2.1"
+    assert [(probe["shape"], probe["status"]) for probe in port["probes"]] == [
+        ("proxy_refused", status),
+        ("tls_ok", 200),
+        ("raw_tls", None),
+    ]
+    assert port["verdict"] == verdict.removeprefix("verdict: ")
 
 
 def test_a_proxy_that_never_answers_times_out(start_server) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -109,7 +110,7 @@ def _port(url: str) -> int:
     return int(url.rstrip("/").rsplit(":", 1)[1])
 
 
-@pytest.mark.parametrize("name", ["proxy.py", "pproxy", "squid"])
+@pytest.mark.parametrize("name", ["proxy.py", "squid"])  # pproxy: its table, below
 def test_every_scenario_behaves_the_same_through_a_real_proxy(name: str, workdir: Path) -> None:
     try:
         proxies.find(name)
@@ -154,6 +155,104 @@ def test_every_scenario_behaves_the_same_through_a_real_proxy(name: str, workdir
     assert by["G"]["logged"] == f"{ALERT}{wrapped} [upgraded to TLS: HTTP 200 from the server]"
     assert "certificate verification failed" in by["H"]["logged"]
     assert len(list(workdir.glob("proxy-*"))) == 9  # one proxy per scenario, each with its config and log
+
+
+ROOT = Path(__file__).resolve().parent.parent
+KEYS = ("A", "B", "C", "D", "E1", "E2", "F", "G", "H")
+
+
+def _lab_script_reuses_this_venv() -> bool:
+    """Whether `scripts/lab` would run in this very virtualenv, ready as it is: it picks Python 3.11 first (else
+    3.12, 3.13), and rebuilds a virtualenv whose stamp is stale, which must not happen under a running test."""
+    pick = subprocess.run(
+        [
+            "bash",
+            "-c",
+            'source scripts/_venv.sh && "$(esrs_python 3.11 || esrs_python 3.12 || esrs_python 3.13)" '
+            "-c 'import sys; print(sys.version_info[1])'",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    name, spec = (
+        ("py311-mitm11", "mitmproxy>=11,<12") if pick.stdout.strip() == "11" else ("py3-mitm12", "mitmproxy>=12,<13")
+    )
+    venv = ROOT / ".venv" / name
+    want = f"{hashlib.sha256((ROOT / 'pyproject.toml').read_bytes()).hexdigest()[:16]} {spec} test"
+    stamp = venv / ".esrs-installed"
+    return (
+        pick.returncode == 0
+        and Path(sys.prefix).resolve() == venv.resolve()
+        and stamp.is_file()
+        and stamp.read_text().strip() == want
+    )
+
+
+def _squash(text: str) -> str:
+    """Text without its whitespace: the table wraps its long lines wherever they reach 110 columns."""
+    return "".join(text.split())
+
+
+def test_the_labs_table_through_pproxy_as_the_readme_shows_it(workdir: Path) -> None:
+    try:
+        proxies.find("pproxy")
+    except proxies.ProxyMissing as e:
+        pytest.skip(str(e))
+    # the README's command; in another virtualenv than this one, the command it runs (esrs-fix lab), here
+    command = (
+        [str(ROOT / "scripts" / "lab")]
+        if _lab_script_reuses_this_venv()
+        else [sys.executable, "-m", "stray_tls.main", "lab"]
+    )
+    p = subprocess.run(
+        [*command, "--proxy", "pproxy", "--workdir", str(workdir)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+    assert p.returncode == 0, p.stdout + p.stderr
+    head, *details, last = p.stdout.rstrip("\n").split("\n\n")
+    assert last == "18 of 18 checks behaved as expected", p.stdout
+    # the summary: one row per check URL, each behaving as expected, the check asking for 127.0.0.1 and real ports
+    rows = [line.split()[:3] for line in head.splitlines()[2:]]
+    assert [key for _, key, _ in rows] == [k for k in KEYS for _ in "xy"] and {ok for ok, _, _ in rows} == {"ok"}
+    urls = {k: [url for _, key, url in rows if key == k] for k in KEYS}
+    assert all(url.startswith(("https://127.0.0.1:", "http://127.0.0.1:")) for _, _, url in rows)
+    ports = {k: [_port(u) for u in v] for k, v in urls.items()}
+    assert ports["A"] == ports["D"] == ports["G"]  # the stand-in server's two ports
+    assert not set(ports["B"]) & set(ports["A"])  # mitmdump's reverse listeners
+    # each scenario in full: its chain (scenario A: the field report's), then each check URL's verdict and words
+    blocks = {block.split(":", 1)[0]: block for block in details}
+    assert list(blocks) == list(KEYS)
+    assert blocks["A"].splitlines()[:2] == ["A: the field report", "    chain:    check -> pproxy -> ESRS server"]
+
+    def twice(key: str, *lines: str) -> None:
+        for line in lines:
+            assert _squash(blocks[key]).count(_squash(line)) == 2, (line, blocks[key])
+
+    twice(
+        "A", "-> FAIL as expected", f"saw: no HTTP status: raw bytes 15 03 01 00 02 02 0a, decoded {ALERT}", "logged: -"
+    )
+    twice("B", f"saw: HTTP/1.1 502 Bad Gateway [X-ESRS-Fix: detected; {ALERT}]", f"logged: {ALERT} [not rewritten]")
+    twice("C", "-> PASS as expected", f"logged: {ALERT} [rewritten to a synthetic 200]")
+    twice("D", "-> PASS as expected", "saw: HTTP/1.1 200 OK", "logged: -")
+    twice("E1", "logged: TLS handshake with the upstream failed: alert protocol_version (70) [not rewritten]")
+    twice("F", f"logged: {ALERT} [upgraded to TLS: HTTP 200 from the server]")
+    twice("G", f"logged: {ALERT} [upgraded to TLS: HTTP 200 from the server]")
+    twice("H", "-> FAIL as expected", "certificate verification failed: self-signed certificate]")
+    chain = "chain: check -> mitmdump (upstream mode, esrs-fix) -> pproxy -> ESRS server"
+    assert _squash(chain) in _squash(blocks["D"])
+    # what the "logged" lines say is what the addon wrote in its reports: one mitmdump per scenario after A
+    reports = sorted(workdir.glob("report-*.jsonl"))
+    entries = [json.loads(line) for r in reports for line in r.read_text().splitlines() if line.strip()]
+    assert len(reports) == 8 and len(entries) == 14  # two check URLs each in B, C, E1, E2, F, G, H; none in D
+    assert all(_squash(f"logged: {e['summary']}") in _squash(p.stdout) for e in entries)
+    assert len(list(workdir.glob("proxy-*-pproxy"))) == 9  # one proxy per scenario, each with its config and log
 
 
 @pytest.mark.parametrize(

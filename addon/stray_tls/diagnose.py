@@ -6,7 +6,8 @@ the server.  Every answer gets a `Shape` (what kind of answer it is: the raw TLS
 wrapping, the proxy's own refusal, ...), and the verdict says which hop is at fault, in words.
 
 Credentials (`Proxy-Authorization: Basic`) go on every request to the proxy; the password never appears in
-anything this module returns.
+anything this module returns: every answer is scrubbed as it is read (`_read`), before any text, hex or JSON is
+made of it, and no sentence here formats the password.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import re
 import socket
 import ssl
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,8 +60,9 @@ class Shape(enum.StrEnum):
     UNREACHABLE = "unreachable"  # nothing to talk to: the proxy (or, direct, the server) refused the connection
 
 
-#: 4xx statuses by which a proxy refuses a request itself (407 has its own shape).
-_REFUSALS = frozenset({400, 403, 405, 501})
+#: 4xx statuses by which a proxy refuses a request itself (407 has its own shape).  408: the proxy gave up waiting
+#: for a request it did not take as complete; its own answer, never the server's.
+_REFUSALS = frozenset({400, 403, 405, 408, 501})
 _UPSTREAM_ERRORS = frozenset({500, 502, 503, 504})  # 500: tinyproxy's "Unable to connect", among others
 
 
@@ -69,9 +72,26 @@ class Credentials:
     password: str = field(repr=False)
 
     def header(self) -> str:
+        return f"Proxy-Authorization: Basic {self._token().decode('ascii')}\r\n"
+
+    def _pair(self) -> bytes:
         # surrogateescape: bytes that are not UTF-8 (from the environment, or %FF in the URL) go out as they came
-        token = base64.b64encode(f"{self.user}:{self.password}".encode("utf-8", "surrogateescape")).decode("ascii")
-        return f"Proxy-Authorization: Basic {token}\r\n"
+        return f"{self.user}:{self.password}".encode("utf-8", "surrogateescape")
+
+    def _token(self) -> bytes:
+        return base64.b64encode(self._pair())
+
+    def redact(self, data: bytes) -> bytes:
+        """`data` with every form of the secret a proxy could echo replaced by `***`: the Basic token, the
+        user:password pair and the password, each as is, percent-encoded (either case) and HTML-escaped."""
+        password = self.password.encode("utf-8", "surrogateescape")
+        alternatives: set[bytes] = set()
+        for secret in (self._token(), self._pair(), password) if password else (self._token(),):
+            escaped = html.escape(secret.decode("latin-1")).encode("latin-1")
+            encoded = urllib.parse.quote_from_bytes(secret, safe="").encode("ascii")
+            alternatives |= {re.escape(secret), re.escape(escaped), b"(?i:" + re.escape(encoded) + b")"}
+        longest_first = sorted(alternatives, key=len, reverse=True)  # the pair before the password inside it
+        return re.sub(b"|".join(longest_first), b"***", data)
 
 
 @dataclass
@@ -165,6 +185,18 @@ def _auth(credentials: Credentials | None) -> str:
     return credentials.header() if credentials else ""
 
 
+def _read(
+    sock: socket.socket, request: bytes, timeout: float, credentials: Credentials | None, *, head_only: bool = False
+) -> Answer:
+    """Send `request` and read the answer, scrubbed: the one place where the password is taken out.
+
+    A proxy's page may echo `Proxy-Authorization` (or the password itself); with credentials, every form of them is
+    `***` in the answer before anything is made of it (a page summary cut short, the raw hex, the JSON).
+    """
+    a = send_and_read(sock, request, time.monotonic() + timeout, head_only=head_only)
+    return a.redacted(credentials.redact) if credentials else a
+
+
 def probe_absolute(
     proxy: tuple[str, int], host: str, port: int, timeout: float, credentials: Credentials | None = None
 ) -> Probe:
@@ -177,7 +209,7 @@ def probe_absolute(
         f"GET https://{target}/ HTTP/1.1\r\nHost: {target}\r\nUser-Agent: esrs-fix-check\r\n{_auth(credentials)}\r\n"
     )
     with sock:
-        a = send_and_read(sock, request.encode(), time.monotonic() + timeout)
+        a = _read(sock, request.encode(), timeout, credentials)
     what, f = describe(a)
     shape = shape_of(a, f)
     return Probe(name, what, shape is Shape.HTTP_OK, f, a.status, shape=shape, answer=a)
@@ -195,10 +227,11 @@ def _tunnel(proxy: tuple[str, int], host: str, port: int, timeout: float, creden
     sock = _connect(proxy, timeout)
     if isinstance(sock, str):
         return _Tunnel(None, sock, Shape.UNREACHABLE)
-    a = send_and_read(
+    a = _read(
         sock,
         f"CONNECT {hostport(host, port)} HTTP/1.1\r\nHost: {hostport(host, port)}\r\n{_auth(credentials)}\r\n".encode(),
-        time.monotonic() + timeout,
+        timeout,
+        credentials,
         head_only=True,
     )
     if a.status != 200:
@@ -208,7 +241,9 @@ def _tunnel(proxy: tuple[str, int], host: str, port: int, timeout: float, creden
     return _Tunnel(sock, a.status_line, Shape.HTTP_OK, a)
 
 
-def _tls_get(sock: socket.socket, host: str, timeout: float) -> tuple[Answer | None, str]:
+def _tls_get(
+    sock: socket.socket, host: str, timeout: float, credentials: Credentials | None = None
+) -> tuple[Answer | None, str]:
     """TLS over `sock`, then `GET /`: the answer (None when the handshake failed) and what TLS said."""
     context = ssl.create_default_context()
     context.check_hostname = False
@@ -225,7 +260,7 @@ def _tls_get(sock: socket.socket, host: str, timeout: float) -> tuple[Answer | N
         return None, f"TLS handshake failed: {said}"
     with tls:
         version = tls.version() or "TLS"
-        a = send_and_read(tls, f"GET / HTTP/1.1\r\nHost: {url_host(host)}\r\n\r\n".encode(), time.monotonic() + timeout)
+        a = _read(tls, f"GET / HTTP/1.1\r\nHost: {url_host(host)}\r\n\r\n".encode(), timeout, credentials)
     return a, f"{version} handshake done"
 
 
@@ -237,7 +272,7 @@ def probe_connect_tls(
     if t.sock is None:
         return Probe(name, t.said, False, shape=t.shape, answer=t.answer)
     with t.sock:
-        a, tls_said = _tls_get(t.sock, host, timeout)
+        a, tls_said = _tls_get(t.sock, host, timeout, credentials)
     if a is None:
         return Probe(name, f"{t.said}; {tls_said}", False, shape=Shape.TLS_FAILED)
     what, f = describe(a)
@@ -254,7 +289,7 @@ def probe_connect_plain(
         return Probe(name, t.said, False, shape=t.shape, answer=t.answer)
     with t.sock:
         request = f"GET / HTTP/1.1\r\nHost: {url_host(host)}\r\n\r\n".encode()
-        a = send_and_read(t.sock, request, time.monotonic() + timeout)
+        a = _read(t.sock, request, timeout, credentials)
     what, f = describe(a)
     # "ok" here means: the port answered plaintext the way a TLS port does
     speaks_tls = f is not None and f.kind in (Kind.TLS_RECORDS, Kind.PLAIN_HTTP_400)
@@ -355,6 +390,8 @@ def _page(a: Answer | None) -> str:
     details = []
     if a is not None and a.status in (301, 302, 303, 307, 308) and (location := a.header("location")):
         details.append(f"Location: {location}: probably the proxy's login or consent page")
+    if a is not None and a.status == 405 and (allow := a.header("allow")):
+        details.append(f"Allow: {allow}")  # the methods it takes: CONNECT, if it tunnels
     if a is not None and (squid := a.header("x-squid-error")):
         details.append(f"X-Squid-Error: {squid}")
     if summary := page_summary(a):
@@ -496,9 +533,16 @@ def _verdict(
             if tunnel.ok
             else connect
         )
-        return Outcome.FAIL, (
-            f"{_answered_by(a)} refused GET https:// itself: {a.status_line if a else absolute.what}{_page(a)}; "
-            f"it never reached the server; {way}"
+        said = a.status_line if a else absolute.what
+        if absolute.status == 408:
+            return Outcome.FAIL, (
+                f"{_answered_by(a)} gave up waiting for the request: {said}{_page(a)}; the 408 is the proxy's own "
+                "answer, not the server's: it did not take GET https:// as a complete request within its own timeout "
+                f"(it may not read absolute https:// URLs, or waits for more), so it never reached the server; {way}"
+            )
+        return (
+            Outcome.FAIL,
+            f"{_answered_by(a)} refused GET https:// itself: {said}{_page(a)}; it never reached the server; {way}",
         )
     if shape is Shape.PROXY_UPSTREAM_ERROR:
         text = (

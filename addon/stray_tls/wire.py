@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import socket
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 
 from . import findings, records
 from .findings import Finding, Kind
@@ -44,6 +45,22 @@ class Answer:
         """Every value of header `name`, in order."""
         name = name.lower()
         return [value for n, value in self.fields if n == name]
+
+    def redacted(self, hide: Callable[[bytes], bytes]) -> Answer:
+        """This answer with `hide` applied to every byte and text it holds (a password taken out), status kept."""
+
+        def head(value: str) -> str:  # decoded as latin-1 from the bytes that came: back to those bytes
+            return hide(value.encode("latin-1")).decode("latin-1")
+
+        return replace(
+            self,
+            raw=hide(self.raw),
+            status_line=head(self.status_line),
+            headers=None if self.headers is None else {head(k): head(v) for k, v in self.headers.items()},
+            fields=[(head(k), head(v)) for k, v in self.fields],
+            body=hide(self.body),
+            error=hide(self.error.encode("utf-8", "surrogateescape")).decode("utf-8", "surrogateescape"),
+        )
 
 
 def exchange(address: tuple[str, int], request: bytes, timeout: float) -> Answer:
