@@ -394,13 +394,21 @@ def _relay(src: socket.socket, dst: socket.socket, idle: float) -> None:
 
 
 def _pipe(a: socket.socket, b: socket.socket, idle: float) -> None:
-    """Relay both directions (a CONNECT tunnel) until either side closes or both are idle."""
-    t = threading.Thread(target=_relay, args=(b, a, idle), daemon=True)
+    """Relay both directions (a CONNECT tunnel) until either side closes or both are idle.
+
+    A side that closes is passed on as a half-close to the other, as a real proxy does: a client waiting for the
+    server's close sees it at once, instead of after `idle` seconds.
+    """
+    t = threading.Thread(target=_relay_then_close, args=(b, a, idle), daemon=True)
     t.start()
-    _relay(a, b, idle)
-    with contextlib.suppress(OSError):
-        b.shutdown(socket.SHUT_WR)
+    _relay_then_close(a, b, idle)
     t.join(timeout=idle)
+
+
+def _relay_then_close(src: socket.socket, dst: socket.socket, idle: float) -> None:
+    _relay(src, dst, idle)
+    with contextlib.suppress(OSError):
+        dst.shutdown(socket.SHUT_WR)
 
 
 def temporary_directory() -> tempfile.TemporaryDirectory[str]:
