@@ -44,6 +44,36 @@ GUARDED_NAMES = {
     **{f"option {name}": name for name in names.OPTION_NAMES},
 }
 _DOTTED_MITMPROXY = re.compile(r"\bmitmproxy(?:\.[A-Za-z_]\w*)+")
+#: The package's modules from the bottom up (relative names; "" is the package's own __init__): each may import
+#: only modules before it. The README's Layout lists them in this order. The package __init__s come first:
+#: importing any module runs them, so they import nothing of their own (`records` stays free of mitmproxy).
+LAYERS = (
+    "",
+    "registry",
+    "records",
+    "findings",
+    "names",
+    "learned",
+    "pasted",
+    "text",
+    "report",
+    "compat",
+    "contentview",
+    "addon",
+    "wire",
+    "diagnose",
+    "capture",
+    "launch",
+    "cli",
+    "lab",
+    "lab.servers",
+    "lab.proxies",
+    "lab.check",
+    "lab.mitm",
+    "lab.scenarios",
+    "lab.cli",
+    "main",
+)
 
 
 @dataclass(frozen=True)
@@ -188,6 +218,17 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
+def upward_imports(modules: dict[str, Module], root: str, layers: tuple[str, ...]) -> list[Violation]:
+    """Imports of the package's own modules that do not point down `layers`, and modules `layers` does not rank."""
+    rank = {".".join(filter(None, (root, name))): n for n, name in enumerate(layers)}
+    found = [Violation(name, 0, "has no place in the layers") for name in sorted(set(modules) - set(rank))]
+    for module in modules.values():
+        for line, name in imported_modules(module, set(modules)):
+            if name in rank and name != module.name and module.name in rank and rank[name] >= rank[module.name]:
+                found.append(Violation(module.name, line, f"imports {name}, which is not below it"))
+    return found
+
+
 def lab_imports(modules: dict[str, Module], root: str) -> list[Violation]:
     """Imports of `root.lab` from outside the lab and the command-line entry point (`root.main`)."""
     lab = f"{root}.lab"
@@ -293,6 +334,11 @@ def test_stray_tls_imports_have_no_cycle(package: dict[str, Module]) -> None:
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
 
 
+def test_stray_tls_imports_point_down_the_layers(package: dict[str, Module]) -> None:
+    violations = upward_imports(package, "stray_tls", LAYERS)
+    assert not violations, "imports must point down LAYERS (and the README's Layout):\n" + _report(violations)
+
+
 def test_the_product_never_imports_the_lab(package: dict[str, Module]) -> None:
     violations = lab_imports(package, "stray_tls")
     assert not violations, "the lab sits on top of the product, not under it:\n" + _report(violations)
@@ -363,6 +409,30 @@ def test_scanner_reports_a_cycle_with_its_path(tmp_path: Path) -> None:
     assert find_cycle(import_graph(acyclic)) is None
 
 
+def test_scanner_finds_an_import_that_points_up_the_layers(tmp_path: Path) -> None:
+    modules = make_package(
+        tmp_path,
+        {
+            "records.py": "",
+            "findings.py": "from . import records\n",  # down: fine
+            "text.py": "def late():\n    from .addon import x\n",  # up, function-local
+            "addon.py": "from fakepkg import findings\nfrom .text import y\n",  # down twice: fine
+            "same.py": "from . import same2\n",
+            "same2.py": "",
+            "stray.py": "",  # not ranked
+            "sub/__init__.py": "from .. import addon\n",  # a package __init__ that imports up
+        },
+    )
+    layers = ("", "sub", "records", "findings", "text", "addon", "same", "same2")
+    violations = upward_imports(modules, "fakepkg", layers)
+    assert {(v.module, v.what) for v in violations} == {
+        ("fakepkg.text", "imports fakepkg.addon, which is not below it"),
+        ("fakepkg.same", "imports fakepkg.same2, which is not below it"),
+        ("fakepkg.stray", "has no place in the layers"),
+        ("fakepkg.sub", "imports fakepkg.addon, which is not below it"),
+    }, _report(violations)
+
+
 def test_scanner_finds_the_lab_imported_from_the_product(tmp_path: Path) -> None:
     modules = make_package(
         tmp_path,
@@ -420,6 +490,7 @@ def test_violations_planted_in_a_copy_of_the_real_package_are_found(tmp_path: Pa
         "findings.py": "\ndef _planted():\n    from . import text\n",  # text imports findings: a cycle
         "report.py": "\nfrom mitmproxy.proxy.layers import http as _planted\n",  # an internal outside compat
         "wire.py": "\n_PLANTED = 'X-ESRS-Fix'\n",  # a second definition of the label
+        "records.py": "\ndef _planted():\n    from . import names\n",  # names sits above records
     }
     for name, source in plants.items():
         with (copy / name).open("a", encoding="utf-8") as f:
@@ -431,3 +502,6 @@ def test_violations_planted_in_a_copy_of_the_real_package_are_found(tmp_path: Pa
     assert "stray_tls.findings" in cycle and "stray_tls.text" in cycle
     repeated = {v.module for v in repeated_names(modules, "stray_tls.names", GUARDED_NAMES)}
     assert "stray_tls.wire" in repeated
+    upward = {(v.module, v.what) for v in upward_imports(modules, "stray_tls", LAYERS)}
+    assert ("stray_tls.records", "imports stray_tls.names, which is not below it") in upward
+    assert ("stray_tls.findings", "imports stray_tls.text, which is not below it") in upward
