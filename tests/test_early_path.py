@@ -15,11 +15,13 @@ from mitmproxy import http
 
 from stray_tls import compat
 from stray_tls.compat import EarlyDetection, Http1ClientDriver
+from stray_tls.names import DEFAULT_HOLD_TIMEOUT
 
 from .conftest import FIELD_ALERT
 
-#: Deliberately not the default (5.0): the wakeup must carry the detector's setting.
+#: Deliberately not the default (`names.DEFAULT_HOLD_TIMEOUT`): the wakeup must carry the detector's setting.
 HOLD = 2.5
+assert HOLD != DEFAULT_HOLD_TIMEOUT
 MADE_STATUS = 555
 MADE_BODY = b"made by on_records"
 ANSWER = [("response", MADE_STATUS), ("data", MADE_BODY), ("end",), ("close",)]
@@ -291,14 +293,17 @@ class _ParsesNothing(Http1ClientDriver):
 
 @pytest.mark.parametrize(
     ("driver", "problem"),
-    [(_DropsLastByte, "the alert gave [('wakeup', 5.0)]"), (_ParsesNothing, "a clean response gave")],
+    [
+        (_DropsLastByte, f"the alert gave [('wakeup', {DEFAULT_HOLD_TIMEOUT!r})]"),
+        (_ParsesNothing, "a clean response gave"),
+    ],
     ids=["alert answered differently", "clean head answered differently"],
 )
 def test_the_behaviour_check_refuses_a_mitmproxy_that_answers_differently(
     detection, on_records, monkeypatch: pytest.MonkeyPatch, driver: type[Http1ClientDriver], problem: str
 ) -> None:
     monkeypatch.setattr(compat, "Http1ClientDriver", driver)
-    detection.hold_timeout = 5.0
+    detection.hold_timeout = EarlyDetection(on_records, lambda request: None).hold_timeout  # the default
     assert not detection.install()
     assert "does not behave as early detection expects" in detection.reason
     assert problem in detection.reason

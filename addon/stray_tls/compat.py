@@ -38,6 +38,7 @@ from mitmproxy.connection import ConnectionState
 from . import findings
 from . import records as tls
 from .findings import Finding
+from .names import DEFAULT_HOLD_TIMEOUT
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +248,7 @@ class EarlyDetection:
         self.on_records = on_records
         self.error_answer = error_answer
         #: Seconds to wait for a record that has begun to complete before answering with what arrived.
-        self.hold_timeout = 5.0
+        self.hold_timeout: float = DEFAULT_HOLD_TIMEOUT
         self.active = False
         self.reason = ""
         self._internals: _Internals | None = None
