@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 
@@ -13,7 +13,7 @@ import pytest
 
 from stray_tls.lab import servers
 from stray_tls.lab.servers import Plaintext
-from stray_tls.launch import script_path
+from stray_tls.launch import mitmproxy_command
 from stray_tls.wire import exchange
 
 from .conftest import SUMMARY
@@ -30,9 +30,8 @@ def console(esrs) -> Iterator[tuple[Callable[..., str], int]]:
     upstream = esrs(Plaintext.ALERT)
     port = servers.free_port()
     session = f"esrs-fix-test-{port}"
-    command = (
-        f"{sys.executable} -c 'from mitmproxy.tools.main import mitmproxy; mitmproxy()' --listen-host 127.0.0.1 "
-        f"--mode reverse:http://127.0.0.1:{upstream.port}@{port} -s {script_path()}"
+    command = shlex.join(
+        [*mitmproxy_command("mitmproxy"), "--mode", f"reverse:http://127.0.0.1:{upstream.port}@{port}"]
     )
     subprocess.run([tmux, "new-session", "-d", "-s", session, "-x", "160", "-y", "45", command], check=True)
 

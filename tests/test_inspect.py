@@ -148,21 +148,10 @@ def test_saved_flows_keep_the_decode_and_render_again(esrs, mitmdump, tmp_path) 
     assert flow.marked == ":warning:" and flow.comment == f"esrs-fix: {SUMMARY}"
     assert flow.metadata[METADATA_KEY]["raw_hex"] == "1503010002020a"
     # read back by a colleague's mitmdump with the addon: the view renders the decode again
-    from stray_tls.launch import script_path
+    from stray_tls.launch import mitmproxy_command
 
     p = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "from mitmproxy.tools.main import mitmdump; mitmdump()",
-            "-n",
-            "-r",
-            str(saved),
-            "-s",
-            str(script_path()),
-            "--flow-detail",
-            "3",
-        ],
+        [*mitmproxy_command(), "-n", "-r", str(saved), "--flow-detail", "3"],
         capture_output=True,
         text=True,
         timeout=60,
