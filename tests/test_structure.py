@@ -23,16 +23,22 @@ from stray_tls import names
 PACKAGE_DIR = Path(stray_tls.__file__).resolve().parent
 SOURCE_ROOT = PACKAGE_DIR.parent  # addon/: the package and the `mitmdump -s` script beside it
 
-#: mitmproxy modules only `compat` may import or name: anything with a private component, and these trees.
+#: mitmproxy modules only `compat` may import or name: anything with a private component, and these trees: the
+#: proxy core and the built-in addons, helpers outside the documented addon API (`mitmproxy.net`,
+#: `mitmproxy.utils`), and the version, so that every decision taken on it is taken in `compat`.
 PRIVATE_TREES = (
     "mitmproxy.proxy.layers",
     "mitmproxy.proxy.commands",
     "mitmproxy.proxy.events",
     "mitmproxy.proxy.context",
     "mitmproxy.addons",
+    "mitmproxy.net",
+    "mitmproxy.utils",
+    "mitmproxy.version",
 )
-#: Private attributes of mitmproxy objects that only `compat` may touch.
-PRIVATE_ATTRIBUTES = frozenset({"deferred"})
+#: Attributes of mitmproxy objects that only `compat` may touch: the deferred `--set` values and their private
+#: `.val`, and the version string (however the version module was reached).
+PRIVATE_ATTRIBUTES = frozenset({"deferred", "val", "VERSION"})
 #: The module allowed all of the above (relative to the package).
 COMPAT = "compat"
 #: The names written once, in `names`: their values must not appear as string constants anywhere else.
@@ -324,6 +330,9 @@ def test_compat_is_where_the_internals_are_named(package: dict[str, Module]) -> 
     assert "imports mitmproxy.proxy.layers.http._http1" in whats
     assert "imports mitmproxy.proxy.commands" in whats
     assert "names the private attribute 'deferred' in a string" in whats
+    assert "names the private attribute 'val' in a string" in whats
+    assert "imports mitmproxy.version" in whats and "uses the private attribute .VERSION" in whats
+    assert "imports mitmproxy.utils" in whats  # parse_size, for body_size_limit
 
 
 def test_stray_tls_imports_have_no_cycle(package: dict[str, Module]) -> None:
@@ -385,11 +394,18 @@ def test_scanner_finds_every_way_of_naming_the_internals(tmp_path: Path) -> None
             "e.py": "import importlib\nX = importlib.import_module('mitmproxy.proxy.events')\n",
             "f.py": "def f(options):\n    return options.deferred\n",
             "g.py": "def f(options):\n    return getattr(options, 'deferred')\n",
-            "fine.py": "from mitmproxy import http, version\nfrom mitmproxy.proxy import server_hooks\n",
+            "h.py": "from mitmproxy.net.http import status_codes\n",
+            "i.py": "def f():\n    from mitmproxy.utils import human\n",
+            "j.py": "from mitmproxy import version\n",
+            "k.py": "import mitmproxy\nMAJOR = int(mitmproxy.version.VERSION.split('.')[0])\n",
+            "l.py": "from mitmproxy.version import VERSION\n",
+            "m.py": "def f(pending):\n    return pending.val\n",
+            "fine.py": "from http import HTTPStatus\nfrom mitmproxy import ctx, http\n"
+            "from mitmproxy.proxy import server_hooks\n",
         },
     )
     violations = private_mitmproxy_uses(modules, "fakepkg.compat")
-    assert {v.module for v in violations} == {f"fakepkg.{m}" for m in "abcdefg"}, _report(violations)
+    assert {v.module for v in violations} == {f"fakepkg.{m}" for m in "abcdefghijklm"}, _report(violations)
 
 
 def test_scanner_reports_a_cycle_with_its_path(tmp_path: Path) -> None:
