@@ -5,7 +5,8 @@
 
 Stock mitmdump and mitmdump with the addon run side by side in one session; every measurement alternates
 A and B (AB, BA, AB, ...) over several rounds, and the table gives medians, the spread (min-max of the
-rounds) and the ratio addon/stock.  Raw figures go to a JSON file (docs/bench-results.json by default).
+rounds) and the ratio addon/stock.  Raw figures go to a JSON file: artifacts/bench-results.json by default (ignored
+by git); the figures the README cites are docs/bench-results.json, written only with `--out docs/bench-results.json`.
 Nothing here asserts a time: the goals are printed next to the ratios.  Every answer is checked, and a run
 that met a wrong answer says so and exits with status 1.
 

@@ -5,8 +5,9 @@
     scripts/fuzz --examples N --seed S
 
 Invariants: decode() returns Records / NeedMore / NotTLS and raises nothing; verdicts are consistent as bytes are
-appended; complete records re-encode to the exact input bytes; describe() gives one line. Prints progress, then the
-counts per verdict. Exit 1 with the failing input in hex on the first violation.
+appended (as tests/test_records.py's property states them); complete records re-encode to the exact input bytes;
+describe() gives one line. Prints progress, then the counts per verdict. Exit 1 with the failing input in hex on the
+first violation. The invariants are explicit checks, not `assert` statements: they hold under `python -O` too.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import argparse
 import random
 import sys
 import time
+from collections.abc import Callable
 
 from stray_tls import records
 
@@ -44,20 +46,40 @@ def mutate(rng: random.Random, data: bytes) -> bytes:
     return bytes(buf)
 
 
-def check(data: bytes, more: bytes) -> str:
-    verdict = records.decode(data)
-    after = records.decode(data + more)
+class Violation(Exception):
+    """An invariant of the decoder does not hold for one input."""
+
+
+def require(holds: bool, invariant: str) -> None:
+    if not holds:
+        raise Violation(invariant)
+
+
+def check(data: bytes, more: bytes, decode: Callable[[bytes], records.Decoded] = records.decode) -> str:
+    """The invariants for `data`, then `data + more`; the verdict's name, or Violation naming what failed."""
+    verdict = decode(data)
+    after = decode(data + more)
+    require(isinstance(verdict, records.Records | records.NeedMore | records.NotTLS), f"verdict {verdict!r}")
     if isinstance(verdict, records.NotTLS):
-        assert isinstance(after, records.NotTLS), "NotTLS must stay NotTLS"
+        require(isinstance(after, records.NotTLS), f"NotTLS must stay NotTLS, became {after!r}")
     elif isinstance(verdict, records.NeedMore):
-        assert isinstance(after, records.NeedMore | records.NotTLS) or len(data + more) >= verdict.needed
+        if len(data + more) >= verdict.needed:
+            require(
+                not isinstance(after, records.NeedMore) or after.needed > verdict.needed,
+                f"{verdict!r}, then {len(data + more)} bytes: still {after!r} (it must decide, or need more)",
+            )
+        else:
+            require(isinstance(after, records.NeedMore | records.NotTLS), f"{verdict!r}, then too few bytes: {after!r}")
     else:
-        assert isinstance(after, records.Records) and after.records[: len(verdict.records)] == verdict.records
-        assert b"".join(r.encode() for r in verdict.records) == data[: verdict.size]
-        assert verdict.rest == data[verdict.size :]
+        require(
+            isinstance(after, records.Records) and after.records[: len(verdict.records)] == verdict.records,
+            f"complete records changed when bytes were appended: {after!r}",
+        )
+        require(b"".join(r.encode() for r in verdict.records) == data[: verdict.size], "records do not re-encode")
+        require(verdict.rest == data[verdict.size :], "rest is not what follows the records")
         for r in verdict.records:
             line = records.describe(r)
-            assert line and "\n" not in line
+            require(bool(line) and "\n" not in line, f"describe() gave {line!r}")
     return type(verdict).__name__
 
 
@@ -75,8 +97,12 @@ def main() -> int:
         more = rng.randbytes(rng.randint(0, 8))
         try:
             kind = check(data, more)
+        except Violation as e:
+            print(f"VIOLATION at example {n} (seed {seed}): {e}", file=sys.stderr)
+            print(f"  data {data.hex(' ')}\n  more {more.hex(' ')}", file=sys.stderr)
+            return 1
         except Exception as e:
-            print(f"FAILED at example {n} (seed {seed}): {type(e).__name__}: {e}", file=sys.stderr)
+            print(f"FAILED at example {n} (seed {seed}): raised {type(e).__name__}: {e}", file=sys.stderr)
             print(f"  data {data.hex(' ')}\n  more {more.hex(' ')}", file=sys.stderr)
             return 1
         counts[kind] = counts.get(kind, 0) + 1

@@ -8,8 +8,8 @@ import pytest
 from mitmproxy import exceptions, http
 from mitmproxy.test import taddons, tflow
 
-from stray_tls import compat
-from stray_tls.addon import LABEL_HEADER, MARKER, METADATA_KEY, EsrsFix
+from stray_tls import compat, findings
+from stray_tls.addon import LABEL_HEADER, MARKER, METADATA_KEY, EsrsFix, rewritten_response
 
 from .conftest import FIELD_ALERT, SUMMARY
 
@@ -22,6 +22,17 @@ def stray_flow(addon: EsrsFix, url: str = "http://esrs.example:443/") -> http.HT
     assert response is not None
     f.response = response
     return f
+
+
+@pytest.mark.parametrize(
+    ("status", "headline"),
+    [(200, b"SYNTHETIC 200 OK: "), (429, b"SYNTHETIC 429 Too Many Requests: "), (299, b"SYNTHETIC 299: ")],
+)
+def test_a_synthetic_answer_names_its_status_with_the_standard_reason(status: int, headline: bytes) -> None:
+    finding = findings.from_response_head(FIELD_ALERT)
+    assert finding is not None
+    response = rewritten_response(finding, status)
+    assert response.status_code == status and headline in (response.content or b"")
 
 
 def test_options_are_validated(addon: EsrsFix) -> None:

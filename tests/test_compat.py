@@ -135,6 +135,18 @@ def test_deferred_values_are_gone_once_mitmproxy_has_applied_them() -> None:
     assert opts.esrs_hold_timeout == 9 and compat.deferred_values(opts, "esrs_hold_timeout") is None
 
 
+@pytest.mark.parametrize(
+    ("setting", "size"),
+    [(None, None), ("512", 512), ("100k", 100 * 1024), ("3m", 3 * 1024**2), ("1g", 1024**3)],
+)
+def test_body_size_limit_is_read_as_mitmproxy_reads_it(setting: str | None, size: int | None) -> None:
+    from mitmproxy.addons import proxyserver
+
+    with taddons.context(proxyserver.Proxyserver()) as tctx:  # the addon that declares body_size_limit
+        tctx.options.update(body_size_limit=setting)
+        assert compat.body_size_limit(tctx.options) == size
+
+
 # -- content views: 11's View, 12's Contentview
 
 PROBE_VIEW = "esrs compat probe"

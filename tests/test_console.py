@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 
@@ -13,7 +13,7 @@ import pytest
 
 from stray_tls.lab import servers
 from stray_tls.lab.servers import Plaintext
-from stray_tls.launch import script_path
+from stray_tls.launch import mitmproxy_command
 from stray_tls.wire import exchange
 
 from .conftest import SUMMARY
@@ -21,8 +21,12 @@ from .conftest import SUMMARY
 pytestmark = pytest.mark.e2e
 
 
+Screen = Callable[[], str]
+Send = Callable[..., None]
+
+
 @pytest.fixture
-def console(esrs) -> Iterator[tuple[Callable[..., str], int]]:
+def console(esrs) -> Iterator[tuple[Send, Screen, int]]:
     """mitmproxy's console in a tmux session of its own, reverse-proxying to a stray-alert upstream."""
     tmux = shutil.which("tmux")
     if tmux is None:
@@ -30,17 +34,16 @@ def console(esrs) -> Iterator[tuple[Callable[..., str], int]]:
     upstream = esrs(Plaintext.ALERT)
     port = servers.free_port()
     session = f"esrs-fix-test-{port}"
-    command = (
-        f"{sys.executable} -c 'from mitmproxy.tools.main import mitmproxy; mitmproxy()' --listen-host 127.0.0.1 "
-        f"--mode reverse:http://127.0.0.1:{upstream.port}@{port} -s {script_path()}"
+    command = shlex.join(
+        [*mitmproxy_command("mitmproxy"), "--mode", f"reverse:http://127.0.0.1:{upstream.port}@{port}"]
     )
     subprocess.run([tmux, "new-session", "-d", "-s", session, "-x", "160", "-y", "45", command], check=True)
 
-    def keys(*typed: str, literal: bool = False, settle: float = 0.8) -> str:
-        """Type, wait for the screen to settle, return what the terminal shows."""
-        if typed:
-            subprocess.run([tmux, "send-keys", "-t", session, *(["-l"] if literal else []), *typed], check=True)
-        time.sleep(settle)
+    def send(*typed: str, literal: bool = False) -> None:
+        """Type; the console reads the keys in order, so the next wait is for the screen they lead to."""
+        subprocess.run([tmux, "send-keys", "-t", session, *(["-l"] if literal else []), *typed], check=True)
+
+    def screen() -> str:
         return subprocess.run([tmux, "capture-pane", "-p", "-t", session], capture_output=True, text=True).stdout
 
     try:
@@ -51,37 +54,53 @@ def console(esrs) -> Iterator[tuple[Callable[..., str], int]]:
                 break
             except OSError:
                 time.sleep(0.1)
-        yield keys, port
+        yield send, screen, port
     finally:
         subprocess.run([tmux, "kill-session", "-t", session], check=False)  # our own session, by its name
 
 
-def wait_for(keys: Callable[..., str], text: str, seconds: float = 10) -> str:
+def wait_until(screen: Screen, shows: Callable[[str], bool], what: str, seconds: float = 15) -> str:
+    """Poll the terminal until `shows(screen)`; the screen, or a failure naming `what` with the last screen."""
     deadline = time.monotonic() + seconds
-    screen = keys()
-    while text not in screen and time.monotonic() < deadline:
-        screen = keys(settle=0.3)
-    return screen
+    while True:
+        shown = screen()
+        if shows(shown):
+            return shown
+        if time.monotonic() > deadline:
+            pytest.fail(f"the console never showed {what} within {seconds} s; last screen:\n{shown}")
+        time.sleep(0.1)
+
+
+def wait_for(screen: Screen, text: str, seconds: float = 15) -> str:
+    return wait_until(screen, lambda shown: text in shown, repr(text), seconds)
 
 
 def test_console_shows_the_marker_the_tls_records_view_and_runs_esrs_decode(console) -> None:
-    keys, port = console
+    send, screen, port = console
     assert exchange(("127.0.0.1", port), b"GET /stray HTTP/1.1\r\nHost: x\r\n\r\n", 8).status == 502
-    flows = wait_for(keys, "/stray")
-    (row,) = [line for line in flows.splitlines() if " GET " in line and "/stray" in line]
-    assert "502" in row and "\u26a0" in row  # the marker in the flow list
-    keys("Enter")  # open the flow
-    detail = keys("Tab")  # its response
+
+    def stray_rows(shown: str) -> list[str]:
+        return [line for line in shown.splitlines() if " GET " in line and "/stray" in line]
+
+    # the row is listed with the request, and completed when the response arrives
+    flows = wait_until(screen, lambda shown: any("502" in row for row in stray_rows(shown)), "the flow's 502")
+    (row,) = stray_rows(flows)
+    assert "\u26a0" in row  # the marker in the flow list
+    send("Enter")  # open the flow
+    send("Tab")  # its response
+    detail = wait_for(screen, "description   unexpected_message (10)")
     assert "TLS records" in detail  # chosen by the automatic view selection
     assert f"esrs-fix: {SUMMARY}" in detail
-    assert "description   unexpected_message (10)" in detail
-    keys("q")  # back to the flow list
-    keys(":")
-    keys("esrs.decode 15 03 01 00 02 02 0a", literal=True)
-    viewer = keys("Enter", settle=1.5)
-    assert "level         fatal (2)" in viewer and "version       TLS 1.0 (0x0301)" in viewer
-    keys("q")  # back to the flow list
-    keys(":")
-    keys("esrs.upgraded", literal=True)
-    listed = keys("Enter", settle=1.5)
-    assert "esrs-fix: no learned targets" in listed  # esrs_upgrade is off here: nothing was learned
+    send("q")  # back to the flow list
+    wait_until(screen, lambda shown: "description   unexpected_message" not in shown, "the flow list again")
+    send(":")
+    send("esrs.decode 15 03 01 00 02 02 0a", literal=True)
+    send("Enter")
+    viewer = wait_for(screen, "level         fatal (2)")
+    assert "version       TLS 1.0 (0x0301)" in viewer
+    send("q")  # back to the flow list
+    wait_until(screen, lambda shown: "level         fatal (2)" not in shown, "the flow list again")
+    send(":")
+    send("esrs.upgraded", literal=True)
+    send("Enter")
+    wait_for(screen, "esrs-fix: no learned targets")  # esrs_upgrade is off here: nothing was learned

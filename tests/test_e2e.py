@@ -302,4 +302,5 @@ def test_ipv6_loopback_upstream(cert, start_server, mitmdump) -> None:
     m = mitmdump(args)
     response, _ = get(port)
     assert response.status == 502
-    assert any(f"[::1]:{upstream.port}" in line for line in m.addon_warnings())
+    # where the addon names the upstream, bracketed (mitmproxy's pretty_url here is http://::1:PORT/, unbracketed)
+    assert any(f" answered by [::1]:{upstream.port}: " in line for line in m.addon_warnings()), m.addon_warnings()

@@ -15,11 +15,13 @@ from mitmproxy import http
 
 from stray_tls import compat
 from stray_tls.compat import EarlyDetection, Http1ClientDriver
+from stray_tls.names import DEFAULT_HOLD_TIMEOUT
 
 from .conftest import FIELD_ALERT
 
-#: Deliberately not the default (5.0): the wakeup must carry the detector's setting.
+#: Deliberately not the default (`names.DEFAULT_HOLD_TIMEOUT`): the wakeup must carry the detector's setting.
 HOLD = 2.5
+assert HOLD != DEFAULT_HOLD_TIMEOUT
 MADE_STATUS = 555
 MADE_BODY = b"made by on_records"
 ANSWER = [("response", MADE_STATUS), ("data", MADE_BODY), ("end",), ("close",)]
@@ -162,30 +164,32 @@ def test_a_wakeup_before_any_byte_is_ignored(installed, on_records) -> None:
 
 # -- where the wrapper steps aside, the client says what stock mitmproxy says
 
-STOCK_CASES: dict[str, list[Step]] = {
-    "not TLS after a partial look": [("data", b"\x15\x03"), ("data", b"\x09abc"), ("close",)],
-    "not TLS, then a line": [("data", b"\x15\x03"), ("data", b"\x09abc\r\n\r\n")],
-    "0x16 then HTTP text": [("data", b"\x16"), ("data", b"TTP/1.1 200 OK\r\n\r\n")],
-    "a clean head split across events": [
-        ("data", b"HTTP/1.1 2"),
-        ("data", b"00 OK\r\nContent-Le"),
-        ("data", b"ngth: 2\r\n\r\nok"),
-    ],
-    "a clean head in one event": [("data", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")],
-    "closed mid-record": [("data", FIELD_ALERT[:3]), ("close",)],
-    "closed mid-record after two events": [("data", FIELD_ALERT[:2]), ("data", FIELD_ALERT[2:6]), ("close",)],
-    "closed without a byte": [("close",)],
+#: Steps where the wrapper must step aside, and how many wakeups it asks for meanwhile: one, at the first event of
+#: bytes that could begin a record (its wait for the rest), or none when the first byte cannot start TLS.
+STOCK_CASES: dict[str, tuple[list[Step], int]] = {
+    "not TLS after a partial look": ([("data", b"\x15\x03"), ("data", b"\x09abc"), ("close",)], 1),
+    "not TLS, then a line": ([("data", b"\x15\x03"), ("data", b"\x09abc\r\n\r\n")], 1),
+    "0x16 then HTTP text": ([("data", b"\x16"), ("data", b"TTP/1.1 200 OK\r\n\r\n")], 1),
+    "a clean head split across events": (
+        [("data", b"HTTP/1.1 2"), ("data", b"00 OK\r\nContent-Le"), ("data", b"ngth: 2\r\n\r\nok")],
+        0,
+    ),
+    "a clean head in one event": ([("data", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")], 0),
+    "closed mid-record": ([("data", FIELD_ALERT[:3]), ("close",)], 1),
+    "closed mid-record after two events": ([("data", FIELD_ALERT[:2]), ("data", FIELD_ALERT[2:6]), ("close",)], 1),
+    "closed without a byte": ([("close",)], 0),
 }
 
 
-@pytest.mark.parametrize("steps", list(STOCK_CASES.values()), ids=list(STOCK_CASES))
-def test_what_is_not_complete_tls_is_left_to_mitmproxy(detection, on_records, steps: list[Step]) -> None:
+@pytest.mark.parametrize(("steps", "wakeups"), list(STOCK_CASES.values()), ids=list(STOCK_CASES))
+def test_what_is_not_complete_tls_is_left_to_mitmproxy(detection, on_records, steps: list[Step], wakeups: int) -> None:
     expected = stock(steps)
     assert detection.install(), detection.reason
     said = play(steps)
-    # The only word the wrapper may add is the one wakeup that bounds its wait for a record to complete.
-    wakeups = [w for w in flat(said) if w[0] == "wakeup"]
-    assert wakeups in ([], [("wakeup", HOLD)])
+    # The only word the wrapper may add is the wakeup that bounds its wait for a record to complete, with the first
+    # bytes that could begin one.
+    assert [w for w in flat(said) if w[0] == "wakeup"] == [("wakeup", HOLD)] * wakeups
+    assert wakeups == 0 or ("wakeup", HOLD) in said[0]
     assert [[w for w in words if w[0] != "wakeup"] for words in said] == expected
     assert on_records.calls == []
 
@@ -291,14 +295,17 @@ class _ParsesNothing(Http1ClientDriver):
 
 @pytest.mark.parametrize(
     ("driver", "problem"),
-    [(_DropsLastByte, "the alert gave [('wakeup', 5.0)]"), (_ParsesNothing, "a clean response gave")],
+    [
+        (_DropsLastByte, f"the alert gave [('wakeup', {DEFAULT_HOLD_TIMEOUT!r})]"),
+        (_ParsesNothing, "a clean response gave"),
+    ],
     ids=["alert answered differently", "clean head answered differently"],
 )
 def test_the_behaviour_check_refuses_a_mitmproxy_that_answers_differently(
     detection, on_records, monkeypatch: pytest.MonkeyPatch, driver: type[Http1ClientDriver], problem: str
 ) -> None:
     monkeypatch.setattr(compat, "Http1ClientDriver", driver)
-    detection.hold_timeout = 5.0
+    detection.hold_timeout = EarlyDetection(on_records, lambda request: None).hold_timeout  # the default
     assert not detection.install()
     assert "does not behave as early detection expects" in detection.reason
     assert problem in detection.reason

@@ -109,8 +109,32 @@ def test_tls_handshake_errors_name_the_alert(message: str, code: int, name: str)
     assert f.extra["alert"]["description"] == code
 
 
+@pytest.mark.parametrize("words", ["wrong version number", "packet length too long", "record layer failure"])
+def test_tls_sent_to_a_plaintext_port_is_the_opposite_fault(words: str) -> None:
+    # OpenSSL's words when the upstream answered mitmproxy's ClientHello in plaintext
+    f = findings.from_tls_error(f"[('SSL routines', '', '{words}')]")
+    assert f is not None and f.kind is Kind.UPSTREAM_NOT_TLS and f.confidence is Confidence.HIGH
+    assert not f.rewritable and not f.upgradable("GET")  # a success would hide a different misconfiguration
+    assert "plain HTTP" in f.explanation and words in f.detail
+
+
 def test_tls_handshake_errors_without_an_alert() -> None:
-    f = findings.from_tls_error("[('SSL routines', '', 'wrong version number')]")
-    assert f is not None and "plain HTTP" in f.explanation
+    f = findings.from_tls_error("[('SSL routines', '', 'unsupported protocol')]")
+    assert f is not None and f.kind is Kind.TLS_HANDSHAKE_ALERT and f.confidence is Confidence.MEDIUM
     assert findings.from_tls_error("certificate verify failed") is None
     assert findings.from_tls_error("alert nonsense words") is None
+
+
+#: The rewritable kinds, written out here on purpose: a kind added to `findings.REWRITABLE` must be added here
+#: too, by someone who decided it, and a kind added to `Kind` alone is not rewritable.
+EXPECTED_REWRITABLE = {Kind.TLS_RECORDS, Kind.TLS_INCOMPLETE, Kind.PLAIN_HTTP_400, Kind.TLS_HANDSHAKE_ALERT}
+
+
+def test_rewritable_kinds_are_an_explicit_allow_list() -> None:
+    assert findings.REWRITABLE == EXPECTED_REWRITABLE
+
+
+@pytest.mark.parametrize("kind", list(Kind))
+def test_every_kind_outside_the_allow_list_is_not_rewritable(kind: Kind) -> None:
+    finding = findings.Finding(kind, Confidence.HIGH, "explanation")
+    assert finding.rewritable is (kind in EXPECTED_REWRITABLE)

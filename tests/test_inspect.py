@@ -9,10 +9,12 @@ import subprocess
 import sys
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from mitmproxy import contentviews, http, io
 from mitmproxy.test import taddons, tflow
 
-from stray_tls import contentview
+from stray_tls import contentview, records
 from stray_tls.addon import METADATA_KEY, EsrsFix
 from stray_tls.lab.servers import Plaintext
 from stray_tls.wire import exchange
@@ -27,6 +29,11 @@ def auto_view(flow: http.HTTPFlow, message: http.Message) -> tuple[str, str]:
         return result.view_name or "", result.text
     description, lines, _ = contentviews.get_message_content_view("auto", message, flow)  # 11
     return description, "\n".join("".join(t for _, t in line) for line in lines)
+
+
+def assert_every_line_fits(rendered: str) -> None:
+    too_wide = [line for line in rendered.splitlines() if len(line) > contentview.WRAP]
+    assert not too_wide, f"lines wider than {contentview.WRAP}: {too_wide}"
 
 
 def response_flow(body: bytes, content_type: str = "application/octet-stream") -> http.HTTPFlow:
@@ -45,6 +52,7 @@ def test_view_wins_for_tls_bodies_and_stays_out_of_the_way_otherwise(addon: Esrs
         assert "TLS records" in name
         assert "description   unexpected_message (10)" in rendered
         assert "handshake     server_hello_done (14)" in rendered
+        assert_every_line_fits(rendered)
         for body, ctype in [
             (b"\x15\x03\x01 ordinary binary that merely starts like TLS", "application/octet-stream"),
             (
@@ -70,6 +78,8 @@ def test_view_renders_the_addons_own_answer_from_the_flow_metadata(addon: EsrsFi
         name, rendered = auto_view(f, f.response)
         assert "TLS records" in name
         assert f"esrs-fix: {SUMMARY}" in rendered and "level         fatal (2)" in rendered
+        assert f"record at offset 0:\n  {SUMMARY}\n" in rendered  # 84 characters on one line: the summary goes under
+        assert_every_line_fits(rendered)
         # the request of the same flow is not the view's business
         assert contentview.priority(f.request.content or b"", f, f.request) < 0
 
@@ -148,21 +158,10 @@ def test_saved_flows_keep_the_decode_and_render_again(esrs, mitmdump, tmp_path) 
     assert flow.marked == ":warning:" and flow.comment == f"esrs-fix: {SUMMARY}"
     assert flow.metadata[METADATA_KEY]["raw_hex"] == "1503010002020a"
     # read back by a colleague's mitmdump with the addon: the view renders the decode again
-    from stray_tls.launch import script_path
+    from stray_tls.launch import mitmproxy_command
 
     p = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "from mitmproxy.tools.main import mitmdump; mitmdump()",
-            "-n",
-            "-r",
-            str(saved),
-            "-s",
-            str(script_path()),
-            "--flow-detail",
-            "3",
-        ],
+        [*mitmproxy_command(), "-n", "-r", str(saved), "--flow-detail", "3"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -232,7 +231,45 @@ def test_view_of_a_healed_flow_shows_both_answers_and_leaves_the_body_to_its_own
         rendered = contentview.render(f.response.content or b"", f, f.response) or ""
         assert "healed over TLS" in rendered
         assert "the client got the server's own answer over TLS: HTTP 200 OK" in rendered
-        assert "what the plaintext attempt got (7 bytes): 15 03 01 00 02 02 0a" in rendered
+        assert "what the plaintext attempt got (7 bytes):\n  15 03 01 00 02 02 0a\n" in rendered
         assert "description   unexpected_message (10)" in rendered
-        explanation = [line for line in rendered.splitlines() if line.startswith("word")]
-        assert len(explanation) > 1 and all(len(line) <= contentview.WRAP for line in explanation)
+        assert len([line for line in rendered.splitlines() if line.startswith("word")]) > 1  # the explanation, wrapped
+        assert_every_line_fits(rendered)
+
+
+record_streams = st.lists(
+    st.tuples(st.sampled_from([20, 21, 22, 23]), st.sampled_from([0x0301, 0x0303, 0xFEFF]), st.binary(max_size=48)),
+    max_size=6,
+).map(lambda fields: b"".join(records.encode_record(*f) for f in fields))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    raw=record_streams | st.binary(max_size=300),
+    tail=st.binary(max_size=4),
+    words=st.text(max_size=300),
+    url=st.text(min_size=1, max_size=200),
+    upgraded=st.booleans(),
+)
+def test_every_line_of_the_view_fits_in_wrap(raw: bytes, tail: bytes, words: str, url: str, upgraded: bool) -> None:
+    """Whatever the finding holds (long summaries, URLs, errors, 300 bytes of raw answer, records of any size),
+    and whatever the body is, no line is wider than WRAP: mitmweb's response pane never scrolls sideways."""
+    f = response_flow(b"<html>a page</html>", "text/html")
+    assert f.response is not None
+    f.metadata[METADATA_KEY] = {
+        "kind": "tls_records",
+        "confidence": "high",
+        "summary": words,
+        "explanation": words * 2,
+        "raw_hex": (raw + tail).hex(),
+        "rewritten": not upgraded,
+        "rewritten_status": 200,
+        "upgraded": upgraded,
+        "learned": upgraded,
+        "upgrade": {"status": 200, "reason": words[:40], "url": url, "tls_version": "TLSv1.3", "sni": url},
+        "upgrade_error": words,
+    }
+    for body, message in ((b"<html>a page</html>", f.response), (raw + tail, None)):
+        rendered = contentview.render(body, f, message)
+        if rendered is not None:
+            assert_every_line_fits(rendered)

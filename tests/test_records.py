@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -230,15 +234,36 @@ def test_summaries_are_single_lines(fields: list[tuple[int, int, bytes]], tail: 
         assert r.to_dict()["summary"] == line
 
 
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+
+
 def test_short_fuzz_run_finds_no_violation() -> None:
     """The CI-sized version of scripts/fuzz (which runs a million examples on demand)."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    script = Path(__file__).resolve().parent.parent / "scripts" / "fuzz.py"
     p = subprocess.run(
-        [sys.executable, str(script), "--examples", "20000", "--seed", "1"], capture_output=True, text=True, timeout=300
+        [sys.executable, str(SCRIPTS / "fuzz.py"), "--examples", "20000", "--seed", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert p.returncode == 0, p.stderr
     assert "20000 examples, seed 1, no violation" in p.stdout
+
+
+def test_the_fuzz_run_reports_a_violation_under_python_O_too() -> None:
+    """A decoder that stays NeedMore once the bytes it needed have arrived breaks the property above
+    (`test_verdicts_are_consistent_as_bytes_are_appended`); scripts/fuzz must say so, and its checks are not
+    `assert` statements, which `python -O` would drop."""
+    program = "\n".join(
+        [
+            f"import sys; sys.path.insert(0, {str(SCRIPTS)!r})",
+            "import fuzz",
+            "from stray_tls.records import NeedMore",
+            "try:",
+            "    fuzz.check(b'\\x15\\x03', b'\\x01\\x00\\x02\\x02\\x0a', decode=lambda d: NeedMore(len(d), 5))",
+            "except fuzz.Violation as e:",
+            "    print('violation:', e)",
+        ]
+    )
+    p = subprocess.run([sys.executable, "-O", "-c", program], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert "violation: NeedMore(buffered=2, needed=5), then 7 bytes: still NeedMore(buffered=7, needed=5)" in p.stdout

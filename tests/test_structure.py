@@ -23,16 +23,22 @@ from stray_tls import names
 PACKAGE_DIR = Path(stray_tls.__file__).resolve().parent
 SOURCE_ROOT = PACKAGE_DIR.parent  # addon/: the package and the `mitmdump -s` script beside it
 
-#: mitmproxy modules only `compat` may import or name: anything with a private component, and these trees.
+#: mitmproxy modules only `compat` may import or name: anything with a private component, and these trees: the
+#: proxy core and the built-in addons, helpers outside the documented addon API (`mitmproxy.net`,
+#: `mitmproxy.utils`), and the version, so that every decision taken on it is taken in `compat`.
 PRIVATE_TREES = (
     "mitmproxy.proxy.layers",
     "mitmproxy.proxy.commands",
     "mitmproxy.proxy.events",
     "mitmproxy.proxy.context",
     "mitmproxy.addons",
+    "mitmproxy.net",
+    "mitmproxy.utils",
+    "mitmproxy.version",
 )
-#: Private attributes of mitmproxy objects that only `compat` may touch.
-PRIVATE_ATTRIBUTES = frozenset({"deferred"})
+#: Attributes of mitmproxy objects that only `compat` may touch: the deferred `--set` values and their private
+#: `.val`, and the version string (however the version module was reached).
+PRIVATE_ATTRIBUTES = frozenset({"deferred", "val", "VERSION"})
 #: The module allowed all of the above (relative to the package).
 COMPAT = "compat"
 #: The names written once, in `names`: their values must not appear as string constants anywhere else.
@@ -44,6 +50,36 @@ GUARDED_NAMES = {
     **{f"option {name}": name for name in names.OPTION_NAMES},
 }
 _DOTTED_MITMPROXY = re.compile(r"\bmitmproxy(?:\.[A-Za-z_]\w*)+")
+#: The package's modules from the bottom up (relative names; "" is the package's own __init__): each may import
+#: only modules before it. The README's Layout lists them in this order. The package __init__s come first:
+#: importing any module runs them, so they import nothing of their own (`records` stays free of mitmproxy).
+LAYERS = (
+    "",
+    "registry",
+    "records",
+    "findings",
+    "names",
+    "learned",
+    "pasted",
+    "text",
+    "report",
+    "compat",
+    "contentview",
+    "addon",
+    "wire",
+    "diagnose",
+    "capture",
+    "launch",
+    "cli",
+    "lab",
+    "lab.servers",
+    "lab.proxies",
+    "lab.check",
+    "lab.mitm",
+    "lab.scenarios",
+    "lab.cli",
+    "main",
+)
 
 
 @dataclass(frozen=True)
@@ -188,6 +224,17 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
+def upward_imports(modules: dict[str, Module], root: str, layers: tuple[str, ...]) -> list[Violation]:
+    """Imports of the package's own modules that do not point down `layers`, and modules `layers` does not rank."""
+    rank = {".".join(filter(None, (root, name))): n for n, name in enumerate(layers)}
+    found = [Violation(name, 0, "has no place in the layers") for name in sorted(set(modules) - set(rank))]
+    for module in modules.values():
+        for line, name in imported_modules(module, set(modules)):
+            if name in rank and name != module.name and module.name in rank and rank[name] >= rank[module.name]:
+                found.append(Violation(module.name, line, f"imports {name}, which is not below it"))
+    return found
+
+
 def lab_imports(modules: dict[str, Module], root: str) -> list[Violation]:
     """Imports of `root.lab` from outside the lab and the command-line entry point (`root.main`)."""
     lab = f"{root}.lab"
@@ -283,6 +330,9 @@ def test_compat_is_where_the_internals_are_named(package: dict[str, Module]) -> 
     assert "imports mitmproxy.proxy.layers.http._http1" in whats
     assert "imports mitmproxy.proxy.commands" in whats
     assert "names the private attribute 'deferred' in a string" in whats
+    assert "names the private attribute 'val' in a string" in whats
+    assert "imports mitmproxy.version" in whats and "uses the private attribute .VERSION" in whats
+    assert "imports mitmproxy.utils" in whats  # parse_size, for body_size_limit
 
 
 def test_stray_tls_imports_have_no_cycle(package: dict[str, Module]) -> None:
@@ -291,6 +341,11 @@ def test_stray_tls_imports_have_no_cycle(package: dict[str, Module]) -> None:
     assert "stray_tls.capture" in graph["stray_tls.cli"]  # a function-local import counts
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_stray_tls_imports_point_down_the_layers(package: dict[str, Module]) -> None:
+    violations = upward_imports(package, "stray_tls", LAYERS)
+    assert not violations, "imports must point down LAYERS (and the README's Layout):\n" + _report(violations)
 
 
 def test_the_product_never_imports_the_lab(package: dict[str, Module]) -> None:
@@ -339,11 +394,18 @@ def test_scanner_finds_every_way_of_naming_the_internals(tmp_path: Path) -> None
             "e.py": "import importlib\nX = importlib.import_module('mitmproxy.proxy.events')\n",
             "f.py": "def f(options):\n    return options.deferred\n",
             "g.py": "def f(options):\n    return getattr(options, 'deferred')\n",
-            "fine.py": "from mitmproxy import http, version\nfrom mitmproxy.proxy import server_hooks\n",
+            "h.py": "from mitmproxy.net.http import status_codes\n",
+            "i.py": "def f():\n    from mitmproxy.utils import human\n",
+            "j.py": "from mitmproxy import version\n",
+            "k.py": "import mitmproxy\nMAJOR = int(mitmproxy.version.VERSION.split('.')[0])\n",
+            "l.py": "from mitmproxy.version import VERSION\n",
+            "m.py": "def f(pending):\n    return pending.val\n",
+            "fine.py": "from http import HTTPStatus\nfrom mitmproxy import ctx, http\n"
+            "from mitmproxy.proxy import server_hooks\n",
         },
     )
     violations = private_mitmproxy_uses(modules, "fakepkg.compat")
-    assert {v.module for v in violations} == {f"fakepkg.{m}" for m in "abcdefg"}, _report(violations)
+    assert {v.module for v in violations} == {f"fakepkg.{m}" for m in "abcdefghijklm"}, _report(violations)
 
 
 def test_scanner_reports_a_cycle_with_its_path(tmp_path: Path) -> None:
@@ -361,6 +423,30 @@ def test_scanner_reports_a_cycle_with_its_path(tmp_path: Path) -> None:
     assert cycle == ["fakepkg.a", "fakepkg.b", "fakepkg.sub.c", "fakepkg.a"]
     acyclic = make_package(tmp_path / "ok", {"a.py": "from . import b\n", "b.py": "import os\n"})
     assert find_cycle(import_graph(acyclic)) is None
+
+
+def test_scanner_finds_an_import_that_points_up_the_layers(tmp_path: Path) -> None:
+    modules = make_package(
+        tmp_path,
+        {
+            "records.py": "",
+            "findings.py": "from . import records\n",  # down: fine
+            "text.py": "def late():\n    from .addon import x\n",  # up, function-local
+            "addon.py": "from fakepkg import findings\nfrom .text import y\n",  # down twice: fine
+            "same.py": "from . import same2\n",
+            "same2.py": "",
+            "stray.py": "",  # not ranked
+            "sub/__init__.py": "from .. import addon\n",  # a package __init__ that imports up
+        },
+    )
+    layers = ("", "sub", "records", "findings", "text", "addon", "same", "same2")
+    violations = upward_imports(modules, "fakepkg", layers)
+    assert {(v.module, v.what) for v in violations} == {
+        ("fakepkg.text", "imports fakepkg.addon, which is not below it"),
+        ("fakepkg.same", "imports fakepkg.same2, which is not below it"),
+        ("fakepkg.stray", "has no place in the layers"),
+        ("fakepkg.sub", "imports fakepkg.addon, which is not below it"),
+    }, _report(violations)
 
 
 def test_scanner_finds_the_lab_imported_from_the_product(tmp_path: Path) -> None:
@@ -420,6 +506,7 @@ def test_violations_planted_in_a_copy_of_the_real_package_are_found(tmp_path: Pa
         "findings.py": "\ndef _planted():\n    from . import text\n",  # text imports findings: a cycle
         "report.py": "\nfrom mitmproxy.proxy.layers import http as _planted\n",  # an internal outside compat
         "wire.py": "\n_PLANTED = 'X-ESRS-Fix'\n",  # a second definition of the label
+        "records.py": "\ndef _planted():\n    from . import names\n",  # names sits above records
     }
     for name, source in plants.items():
         with (copy / name).open("a", encoding="utf-8") as f:
@@ -431,3 +518,6 @@ def test_violations_planted_in_a_copy_of_the_real_package_are_found(tmp_path: Pa
     assert "stray_tls.findings" in cycle and "stray_tls.text" in cycle
     repeated = {v.module for v in repeated_names(modules, "stray_tls.names", GUARDED_NAMES)}
     assert "stray_tls.wire" in repeated
+    upward = {(v.module, v.what) for v in upward_imports(modules, "stray_tls", LAYERS)}
+    assert ("stray_tls.records", "imports stray_tls.names, which is not below it") in upward
+    assert ("stray_tls.findings", "imports stray_tls.text, which is not below it") in upward

@@ -9,14 +9,13 @@ import datetime
 import logging
 import weakref
 from collections.abc import Awaitable, Sequence
+from http import HTTPStatus
 from typing import Any, Optional
 
 from mitmproxy import command, ctx, exceptions, flowfilter, http, tls
 from mitmproxy import flow as flow_module
 from mitmproxy.addonmanager import Loader
-from mitmproxy.net.http import status_codes
 from mitmproxy.proxy import server_hooks
-from mitmproxy.utils import human
 
 from . import compat, contentview, records, text
 from . import findings as fnd
@@ -521,7 +520,7 @@ class _HealBody:
 
 def _body_limit() -> int | None:
     """mitmproxy's body_size_limit in bytes (None: no limit), which a streamed body would otherwise escape."""
-    return human.parse_size(ctx.options.body_size_limit) if ctx.options.body_size_limit else None
+    return compat.body_size_limit(ctx.options)
 
 
 def _target(flow: http.HTTPFlow) -> Target:
@@ -600,8 +599,8 @@ def error_response(finding: Finding) -> http.Response:
 
 def rewritten_response(finding: Finding, status: int, upgrade_failure: str | None = None) -> http.Response:
     """The answer when rewriting is on: labelled as synthetic so that nobody takes it for the server's."""
-    reason = status_codes.RESPONSES.get(status, "")
-    headline = f"esrs-fix: SYNTHETIC {status} {reason}: made by the proxy, not sent by the server (esrs_rewrite is on)."
+    status_line = f"{status} {reason}" if (reason := _reason_phrase(status)) else str(status)
+    headline = f"esrs-fix: SYNTHETIC {status_line}: made by the proxy, not sent by the server (esrs_rewrite is on)."
     if upgrade_failure:
         headline += f"\nThe TLS attempt (esrs_upgrade) failed first: {upgrade_failure}."
     return http.Response.make(
@@ -612,6 +611,14 @@ def rewritten_response(finding: Finding, status: int, upgrade_failure: str | Non
             LABEL_HEADER: f"synthetic {status}; {finding.summary}",
         },
     )
+
+
+def _reason_phrase(status: int) -> str:
+    """The standard reason phrase of `status` (the stdlib's table), or "" for a code it does not name."""
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
 
 
 def upgrade_failed_response(finding: Finding, failure: str) -> http.Response:

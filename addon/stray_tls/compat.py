@@ -1,6 +1,7 @@
 """Everything that depends on mitmproxy's version or private names: the one place that names them.
 
-- the major-version check;
+- the major-version check, and every other decision taken on mitmproxy's version (`mitmweb_wants_a_password`);
+- mitmproxy's helpers outside its addon API (`mitmproxy.utils.human.parse_size` for `body_size_limit`);
 - the texts of mitmproxy's own error messages (`unexpected server response: b'...'`, `Bad HTTP response line`,
   `server closed connection`, `cannot agree on a TLS version`, `does not speak TLS`, `Certificate verify failed`),
   turned into findings; each format is pinned by a test on both majors;
@@ -38,6 +39,7 @@ from mitmproxy.connection import ConnectionState
 from . import findings
 from . import records as tls
 from .findings import Finding
+from .names import DEFAULT_HOLD_TIMEOUT
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +47,28 @@ log = logging.getLogger(__name__)
 SUPPORTED_MAJORS = (11, 12)
 
 
+def mitmproxy_version() -> str:
+    """mitmproxy's version string, for messages; decisions on it are taken in this module."""
+    return version.VERSION
+
+
 def mitmproxy_major() -> int:
     try:
         return int(version.VERSION.split(".")[0])
     except ValueError:
         return 0
+
+
+def mitmweb_wants_a_password() -> bool:
+    """Whether mitmweb guards its UI with a token that `web_password` sets (12; 11 has no such option)."""
+    return mitmproxy_major() >= 12
+
+
+def body_size_limit(options: Any) -> int | None:
+    """mitmproxy's `body_size_limit` option in bytes (`"100k"` is 102400), or None when there is no limit."""
+    from mitmproxy.utils import human
+
+    return human.parse_size(options.body_size_limit) if options.body_size_limit else None
 
 
 # -- mitmproxy's own error messages ------------------------------------------------------------------------------
@@ -247,7 +266,7 @@ class EarlyDetection:
         self.on_records = on_records
         self.error_answer = error_answer
         #: Seconds to wait for a record that has begun to complete before answering with what arrived.
-        self.hold_timeout = 5.0
+        self.hold_timeout: float = DEFAULT_HOLD_TIMEOUT
         self.active = False
         self.reason = ""
         self._internals: _Internals | None = None

@@ -13,8 +13,13 @@ from mitmproxy import http
 from . import compat, records, text
 from .names import METADATA_KEY, VIEW_NAME
 
-#: The explanation's width: it reads in mitmweb's response pane and an 80-column console without scrolling.
+#: The width of every line the view renders: it reads in mitmweb's response pane and an 80-column console without
+#: scrolling sideways.
 WRAP = 76
+#: Bytes per line of a hex dump in the view (16 bytes: 47 characters).
+HEX_PER_LINE = 16
+#: Bytes of the plaintext attempt's answer shown in hex at most (the rest is counted, not shown).
+HEX_LIMIT = 64
 #: Above the built-in views' priorities (JSON and friends go up to 1), for bodies that are TLS records.
 PRIORITY = 2.0
 
@@ -37,16 +42,47 @@ def _body_records(data: bytes) -> records.Records | None:
     return None
 
 
+def _hex_lines(data: bytes, limit: int = HEX_LIMIT) -> list[str]:
+    """`data` in hex, HEX_PER_LINE bytes a line, indented; `limit` bytes at most, then how many there were."""
+    shown = data[:limit]
+    lines = [f"  {records.hexdump(shown[i : i + HEX_PER_LINE])}" for i in range(0, len(shown), HEX_PER_LINE)]
+    if len(data) > limit:
+        lines.append(f"  ... ({len(data)} bytes in all)")
+    return lines
+
+
+def _record_lines(r: records.Record) -> list[str]:
+    """`text.record_lines`, with the one-line summary under its offset when the two do not fit on one line."""
+    lines = text.record_lines(r)
+    if len(lines[0]) > WRAP:
+        lines[0:1] = [f"record at offset {r.offset}:", f"  {records.describe(r)}"]
+    return lines
+
+
+def _fit(lines: list[str]) -> str:
+    """The lines, each wrapped to WRAP (a continuation indented two more than its line), joined."""
+    fitted: list[str] = []
+    for line in lines:
+        if len(line) <= WRAP:
+            fitted.append(line)
+            continue
+        indent = line[: len(line) - len(line.lstrip())]
+        fitted += textwrap.wrap(
+            line.strip(), WRAP, initial_indent=indent, subsequent_indent=indent + "  ", break_on_hyphens=False
+        )
+    return "\n".join(fitted)
+
+
 def render(data: bytes, flow: Any = None, message: Any = None) -> str | None:
-    """The view's text, or None when it does not apply to this body."""
+    """The view's text, or None when it does not apply to this body; no line is wider than WRAP."""
     body = _body_records(data)
     if body is not None:
         lines = [f"{len(data)} bytes of TLS records in the body"]
         for r in body.records:
-            lines += text.record_lines(r)
+            lines += _record_lines(r)
         if body.rest:
-            lines.append(f"then an incomplete record: {records.hexdump(body.rest, 16)}")
-        return "\n".join(lines)
+            lines += ["then an incomplete record:", *_hex_lines(body.rest)]
+        return _fit(lines)
     meta = _finding_meta(flow, message)
     if meta is None:
         return None
@@ -59,7 +95,7 @@ def render(data: bytes, flow: Any = None, message: Any = None) -> str | None:
     else:
         action = "not rewritten"
     lines = [
-        *textwrap.wrap(f"esrs-fix: {meta.get('summary', '')}", WRAP, subsequent_indent="  "),
+        f"esrs-fix: {meta.get('summary', '')}",
         f"kind {meta.get('kind')}, confidence {meta.get('confidence')}; {action}",
     ]
     upgrade = meta.get("upgrade") or {}
@@ -71,17 +107,14 @@ def render(data: bytes, flow: Any = None, message: Any = None) -> str | None:
             "(the body is the server's: choose another view to read it)",
         ]
     elif meta.get("upgrade_error"):
-        lines += ["", *textwrap.wrap(f"the TLS attempt failed: {meta['upgrade_error']}", WRAP, subsequent_indent="  ")]
-    lines += [
-        "",
-        "what the plaintext attempt got"
-        + (f" ({len(raw)} bytes): {records.hexdump(raw, 64)}" if raw else ": (no bytes)"),
-    ]
+        lines += ["", f"the TLS attempt failed: {meta['upgrade_error']}"]
+    lines += ["", f"what the plaintext attempt got ({len(raw)} bytes):" if raw else "what the plaintext attempt got:"]
+    lines += _hex_lines(raw) if raw else ["  (no bytes)"]
     if isinstance(decoded, records.Records):
         for r in decoded.records:
-            lines += text.record_lines(r)
+            lines += _record_lines(r)
     lines += ["", *textwrap.wrap(str(meta.get("explanation", "")), WRAP)]
-    return "\n".join(lines)
+    return _fit(lines)
 
 
 def priority(data: bytes, flow: Any = None, message: Any = None) -> float:

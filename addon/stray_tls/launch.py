@@ -15,13 +15,19 @@ def script_path() -> Path:
     return Path(__file__).resolve().parent.parent / "esrs_fix.py"
 
 
-def mitmproxy_command(tool: str = "mitmdump", *, addon: bool = True, python: str | None = None) -> list[str]:
+def mitmproxy_command(
+    tool: str = "mitmdump", *, addon: bool = True, python: str | None = None, profile_to: Path | None = None
+) -> list[str]:
     """`mitmdump --listen-host 127.0.0.1 --set termlog_verbosity=info [-s esrs_fix.py]`, run by this Python.
 
     `python -c` with mitmproxy's own entry point, rather than the `mitmdump` found on PATH, so that the
-    mitmproxy of this interpreter's environment runs.
+    mitmproxy of this interpreter's environment runs. `profile_to`: run the tool under cProfile and write its
+    statistics to that file when it exits (the bench's CPU profile).
     """
-    launcher = f"from mitmproxy.tools.main import {tool}; {tool}()"
+    entry = f"from mitmproxy.tools.main import {tool}"
+    launcher = f"{entry}; {tool}()"
+    if profile_to is not None:
+        launcher = f"import cProfile; {entry}; cProfile.run('{tool}()', {str(profile_to)!r})"
     cmd = [python or sys.executable, "-c", launcher, "--listen-host", "127.0.0.1", "--set", "termlog_verbosity=info"]
     if addon:
         cmd += ["-s", str(script_path())]

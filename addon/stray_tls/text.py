@@ -5,6 +5,9 @@ from __future__ import annotations
 from . import findings, records
 from .records import Record
 
+#: Bytes of a record's data shown in hex: the line stays within 76 columns (the TLS records view, a terminal).
+DATA_BYTES = 12
+
 
 def record_lines(r: Record) -> list[str]:
     """Offset, content type, version, length, and what the record holds, one field a line."""
@@ -21,7 +24,7 @@ def record_lines(r: Record) -> list[str]:
         names = ", ".join(f"{records.registry.HANDSHAKE_TYPES.get(t, 'unknown')} ({t})" for t in r.handshake_types)
         lines.append(f"  handshake     {names}")
     elif r.length:
-        lines.append(f"  data          {records.hexdump(r.fragment, 16)}")
+        lines.append(f"  data          {records.hexdump(r.fragment, DATA_BYTES)}")
     return lines
 
 

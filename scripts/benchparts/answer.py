@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from .common import Outcome, Setup, Wrong, log, order, ratio, summary
-from .load import echo_body, exchange, request_for
+from .load import LABEL, echo_body, exchange, request_for
 
 NO_ANSWER_WITHIN = 5.0
 CASES = ("normal_200", "stray_closing", "stray_open")
@@ -51,7 +51,7 @@ def run(setup: Setup) -> Outcome:
                 if case == "normal_200":
                     wrong.check(got is not None and got[1] == 200 and got[3] == echo_body(url), f"{name} normal 200")
                 elif name == "addon":
-                    label = got[2].get("x-esrs-fix", "") if got else ""
+                    label = got[2].get(LABEL, "") if got else ""
                     ok = got is not None and got[1] == 200 and label.startswith("synthetic 200; TLS alert")
                     wrong.check(ok, f"addon {case}: {'no answer' if got is None else got[1]} {label!r}")
     data: dict[str, Any] = {}

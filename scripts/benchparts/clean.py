@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from .common import Outcome, Setup, Wrong, log, order, pct, ratio, summary
-from .load import echo_body, load
+from .load import LABEL, echo_body, load
 
 KEYS = ("rps", "p50_ms", "p99_ms", "cpu_us_per_req")
 
@@ -30,7 +30,7 @@ def run(setup: Setup) -> Outcome:
                 cpu_us = (lab.cpu_seconds(name) - cpu_before) / len(urls) * 1e6
                 wrong.check(len(answers) == len(urls), f"clean {name}: {len(answers)} answers to {len(urls)}")
                 for url, status, headers, body in answers:
-                    ok = status == 200 and body == echo_body(url) and "x-esrs-fix" not in headers
+                    ok = status == 200 and body == echo_body(url) and LABEL not in headers
                     wrong.check(ok, f"clean {name} {url}: {status} {body[:40]!r}")
                 runs[name].append(
                     {"rps": len(urls) / wall, "p50_ms": pct(lat, 50) * 1e3, "p99_ms": pct(lat, 99) * 1e3,

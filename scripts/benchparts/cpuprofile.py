@@ -5,13 +5,12 @@ from __future__ import annotations
 import pstats
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from stray_tls.lab import servers
-from stray_tls.launch import script_path
+from stray_tls.launch import mitmproxy_command
 
 from .common import Outcome, Setup, Wrong, log
 from .load import echo_body, load
@@ -22,10 +21,7 @@ def run(setup: Setup) -> Outcome:
     wrong = Wrong()
     port = servers.free_port()
     prof = setup.workdir / "addon.prof"
-    launcher = setup.workdir / "launch.py"
-    launcher.write_text("from mitmproxy.tools.main import mitmdump\nmitmdump()\n")
-    cmd = [sys.executable, "-m", "cProfile", "-o", str(prof), str(launcher), "--listen-host", "127.0.0.1",
-           "-p", str(port), "--set", "flow_detail=0", "-s", str(script_path()),
+    cmd = [*mitmproxy_command(profile_to=prof), "-p", str(port), "--set", "flow_detail=0",
            "--set", "esrs_rewrite=true", "--set", "esrs_filter=~d nowhere.example"]  # fmt: skip
     count = 1000 if setup.quick else 3000
     process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

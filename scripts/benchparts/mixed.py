@@ -12,7 +12,7 @@ from typing import Any
 
 from .common import Outcome, Setup, Wrong, log, order, pct, ratio, summary
 from .lab import Lab
-from .load import Answer, echo_body, load
+from .load import LABEL, Answer, echo_body, load
 
 CONCURRENCY = 64
 
@@ -22,12 +22,12 @@ def _judge(lab: Lab, name: str, answers: list[Answer], lat: list[float], wrong: 
     clean_lat = []
     for (url, status, headers, body), latency in zip(answers, lat, strict=True):
         if f":{lab.origin}/" in url:
-            ok = status == 200 and body == echo_body(url) and "x-esrs-fix" not in headers
+            ok = status == 200 and body == echo_body(url) and LABEL not in headers
             wrong.check(ok, f"mixed {name} clean {url}: {status} {body[:40]!r}")
             clean_lat.append(latency)
         elif name == "addon":
-            ok = status == 200 and headers.get("x-esrs-fix", "").startswith("synthetic 200; TLS alert")
-            wrong.check(ok, f"mixed addon stray {url}: {status} {headers.get('x-esrs-fix')!r}")
+            ok = status == 200 and headers.get(LABEL, "").startswith("synthetic 200; TLS alert")
+            wrong.check(ok, f"mixed addon stray {url}: {status} {headers.get(LABEL)!r}")
     return clean_lat
 
 

@@ -12,8 +12,6 @@ import textwrap
 import threading
 from pathlib import Path
 
-from mitmproxy import version as mitmproxy_version
-
 from .. import records
 from ..pasted import argument, parse_hostport, parse_route
 from . import proxies, servers
@@ -94,6 +92,8 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def cmd_lab(args: argparse.Namespace) -> int:
+    from .. import compat  # here, not at the top: the other esrs-fix commands start without importing mitmproxy
+
     keys = [k.strip().upper() for k in args.only.split(",")] if args.only else None
     known = {s.key for s in SCENARIOS}
     if keys and not set(keys) <= known:
@@ -111,7 +111,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
         if args.workdir is None:
             os.chmod(tmp, 0o755)  # as root, squid drops to the `proxy` user, which must reach its own directory
         _progress(
-            f"mitmproxy {mitmproxy_version.VERSION}, Python {sys.version.split()[0]}, work dir {workdir}, "
+            f"mitmproxy {compat.mitmproxy_version()}, Python {sys.version.split()[0]}, work dir {workdir}, "
             f"proxy in the field: {args.proxy}"
         )
         # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so that every process the lab started is stopped.

@@ -107,10 +107,10 @@ class Mitmweb(Mitmdump):
     tool = "mitmweb"
 
     def __init__(self, args: list[str], log_path: Path, web_port: int, password: str = "esrs-fix-test", **kw: Any):
-        from mitmproxy import version
+        from .. import compat
 
         extra = ["--web-host", "127.0.0.1", "--web-port", str(web_port), "--set", "web_open_browser=false"]
-        self.password = password if int(version.VERSION.split(".")[0]) >= 12 else ""
+        self.password = password if compat.mitmweb_wants_a_password() else ""
         if self.password:
             extra += ["--set", f"web_password={self.password}"]
         kw.setdefault("listeners", 1)
