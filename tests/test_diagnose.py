@@ -22,6 +22,7 @@ from urllib.parse import quote
 
 import pytest
 
+from stray_tls.diagnose import Credentials
 from stray_tls.lab import proxies, servers
 from stray_tls.lab.check import run_check
 from tests.realproxies import PASSWORD, USER
@@ -377,6 +378,75 @@ def test_a_page_that_echoes_the_credentials_never_prints_them(page, shape, scrub
         assert b"<pre>Basic *** ***</pre>" in bytes.fromhex(port["probes"][0]["finding"]["raw_hex"])
     else:
         assert "Basic ***" in port["verdict"] and port["verdict"] in p.stdout
+
+
+TRICKY = 'it\'s "é"&<pw>'  # characters a page escapes in several ways, and one that is not ASCII
+
+
+@pytest.mark.parametrize(
+    "echoed",
+    [
+        TRICKY,
+        html.escape(TRICKY),  # Python's way: &#x27; &quot; &amp; &lt; &gt;
+        "it&#39;s &quot;&#233;&quot;&amp;&lt;pw&gt;",  # squid's html_quote: decimal references
+        "it&apos;s &QUOT;&eacute;&quot;&amp;&lt;pw&gt;",  # named references, in either case where HTML has both
+        'it&#x27;s "&#XE9;"&#038;<pw>',  # hexadecimal, upper-case X, a leading zero, some characters left as is
+        quote(TRICKY, safe=""),
+        quote(TRICKY, safe="").lower(),
+        f"{USER}:{TRICKY}",
+        base64.b64encode(f"{USER}:{TRICKY}".encode()).decode(),
+    ],
+)
+def test_every_form_of_the_secret_a_page_may_echo_is_scrubbed(echoed: str) -> None:
+    credentials = Credentials(USER, TRICKY)
+    for encoding in ("utf-8", "latin-1"):
+        page = f"<p>before {echoed} after</p>".encode(encoding)
+        assert credentials.redact(page) == b"<p>before *** after</p>", (encoding, echoed)
+
+
+def test_a_short_password_scrubs_only_itself() -> None:
+    """The percent-encoding of `http` is case-insensitive in its hex digits only: `HTTP` is not the password."""
+    credentials = Credentials("u", "http")
+    assert credentials.redact(b"HTTP/1.1 200 OK; http; %68%74%74%70") == b"HTTP/1.1 200 OK; ***; ***"
+
+
+def test_a_password_that_the_answer_holds_does_not_change_the_verdict(start_server) -> None:
+    """The shape is judged on the answer as it came, the scrubbed copy is only shown: with the password `HTTP`, squid's
+    `X-Transformed-From: HTTP/0.9` is still its wrapping (scrubbed first, the 200 would pass the check)."""
+    wrapped = b"HTTP/1.1 200 OK\r\nX-Transformed-From: HTTP/0.9\r\nConnection: close\r\n\r\n" + bytes.fromhex(JSSE_HEX)
+    proxy = _scripted(start_server, wrapped)
+    p, out, _ = check_real(f"http://{USER}:HTTP@127.0.0.1:{proxy.port}", 443, env=_env())
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert _port(out)["shape"] == "wrapped_http09" and _port(out)["outcome"] == "fail"
+    assert "(as the check)  ***/1.1 200 OK, body: raw bytes 15 03 03" in p.stdout  # shown scrubbed, judged as it came
+
+
+def test_a_squid_page_with_an_escaped_password_never_prints_it(start_server) -> None:
+    """squid writes `'` as `&#39;` and `é` as `&#233;`; the page summary unescapes HTML after the scrub."""
+    page = "<html><title>ERROR</title><h1>Access denied</h1><p>user esrsuser, password it&#39;s &quot;&#233;&quot;"
+    page += "&amp;&lt;pw&gt; is not allowed</p></html>"
+    proxy = _scripted(start_server, _http(b"403 Forbidden", b"Server: squid/5.7\r\n", page))
+    p, _, j = check_real(f"http://{USER}:{quote(TRICKY, safe='')}@127.0.0.1:{proxy.port}", 443, env=_env())
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert "user esrsuser, password *** is not allowed" in p.stdout
+    _no_password(TRICKY, p, j)
+    for stream in (p.stdout, j.stdout):
+        assert "it's" not in stream and "&#39;" not in stream
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--prox=http://bob:hunter2@127.0.0.1:9", "h"],  # ambiguous: argparse quotes the whole argument
+        ["--proxy", "http://bob:hunter2@127.0.0.1:9", "h", "extra", "http://bob:hunter2@127.0.0.1:9"],  # unplaced
+        ["--proxy", "http://127.0.0.1:9", "http://bob:hunt%65r2@127.0.0.1:9"],  # the URL where the host goes
+    ],
+)
+def test_an_argument_error_never_echoes_the_password(args: list[str]) -> None:
+    p = check(*args)
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert "bob:***@127.0.0.1:9" in p.stderr
+    assert "hunter2" not in p.stdout + p.stderr and "hunt%65r2" not in p.stdout + p.stderr
 
 
 def test_an_unreachable_proxy_given_with_credentials_never_prints_them() -> None:

@@ -12,11 +12,20 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar, NoReturn
 
 from . import findings, records, text
 from .launch import script_path
-from .pasted import PasteError, ProxyAddress, argument, hostport, parse_host, parse_pasted, parse_proxy
+from .pasted import (
+    PasteError,
+    ProxyAddress,
+    argument,
+    hostport,
+    parse_host,
+    parse_pasted,
+    parse_proxy,
+    passwords_in,
+)
 
 if TYPE_CHECKING:
     from . import diagnose
@@ -203,9 +212,23 @@ def cmd_pcap(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, but its errors never echo a proxy password typed on the command line: argparse quotes the
+    arguments it could not place (`unrecognized arguments: http://u:pw@...`, `ambiguous option: --prox=...`)."""
+
+    #: The passwords of the command line being parsed (set by `run`); a class attribute, because argparse makes the
+    #: subcommands' parsers itself, and any of them may be the one that reports the error.
+    secrets: ClassVar[list[str]] = []
+
+    def error(self, message: str) -> NoReturn:
+        for secret in self.secrets:
+            message = message.replace(secret, "***")
+        super().error(message)
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
     """The parser with the product's commands, and its subparsers for the layers above to add theirs."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="esrs-fix",
         description="Find TLS records where HTTP was expected: decode pasted bytes, diagnose a proxy, read a "
         "capture, locate the mitmproxy addon script, run the lab.",
@@ -263,6 +286,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
 
 
 def run(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
+    _Parser.secrets = passwords_in(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))

@@ -15,12 +15,13 @@ from __future__ import annotations
 import base64
 import contextlib
 import enum
+import functools
 import html
+import html.entities
 import re
 import socket
 import ssl
 import time
-import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,15 +84,39 @@ class Credentials:
 
     def redact(self, data: bytes) -> bytes:
         """`data` with every form of the secret a proxy could echo replaced by `***`: the Basic token, the
-        user:password pair and the password, each as is, percent-encoded (either case) and HTML-escaped."""
-        password = self.password.encode("utf-8", "surrogateescape")
-        alternatives: set[bytes] = set()
-        for secret in (self._token(), self._pair(), password) if password else (self._token(),):
-            escaped = html.escape(secret.decode("latin-1")).encode("latin-1")
-            encoded = urllib.parse.quote_from_bytes(secret, safe="").encode("ascii")
-            alternatives |= {re.escape(secret), re.escape(escaped), b"(?i:" + re.escape(encoded) + b")"}
-        longest_first = sorted(alternatives, key=len, reverse=True)  # the pair before the password inside it
-        return re.sub(b"|".join(longest_first), b"***", data)
+        user:password pair and the password, each as is, percent-encoded or HTML-escaped (see `_secret_pattern`)."""
+        return self._secrets.sub(b"***", data)
+
+    @functools.cached_property
+    def _secrets(self) -> re.Pattern[bytes]:
+        secrets = [self._token().decode("ascii"), f"{self.user}:{self.password}", self.password]
+        # longest first: the pair before the password inside it
+        patterns = [_secret_pattern(s) for s in sorted(filter(None, secrets), key=len, reverse=True)]
+        return re.compile(b"|".join(patterns))
+
+
+def _secret_pattern(secret: str) -> bytes:
+    """A regex for `secret` in any form a page may echo it in, character by character (a page may escape some
+    characters and not others): as is (UTF-8 or latin-1), percent-encoded (hex digits in either case), or as an
+    HTML character reference (decimal, hexadecimal or named: squid writes `'` as `&#39;`, others as `&apos;`)."""
+
+    def either_case(hex_digits: str) -> bytes:
+        return b"".join(f"[{d.upper()}{d.lower()}]".encode() if d.isalpha() else d.encode() for d in hex_digits)
+
+    parts: list[bytes] = []
+    for ch in secret:
+        utf8 = ch.encode("utf-8", "surrogateescape")  # surrogateescape: bytes that are not UTF-8 stay those bytes
+        forms: set[bytes] = {re.escape(utf8), b"".join(b"%" + either_case(f"{byte:02x}") for byte in utf8)}
+        if not 0xDC80 <= ord(ch) <= 0xDCFF:  # a real character, not an escaped byte: its latin-1 and HTML forms
+            with contextlib.suppress(UnicodeEncodeError):
+                forms.add(re.escape(ch.encode("latin-1")))
+            forms.add(b"&#0*%d;" % ord(ch))
+            forms.add(b"&#[xX]0*" + either_case(f"{ord(ch):x}") + b";")
+            names = [n for n, c in html.entities.html5.items() if c == ch and n.endswith(";")]
+            forms |= {b"&" + re.escape(n.encode("ascii")) for n in names}
+        longest_first: list[bytes] = sorted(forms, key=len, reverse=True)
+        parts.append(b"(?:" + b"|".join(longest_first) + b")")
+    return b"".join(parts)
 
 
 @dataclass
@@ -185,16 +210,30 @@ def _auth(credentials: Credentials | None) -> str:
     return credentials.header() if credentials else ""
 
 
-def _read(
-    sock: socket.socket, request: bytes, timeout: float, credentials: Credentials | None, *, head_only: bool = False
-) -> Answer:
-    """Send `request` and read the answer, scrubbed: the one place where the password is taken out.
+@dataclass(frozen=True)
+class _Read:
+    """One answer twice: as it came, which its shape is judged on, and scrubbed of the credentials, which is shown.
 
     A proxy's page may echo `Proxy-Authorization` (or the password itself); with credentials, every form of them is
-    `***` in the answer before anything is made of it (a page summary cut short, the raw hex, the JSON).
+    `***` in `shown` before anything is made of it (a page summary cut short, the raw hex, the JSON). Judging `seen`
+    keeps a short password from changing the verdict (a password `http` would otherwise hide squid's `HTTP/0.9`).
     """
+
+    seen: Answer
+    shown: Answer
+
+    def judged(self) -> tuple[str, Finding | None, Shape]:
+        """What to print and the finding to show (both from `shown`), and the shape (from `seen`)."""
+        what, f = describe(self.shown)
+        return what, f, shape_of(self.seen, describe(self.seen)[1] if self.seen is not self.shown else f)
+
+
+def _read(
+    sock: socket.socket, request: bytes, timeout: float, credentials: Credentials | None, *, head_only: bool = False
+) -> _Read:
+    """Send `request` and read the answer: the one place where the password is taken out of what is shown."""
     a = send_and_read(sock, request, time.monotonic() + timeout, head_only=head_only)
-    return a.redacted(credentials.redact) if credentials else a
+    return _Read(a, a.redacted(credentials.redact) if credentials else a)
 
 
 def probe_absolute(
@@ -209,10 +248,9 @@ def probe_absolute(
         f"GET https://{target}/ HTTP/1.1\r\nHost: {target}\r\nUser-Agent: esrs-fix-check\r\n{_auth(credentials)}\r\n"
     )
     with sock:
-        a = _read(sock, request.encode(), timeout, credentials)
-    what, f = describe(a)
-    shape = shape_of(a, f)
-    return Probe(name, what, shape is Shape.HTTP_OK, f, a.status, shape=shape, answer=a)
+        r = _read(sock, request.encode(), timeout, credentials)
+    what, f, shape = r.judged()
+    return Probe(name, what, shape is Shape.HTTP_OK, f, r.seen.status, shape=shape, answer=r.shown)
 
 
 @dataclass
@@ -227,23 +265,23 @@ def _tunnel(proxy: tuple[str, int], host: str, port: int, timeout: float, creden
     sock = _connect(proxy, timeout)
     if isinstance(sock, str):
         return _Tunnel(None, sock, Shape.UNREACHABLE)
-    a = _read(
+    r = _read(
         sock,
         f"CONNECT {hostport(host, port)} HTTP/1.1\r\nHost: {hostport(host, port)}\r\n{_auth(credentials)}\r\n".encode(),
         timeout,
         credentials,
         head_only=True,
     )
-    if a.status != 200:
+    if r.seen.status != 200:
         sock.close()
-        what, f = describe(a)
-        return _Tunnel(None, f"CONNECT refused: {what}", shape_of(a, f), a)
-    return _Tunnel(sock, a.status_line, Shape.HTTP_OK, a)
+        what, _, shape = r.judged()
+        return _Tunnel(None, f"CONNECT refused: {what}", shape, r.shown)
+    return _Tunnel(sock, r.shown.status_line, Shape.HTTP_OK, r.shown)
 
 
 def _tls_get(
     sock: socket.socket, host: str, timeout: float, credentials: Credentials | None = None
-) -> tuple[Answer | None, str]:
+) -> tuple[_Read | None, str]:
     """TLS over `sock`, then `GET /`: the answer (None when the handshake failed) and what TLS said."""
     context = ssl.create_default_context()
     context.check_hostname = False
@@ -260,8 +298,8 @@ def _tls_get(
         return None, f"TLS handshake failed: {said}"
     with tls:
         version = tls.version() or "TLS"
-        a = _read(tls, f"GET / HTTP/1.1\r\nHost: {url_host(host)}\r\n\r\n".encode(), timeout, credentials)
-    return a, f"{version} handshake done"
+        r = _read(tls, f"GET / HTTP/1.1\r\nHost: {url_host(host)}\r\n\r\n".encode(), timeout, credentials)
+    return r, f"{version} handshake done"
 
 
 def probe_connect_tls(
@@ -272,12 +310,12 @@ def probe_connect_tls(
     if t.sock is None:
         return Probe(name, t.said, False, shape=t.shape, answer=t.answer)
     with t.sock:
-        a, tls_said = _tls_get(t.sock, host, timeout, credentials)
-    if a is None:
+        r, tls_said = _tls_get(t.sock, host, timeout, credentials)
+    if r is None:
         return Probe(name, f"{t.said}; {tls_said}", False, shape=Shape.TLS_FAILED)
-    what, f = describe(a)
-    ok = a.status is not None
-    return Probe(name, f"{t.said}; {tls_said}; {what}", ok, f, a.status, shape=Shape.TLS_OK if ok else shape_of(a, f))
+    what, f, shape = r.judged()
+    ok = r.seen.status is not None
+    return Probe(name, f"{t.said}; {tls_said}; {what}", ok, f, r.seen.status, shape=Shape.TLS_OK if ok else shape)
 
 
 def probe_connect_plain(
@@ -289,11 +327,12 @@ def probe_connect_plain(
         return Probe(name, t.said, False, shape=t.shape, answer=t.answer)
     with t.sock:
         request = f"GET / HTTP/1.1\r\nHost: {url_host(host)}\r\n\r\n".encode()
-        a = _read(t.sock, request, timeout, credentials)
-    what, f = describe(a)
-    # "ok" here means: the port answered plaintext the way a TLS port does
-    speaks_tls = f is not None and f.kind in (Kind.TLS_RECORDS, Kind.PLAIN_HTTP_400)
-    return Probe(name, f"{t.said}; {what}", speaks_tls, f, a.status, shape=shape_of(a, f))
+        r = _read(t.sock, request, timeout, credentials)
+    what, f, shape = r.judged()
+    # "ok" here means: the port answered plaintext the way a TLS port does (judged on the answer as it came)
+    seen = describe(r.seen)[1]
+    speaks_tls = seen is not None and seen.kind in (Kind.TLS_RECORDS, Kind.PLAIN_HTTP_400)
+    return Probe(name, f"{t.said}; {what}", speaks_tls, f, r.seen.status, shape=shape)
 
 
 def probe_direct(host: str, port: int, timeout: float) -> Probe:
@@ -303,12 +342,12 @@ def probe_direct(host: str, port: int, timeout: float) -> Probe:
     except (OSError, UnicodeError) as e:
         return Probe(name, f"cannot connect: {getattr(e, 'strerror', None) or e}", False, shape=Shape.UNREACHABLE)
     with sock:
-        a, tls_said = _tls_get(sock, host, timeout)
-    if a is None:
+        r, tls_said = _tls_get(sock, host, timeout)
+    if r is None:
         return Probe(name, tls_said, False, shape=Shape.TLS_FAILED)
-    what, f = describe(a)
-    ok = a.status is not None
-    return Probe(name, f"{tls_said}; {what}", ok, f, a.status, shape=Shape.TLS_OK if ok else shape_of(a, f))
+    what, f, shape = r.judged()
+    ok = r.seen.status is not None
+    return Probe(name, f"{tls_said}; {what}", ok, f, r.seen.status, shape=Shape.TLS_OK if ok else shape)
 
 
 def check_port(

@@ -78,13 +78,13 @@ def parse_host(text: str) -> str:
         try:
             return str(ipaddress.IPv6Address(host))
         except ValueError:
-            raise ValueError(f"{text!r} is not a host name or an IP address") from None
+            raise ValueError(f"{redact_proxy(text)!r} is not a host name or an IP address") from None
     if not host or _NOT_IN_HOST.search(host):
-        raise ValueError(f"{text!r} is not a host name or an IP address")
+        raise ValueError(f"{redact_proxy(text)!r} is not a host name or an IP address")
     try:
         host.encode("idna")
     except UnicodeError:
-        raise ValueError(f"{text!r} is not a host name or an IP address") from None
+        raise ValueError(f"{redact_proxy(text)!r} is not a host name or an IP address") from None
     return host
 
 
@@ -158,6 +158,20 @@ def redact_proxy(text: str) -> str:
     if not at or ":" not in userinfo:
         return text
     return f"{text[: len(scheme)]}{userinfo.partition(':')[0]}:***@{hostport}"
+
+
+def passwords_in(args: list[str]) -> list[str]:
+    """The passwords of proxy URLs among command-line arguments (`URL` or `--option=URL`), as typed and
+    percent-decoded: what an error message about those arguments must not echo."""
+    found: set[str] = set()
+    for arg in args:
+        value = arg.partition("=")[2] if arg.startswith("-") else arg
+        _, rest = _scheme(value)
+        userinfo, at, _ = rest.rpartition("@")
+        password = userinfo.partition(":")[2] if at else ""
+        if password:
+            found |= {password, urllib.parse.unquote(password)}
+    return sorted(found, key=len, reverse=True)
 
 
 def parse_route(text: str) -> tuple[tuple[str, int], tuple[str, int]]:
