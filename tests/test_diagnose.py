@@ -487,7 +487,7 @@ class RefusingProxy(servers.FaultyProxy):
     """Tunnels as a correct proxy does (CONNECT), and answers every other request with its own `refusal`."""
 
     def __init__(self, refusal: bytes, routes: dict[tuple[str, int], tuple[str, int]]) -> None:
-        super().__init__(routes, idle=1.0)  # the tunnel outlives its server by `idle`: the plaintext probe waits it
+        super().__init__(routes)
         self.refusal = refusal
 
     def handle(self, conn: socket.socket) -> None:

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -84,6 +85,21 @@ def test_check_tells_the_faulty_proxy_from_a_well_behaved_one(cert, start_server
 
 
 # -- through real proxies: the same scenarios, the check asking for 127.0.0.1 and the real ports -------------------
+
+
+def test_the_faulty_proxys_tunnel_passes_the_servers_close_on(start_server) -> None:
+    """A CONNECT client sees the server's close when it happens, as through a real proxy, not after the tunnel's idle
+    time (60 s here; the client gives up after 30, so a tunnel that held on fails the test)."""
+    server = start_server(servers.ScriptedServer(lambda head: b"HTTP/1.1 204 No Content\r\n\r\n", keep_alive=False))
+    proxy = start_server(servers.FaultyProxy(idle=60.0))
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=30) as s:
+        s.sendall(f"CONNECT 127.0.0.1:{server.port} HTTP/1.1\r\n\r\n".encode())
+        assert servers.read_head(s) == b"HTTP/1.1 200 Connection established\r\n\r\n"
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        received = b""
+        while chunk := s.recv(4096):  # TimeoutError here: the server's close never came through
+            received += chunk
+    assert received == b"HTTP/1.1 204 No Content\r\n\r\n"
 
 
 def _lab(*args: str) -> subprocess.CompletedProcess[str]:

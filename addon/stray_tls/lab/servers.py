@@ -380,24 +380,25 @@ class FaultyProxy(TCPServer):
             _relay(upstream, conn, self.idle)
 
 
-def _relay(src: socket.socket, dst: socket.socket, idle: float) -> None:
-    """Copy src to dst as it comes, until src closes or is idle for `idle` seconds."""
+def _relay(src: socket.socket, dst: socket.socket, idle: float) -> bool:
+    """Copy src to dst as it comes, until src closes (True) or fails or is idle for `idle` seconds (False)."""
     src.settimeout(idle)
     while True:
         try:
             chunk = src.recv(65536)
         except (TimeoutError, ssl.SSLError, OSError):
-            return
+            return False
         if not chunk:
-            return
+            return True
         dst.sendall(chunk)
 
 
 def _pipe(a: socket.socket, b: socket.socket, idle: float) -> None:
-    """Relay both directions (a CONNECT tunnel) until either side closes or both are idle.
+    """Relay both directions (a CONNECT tunnel) until each has closed or gone idle.
 
     A side that closes is passed on as a half-close to the other, as a real proxy does: a client waiting for the
-    server's close sees it at once, instead of after `idle` seconds.
+    server's close sees it at once, instead of after `idle` seconds. A side that only went idle is not: the other
+    would see an end its peer never sent.
     """
     t = threading.Thread(target=_relay_then_close, args=(b, a, idle), daemon=True)
     t.start()
@@ -406,9 +407,9 @@ def _pipe(a: socket.socket, b: socket.socket, idle: float) -> None:
 
 
 def _relay_then_close(src: socket.socket, dst: socket.socket, idle: float) -> None:
-    _relay(src, dst, idle)
-    with contextlib.suppress(OSError):
-        dst.shutdown(socket.SHUT_WR)
+    if _relay(src, dst, idle):
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
 
 
 def temporary_directory() -> tempfile.TemporaryDirectory[str]:
