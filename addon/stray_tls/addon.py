@@ -273,8 +273,9 @@ class EsrsFix:
             )
 
         if HEAL_METADATA_KEY in flow.metadata:
-            # The TLS attempt's body: kept as it streams in (the replay's own client drops it), whole or not at all.
-            response.stream = self._heal_bodies.setdefault(flow.id, _HealBody(_body_limit()))
+            # The TLS attempt's body: kept as it streams in (the replay's own client drops it), whole or not at all,
+            # up to body_size_limit, which a streamed body would otherwise escape.
+            response.stream = self._heal_bodies.setdefault(flow.id, _HealBody(compat.body_size_limit(ctx.options)))
         elif (learned := self._learned_flows.get(flow.id)) is not None and flow.server_conn.tls_established:
             self._labelled(response, f"upgraded (learned); {learned[1].plaintext_answer}")  # before a streamed body
 
@@ -516,11 +517,6 @@ class _HealBody:
             else:
                 self.kept += chunk
         return chunk
-
-
-def _body_limit() -> int | None:
-    """mitmproxy's body_size_limit in bytes (None: no limit), which a streamed body would otherwise escape."""
-    return compat.body_size_limit(ctx.options)
 
 
 def _target(flow: http.HTTPFlow) -> Target:

@@ -30,11 +30,10 @@ from typing import Any
 from stray_tls.lab import servers
 from stray_tls.lab.mitm import Mitmdump
 from stray_tls.learned import CAPACITY
-from stray_tls.names import LABEL_HEADER
 
 from . import healpeers
 from .common import Outcome, Setup, Wrong, log, order, pct, summary
-from .load import echo_body, exchange, load, request_for
+from .load import LABEL, echo_body, exchange, load, request_for
 
 PROBE_SCRIPT = Path(__file__).with_name("heal_probe.py")
 PROBE_URL = "http://esrs-bench.probe/"
@@ -47,7 +46,6 @@ HOT = 8  # learned targets in the mixed and memory loads
 #: round trip; a learned request vs stock https://.
 FIRST_GOAL = 1.5
 LEARNED_GOAL = 1.05
-_LABEL = LABEL_HEADER.lower()  # the answers' header names are lower-cased (load.exchange)
 
 Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 Got = tuple[int, dict[str, str], bytes]
@@ -127,7 +125,7 @@ def target(port: int, path: str = "", scheme: str = "http") -> str:
 
 def expected(headers: dict[str, str], body: bytes, status: int, kind: str, url: str) -> bool:
     """Is this the right answer? kind: healed, learned (the stand-in's bytes, labelled), stock (unlabelled), clean."""
-    label = headers.get(_LABEL)
+    label = headers.get(LABEL)
     if kind == "clean":
         return status == 200 and body == echo_body(url) and label is None
     if status != 200 or body != servers.OK_BODY:
@@ -164,7 +162,7 @@ async def plaintext_round_trip(port: int) -> tuple[float, bytes]:
 def check(wrong: Wrong, what: str, got: Got, kind: str, url: str) -> None:
     status, headers, body = got
     ok = expected(headers, body, status, kind, url)
-    wrong.check(ok, f"heal {what} {url}: {status} {headers.get(_LABEL)!r} {body[:40]!r}")
+    wrong.check(ok, f"heal {what} {url}: {status} {headers.get(LABEL)!r} {body[:40]!r}")
 
 
 # -- 1. the first, healed request
@@ -450,10 +448,10 @@ def bound(setup: Setup, peers: Peers, wrong: Wrong) -> dict[str, Any]:
         first_kind = "healed" if len(targets) > CAPACITY else "learned"
         _, got = asyncio.run(fresh(proxy.port, target(targets[0], "again")))
         first_ok = expected(got[1], got[2], got[0], first_kind, "")
-        wrong.check(first_ok, f"heal bound: the first target again: {got[1].get(_LABEL)!r}")
+        wrong.check(first_ok, f"heal bound: the first target again: {got[1].get(LABEL)!r}")
         _, got = asyncio.run(fresh(proxy.port, target(targets[-1], "again")))
         last_ok = expected(got[1], got[2], got[0], "learned", "")
-        wrong.check(last_ok, f"heal bound: the last target again: {got[1].get(_LABEL)!r}")
+        wrong.check(last_ok, f"heal bound: the last target again: {got[1].get(LABEL)!r}")
         final = learned_count(proxy)
     finally:
         proxy.mitmdump.stop()
