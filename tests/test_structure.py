@@ -348,6 +348,23 @@ def test_stray_tls_imports_point_down_the_layers(package: dict[str, Module]) -> 
     assert not violations, "imports must point down LAYERS (and the README's Layout):\n" + _report(violations)
 
 
+def readme_layout_modules(readme: str) -> list[str]:
+    """The package's modules in the order the README's Layout block lists them (`  a.py, b.py   what they hold`)."""
+    block = readme.split("## Layout", 1)[1].split("```")[1]
+    names: list[str] = []
+    for line in block.splitlines():
+        if line.startswith("  ") and not line.startswith("   "):  # a module line of addon/stray_tls/, not a wrap
+            files = line.split("  ")[1].strip()
+            names += [f.strip().removesuffix(".py").removesuffix("/") for f in files.split(",")]
+    return names
+
+
+def test_the_readmes_layout_lists_the_modules_in_the_order_imports_point() -> None:
+    listed = readme_layout_modules((SOURCE_ROOT.parent / "README.md").read_text())
+    layers = [name for name in LAYERS if name and "." not in name]
+    assert listed == layers, "the README's Layout and LAYERS disagree"
+
+
 def test_the_product_never_imports_the_lab(package: dict[str, Module]) -> None:
     violations = lab_imports(package, "stray_tls")
     assert not violations, "the lab sits on top of the product, not under it:\n" + _report(violations)
