@@ -1,6 +1,6 @@
 """Everything that depends on mitmproxy's version or private names: the one place that names them.
 
-- the major-version check, and every other decision taken on mitmproxy's version (`mitmweb_wants_a_password`);
+- the major-version check, and what differs between mitmproxy's versions (`mitmweb_wants_a_password`, asked of mitmweb);
 - mitmproxy's helpers outside its addon API (`mitmproxy.utils.human.parse_size` for `body_size_limit`);
 - the texts of mitmproxy's own error messages (`unexpected server response: b'...'`, `Bad HTTP response line`,
   `server closed connection`, `cannot agree on a TLS version`, `does not speak TLS`, `Certificate verify failed`),
@@ -60,8 +60,27 @@ def mitmproxy_major() -> int:
 
 
 def mitmweb_wants_a_password() -> bool:
-    """Whether mitmweb guards its UI with a token that `web_password` sets (12; 11 has no such option)."""
-    return mitmproxy_major() >= 12
+    """Whether mitmweb guards its UI with a token that `web_password` sets: asked of mitmweb's own addons, not of
+    the version (the token came in 11.1.2, with CVE-2025-23217's fix, and is in every 12; 11.0 has none)."""
+    from mitmproxy.tools.web import webaddons
+
+    registered: set[str] = set()
+
+    class Loader:  # records the options each addon of mitmweb's registers, and ignores anything else it asks
+        def add_option(self, name: str, *args: Any, **kwargs: Any) -> None:
+            registered.add(name)
+
+        def __getattr__(self, name: str) -> Any:
+            return lambda *args, **kwargs: None
+
+    for addon in vars(webaddons).values():
+        if (
+            isinstance(addon, type)
+            and addon.__module__ == webaddons.__name__
+            and callable(getattr(addon, "load", None))
+        ):
+            addon().load(Loader())
+    return "web_password" in registered
 
 
 def body_size_limit(options: Any) -> int | None:
