@@ -391,6 +391,8 @@ TRICKY = 'it\'s "é"&<pw>'  # characters a page escapes in several ways, and one
         "it&#39;s &quot;&#233;&quot;&amp;&lt;pw&gt;",  # squid's html_quote: decimal references
         "it&apos;s &QUOT;&eacute;&quot;&amp;&lt;pw&gt;",  # named references, in either case where HTML has both
         'it&#x27;s "&#XE9;"&#038;<pw>',  # hexadecimal, upper-case X, a leading zero, some characters left as is
+        "it&#39s &quot&#233&quot&amp&lt;pw&gt",  # no `;` where none is needed: html.unescape still reads them
+        "it%27s+%22%E9%22%26%3Cpw%3E",  # a form's encoding: `+` for the space, latin-1 bytes
         quote(TRICKY, safe=""),
         quote(TRICKY, safe="").lower(),
         f"{USER}:{TRICKY}",
@@ -421,6 +423,20 @@ def test_a_password_that_the_answer_holds_does_not_change_the_verdict(start_serv
     assert "(as the check)  ***/1.1 200 OK, body: raw bytes 15 03 03" in p.stdout  # shown scrubbed, judged as it came
 
 
+def test_a_short_password_does_not_hide_what_a_407_offers(start_server) -> None:
+    """The 407's schemes are judged on the answer as it came: with the password `s`, `Basic` is still Basic (the
+    credentials were rejected), not an unsupported `Ba***ic`; what is shown is scrubbed."""
+    head = b'HTTP/1.1 407 Proxy Authentication Required\r\nServer: squid\r\nProxy-Authenticate: Basic realm="x"\r\n'
+    proxy = _scripted(start_server, head + b"Content-Length: 0\r\nConnection: close\r\n\r\n")
+    p, out, _ = check_real(f"http://{USER}:s@127.0.0.1:{proxy.port}", 443, env=_env())
+    assert p.returncode == 3, p.stdout + p.stderr
+    port = _port(out)
+    assert port["shape"] == "proxy_auth_required"
+    assert port["auth"] == {"offered": ['Ba***ic realm="x"'], "unsupported": []}
+    assert f"could not test: the proxy rejected the credentials given for user '{USER}'" in port["verdict"]
+    assert port["product"] == "***quid"  # the Server header, found by its name, shown scrubbed
+
+
 def test_a_squid_page_with_an_escaped_password_never_prints_it(start_server) -> None:
     """squid writes `'` as `&#39;` and `é` as `&#233;`; the page summary unescapes HTML after the scrub."""
     page = "<html><title>ERROR</title><h1>Access denied</h1><p>user esrsuser, password it&#39;s &quot;&#233;&quot;"
@@ -440,13 +456,16 @@ def test_a_squid_page_with_an_escaped_password_never_prints_it(start_server) -> 
         ["--prox=http://bob:hunter2@127.0.0.1:9", "h"],  # ambiguous: argparse quotes the whole argument
         ["--proxy", "http://bob:hunter2@127.0.0.1:9", "h", "extra", "http://bob:hunter2@127.0.0.1:9"],  # unplaced
         ["--proxy", "http://127.0.0.1:9", "http://bob:hunt%65r2@127.0.0.1:9"],  # the URL where the host goes
+        ["--proxy", "http://127.0.0.1:9", "--port", "http://bob:hunt\\er2@127.0.0.1:9", "h"],  # quoted by repr()
+        ["http://bob:hunt'er\t2@127.0.0.1:9"],  # an unknown command, quoted by repr() with its own quote kept
     ],
 )
 def test_an_argument_error_never_echoes_the_password(args: list[str]) -> None:
-    p = check(*args)
+    command = ["check", *args] if args[0].startswith("-") else args
+    p = subprocess.run([sys.executable, "-m", "stray_tls.main", *command], capture_output=True, text=True, timeout=120)
     assert p.returncode == 2, p.stdout + p.stderr
     assert "bob:***@127.0.0.1:9" in p.stderr
-    assert "hunter2" not in p.stdout + p.stderr and "hunt%65r2" not in p.stdout + p.stderr
+    assert "hunt" not in p.stdout + p.stderr
 
 
 def test_an_unreachable_proxy_given_with_credentials_never_prints_them() -> None:

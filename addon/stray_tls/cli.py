@@ -222,7 +222,11 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         for secret in self.secrets:
-            message = message.replace(secret, "***")
+            # as typed, and as repr() writes it inside an argument it quotes ("invalid int value: 'http://u:p\\w@h'"),
+            # where a quote is escaped or not depending on the whole argument
+            inner = repr(secret)[1:-1].replace("\\'", "'")
+            for form in sorted({secret, inner, inner.replace("'", "\\'")}, key=len, reverse=True):
+                message = message.replace(form, "***")
         super().error(message)
 
 

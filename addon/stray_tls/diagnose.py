@@ -82,6 +82,10 @@ class Credentials:
     def _token(self) -> bytes:
         return base64.b64encode(self._pair())
 
+    def redact_text(self, text: str) -> str:
+        """`redact` for a text decoded as latin-1 from the bytes that came (a header's value)."""
+        return self.redact(text.encode("latin-1", "replace")).decode("latin-1")
+
     def redact(self, data: bytes) -> bytes:
         """`data` with every form of the secret a proxy could echo replaced by `***`: the Basic token, the
         user:password pair and the password, each as is, percent-encoded or HTML-escaped (see `_secret_pattern`)."""
@@ -97,8 +101,9 @@ class Credentials:
 
 def _secret_pattern(secret: str) -> bytes:
     """A regex for `secret` in any form a page may echo it in, character by character (a page may escape some
-    characters and not others): as is (UTF-8 or latin-1), percent-encoded (hex digits in either case), or as an
-    HTML character reference (decimal, hexadecimal or named: squid writes `'` as `&#39;`, others as `&apos;`)."""
+    characters and not others): as is (UTF-8 or latin-1), percent-encoded (UTF-8 or latin-1, hex digits in either
+    case; `+` for a space), or as an HTML character reference that `html.unescape` reads (decimal, hexadecimal or
+    named, with or without `;`: squid writes `'` as `&#39;`, others as `&apos;`)."""
 
     def either_case(hex_digits: str) -> bytes:
         return b"".join(f"[{d.upper()}{d.lower()}]".encode() if d.isalpha() else d.encode() for d in hex_digits)
@@ -109,11 +114,17 @@ def _secret_pattern(secret: str) -> bytes:
         forms: set[bytes] = {re.escape(utf8), b"".join(b"%" + either_case(f"{byte:02x}") for byte in utf8)}
         if not 0xDC80 <= ord(ch) <= 0xDCFF:  # a real character, not an escaped byte: its latin-1 and HTML forms
             with contextlib.suppress(UnicodeEncodeError):
-                forms.add(re.escape(ch.encode("latin-1")))
-            forms.add(b"&#0*%d;" % ord(ch))
-            forms.add(b"&#[xX]0*" + either_case(f"{ord(ch):x}") + b";")
-            names = [n for n, c in html.entities.html5.items() if c == ch and n.endswith(";")]
-            forms |= {b"&" + re.escape(n.encode("ascii")) for n in names}
+                latin1 = ch.encode("latin-1")
+                forms |= {re.escape(latin1), b"%" + either_case(f"{latin1[0]:02x}")}
+            if ch == " ":
+                forms.add(rb"\+")  # a form's encoding of a space
+            # a numeric reference may end without `;` where no digit follows (html.unescape reads `&#39s` as `'s`),
+            # and 128-159 stand for windows-1252's characters (`&#128;` is the euro sign)
+            for code in {ord(ch)} | {c for c, v in getattr(html, "_invalid_charrefs", {}).items() if v == ch}:
+                forms.add(b"&#0*%d(?:;|(?![0-9]))" % code)
+                forms.add(b"&#[xX]0*" + either_case(f"{code:x}") + b"(?:;|(?![0-9a-fA-F]))")
+            # named references, the legacy ones without `;` too (`&eacute` is read as `é`)
+            forms |= {b"&" + re.escape(n.encode("ascii")) for n, c in html.entities.html5.items() if c == ch}
         longest_first: list[bytes] = sorted(forms, key=len, reverse=True)
         parts.append(b"(?:" + b"|".join(longest_first) + b")")
     return b"".join(parts)
@@ -129,7 +140,8 @@ class Probe:
     #: The proxy could not be reached at all: nothing was tested.
     unreachable: bool = False
     shape: Shape = Shape.HTTP_OTHER
-    answer: Answer | None = field(default=None, repr=False)
+    answer: Answer | None = field(default=None, repr=False)  # as shown: scrubbed of the credentials
+    auth: AuthOffer | None = None  # what a 407 offers (judged on the answer as it came)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -164,7 +176,7 @@ class PortResult:
             "verdict": self.verdict,
             # who answered what the check sends, as its answer names itself (Server, Proxy-agent, Via)
             "product": product(first),
-            "auth": AuthOffer.of(first).to_dict() if self.shape is Shape.PROXY_AUTH_REQUIRED else None,
+            "auth": self.probes[0].auth.to_dict() if self.probes and self.probes[0].auth else None,
             "probes": [p.to_dict() for p in self.probes],
         }
 
@@ -250,7 +262,8 @@ def probe_absolute(
     with sock:
         r = _read(sock, request.encode(), timeout, credentials)
     what, f, shape = r.judged()
-    return Probe(name, what, shape is Shape.HTTP_OK, f, r.seen.status, shape=shape, answer=r.shown)
+    auth = AuthOffer.of(r.seen, credentials) if shape is Shape.PROXY_AUTH_REQUIRED else None
+    return Probe(name, what, shape is Shape.HTTP_OK, f, r.seen.status, shape=shape, answer=r.shown, auth=auth)
 
 
 @dataclass
@@ -467,23 +480,24 @@ class AuthOffer:
 
     offered: list[str]
     unsupported: list[str]
-
-    @property
-    def basic(self) -> bool:
-        return any(scheme_of(c).lower() == "basic" for c in self.offered)
+    basic: bool
 
     @classmethod
-    def of(cls, a: Answer | None) -> AuthOffer:
+    def of(cls, a: Answer | None, credentials: Credentials | None = None) -> AuthOffer:
+        """Judged on the answer as it came (`a`, not scrubbed: a short password must not hide `Basic`); the texts
+        scrubbed of `credentials` for showing."""
         offered = challenges(a.all("proxy-authenticate") if a else [])
         schemes = [scheme_of(c) for c in offered]
-        return cls(offered, list(dict.fromkeys(s for s in schemes if s.lower() != "basic")))
+        unsupported = list(dict.fromkeys(s for s in schemes if s.lower() != "basic"))
+        shown = credentials.redact_text if credentials else str
+        return cls([shown(c) for c in offered], [shown(s) for s in unsupported], "basic" in map(str.lower, schemes))
 
     def to_dict(self) -> dict[str, Any]:
         return {"offered": self.offered, "unsupported": self.unsupported}
 
 
 def _auth_verdict(probe: Probe, credentials: Credentials | None) -> tuple[Outcome, str]:
-    offer = AuthOffer.of(probe.answer)
+    offer = probe.auth or AuthOffer.of(None)
     offered, unsupported, basic = offer.offered, offer.unsupported, offer.basic
     if credentials and not basic:
         said = f"the proxy does not take Basic credentials, so those given for user {credentials.user!r} could not work"

@@ -47,7 +47,8 @@ class Answer:
         return [value for n, value in self.fields if n == name]
 
     def redacted(self, hide: Callable[[bytes], bytes]) -> Answer:
-        """This answer with `hide` applied to every byte and text it holds (a password taken out), status kept."""
+        """This answer with `hide` applied to every byte and text it holds (a password taken out), status and header
+        names kept (a header is found by its name: a short password must not turn `Server` into `S***rv***r`)."""
 
         def head(value: str) -> str:  # decoded as latin-1 from the bytes that came: back to those bytes
             return hide(value.encode("latin-1")).decode("latin-1")
@@ -56,8 +57,8 @@ class Answer:
             self,
             raw=hide(self.raw),
             status_line=head(self.status_line),
-            headers=None if self.headers is None else {head(k): head(v) for k, v in self.headers.items()},
-            fields=[(head(k), head(v)) for k, v in self.fields],
+            headers=None if self.headers is None else {k: head(v) for k, v in self.headers.items()},
+            fields=[(k, head(v)) for k, v in self.fields],
             body=hide(self.body),
             error=hide(self.error.encode("utf-8", "surrogateescape")).decode("utf-8", "surrogateescape"),
         )
