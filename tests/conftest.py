@@ -6,6 +6,7 @@ import os
 import shutil
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -95,7 +96,7 @@ def curl() -> str:
 NO_SKIP = "ESRS_FIX_NO_SKIP"
 
 
-def _no_skip(report: pytest.TestReport | pytest.CollectReport) -> None:
+def _no_skip(report: pytest.TestReport) -> None:
     if report.skipped and os.environ.get(NO_SKIP) and not hasattr(report, "wasxfail"):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.outcome = "failed"
@@ -111,11 +112,27 @@ def pytest_runtest_makereport(
     return report
 
 
+#: Modules that skipped as a whole (`pytest.importorskip` at their top) under NO_SKIP. A collect report turned into
+#: a failure would stop the whole run at collection; these fail the run at its end instead, every test having run.
+_SKIPPED_MODULES: list[str] = []
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_make_collect_report(
     collector: pytest.Collector,
 ) -> Generator[None, pytest.CollectReport, pytest.CollectReport]:
-    """The same for a module that skips as a whole (`pytest.importorskip` at its top)."""
     report: pytest.CollectReport = yield
-    _no_skip(report)
+    if report.skipped and os.environ.get(NO_SKIP):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        _SKIPPED_MODULES.append(f"{report.nodeid}: {reason}")
     return report
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _SKIPPED_MODULES and exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    for line in _SKIPPED_MODULES:
+        terminalreporter.write_line(f"FAILED (skipped, but {NO_SKIP} is set: CI installs every peer) {line}", red=True)
