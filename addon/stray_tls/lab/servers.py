@@ -381,16 +381,21 @@ class FaultyProxy(TCPServer):
 
 
 def _relay(src: socket.socket, dst: socket.socket, idle: float) -> bool:
-    """Copy src to dst as it comes, until src closes (True) or fails or is idle for `idle` seconds (False)."""
+    """Copy src to dst as it comes, until src ends (closed or reset: True) or is idle for `idle` seconds (False)."""
     src.settimeout(idle)
     while True:
         try:
             chunk = src.recv(65536)
-        except (TimeoutError, ssl.SSLError, OSError):
+        except TimeoutError:
             return False
+        except OSError:  # a reset (or a TLS error) ends src as a close does
+            return True
         if not chunk:
             return True
-        dst.sendall(chunk)
+        try:
+            dst.sendall(chunk)
+        except OSError:
+            return False  # dst has gone: there is nothing to pass on to it
 
 
 def _pipe(a: socket.socket, b: socket.socket, idle: float) -> None:
