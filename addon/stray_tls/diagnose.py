@@ -234,10 +234,19 @@ class _Read:
     seen: Answer
     shown: Answer
 
+    @functools.cached_property
+    def _shown_described(self) -> tuple[str, Finding | None]:
+        return describe(self.shown)
+
+    @functools.cached_property
+    def seen_finding(self) -> Finding | None:
+        """The finding in the answer as it came, decoded once (once in all when nothing was scrubbed)."""
+        return self._shown_described[1] if self.seen is self.shown else describe(self.seen)[1]
+
     def judged(self) -> tuple[str, Finding | None, Shape]:
         """What to print and the finding to show (both from `shown`), and the shape (from `seen`)."""
-        what, f = describe(self.shown)
-        return what, f, shape_of(self.seen, describe(self.seen)[1] if self.seen is not self.shown else f)
+        what, f = self._shown_described
+        return what, f, shape_of(self.seen, self.seen_finding)
 
 
 def _read(
@@ -343,7 +352,7 @@ def probe_connect_plain(
         r = _read(t.sock, request, timeout, credentials)
     what, f, shape = r.judged()
     # "ok" here means: the port answered plaintext the way a TLS port does (judged on the answer as it came)
-    seen = describe(r.seen)[1]
+    seen = r.seen_finding
     speaks_tls = seen is not None and seen.kind in (Kind.TLS_RECORDS, Kind.PLAIN_HTTP_400)
     return Probe(name, f"{t.said}; {what}", speaks_tls, f, r.seen.status, shape=shape)
 
