@@ -40,6 +40,8 @@ SILENT = ["openssl", "python-ssl", "jdk-httpsserver"]
 #: Those of them that answer HEAD over TLS (`openssl s_server -www` waits for a GET line, and would hold the attempt).
 ANSWER_HEAD = {"python-ssl", "jdk-httpsserver"}
 TIMEOUT = 20.0  # a bound on each client, not a speed claim
+#: esrs_upgrade_retry_after in `healer`: a failed attempt is remembered this long (seconds).
+RETRY_AFTER = 2
 #: A request header that puts a flow outside `lenient`'s esrs_filter.
 OUT_OF_SCOPE = "X-Esrs-Test: out-of-scope"
 FIELD_ALERT_SUMMARY = "TLS alert: fatal unexpected_message (10), record version TLS 1.0"
@@ -200,6 +202,7 @@ def healer(real_server: RealServers, tmp_path_factory: pytest.TempPathFactory) -
             "ssl_verify_upstream_trusted_ca": trusted[0],
             "esrs_report": report,
             "connection_strategy": "lazy",
+            "esrs_upgrade_retry_after": RETRY_AFTER,
         }
         with reverse_mitmdump(targets, options, tmp / "mitmdump.log") as (m, ports):
             yield Healer(peers, missing, m, ports, report, post, swap, other_name, tls_body)
@@ -271,11 +274,16 @@ def test_a_learned_target_whose_tls_fails_is_forgotten(healer: Healer, cert: tup
         forgotten = f"TLS to learned target {target} failed"
         assert eventually(lambda: forgotten in healer.m.log()), healer.m.log_tail()
         assert "it is forgotten, and the next request tries plaintext first" in healer.m.log()
+        connections = server.connections + 2  # this request's plaintext connection and its TLS attempt's
         again = plaintext(port)  # forgotten: plaintext first, then the TLS attempt, which fails the same way
         assert again.status == 502 and (again.label or "").startswith("upgrade failed: "), again.label
         assert (server.plaintext_requests, server.tls_requests) == (2, 2)
     finally:
         server.context = trusted
+    remembered = plaintext(port)  # within esrs_upgrade_retry_after: the same failure at once, no attempt at all
+    assert remembered.status == 502 and remembered.label == again.label, remembered.label
+    assert (server.plaintext_requests, server.tls_requests, server.connections) == (2, 2, connections)
+    time.sleep(RETRY_AFTER)  # a lower bound: the failure is no longer remembered after it
     healed = plaintext(port)
     assert healed.status == 200 and (healed.label or "").startswith("upgraded; "), healed.label
     assert (server.plaintext_requests, server.tls_requests) == (3, 3)
@@ -293,7 +301,8 @@ def test_a_certificate_for_another_name_fails_closed(healer: Healer) -> None:
         assert label.startswith("upgrade failed: certificate verification failed: IP address mismatch; "), label
         assert b"never weakened" in answer.body
     assert server.tls_requests == 0  # no request went over the unverified connection
-    assert server.plaintext_requests == 2  # nothing was learned: each request tried plaintext first
+    # nothing was learned; the second request got the remembered failure at once, without a plaintext attempt
+    assert server.plaintext_requests == 1
     assert "learned 127.0.0.2" not in healer.m.log()
 
 
@@ -464,7 +473,8 @@ def test_an_untrusted_certificate_fails_closed(cert, esrs, mitmdump) -> None:
         )
         assert b"never weakened" in answer.body
     assert server.tls_requests == 0  # no request went over an unverified connection
-    assert server.plaintext_requests == 2  # nothing was learned: each request tried plaintext first
+    # nothing was learned; the second request got the remembered failure at once, without a plaintext attempt
+    assert server.plaintext_requests == 1
 
 
 def test_an_untrusted_certificate_with_rewrite_falls_back_to_the_synthetic_status(esrs, mitmdump) -> None:

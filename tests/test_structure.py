@@ -64,6 +64,8 @@ LAYERS = (
     "text",
     "report",
     "compat",
+    "heal",
+    "answers",
     "contentview",
     "addon",
     "wire",

@@ -7,23 +7,26 @@ from __future__ import annotations
 
 import datetime
 import logging
+import time
 import weakref
-from collections.abc import Awaitable, Sequence
-from http import HTTPStatus
+from collections.abc import Awaitable, Mapping
 from typing import Any, Optional
 
 from mitmproxy import command, ctx, exceptions, flowfilter, http, tls
-from mitmproxy import flow as flow_module
 from mitmproxy.addonmanager import Loader
 from mitmproxy.proxy import server_hooks
 
 from . import compat, contentview, records, text
 from . import findings as fnd
+from .answers import error_response, rewritten_response, upgrade_failed_response
 from .compat import EarlyDetection
 from .findings import Finding
+from .heal import Failure, Heal, Outcome, strip_proxy_headers
 from .learned import Entry, LearnedTargets, Target
 from .names import (
     DEFAULT_HOLD_TIMEOUT,
+    DEFAULT_UPGRADE_RETRY,
+    DEFAULT_UPGRADE_TIMEOUT,
     HEAL_METADATA_KEY,
     HEALED_MARKER,
     LABEL_HEADER,
@@ -36,15 +39,34 @@ from .names import (
     OPT_REWRITE,
     OPT_STATUS,
     OPT_UPGRADE,
+    OPT_UPGRADE_RETRY,
+    OPT_UPGRADE_TIMEOUT,
     OPTION_NAMES,
     PREFIX,
-    UPGRADE_TIMEOUT,
     UPSTREAM_LABEL_HEADER,
 )
+
+__all__ = ["EsrsFix", "error_response", "rewritten_response", "upgrade_failed_response"]
 from .pasted import PasteError, parse_pasted
 from .report import ReportWriter
 
 log = logging.getLogger("esrs_fix")
+
+#: mitmproxy's options that decide whether a TLS attempt can succeed: a change forgets the remembered failures.
+_ATTEMPT_OPTIONS = frozenset(
+    {
+        OPT_UPGRADE_TIMEOUT,
+        OPT_UPGRADE_RETRY,
+        "ssl_insecure",
+        "ssl_verify_upstream_trusted_ca",
+        "ssl_verify_upstream_trusted_confdir",
+        "tls_version_server_min",
+        "tls_version_server_max",
+        "client_certs",
+        "upstream_auth",
+        "mode",
+    }
+)
 
 _LABEL_BYTES = LABEL_HEADER.lower().encode()
 
@@ -58,17 +80,22 @@ class EsrsFix:
         self._error_answers: weakref.WeakKeyDictionary[http.Request, http.Response] = weakref.WeakKeyDictionary()
         # Responses this addon made or healed: they carry its label legitimately.
         self._ours: weakref.WeakSet[http.Response] = weakref.WeakSet()
-        # Targets that answered plaintext as a TLS port and then answered over TLS (esrs_upgrade).
-        self.learned = LearnedTargets()
+        # The heal (esrs_upgrade): learned targets, TLS attempts in flight (one per target), remembered failures.
+        self.heal = Heal()
         # Flows sent over TLS at once because their target is learned, by flow id, until their response or error.
-        self._learned_flows: dict[str, tuple[Target, Entry]] = {}
-        # The bodies of TLS attempts, kept as they stream in, by the attempt's flow id until its decision.
-        self._heal_bodies: dict[str, _HealBody] = {}
+        self._learned_flows: dict[str, tuple[Target, Entry, float]] = {}
+        # Flows answered before their request went out (a remembered failed heal), by id, until their response hook.
+        self._answered: set[str] = set()
         self.early = EarlyDetection(self._on_records, self._claim_error_answer)
         # Failed TLS handshakes with an upstream, by server connection id, for the flow's error hook.
         self._tls_failures: dict[str, Finding] = {}
         self.report: ReportWriter | None = None
         self._view: object = None
+
+    @property
+    def learned(self) -> LearnedTargets:
+        """The targets esrs_upgrade learned (the heal's memory)."""
+        return self.heal.learned
 
     def load(self, loader: Loader) -> None:
         loader.add_option(
@@ -80,7 +107,26 @@ class EsrsFix:
             "HEAD and OPTIONS only), send the same request again over TLS to the same host and port, verified as "
             "mitmproxy verifies any upstream, and answer with the server's own response, labelled "
             f"'{LABEL_HEADER}: upgraded; ...'. The target is remembered, and later plaintext requests to it go "
-            "over TLS at once. Scoped by esrs_filter; tried before esrs_rewrite, which is the fallback.",
+            "over TLS at once. One attempt per target at a time: other requests to it wait for its outcome; a "
+            f"failed attempt is remembered for {OPT_UPGRADE_RETRY}. Proxy-* headers never reach the server. Scoped "
+            "by esrs_filter; tried before esrs_rewrite, which is the fallback. Needs esrs_early for TLS records and "
+            "silent closes.",
+        )
+        loader.add_option(
+            OPT_UPGRADE_TIMEOUT,
+            int,  # whole seconds: mitmproxy's --set cannot parse a float option
+            DEFAULT_UPGRADE_TIMEOUT,
+            "Seconds one esrs_upgrade TLS attempt may take in all (connect, the upstream proxy's CONNECT, the TLS "
+            "handshake and the whole answer; 1-3600). A far server or a slow proxy needs it long; then the "
+            "client gets the labelled failure.",
+        )
+        loader.add_option(
+            OPT_UPGRADE_RETRY,
+            int,
+            DEFAULT_UPGRADE_RETRY,
+            "Seconds a failed esrs_upgrade TLS attempt is remembered (0-3600; 0: not at all): requests to its target "
+            "within that time get the same labelled failure at once, without an attempt of their own, so that a "
+            "crowd of clients does not hammer a failing server. Changing a TLS option forgets it.",
         )
         loader.add_option(
             OPT_REWRITE,
@@ -160,6 +206,20 @@ class EsrsFix:
             if not 1 <= hold <= 3600:
                 raise exceptions.OptionsError(f"esrs_hold_timeout: {hold} is not a number of seconds from 1 to 3600")
             self.early.hold_timeout = hold
+        if OPT_UPGRADE_TIMEOUT in updated:
+            limit = ctx.options.esrs_upgrade_timeout
+            if not 1 <= limit <= 3600:
+                raise exceptions.OptionsError(
+                    f"{OPT_UPGRADE_TIMEOUT}: {limit} is not a number of seconds from 1 to 3600"
+                )
+            self.heal.timeout = limit
+        if OPT_UPGRADE_RETRY in updated:
+            retry = ctx.options.esrs_upgrade_retry_after
+            if not 0 <= retry <= 3600:
+                raise exceptions.OptionsError(f"{OPT_UPGRADE_RETRY}: {retry} is not a number of seconds from 0 to 3600")
+            self.heal.failure_ttl = retry
+        if updated & _ATTEMPT_OPTIONS:
+            self.heal.forget_failures()  # what made an attempt fail may be fixed now (a CA trusted, a version)
         if OPT_FILTER in updated:
             expr = ctx.options.esrs_filter
             if expr:
@@ -186,6 +246,11 @@ class EsrsFix:
                     )
             else:
                 self.early.uninstall()
+        if (OPT_UPGRADE in updated or OPT_EARLY in updated) and ctx.options.esrs_upgrade and not self.early.active:
+            log.warning(
+                "esrs-fix: esrs_upgrade heals only 'plain HTTP to HTTPS port' pages while early detection is off "
+                "(esrs_early): TLS records and silent closes need it to be healed."
+            )
 
     def done(self) -> None:
         self.early.uninstall()
@@ -233,22 +298,51 @@ class EsrsFix:
     # Hooks that may need to wait for a TLS attempt return an awaitable then, and None otherwise: mitmproxy awaits
     # what a hook returns, and clean traffic creates no coroutine.
 
-    def requestheaders(self, flow: http.HTTPFlow) -> None:
+    def requestheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         # Here, not in `request`: a request whose body mitmproxy streams is connected and sent before `request` runs.
-        if not self.learned or not ctx.options.esrs_upgrade or not flow.live or flow.request.scheme != "http":
-            return  # clean traffic with nothing learned pays one length test
-        if HEAL_METADATA_KEY in flow.metadata or flow.response is not None:
-            return
+        if not self.heal or not ctx.options.esrs_upgrade or not flow.live or flow.request.scheme != "http":
+            return None  # clean traffic with nothing learned, pending or failed pays one length test
+        if HEAL_METADATA_KEY in flow.metadata or flow.response is not None or not self._in_scope(flow):
+            return None
         target = _target(flow)
-        entry = self.learned.lookup(target)
-        if entry is None or not self._in_scope(flow):
-            return
-        # mitmproxy's own connection from here on: TLS to the same host and port (CONNECT through the upstream proxy
-        # in upstream mode), verified as any upstream, the body streamed as mitmproxy streams it.
-        flow.request.scheme = "https"
-        if flow.request.http_version.startswith("HTTP/1"):
-            flow.request.authority = ""  # origin-form inside TLS, as for mitmproxy's own https flows
-        self._learned_flows[flow.id] = (target, entry)
+        if (pending := self.heal.pending(target)) is not None:
+            return self._after_attempt(flow, target, pending)  # one attempt per target: wait for its outcome
+        self._route_known(flow, target)
+        return None
+
+    async def _after_attempt(self, flow: http.HTTPFlow, target: Target, pending: Awaitable[Failure | None]) -> None:
+        await self.heal.wait(pending)  # type: ignore[arg-type]
+        if flow.live:
+            self._route_known(flow, target)
+
+    def _route_known(self, flow: http.HTTPFlow, target: Target) -> None:
+        """Over TLS at once to a learned target; the remembered failure for a failed one; else plaintext, as sent."""
+        if (entry := self.heal.learned.lookup(target)) is not None:
+            # mitmproxy's own connection from here on: TLS to the same host and port (CONNECT through the upstream
+            # proxy in upstream mode), verified as any upstream, the body streamed as mitmproxy streams it.
+            flow.request.scheme = "https"
+            if flow.request.http_version.startswith("HTTP/1"):
+                flow.request.authority = ""  # origin-form inside TLS, as for mitmproxy's own https flows
+            strip_proxy_headers(flow.request)  # upstream_auth's header goes to the CONNECT, never to the origin
+            self._learned_flows[flow.id] = (target, entry, time.monotonic())
+        elif (failed := self.heal.failed(target)) is not None:
+            failure, finding = failed
+            flow.request.stream = False  # the answer is given when the request has been read
+            flow.response = self._labelled(upgrade_failed_response(finding, failure))
+            self._answered.add(flow.id)
+            self._annotate(
+                flow,
+                _record(finding, upgrade_error=failure, shared=True),
+                healed=False,
+            )
+            log.info(
+                "esrs-fix: %s: the TLS attempt to %s failed less than %.0f s ago (%s); answered with that failure "
+                "without a new attempt",
+                flow.request.pretty_url,
+                target,
+                self.heal.failure_ttl,
+                failure,
+            )
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         # Only the addon may label an answer: an upstream's own X-ESRS-Fix is renamed before the client sees it
@@ -274,14 +368,17 @@ class EsrsFix:
 
         if HEAL_METADATA_KEY in flow.metadata:
             # The TLS attempt's body: kept as it streams in (the replay's own client drops it), whole or not at all,
-            # up to body_size_limit, which a streamed body would otherwise escape.
-            response.stream = self._heal_bodies.setdefault(flow.id, _HealBody(compat.body_size_limit(ctx.options)))
+            # up to body_size_limit (or the heal's cap), which a streamed body would otherwise escape.
+            response.stream = self.heal.body(flow, compat.body_size_limit(ctx.options))
         elif (learned := self._learned_flows.get(flow.id)) is not None and flow.server_conn.tls_established:
             self._labelled(response, f"upgraded (learned); {learned[1].plaintext_answer}")  # before a streamed body
 
     def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         if flow.response is None or not flow.live or HEAL_METADATA_KEY in flow.metadata:
             return None  # history (a flow read back with -r keeps what it recorded), or esrs-fix's own TLS attempt
+        if self._answered and flow.id in self._answered:
+            self._answered.discard(flow.id)  # answered before it went out (a remembered failure): recorded then
+            return None
         if (learned := self._learned_flows.pop(flow.id, None)) is not None:
             if flow.server_conn.tls_established and flow.response in self._ours:
                 self._served_learned(flow, *learned)
@@ -332,29 +429,26 @@ class EsrsFix:
     def server_disconnected(self, data: server_hooks.ServerConnectionHookData) -> None:
         self._tls_failures.pop(data.server.id, None)
 
-    def _served_learned(self, flow: http.HTTPFlow, target: Target, entry: Entry) -> None:
-        """A learned target answered over TLS: keep it learned, and say so."""
+    def _served_learned(self, flow: http.HTTPFlow, target: Target, entry: Entry, started: float) -> None:
+        """A learned target answered over TLS: keep it learned, and record it as a healed flow is recorded."""
         assert flow.response is not None
-        self.learned.remember(target, entry.plaintext_answer, entry.kind)
-        meta: dict[str, Any] = {
-            "kind": entry.kind,
-            "summary": entry.plaintext_answer,
-            "upgraded": True,
-            "learned": True,
-            "upgrade": _upgrade_meta(flow),  # the client's own flow went over TLS: it is the attempt
-        }
-        self._annotate(flow, meta, healed=True)
-        log.info(
+        self.heal.learned.remember(target, entry.plaintext_answer, entry.kind)
+        record = _record(None, evidence=entry.evidence, upgraded=True, learned=True, attempt=flow, entry=entry)
+        self._annotate(flow, record, healed=True)
+        # Routine, not news (a newly learned target is logged as a warning): debug, so that a learned request costs
+        # what an https:// one does.
+        log.debug(
             "esrs-fix: %s went over TLS at once to learned target %s; the client got the server's HTTP %d",
             flow.request.pretty_url,
             target,
             flow.response.status_code,
         )
 
-    def _learned_failed(self, flow: http.HTTPFlow, target: Target, entry: Entry) -> None:
+    def _learned_failed(self, flow: http.HTTPFlow, target: Target, entry: Entry, started: float) -> None:
         """TLS to a learned target failed: forget it, and tell the client why in a labelled 502."""
-        self.learned.forget(target)
-        failure = _upgrade_failure(flow)
+        self.heal.learned.forget(target)
+        finding = _finding_of(entry)
+        failure = self.heal.failure_of(flow, finding, time.monotonic() - started)
         log.warning(
             "esrs-fix: %s: TLS to learned target %s failed (%s); it is forgotten, and the next request tries "
             "plaintext first",
@@ -363,8 +457,9 @@ class EsrsFix:
             failure,
         )
         if flow.live and self.early.active and flow.response is None:
-            finding = Finding(fnd.Kind(entry.kind), fnd.Confidence.HIGH, "", detail=entry.plaintext_answer)
             self._error_answers[flow.request] = self._labelled(upgrade_failed_response(finding, failure))
+        record = _record(None, evidence=entry.evidence, learned=True, attempt=flow, entry=entry, upgrade_error=failure)
+        self._annotate(flow, record, healed=False)
 
     # -- what every detection does: the one decision
 
@@ -391,27 +486,18 @@ class EsrsFix:
         return None
 
     async def _heal(self, flow: http.HTTPFlow, finding: Finding, in_scope: bool, error_path: bool) -> None:
-        heal = await compat.resend_over_tls(flow, ctx.options, UPGRADE_TIMEOUT, HEAL_METADATA_KEY)
-        self._settle(flow, finding, in_scope, heal, error_path)
+        outcome = await self.heal.attempt(flow, _target(flow), finding, ctx.options, self._ours.__contains__)
+        self._settle(flow, finding, in_scope, outcome, error_path)
 
     def _settle(
-        self, flow: http.HTTPFlow, finding: Finding, in_scope: bool, heal: http.HTTPFlow | None, error_path: bool
+        self, flow: http.HTTPFlow, finding: Finding, in_scope: bool, outcome: Outcome | None, error_path: bool
     ) -> None:
-        """Give the client its answer after the TLS attempt (if any), then log, mark and record."""
-        body = self._heal_bodies.pop(heal.id, None) if heal is not None else None
-        if heal is not None and heal.error is None and body is not None and body.too_large:
-            heal.error = flow_module.Error(f"the answer over TLS is larger than body_size_limit ({body.limit} bytes)")
-        if heal is not None and heal.response is not None and heal.response in self._ours:
-            heal.error = flow_module.Error("the answer over TLS was not HTTP either")  # esrs-fix's own 502 for it
-        healed = heal is not None and heal.error is None and heal.response is not None
-        failure = _upgrade_failure(heal) if heal is not None and not healed else None
+        """Give the client its answer after the heal (if any), then log, mark and record."""
+        healed = outcome is not None and outcome.answer is not None
+        failure = outcome.failure if outcome is not None else None
         rewritten = not healed and in_scope and ctx.options.esrs_rewrite and finding.rewritable
-        if healed:
-            assert heal is not None and heal.response is not None
-            answer = heal.response.copy()
-            if body is not None:
-                answer.raw_content = bytes(body.kept)
-            flow.response = self._labelled(answer, f"upgraded; {finding.summary}")
+        if outcome is not None and outcome.answer is not None:
+            flow.response = self._labelled(outcome.answer, f"upgraded; {finding.summary}")
         elif rewritten:
             flow.response = self._labelled(rewritten_response(finding, ctx.options.esrs_status, failure))
         elif failure is not None and finding.kind in fnd.UPGRADABLE:
@@ -419,17 +505,13 @@ class EsrsFix:
             flow.response = self._labelled(upgrade_failed_response(finding, failure))
         if error_path and flow.response is not None:
             self._error_answers[flow.request] = flow.response  # for the send wrapper, in place of mitmproxy's 502
-        newly_learned = False
-        if healed:
-            newly_learned = self.learned.remember(_target(flow), finding.summary, finding.kind)
-        meta = finding.to_dict()
-        meta.update(
+        record = _record(
+            finding,
             rewritten=rewritten,
-            rewritten_status=ctx.options.esrs_status if rewritten else None,
             upgraded=healed,
-            learned=False,
-            upgrade=_upgrade_meta(heal) if heal is not None else None,
+            attempt=outcome.attempt if outcome is not None else None,
             upgrade_error=failure,
+            shared=outcome is not None and outcome.shared,
         )
         if healed:
             action = (
@@ -441,14 +523,14 @@ class EsrsFix:
             action = "not rewritten"
         if failure is not None:
             action += f"; the TLS attempt failed: {failure}"
-        self._annotate(flow, meta, healed=healed, finding=finding, action=action)
-        if newly_learned:
+        self._annotate(flow, record, healed=healed, finding=finding, action=action)
+        if outcome is not None and outcome.newly_learned:
             log.warning(
                 "esrs-fix: learned %s: it speaks TLS; later plaintext requests to it go over TLS at once "
                 "(remembered for %.0f s, at most %d targets)",
                 _target(flow),
-                self.learned.ttl,
-                self.learned.capacity,
+                self.heal.learned.ttl,
+                self.heal.learned.capacity,
             )
 
     def _labelled(self, response: http.Response, label: str | None = None) -> http.Response:
@@ -502,23 +584,6 @@ class EsrsFix:
             )
 
 
-class _HealBody:
-    """A TLS attempt's response body, kept chunk by chunk (mitmproxy's stream callable), up to `limit` bytes."""
-
-    def __init__(self, limit: int | None) -> None:
-        self.limit = limit
-        self.kept = bytearray()
-        self.too_large = False
-
-    def __call__(self, chunk: bytes) -> bytes:
-        if not self.too_large:
-            if self.limit is not None and len(self.kept) + len(chunk) > self.limit:
-                self.too_large, self.kept = True, bytearray()
-            else:
-                self.kept += chunk
-        return chunk
-
-
 def _target(flow: http.HTTPFlow) -> Target:
     """Where the plaintext request went: the request's host and port, and the upstream proxy in upstream mode."""
     return Target(flow.request.host, flow.request.port, _via(flow))
@@ -535,11 +600,47 @@ def _via(flow: http.HTTPFlow) -> str | None:
     return None
 
 
-def _upgrade_failure(heal: http.HTTPFlow) -> str:
-    """Why a TLS attempt (a heal's copy, or a learned flow) failed, in one line (OpenSSL's reason for a certificate)."""
-    message = heal.error.msg if heal.error else "no answer"
-    problem = compat.certificate_problem(message)
-    return f"certificate verification failed: {problem}" if problem else message
+def _record(
+    finding: Finding | None,
+    *,
+    evidence: Mapping[str, Any] | None = None,
+    entry: Entry | None = None,
+    attempt: http.HTTPFlow | None = None,
+    rewritten: bool = False,
+    upgraded: bool = False,
+    learned: bool = False,
+    upgrade_error: Failure | None = None,
+    shared: bool = False,
+) -> dict[str, Any]:
+    """The record of what esrs-fix saw and did to one flow, with the same keys for every flow it touched.
+
+    `finding`: what the flow's own plaintext attempt got; a flow served as learned has none, and carries the
+    `evidence` that taught esrs-fix its target (`entry`), with when and by which flow.
+    """
+    if finding is not None:
+        seen = finding.to_dict()
+    elif evidence:
+        seen = {k: v for k, v in evidence.items() if k != "taught_by"}
+    else:
+        seen = _finding_of(entry).to_dict() if entry is not None else {}
+    return {
+        **seen,
+        "rewritten": rewritten,
+        "rewritten_status": ctx.options.esrs_status if rewritten else None,
+        "upgraded": upgraded,
+        "learned": learned,
+        "learned_at": _iso(entry.learned_at) if entry is not None else None,
+        "taught_by": (evidence or {}).get("taught_by"),
+        "upgrade": _upgrade_meta(attempt) if attempt is not None else None,
+        "upgrade_error": str(upgrade_error) if upgrade_error is not None else None,
+        "upgrade_cause": str(upgrade_error.cause) if upgrade_error is not None else None,
+        "shared": shared,
+    }
+
+
+def _finding_of(entry: Entry) -> Finding:
+    """What a learned target's plaintext attempt got, for its answers (the summary and kind it was learned with)."""
+    return Finding(fnd.Kind(entry.kind), fnd.Confidence.HIGH, "", detail=entry.plaintext_answer)
 
 
 def _upgrade_meta(heal: http.HTTPFlow) -> dict[str, Any]:
@@ -566,69 +667,3 @@ def _address(address: tuple | None) -> str:
         return "unknown"
     host, port = address[0], address[1]
     return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-
-
-def _body(finding: Finding, headline: str) -> bytes:
-    lines: Sequence[str] = [
-        headline,
-        "",
-        f"What the upstream sent: {finding.summary}",
-        f"Raw bytes: {records.hexdump(finding.raw, 64)}" if finding.raw else "Raw bytes: (none)",
-        "",
-        finding.explanation,
-        "",
-    ]
-    return "\n".join(lines).encode()
-
-
-def error_response(finding: Finding) -> http.Response:
-    """The default answer: a 502 that says what came back instead of HTTP."""
-    return http.Response.make(
-        502,
-        _body(finding, "esrs-fix: the upstream did not answer with HTTP (502 from the proxy, not from the server)."),
-        {
-            "Content-Type": "text/plain; charset=utf-8",
-            LABEL_HEADER: f"detected; {finding.summary}",
-        },
-    )
-
-
-def rewritten_response(finding: Finding, status: int, upgrade_failure: str | None = None) -> http.Response:
-    """The answer when rewriting is on: labelled as synthetic so that nobody takes it for the server's."""
-    status_line = f"{status} {reason}" if (reason := _reason_phrase(status)) else str(status)
-    headline = f"esrs-fix: SYNTHETIC {status_line}: made by the proxy, not sent by the server (esrs_rewrite is on)."
-    if upgrade_failure:
-        headline += f"\nThe TLS attempt (esrs_upgrade) failed first: {upgrade_failure}."
-    return http.Response.make(
-        status,
-        _body(finding, headline),
-        {
-            "Content-Type": "text/plain; charset=utf-8",
-            LABEL_HEADER: f"synthetic {status}; {finding.summary}",
-        },
-    )
-
-
-def _reason_phrase(status: int) -> str:
-    """The standard reason phrase of `status` (the stdlib's table), or "" for a code it does not name."""
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return ""
-
-
-def upgrade_failed_response(finding: Finding, failure: str) -> http.Response:
-    """The answer when the port proved to speak TLS but the TLS attempt failed (an untrusted certificate)."""
-    return http.Response.make(
-        502,
-        _body(
-            finding,
-            "esrs-fix: the upstream speaks TLS, and the request sent again over TLS failed (502 from the proxy, "
-            f"not from the server): {failure}. Certificate checks are never weakened on your behalf: trust the "
-            "server's CA (ssl_verify_upstream_trusted_ca) or fix its certificate.",
-        ),
-        {
-            "Content-Type": "text/plain; charset=utf-8",
-            LABEL_HEADER: f"upgrade failed: {failure}; {finding.summary}",
-        },
-    )

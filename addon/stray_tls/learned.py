@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 #: How many targets are remembered at most.
 CAPACITY = 1024
@@ -39,6 +40,8 @@ class Entry:
     kind: str
     learned_at: float
     expires_at: float
+    #: What taught it, as flows record it (the plaintext attempt's finding, the flow that was healed).
+    evidence: Mapping[str, Any] = field(default_factory=dict)
 
 
 class LearnedTargets:
@@ -58,13 +61,18 @@ class LearnedTargets:
     def __bool__(self) -> bool:
         return bool(self._entries)
 
-    def remember(self, target: Target, plaintext_answer: str, kind: str = "") -> bool:
-        """Learn `target` (or refresh it); True when it was not known before."""
+    def remember(
+        self, target: Target, plaintext_answer: str, kind: str = "", evidence: Mapping[str, Any] | None = None
+    ) -> bool:
+        """Learn `target` (or refresh it, keeping what taught it first); True when it was not known before."""
         now = self.clock()
         known = self.lookup(target)
-        learned_at = known.learned_at if known else now
-        answer, what = (known.plaintext_answer, known.kind) if known else (plaintext_answer, kind)
-        self._entries[target] = Entry(target, answer, what, learned_at, now + self.ttl)
+        if known is not None:
+            self._entries[target] = Entry(
+                target, known.plaintext_answer, known.kind, known.learned_at, now + self.ttl, known.evidence
+            )
+        else:
+            self._entries[target] = Entry(target, plaintext_answer, kind, now, now + self.ttl, dict(evidence or {}))
         self._entries.move_to_end(target)
         while len(self._entries) > self.capacity:
             self._entries.popitem(last=False)

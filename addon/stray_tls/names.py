@@ -27,13 +27,28 @@ OPT_EARLY = "esrs_early"
 OPT_HOLD_TIMEOUT = "esrs_hold_timeout"
 OPT_REPORT = "esrs_report"
 OPT_UPGRADE = "esrs_upgrade"
-OPTION_NAMES = (OPT_REWRITE, OPT_STATUS, OPT_FILTER, OPT_EARLY, OPT_HOLD_TIMEOUT, OPT_REPORT, OPT_UPGRADE)
+OPT_UPGRADE_TIMEOUT = "esrs_upgrade_timeout"
+OPT_UPGRADE_RETRY = "esrs_upgrade_retry_after"
+OPTION_NAMES = (
+    OPT_REWRITE,
+    OPT_STATUS,
+    OPT_FILTER,
+    OPT_EARLY,
+    OPT_HOLD_TIMEOUT,
+    OPT_REPORT,
+    OPT_UPGRADE,
+    OPT_UPGRADE_TIMEOUT,
+    OPT_UPGRADE_RETRY,
+)
 
 #: Seconds to wait for a TLS record that has begun to complete (`esrs_hold_timeout`'s default).
 DEFAULT_HOLD_TIMEOUT = 5
 
-#: Seconds the TLS attempt of an upgrade may take before the client gets the fallback answer.
-UPGRADE_TIMEOUT = 30.0
+#: Seconds a TLS attempt (esrs_upgrade) may take in all, connect to answer (`esrs_upgrade_timeout`'s default).
+DEFAULT_UPGRADE_TIMEOUT = 30
+#: Seconds a failed TLS attempt is remembered: requests to its target within it get the same failure at once
+#: (`esrs_upgrade_retry_after`'s default).
+DEFAULT_UPGRADE_RETRY = 30
 
 #: The content view's name, as mitmweb and the console list it.
 VIEW_NAME = "TLS records"

@@ -1,0 +1,82 @@
+"""The answers esrs-fix gives in place of the upstream's: the labelled 502, the synthetic status, the failed heal.
+
+Each says, in its body, what came back instead of HTTP (the one-line summary and the raw bytes) and why; each is
+labelled with the X-ESRS-Fix header, so that nobody takes it for the server's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from http import HTTPStatus
+
+from mitmproxy import http
+
+from . import records
+from .findings import Finding
+from .heal import Failure
+from .names import LABEL_HEADER
+
+
+def _body(finding: Finding, headline: str) -> bytes:
+    lines: Sequence[str] = [
+        headline,
+        "",
+        f"What the upstream sent: {finding.summary}",
+        f"Raw bytes: {records.hexdump(finding.raw, 64)}" if finding.raw else "Raw bytes: (none)",
+        "",
+        finding.explanation,
+        "",
+    ]
+    return "\n".join(lines).encode()
+
+
+def error_response(finding: Finding) -> http.Response:
+    """The default answer: a 502 that says what came back instead of HTTP."""
+    return http.Response.make(
+        502,
+        _body(finding, "esrs-fix: the upstream did not answer with HTTP (502 from the proxy, not from the server)."),
+        {
+            "Content-Type": "text/plain; charset=utf-8",
+            LABEL_HEADER: f"detected; {finding.summary}",
+        },
+    )
+
+
+def rewritten_response(finding: Finding, status: int, upgrade_failure: Failure | None = None) -> http.Response:
+    """The answer when rewriting is on: labelled as synthetic so that nobody takes it for the server's."""
+    status_line = f"{status} {reason}" if (reason := _reason_phrase(status)) else str(status)
+    headline = f"esrs-fix: SYNTHETIC {status_line}: made by the proxy, not sent by the server (esrs_rewrite is on)."
+    if upgrade_failure:
+        headline += f"\nThe TLS attempt (esrs_upgrade) failed first: {upgrade_failure}."
+    return http.Response.make(
+        status,
+        _body(finding, headline),
+        {
+            "Content-Type": "text/plain; charset=utf-8",
+            LABEL_HEADER: f"synthetic {status}; {finding.summary}",
+        },
+    )
+
+
+def _reason_phrase(status: int) -> str:
+    """The standard reason phrase of `status` (the stdlib's table), or "" for a code it does not name."""
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
+
+
+def upgrade_failed_response(finding: Finding, failure: Failure) -> http.Response:
+    """The answer when the port proved to speak TLS but the TLS attempt failed: the cause, and advice that fits it."""
+    return http.Response.make(
+        502,
+        _body(
+            finding,
+            "esrs-fix: the upstream speaks TLS, and the request sent again over TLS failed (502 from the proxy, "
+            f"not from the server): {failure}.\n{failure.advice}",
+        ),
+        {
+            "Content-Type": "text/plain; charset=utf-8",
+            LABEL_HEADER: f"upgrade failed: {failure}; {finding.summary}",
+        },
+    )

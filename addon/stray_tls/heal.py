@@ -1,0 +1,282 @@
+"""The heal (esrs_upgrade): the same request sent again over TLS, one attempt per target at a time.
+
+The addon decides *whether* a flow is healed; this room does it and remembers what came of it:
+
+- targets that answered over TLS are learned (`learned`), and their later requests go over TLS at once;
+- while a TLS attempt to a target is in flight, other flows to it wait for its outcome (`pending`) instead of
+  making plaintext or TLS attempts of their own: a crowd costs the far server one attempt, not one per client;
+- a failed attempt is remembered for `failure_ttl` seconds (`failed`; the `esrs_upgrade_retry_after` option), and
+  flows to its target within that time get the same labelled failure at once;
+- at most `MAX_ATTEMPTS` attempts are in flight at once, whatever the number of targets (a scan cannot open
+  unbounded connections), and one attempt holds at most `body_size_limit` bytes, or `BODY_CAP` when that is unset.
+
+The network is slow: an attempt has `timeout` seconds in all (the `esrs_upgrade_timeout` option) for connect,
+CONNECT, handshake and answer. Nothing meant for a proxy (`Proxy-*` headers) goes to the origin (`strip_proxy_headers`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from mitmproxy import http
+
+from . import compat
+from .compat import AttemptCause
+from .findings import Finding
+from .learned import LearnedTargets, Target
+from .names import DEFAULT_UPGRADE_RETRY, DEFAULT_UPGRADE_TIMEOUT, HEAL_METADATA_KEY, OPT_UPGRADE_TIMEOUT
+
+#: TLS attempts in flight at once, all targets together; more wait for a free slot (within their own time limit).
+MAX_ATTEMPTS = 32
+#: The most one attempt's answer body may hold when `body_size_limit` is unset (64 MiB).
+BODY_CAP = 64 * 1024 * 1024
+
+strip_proxy_headers = compat.strip_proxy_headers
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why a TLS attempt failed: the cause, one line for labels and logs, and what to do about it."""
+
+    cause: AttemptCause
+    message: str
+    advice: str
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@dataclass
+class Outcome:
+    """What a heal came to: the server's answer (body included), or why not."""
+
+    #: The TLS attempt's own flow (a replayed copy); None when the flow took another flow's failure.
+    attempt: http.HTTPFlow | None
+    #: The server's answer over TLS, whole, when healed.
+    answer: http.Response | None = None
+    failure: Failure | None = None
+    #: The outcome was another flow's: this flow waited for that attempt instead of making its own.
+    shared: bool = False
+    #: This heal taught esrs-fix the target (it was not learned before).
+    newly_learned: bool = False
+
+
+class Heal:
+    """Learned targets, attempts in flight (one per target), remembered failures; see the module's docstring."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.learned = LearnedTargets()
+        self.timeout: float = DEFAULT_UPGRADE_TIMEOUT
+        self.failure_ttl: float = DEFAULT_UPGRADE_RETRY
+        self._clock = clock
+        self._in_flight: dict[Target, asyncio.Future[Failure | None]] = {}
+        self._failed: dict[Target, tuple[Failure, Finding, float]] = {}
+        self._slots = asyncio.Semaphore(MAX_ATTEMPTS)
+        self._bodies: dict[str, _Body] = {}
+
+    def __bool__(self) -> bool:
+        """Whether any target is learned, pending or failed: clean traffic pays this test and nothing more."""
+        return bool(self.learned or self._in_flight or self._failed)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    def pending(self, target: Target) -> asyncio.Future[Failure | None] | None:
+        """The outcome of the attempt to `target` in flight (None when it went over TLS), or None if there is none."""
+        return self._in_flight.get(target)
+
+    def failed(self, target: Target) -> tuple[Failure, Finding] | None:
+        """The remembered failure of the last attempt to `target`, and what its plaintext attempt got."""
+        remembered = self._failed.get(target)
+        if remembered is None:
+            return None
+        if remembered[2] <= self._clock():
+            del self._failed[target]
+            return None
+        return remembered[0], remembered[1]
+
+    def forget_failures(self) -> None:
+        """Options that decide an attempt's fate changed (trust, TLS versions, the time limit): try again."""
+        self._failed.clear()
+
+    async def wait(self, pending: asyncio.Future[Failure | None]) -> None:
+        """Wait for another flow's attempt (shielded: a waiter that goes away does not cancel it)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(pending), self.timeout + 1)
+
+    def failure_of(self, attempt: http.HTTPFlow, finding: Finding, seconds: float) -> Failure:
+        """Why a TLS attempt (a heal's copy, or a flow sent as learned) failed, with advice that fits."""
+        return _failure_of(attempt, finding, seconds)
+
+    def body(self, attempt: http.HTTPFlow, limit: int | None) -> _Body:
+        """The sink that keeps an attempt's answer body as it streams in (mitmproxy's `response.stream` callable)."""
+        return self._bodies.setdefault(attempt.id, _Body(BODY_CAP if limit is None else limit))
+
+    async def attempt(
+        self,
+        flow: http.HTTPFlow,
+        target: Target,
+        finding: Finding,
+        options: Any,
+        not_http: Callable[[http.Response], bool],
+    ) -> Outcome:
+        """Heal `flow` (its plaintext attempt got `finding`): its request again over TLS, or another flow's outcome.
+
+        `not_http(response)`: whether the answer over TLS is esrs-fix's own 502 (it was TLS records again).
+        """
+        if (pending := self._in_flight.get(target)) is not None:
+            await self.wait(pending)
+            if self.learned.lookup(target) is None:
+                failure = pending.result() if pending.done() else None
+                if failure is None:  # it did not end within its own time limit, or it was cancelled
+                    failure = _failure(AttemptCause.TIMEOUT, f"{compat.NO_ANSWER_WITHIN} {self.timeout:g} s", finding)
+                return Outcome(None, failure=failure, shared=True)
+            return await self._send(flow, options, not_http, finding)  # the target is proven: nothing to share
+        if (remembered := self.failed(target)) is not None:
+            return Outcome(None, failure=remembered[0], shared=True)
+        future: asyncio.Future[Failure | None] = asyncio.get_running_loop().create_future()
+        self._in_flight[target] = future
+        outcome: Outcome | None = None
+        try:
+            outcome = await self._send_in_a_slot(flow, options, not_http, finding)
+        finally:
+            del self._in_flight[target]
+            if outcome is None:  # cancelled (shutdown): nothing learned, nothing to remember
+                future.set_result(None)
+            elif outcome.failure is None:
+                outcome.newly_learned = self.learned.remember(
+                    target, finding.summary, str(finding.kind), _evidence(finding, flow)
+                )
+                future.set_result(None)
+            else:
+                if self.failure_ttl > 0:
+                    self._failed[target] = (outcome.failure, finding, self._clock() + self.failure_ttl)
+                future.set_result(outcome.failure)
+        return outcome
+
+    async def _send_in_a_slot(
+        self, flow: http.HTTPFlow, options: Any, not_http: Callable[[http.Response], bool], finding: Finding
+    ) -> Outcome:
+        try:
+            await asyncio.wait_for(self._slots.acquire(), self.timeout)
+        except TimeoutError:
+            return Outcome(
+                None,
+                failure=Failure(
+                    AttemptCause.TIMEOUT,
+                    f"no TLS attempt could start within {self.timeout:g} s ({MAX_ATTEMPTS} were in flight)",
+                    f"Too many new targets at once; raise {OPT_UPGRADE_TIMEOUT}, or try again.",
+                ),
+            )
+        try:
+            return await self._send(flow, options, not_http, finding)
+        finally:
+            self._slots.release()
+
+    async def _send(
+        self, flow: http.HTTPFlow, options: Any, not_http: Callable[[http.Response], bool], finding: Finding
+    ) -> Outcome:
+        started = self._clock()
+        attempt = await compat.resend_over_tls(flow, options, self.timeout, HEAL_METADATA_KEY)
+        body = self._bodies.pop(attempt.id, None)
+        failure: Failure | None = None
+        if attempt.error is not None:
+            failure = _failure_of(attempt, finding, self._clock() - started)
+        elif attempt.response is None:
+            failure = _failure(AttemptCause.OTHER, "no answer over TLS", finding)
+        elif not_http(attempt.response):
+            failure = _failure(AttemptCause.OTHER, "the answer over TLS was not HTTP either", finding)
+        elif body is not None and body.too_large:
+            failure = Failure(
+                AttemptCause.OTHER,
+                f"the answer over TLS is larger than {body.limit} bytes",
+                "esrs-fix holds the answer whole before the client gets it: raise body_size_limit (its cap is "
+                f"{BODY_CAP} bytes when body_size_limit is unset), or request the resource over https:// directly.",
+            )
+        if failure is not None:
+            return Outcome(attempt, failure=failure)
+        assert attempt.response is not None
+        answer = attempt.response.copy()
+        if body is not None:
+            answer.raw_content = bytes(body.kept)
+            attempt.response.raw_content = answer.raw_content  # the attempt's own flow shows what it received
+        return Outcome(attempt, answer=answer)
+
+
+def _evidence(finding: Finding, flow: http.HTTPFlow) -> dict[str, Any]:
+    return {**finding.to_dict(), "taught_by": flow.id}
+
+
+def _failure_of(attempt: http.HTTPFlow, finding: Finding, seconds: float) -> Failure:
+    assert attempt.error is not None
+    cause, detail = compat.attempt_cause(attempt.error.msg)
+    if cause in (AttemptCause.CLOSED, AttemptCause.RESET):
+        phase = "after the TLS handshake" if attempt.server_conn.tls_established else "before the TLS handshake ended"
+        detail = f"{detail} ({phase}, {seconds:.1f} s into the attempt)"
+    return _failure(cause, detail, finding)
+
+
+def _failure(cause: AttemptCause, detail: str, finding: Finding) -> Failure:
+    """The failure in one line, with the advice that fits its cause."""
+    if cause is AttemptCause.CERTIFICATE:
+        return Failure(
+            cause,
+            f"certificate verification failed: {detail}",
+            "Certificate checks are never weakened on your behalf: trust the server's CA "
+            "(ssl_verify_upstream_trusted_ca or ssl_verify_upstream_trusted_confdir) or fix its certificate.",
+        )
+    if cause is AttemptCause.TLS_VERSION:
+        record = finding.records[0].version_name if finding.records else ""
+        hint = f" (its plaintext answer was a {record} record)" if record else ""
+        return Failure(
+            cause,
+            f"no TLS version in common with the server: {detail}",
+            f"The server speaks only TLS versions that mitmproxy refuses by default{hint}. If that is acceptable, "
+            "lower tls_version_server_min (for example --set tls_version_server_min=TLS1); better, upgrade the "
+            "server's TLS.",
+        )
+    if cause is AttemptCause.TIMEOUT:
+        return Failure(
+            cause,
+            detail,
+            "The server, or the path to it, did not complete the handshake and the answer in time: raise "
+            f"{OPT_UPGRADE_TIMEOUT} if it is only far away, or check that it answers over TLS at all.",
+        )
+    if cause is AttemptCause.ROUTE:
+        return Failure(
+            cause,
+            f"the TLS attempt did not reach the server: {detail}",
+            "Check the route to the server over TLS: the upstream proxy's CONNECT policy for this port, its "
+            "credentials (upstream_auth), name resolution.",
+        )
+    if cause in (AttemptCause.CLOSED, AttemptCause.RESET):
+        return Failure(
+            cause,
+            detail,
+            "The server (or a middlebox on the way) ended the TLS connection without an answer: it may want a "
+            "client certificate (client_certs) or refuse this client; compare with a direct https:// request.",
+        )
+    return Failure(cause, detail, "Compare with a direct https:// request to the same host and port.")
+
+
+class _Body:
+    """A TLS attempt's response body, kept chunk by chunk (mitmproxy's stream callable), up to `limit` bytes."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.kept = bytearray()
+        self.too_large = False
+
+    def __call__(self, chunk: bytes) -> bytes:
+        if not self.too_large:
+            if len(self.kept) + len(chunk) > self.limit:
+                self.too_large, self.kept = True, bytearray()
+            else:
+                self.kept += chunk
+        return chunk

@@ -1,0 +1,302 @@
+"""esrs_upgrade as the field has it: slow handshakes, far servers, proxy credentials, crowds, honest failures.
+
+Real mitmdump (both majors under scripts/test), TLS servers on loopback that behave as far ones do: a handshake
+that completes seconds after the ClientHello, a server that accepts TLS and never answers, a TLS-1.0-only one, one
+whose certificate is not trusted. Each server counts what reached it (plaintext requests, TLS handshakes, the heads
+of TLS requests), so that a test sees how many attempts a crowd cost and what the origin was sent.
+
+`field`: one mitmdump in reverse mode, a listener per server, esrs_upgrade on; each check has a target of its own,
+so that what one check learned does not change another's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mitmproxy import io as mitmio
+
+from stray_tls.lab import servers
+from stray_tls.lab.mitm import Mitmdump
+from stray_tls.wire import Answer, exchange
+
+from .realproxies import PASSWORD, USER
+from .test_heal import FIELD_ALERT_SUMMARY, plaintext, report_lines, reverse_mitmdump, server_context
+
+pytestmark = pytest.mark.e2e
+
+BODY = b"the far server: OK\n"
+#: esrs_upgrade_timeout in `field`: long enough for the 2 s handshake on a busy machine, short for the mute server.
+UPGRADE_TIMEOUT = 8
+CROWD = 64
+
+
+class FieldServer(servers.TCPServer):
+    """A TLS port as a far ESRS server is: plaintext gets the field report's alert; over TLS, `GET /` gets `BODY`.
+
+    `handshake_delay`: seconds before the server answers the ClientHello (a far server, a slow path).
+    `mute`: the handshake completes, the request is read, and no answer ever comes. `tls10_only`: TLS 1.0 only.
+    """
+
+    def __init__(
+        self,
+        cert: tuple[Path, Path],
+        *,
+        handshake_delay: float = 0.0,
+        mute: bool = False,
+        tls10_only: bool = False,
+    ) -> None:
+        super().__init__(timeout=60.0)
+        self.context = server_context(cert)
+        if tls10_only:
+            self.context.set_ciphers("DEFAULT:@SECLEVEL=0")
+            self.context.minimum_version = self.context.maximum_version = ssl.TLSVersion.TLSv1
+        self.handshake_delay = handshake_delay
+        self.mute = mute
+        self.plaintext_requests = 0
+        self.handshakes = 0  # ClientHellos that arrived
+        self.tls_heads: list[bytes] = []
+        self._count = threading.Lock()
+
+    def handle(self, conn: socket.socket) -> None:
+        first = conn.recv(1, socket.MSG_PEEK)
+        if not first:
+            return
+        if first != b"\x16":
+            if servers.read_head(conn):
+                with self._count:
+                    self.plaintext_requests += 1
+                conn.sendall(servers.ALERT_TLS10)
+            return
+        with self._count:
+            self.handshakes += 1
+        time.sleep(self.handshake_delay)
+        with self.context.wrap_socket(conn, server_side=True) as tls:
+            head = servers.read_head(tls)
+            if not head:
+                return
+            with self._count:
+                self.tls_heads.append(head)
+            if self.mute:
+                with contextlib.suppress(OSError):
+                    while tls.recv(4096):
+                        pass
+                return
+            tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(BODY), BODY))
+
+
+@dataclass
+class Field:
+    m: Mitmdump
+    ports: dict[str, int]
+    servers: dict[str, FieldServer]
+    report: Path
+
+
+@pytest.fixture(scope="module")
+def field(cert: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Field]:
+    tmp = tmp_path_factory.mktemp("field")
+    (tmp / "untrusted").mkdir()
+    untrusted = servers.make_certificate(tmp / "untrusted")  # a CA mitmdump was not told to trust
+    made = {
+        "slow": FieldServer(cert, handshake_delay=2.0),
+        "crowd": FieldServer(cert, handshake_delay=1.0),
+        "untrusted": FieldServer(untrusted, handshake_delay=0.2),
+        "mute": FieldServer(cert, mute=True),
+        "tls10": FieldServer(cert, tls10_only=True),
+    }
+    report = tmp / "report.jsonl"
+    with contextlib.ExitStack() as stack:
+        for server in made.values():
+            stack.enter_context(server)
+        targets = {name: f"http://127.0.0.1:{s.port}" for name, s in made.items()}
+        options = {
+            "esrs_upgrade": "true",
+            "esrs_upgrade_timeout": UPGRADE_TIMEOUT,
+            "ssl_verify_upstream_trusted_ca": cert[0],
+            "esrs_report": report,
+            "connection_strategy": "lazy",
+        }
+        with reverse_mitmdump(targets, options, tmp / "mitmdump.log") as (m, ports):
+            yield Field(m, ports, made, report)
+
+
+def test_a_handshake_that_takes_seconds_is_healed_then_learned(field: Field) -> None:
+    """The server completes its TLS handshake 2 s after the ClientHello: slow is not closed. Healed on the first
+    request, served as learned on the second."""
+    server, port = field.servers["slow"], field.ports["slow"]
+    first = plaintext(port)
+    assert (first.status, first.body) == (200, BODY), (first.label, field.m.log_tail())
+    assert (first.label or "").startswith(f"upgraded; {FIELD_ALERT_SUMMARY}"), first.label
+    second = plaintext(port)
+    assert (second.status, second.body) == (200, BODY), (second.label, field.m.log_tail())
+    assert (second.label or "").startswith("upgraded (learned); "), second.label
+    assert (server.plaintext_requests, len(server.tls_heads)) == (1, 2)
+
+
+def crowd(port: int, n: int = CROWD, gap: float = 0.0) -> list[Answer]:
+    """`n` clients, each its own connection and request, started `gap` seconds apart; their answers in order."""
+    answers: list[Answer | None] = [None] * n
+
+    def one(i: int) -> None:
+        answers[i] = plaintext(port)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+        time.sleep(gap)
+    for t in threads:
+        t.join(timeout=60)
+    assert all(a is not None for a in answers), "a client did not finish"
+    return [a for a in answers if a is not None]
+
+
+def test_a_crowd_to_a_new_slow_target_costs_one_attempt(field: Field) -> None:
+    """64 requests 10 ms apart to a new target whose handshake takes 1 s: every client gets the server's answer,
+    and the server saw at most 2 plaintext requests (the others waited for the first TLS attempt)."""
+    server, port = field.servers["crowd"], field.ports["crowd"]
+    answers = crowd(port, gap=0.01)
+    wrong = [(a.status, a.label, a.error) for a in answers if (a.status, a.body) != (200, BODY)]
+    assert not wrong, (wrong[:3], field.m.log_tail())
+    assert all((a.label or "").startswith("upgraded") for a in answers)
+    assert server.plaintext_requests <= 2, server.plaintext_requests
+    assert len(server.tls_heads) == CROWD  # each request reached the server once over TLS
+
+
+def test_a_crowd_to_an_untrusted_target_shares_one_failure(field: Field) -> None:
+    """64 concurrent first requests to a target whose certificate is not trusted: 64 labelled failures naming the
+    certificate, and the server saw at most 2 TLS handshakes."""
+    server, port = field.servers["untrusted"], field.ports["untrusted"]
+    answers = crowd(port)
+    labels = [a.label or "" for a in answers]
+    assert all(a.status == 502 for a in answers), (labels[:3], field.m.log_tail())
+    assert all(label.startswith("upgrade failed: certificate verification failed: ") for label in labels), labels[:3]
+    assert all(b"ssl_verify_upstream_trusted_ca" in a.body for a in answers)
+    assert server.handshakes <= 2, server.handshakes
+    assert server.tls_heads == []  # nothing went over an unverified connection
+
+
+def test_a_server_that_never_answers_fails_at_the_upgrade_timeout(field: Field) -> None:
+    """TLS is accepted, the request is read, nothing comes back: the labelled failure names the time limit and the
+    option that sets it."""
+    server, port = field.servers["mute"], field.ports["mute"]
+    started = time.monotonic()
+    answer = plaintext(port)
+    waited = time.monotonic() - started
+    assert answer.status == 502, (answer.label, field.m.log_tail())
+    assert (answer.label or "").startswith(
+        f"upgrade failed: no complete answer over TLS within {UPGRADE_TIMEOUT} s; "
+    ), answer.label
+    assert b"esrs_upgrade_timeout" in answer.body
+    assert waited >= UPGRADE_TIMEOUT  # a lower bound only: it waited the whole limit, not a grace period
+    assert len(server.tls_heads) == 1
+
+
+def test_a_tls10_only_server_names_tls_version_server_min(field: Field) -> None:
+    """The field report's alert is a TLS 1.0 record; a server that speaks only TLS 1.0 is refused by mitmproxy's
+    default tls_version_server_min: the failure says so and names the option, not the certificate."""
+    answer = plaintext(field.ports["tls10"])
+    assert answer.status == 502, (answer.label, field.m.log_tail())
+    assert (answer.label or "").startswith("upgrade failed: no TLS version in common with the server: "), answer.label
+    assert b"tls_version_server_min" in answer.body
+    assert b"trusted_ca" not in answer.body  # advice that fits the cause: nothing about trusting a CA
+    (entry,) = [e for e in report_lines(field.report) if f":{field.servers['tls10'].port}/" in e["url"]]
+    assert entry["upgrade_cause"] == "tls_version"
+
+
+# -- flows saved with -w: the learned flow's record has the healed flow's keys
+
+
+def read_flows(path: Path) -> list[Any]:
+    with path.open("rb") as f:
+        return list(mitmio.FlowReader(f).stream())
+
+
+def test_tls10_heals_with_tls_version_server_min(cert: tuple[Path, Path], tmp_path: Path, start_server) -> None:
+    """With tls_version_server_min=TLS1 the TLS-1.0-only server is healed, then served as learned."""
+    server = start_server(FieldServer(cert, tls10_only=True))
+    options = {
+        "esrs_upgrade": "true",
+        "ssl_verify_upstream_trusted_ca": cert[0],
+        "tls_version_server_min": "TLS1",
+        "connection_strategy": "lazy",
+    }
+    with reverse_mitmdump({"tls10": f"http://127.0.0.1:{server.port}"}, options, tmp_path / "m.log") as (m, ports):
+        first, second = plaintext(ports["tls10"]), plaintext(ports["tls10"])
+    assert (first.status, first.body) == (200, BODY), (first.label, m.log_tail())
+    assert (first.label or "").startswith("upgraded; "), first.label
+    assert (second.label or "").startswith("upgraded (learned); "), second.label
+    assert (server.plaintext_requests, len(server.tls_heads)) == (1, 2)
+
+
+def test_learned_and_healed_flows_have_one_record(cert: tuple[Path, Path], tmp_path: Path, start_server) -> None:
+    """Read back from -w: the healed flow and the learned one carry the same esrs_fix keys; the learned one says
+    what taught it (kind, confidence, the flow) and when."""
+    server = start_server(FieldServer(cert))
+    saved = tmp_path / "flows.mitm"
+    args = ["--mode", f"reverse:http://127.0.0.1:{server.port}@{servers.free_port()}", "-w", str(saved)]
+    args += ["--set", "esrs_upgrade=true", "--set", f"ssl_verify_upstream_trusted_ca={cert[0]}"]
+    with Mitmdump(args, tmp_path / "m.log") as m:
+        port = int(args[1].rsplit("@", 1)[1])
+        assert (plaintext(port).label or "").startswith("upgraded; "), m.log_tail()
+        assert (plaintext(port).label or "").startswith("upgraded (learned); "), m.log_tail()
+    flows = [f for f in read_flows(saved) if "esrs_fix" in f.metadata]
+    healed, learned = (f.metadata["esrs_fix"] for f in flows[:2])
+    assert set(healed) == set(learned)
+    assert (healed["learned"], learned["learned"]) == (False, True)
+    assert learned["confidence"] == healed["confidence"] == "high"
+    assert (learned["kind"], learned["summary"]) == (healed["kind"], healed["summary"])
+    assert learned["taught_by"] == flows[0].id and learned["learned_at"]
+    assert learned["upgrade"]["status"] == 200
+
+
+# -- upstream mode through a proxy that wants credentials
+
+
+class HeadRecorder(FieldServer):
+    """A FieldServer that also keeps the heads of its plaintext requests."""
+
+    def __init__(self, cert: tuple[Path, Path]) -> None:
+        super().__init__(cert)
+        self.plaintext_heads: list[bytes] = []
+
+    def handle(self, conn: socket.socket) -> None:
+        first = conn.recv(1, socket.MSG_PEEK)
+        if first and first != b"\x16":
+            head = servers.read_head(conn)
+            if head:
+                with self._count:
+                    self.plaintext_heads.append(head)
+                    self.plaintext_requests += 1
+                conn.sendall(servers.ALERT_TLS10)
+            return
+        super().handle(conn)
+
+
+def test_upstream_credentials_never_reach_the_origin(cert, start_server, real_proxies, mitmdump) -> None:
+    """Upstream mode through squid that wants Basic credentials (upstream_auth set): healed through CONNECT, then
+    learned, and no request that reached the origin, over TLS or not, carried a Proxy-* header."""
+    squid = real_proxies.get("squid-auth")
+    origin = start_server(HeadRecorder(cert))
+    port = servers.free_port()
+    args = ["-p", str(port), "--mode", f"upstream:{squid.url}", "--set", f"upstream_auth={USER}:{PASSWORD}"]
+    m = mitmdump([*args, "--set", "esrs_upgrade=true", "--set", f"ssl_verify_upstream_trusted_ca={cert[0]}"])
+    url = f"http://127.0.0.1:{origin.port}/"
+    request = f"GET {url} HTTP/1.1\r\nHost: 127.0.0.1:{origin.port}\r\nProxy-Connection: keep-alive\r\n\r\n"
+    first = exchange(("127.0.0.1", port), request.encode(), 20)
+    assert (first.status, first.body) == (200, BODY), (first.label, m.log_tail(), squid.log_tail())
+    assert (first.label or "").startswith("upgraded; "), first.label
+    second = exchange(("127.0.0.1", port), request.encode(), 20)
+    assert (second.status, second.body) == (200, BODY) and (second.label or "").startswith("upgraded (learned)")
+    heads = origin.plaintext_heads + origin.tls_heads
+    assert len(origin.tls_heads) == 2, heads
+    leaked = [h for h in heads if b"\r\nproxy-" in h.lower()]
+    assert not leaked, leaked
