@@ -25,6 +25,7 @@ import pytest
 from mitmproxy import io as mitmio
 
 from stray_tls.lab import servers
+from stray_tls.lab.latency import LatencyRelay
 from stray_tls.lab.mitm import Mitmdump
 from stray_tls.wire import Answer, exchange
 
@@ -300,3 +301,24 @@ def test_upstream_credentials_never_reach_the_origin(cert, start_server, real_pr
     assert len(origin.tls_heads) == 2, heads
     leaked = [h for h in heads if b"\r\nproxy-" in h.lower()]
     assert not leaked, leaked
+
+
+# -- a real TLS server far away: the lab's latency relay in front of the real JSSE server
+
+
+def test_a_real_server_150_ms_away_is_healed_then_learned(real_server, tmp_path: Path) -> None:
+    """The real JSSE server (Java) behind the lab's latency relay, 150 ms each way (about Tokyo to the US east
+    coast): the first request is healed, the second served as learned, each with the server's own answer."""
+    peer = real_server("jsse")
+    with LatencyRelay(peer.address, 0.150) as relay:
+        options = {
+            "esrs_upgrade": "true",
+            "ssl_verify_upstream_trusted_ca": real_server.workspace.cert,
+            "connection_strategy": "lazy",
+        }
+        with reverse_mitmdump({"far": f"http://127.0.0.1:{relay.port}"}, options, tmp_path / "m.log") as (m, ports):
+            first, second = plaintext(ports["far"]), plaintext(ports["far"])
+    assert first.status == 200 and peer.serves(first.body), (first.label, m.log_tail())
+    assert (first.label or "").startswith("upgraded; "), first.label
+    assert second.status == 200 and peer.serves(second.body), (second.label, m.log_tail())
+    assert (second.label or "").startswith("upgraded (learned); "), second.label

@@ -75,6 +75,7 @@ LAYERS = (
     "cli",
     "lab",
     "lab.servers",
+    "lab.latency",
     "lab.proxies",
     "lab.check",
     "lab.mitm",
