@@ -230,3 +230,57 @@ def test_the_upgraded_command_lists_learned_targets(addon: EsrsFix) -> None:
         addon.learned.remember(Target("esrs.lab", 443, "127.0.0.1:3128"), SUMMARY, "tls_records")
         out = tctx.master.commands.execute("esrs.upgraded")
         assert "esrs.lab:443 via 127.0.0.1:3128" in out and f"plaintext got: {SUMMARY}" in out
+
+
+@pytest.mark.parametrize(
+    ("mode", "sni"),
+    [("transparent", "esrs.example"), ("wireguard", "esrs.example"), ("regular", None), ("reverse:http://x", None)],
+)
+def test_a_learned_request_in_an_address_mode_verifies_the_name_the_client_asked_for(
+    addon: EsrsFix, mode: str, sni: str | None
+) -> None:
+    """Transparent, WireGuard, local, TUN, SOCKS5: the request's host is the address the client connected to, and the
+    certificate must carry the name of its Host header; elsewhere mitmproxy's own choice (the request's host) stands."""
+    from mitmproxy.proxy.mode_specs import ProxyMode
+
+    from stray_tls.learned import Target
+
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, esrs_upgrade=True)
+        f = tflow.tflow()
+        f.client_conn.proxy_mode = ProxyMode.parse(mode)
+        f.request.host, f.request.port = "10.0.0.7", 443
+        f.request.headers["Host"] = "esrs.example"
+        f.request.headers["Proxy-Connection"] = "keep-alive"
+        f.server_conn.sni = None  # (tflow names one)
+        addon.learned.remember(Target("10.0.0.7", 443), SUMMARY, "tls_records")
+        assert addon.requestheaders(f) is None
+        assert f.request.scheme == "https"
+        assert f.server_conn.sni == sni
+        assert "Proxy-Connection" not in f.request.headers  # meant for a proxy: never sent to the origin
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("esrs_upgrade_timeout", 0), ("esrs_upgrade_timeout", 3601), ("esrs_upgrade_retry_after", -1)],
+)
+def test_the_heals_time_options_are_validated(addon: EsrsFix, option: str, value: int) -> None:
+    with taddons.context(addon) as tctx, pytest.raises(exceptions.OptionsError, match=option):
+        tctx.configure(addon, **{option: value})
+
+
+@pytest.mark.parametrize(
+    ("mode", "name"),
+    [("transparent", "esrs.example"), ("local", "esrs.example"), ("socks5", "esrs.example"), ("regular", "10.0.0.7")],
+)
+def test_the_tls_attempt_verifies_the_name_the_mode_gives(mode: str, name: str) -> None:
+    """The heal's TLS attempt (SNI and certificate check) uses the name the learned path uses."""
+    from mitmproxy.proxy.mode_specs import ProxyMode
+
+    from stray_tls.heal import server_name
+
+    f = tflow.tflow()
+    f.client_conn.proxy_mode = ProxyMode.parse(mode)
+    f.request.host = "10.0.0.7"
+    f.request.headers["Host"] = "esrs.example"
+    assert server_name(f) == name

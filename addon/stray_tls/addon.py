@@ -21,7 +21,7 @@ from . import findings as fnd
 from .answers import error_response, rewritten_response, upgrade_failed_response
 from .compat import EarlyDetection
 from .findings import Finding
-from .heal import Failure, Heal, Outcome, strip_proxy_headers
+from .heal import ADDRESS_MODES, Failure, Heal, Outcome, server_name, strip_proxy_headers
 from .learned import Entry, LearnedTargets, Target
 from .names import (
     DEFAULT_HOLD_TIMEOUT,
@@ -324,6 +324,8 @@ class EsrsFix:
             if flow.request.http_version.startswith("HTTP/1"):
                 flow.request.authority = ""  # origin-form inside TLS, as for mitmproxy's own https flows
             strip_proxy_headers(flow.request)  # upstream_auth's header goes to the CONNECT, never to the origin
+            if getattr(flow.client_conn.proxy_mode, "type_name", "") in ADDRESS_MODES:
+                flow.server_conn.sni = server_name(flow)  # the name the client asked for, not the address
             self._learned_flows[flow.id] = (target, entry, time.monotonic())
         elif (failed := self.heal.failed(target)) is not None:
             failure, finding = failed

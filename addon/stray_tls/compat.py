@@ -595,15 +595,17 @@ class Http1ClientDriver:
 # -- the same request over TLS ---------------------------------------------------------------------------------------
 
 
-async def resend_over_tls(flow: http.HTTPFlow, options: Any, timeout: float, marker_key: str) -> http.HTTPFlow:
+async def resend_over_tls(
+    flow: http.HTTPFlow, options: Any, timeout: float, marker_key: str, server_name: str
+) -> http.HTTPFlow:
     """Send a copy of `flow`'s request over TLS to the same host and port; returns the copy, answered or failed.
 
     mitmproxy's `ReplayHandler` (the engine of `replay.client`) opens the connection: in upstream mode it tunnels
     through the upstream proxy with CONNECT (and `upstream_auth` goes there); the TLS handshake goes through the
     `tls_start_server` hook like any other, so `ssl_insecure`, `ssl_verify_upstream_trusted_ca`/`_confdir` and client
-    certificates apply. SNI and the certificate check use the request's host (`request.host`), the name mitmproxy
-    itself uses when the same request goes out as https:// (the learned path), so that both paths verify the same
-    name. Every addon sees the copy as a replayed flow; `metadata[marker_key]` holds the original flow's id so that
+    certificates apply. SNI and the certificate check use `server_name` (the caller's choice: the name mitmproxy
+    itself uses when the same request goes out as https://, so that the heal and the learned path verify one name).
+    Every addon sees the copy as a replayed flow; `metadata[marker_key]` holds the original flow's id so that
     esrs-fix can tell it apart. The copy carries no `Proxy-*` header: those were meant for a proxy, never the origin.
 
     The copy is answered only when its response is complete (`handler.done`). `timeout` bounds the whole attempt:
@@ -627,7 +629,7 @@ async def resend_over_tls(flow: http.HTTPFlow, options: Any, timeout: float, mar
     copy.is_replay = "request"
     handler = ReplayHandler(copy, options)
     server = handler.layer.context.server
-    server.sni = flow.request.host
+    server.sni = server_name
     # The copy's own record of its server is the one the replay dials, not the plaintext connection it was copied
     # from (closed, with that connection's timestamps): until the TLS connection is up, it has opened nothing.
     copy.server_conn = server

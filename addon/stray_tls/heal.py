@@ -38,6 +38,22 @@ BODY_CAP = 64 * 1024 * 1024
 
 strip_proxy_headers = compat.strip_proxy_headers
 
+#: Modes in which the request's host is where the client's connection went (often an address), not a name the
+#: client asked for: there the Host header says which name the server's certificate must carry.
+ADDRESS_MODES = frozenset({"transparent", "wireguard", "local", "tun", "socks5"})
+
+
+def server_name(flow: http.HTTPFlow) -> str:
+    """The name the TLS attempt sends as SNI and verifies the certificate against.
+
+    The request's host, as mitmproxy itself uses for an https:// request in regular, upstream and reverse mode; in
+    the modes where that host is only the address the client connected to (transparent, WireGuard, local, TUN,
+    SOCKS5), the name the client asked for in its Host header, when it sent one.
+    """
+    if getattr(flow.client_conn.proxy_mode, "type_name", "") in ADDRESS_MODES:
+        return flow.request.pretty_host
+    return flow.request.host
+
 
 @dataclass(frozen=True)
 class Failure:
@@ -183,7 +199,7 @@ class Heal:
         self, flow: http.HTTPFlow, options: Any, not_http: Callable[[http.Response], bool], finding: Finding
     ) -> Outcome:
         started = self._clock()
-        attempt = await compat.resend_over_tls(flow, options, self.timeout, HEAL_METADATA_KEY)
+        attempt = await compat.resend_over_tls(flow, options, self.timeout, HEAL_METADATA_KEY, server_name(flow))
         body = self._bodies.pop(attempt.id, None)
         failure: Failure | None = None
         if attempt.error is not None:
