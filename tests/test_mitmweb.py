@@ -138,3 +138,28 @@ def test_the_marker_tells_a_healed_flow_from_a_failed_one(cert, esrs, start_serv
     assert live["/healed"]["comment"].startswith("esrs-fix: healed over TLS; plaintext got TLS alert")
     replays = [f for f in flows if f.get("is_replay") == "request"]  # the TLS attempts are flows of their own
     assert any(f["request"]["path"] == "/healed" and f["request"]["scheme"] == "https" for f in replays)
+
+
+def test_the_tls_attempts_own_flow_shows_the_body_it_received(cert, esrs, tmp_path) -> None:
+    """esrs_upgrade's TLS attempt is a flow of its own in mitmweb (a replay): it shows the server's answer with its
+    body, not an empty 200 (the body was kept for the client as it streamed in)."""
+    upstream = esrs(Plaintext.ALERT)
+    args, (port,) = reverse_modes([f"http://127.0.0.1:{upstream.port}"])
+    args += ["--set", "esrs_upgrade=true", "--set", f"ssl_verify_upstream_trusted_ca={cert[0]}"]
+    web = Mitmweb(args, tmp_path / "mitmweb.log", web_port=servers.free_port())
+    web.start()
+    try:
+        answer = exchange(("127.0.0.1", port), b"GET /healed HTTP/1.1\r\nHost: esrs\r\n\r\n", 20)
+        assert (answer.status, answer.body) == (200, servers.OK_BODY), web.log_tail()
+        deadline = time.monotonic() + 10
+        while True:
+            attempts = [f for f in json.loads(web.api("/flows")) if f["request"]["scheme"] == "https"]
+            if attempts or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        (attempt,) = attempts
+        assert attempt["is_replay"] == "request" and attempt["response"]["status_code"] == 200
+        assert attempt["response"]["contentLength"] == len(servers.OK_BODY)
+        assert web.api(f"/flows/{attempt['id']}/response/content.data") == servers.OK_BODY
+    finally:
+        web.stop()

@@ -12,7 +12,7 @@ import weakref
 from collections.abc import Awaitable, Mapping
 from typing import Any, Optional
 
-from mitmproxy import command, ctx, exceptions, flowfilter, http, tls
+from mitmproxy import command, ctx, exceptions, flowfilter, hooks, http, tls
 from mitmproxy.addonmanager import Loader
 from mitmproxy.proxy import server_hooks
 
@@ -489,6 +489,9 @@ class EsrsFix:
 
     async def _heal(self, flow: http.HTTPFlow, finding: Finding, in_scope: bool, error_path: bool) -> None:
         outcome = await self.heal.attempt(flow, _target(flow), finding, ctx.options, self._ours.__contains__)
+        if outcome.answer is not None and outcome.attempt is not None:
+            # the attempt's own flow now holds the body it received (its stream went to the client): tell the UIs
+            ctx.master.addons.trigger(hooks.UpdateHook([outcome.attempt]))
         self._settle(flow, finding, in_scope, outcome, error_path)
 
     def _settle(
