@@ -284,3 +284,16 @@ def test_the_tls_attempt_verifies_the_name_the_mode_gives(mode: str, name: str) 
     f.request.host = "10.0.0.7"
     f.request.headers["Host"] = "esrs.example"
     assert server_name(f) == name
+
+
+def test_healing_without_early_detection_says_what_it_cannot_heal(addon: EsrsFix, caplog) -> None:
+    with caplog.at_level(logging.WARNING), taddons.context(addon) as tctx:
+        tctx.configure(addon, esrs_early=False, esrs_upgrade=True)
+    assert "esrs_upgrade heals only 'plain HTTP to HTTPS port' pages while early detection is off" in caplog.text
+    assert "TLS records and silent closes need it" in caplog.text
+
+
+def test_healing_with_early_detection_says_nothing_of_the_kind(addon: EsrsFix, caplog) -> None:
+    with caplog.at_level(logging.WARNING), taddons.context(addon) as tctx:
+        tctx.configure(addon, esrs_early=True, esrs_upgrade=True)
+    assert addon.early.active and "early detection is off" not in caplog.text
