@@ -9,7 +9,8 @@ from mitmproxy import exceptions, http
 from mitmproxy.test import taddons, tflow
 
 from stray_tls import compat, findings
-from stray_tls.addon import LABEL_HEADER, MARKER, METADATA_KEY, EsrsFix, rewritten_response
+from stray_tls.addon import EsrsFix, rewritten_response
+from stray_tls.names import LABEL_HEADER, MARKER, METADATA_KEY
 
 from .conftest import FIELD_ALERT, SUMMARY
 

@@ -6,16 +6,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from stray_tls.names import hostport, url_host
 from stray_tls.pasted import (
     PasteError,
     ProxyAddress,
-    hostport,
     parse_host,
     parse_hostport,
     parse_pasted,
     parse_proxy,
     parse_route,
-    url_host,
 )
 
 ALERT = bytes.fromhex("1503010002020a")

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import stray_tls
-from stray_tls import names
+from stray_tls import findings, names
 
 PACKAGE_DIR = Path(stray_tls.__file__).resolve().parent
 SOURCE_ROOT = PACKAGE_DIR.parent  # addon/: the package and the `mitmdump -s` script beside it
@@ -63,6 +63,7 @@ LAYERS = (
     "pasted",
     "text",
     "report",
+    "record",
     "compat",
     "heal",
     "answers",
@@ -541,3 +542,19 @@ def test_violations_planted_in_a_copy_of_the_real_package_are_found(tmp_path: Pa
     upward = {(v.module, v.what) for v in upward_imports(modules, "stray_tls", LAYERS)}
     assert ("stray_tls.records", "imports stray_tls.names, which is not below it") in upward
     assert ("stray_tls.findings", "imports stray_tls.text, which is not below it") in upward
+
+
+def _backticked(text: str) -> set[str]:
+    return set(re.findall(r"`([a-z_]+)`", text))
+
+
+def test_the_readme_lists_the_records_keys() -> None:
+    """The report's keys and the metadata's keys, as the README lists them, are the record's (record.keys())."""
+    from stray_tls import record
+
+    readme = (SOURCE_ROOT.parent / "README.md").read_text()
+    report = readme.split("### The report", 1)[1].split("A path that cannot be opened", 1)[0]
+    assert _backticked(report) - {"esrs_report"} == set(record.REPORT_KEYS) | set(record.keys())
+    metadata = readme.split('`flow.metadata["esrs_fix"]`', 1)[1].split("Flows that are not live", 1)[0]
+    kinds_and_levels = {"high", "medium", "low", "http_status"} | {str(k) for k in findings.Kind}
+    assert _backticked(metadata) - kinds_and_levels == set(record.keys())

@@ -9,8 +9,8 @@ import datetime
 import logging
 import time
 import weakref
-from collections.abc import Awaitable, Mapping
-from typing import Any, Optional
+from collections.abc import Awaitable
+from typing import Optional
 
 from mitmproxy import command, ctx, exceptions, flowfilter, hooks, http, tls
 from mitmproxy.addonmanager import Loader
@@ -28,9 +28,7 @@ from .names import (
     DEFAULT_UPGRADE_RETRY,
     DEFAULT_UPGRADE_TIMEOUT,
     HEAL_METADATA_KEY,
-    HEALED_MARKER,
     LABEL_HEADER,
-    MARKER,
     METADATA_KEY,
     OPT_EARLY,
     OPT_FILTER,
@@ -42,12 +40,12 @@ from .names import (
     OPT_UPGRADE_RETRY,
     OPT_UPGRADE_TIMEOUT,
     OPTION_NAMES,
-    PREFIX,
     UPSTREAM_LABEL_HEADER,
 )
 
 __all__ = ["EsrsFix", "error_response", "rewritten_response", "upgrade_failed_response"]
 from .pasted import PasteError, parse_pasted
+from .record import Record, address, annotate, attempt_summary, log_detection
 from .report import ReportWriter
 
 log = logging.getLogger("esrs_fix")
@@ -332,11 +330,7 @@ class EsrsFix:
             flow.request.stream = False  # the answer is given when the request has been read
             flow.response = self._labelled(upgrade_failed_response(finding, failure))
             self._answered.add(flow.id)
-            self._annotate(
-                flow,
-                _record(finding, upgrade_error=failure, shared=True),
-                healed=False,
-            )
+            annotate(flow, _record(flow, finding, upgrade_error=failure, shared=True), self.report)
             log.info(
                 "esrs-fix: %s: the TLS attempt to %s failed less than %.0f s ago (%s); answered with that failure "
                 "without a new attempt",
@@ -435,8 +429,7 @@ class EsrsFix:
         """A learned target answered over TLS: keep it learned, and record it as a healed flow is recorded."""
         assert flow.response is not None
         self.heal.learned.remember(target, entry.plaintext_answer, entry.kind)
-        record = _record(None, evidence=entry.evidence, upgraded=True, learned=True, attempt=flow, entry=entry)
-        self._annotate(flow, record, healed=True)
+        annotate(flow, _record(flow, None, entry=entry, attempt=flow, upgraded=True, learned=True), self.report)
         # Routine, not news (a newly learned target is logged as a warning): debug, so that a learned request costs
         # what an https:// one does.
         log.debug(
@@ -460,8 +453,8 @@ class EsrsFix:
         )
         if flow.live and self.early.active and flow.response is None:
             self._error_answers[flow.request] = self._labelled(upgrade_failed_response(finding, failure))
-        record = _record(None, evidence=entry.evidence, learned=True, attempt=flow, entry=entry, upgrade_error=failure)
-        self._annotate(flow, record, healed=False)
+        record = _record(flow, None, entry=entry, attempt=flow, learned=True, upgrade_error=failure)
+        annotate(flow, record, self.report)
 
     # -- what every detection does: the one decision
 
@@ -511,6 +504,7 @@ class EsrsFix:
         if error_path and flow.response is not None:
             self._error_answers[flow.request] = flow.response  # for the send wrapper, in place of mitmproxy's 502
         record = _record(
+            flow,
             finding,
             rewritten=rewritten,
             upgraded=healed,
@@ -528,7 +522,8 @@ class EsrsFix:
             action = "not rewritten"
         if failure is not None:
             action += f"; the TLS attempt failed: {failure}"
-        self._annotate(flow, record, healed=healed, finding=finding, action=action)
+        log_detection(flow, record, action)
+        annotate(flow, record, self.report)
         if outcome is not None and outcome.newly_learned:
             log.warning(
                 "esrs-fix: learned %s: it speaks TLS; later plaintext requests to it go over TLS at once "
@@ -545,49 +540,6 @@ class EsrsFix:
         self._ours.add(response)
         return response
 
-    def _annotate(
-        self,
-        flow: http.HTTPFlow,
-        meta: dict[str, Any],
-        *,
-        healed: bool,
-        finding: Finding | None = None,
-        action: str = "",
-    ) -> None:
-        """Log (for a detection), mark, comment and record one flow."""
-        upstream = _address(flow.server_conn.peername or flow.server_conn.address)
-        via = _via(flow)
-        meta.setdefault("upstream", upstream)
-        meta.setdefault("upstream_proxy", via)
-        meta.setdefault("learned", False)
-        if finding is not None:
-            log.warning(
-                "esrs-fix: %s answered by %s%s: %s [%s, confidence %s; %s]. %s",
-                flow.request.pretty_url,
-                upstream,
-                f" via upstream proxy {via}" if via else "",
-                finding.summary,
-                finding.kind,
-                finding.confidence,
-                action,
-                finding.explanation,
-            )
-        if not flow.marked:  # a marker the user set stays
-            flow.marked = HEALED_MARKER if healed else MARKER
-        note = f"{PREFIX}: " + (f"healed over TLS; plaintext got {meta['summary']}" if healed else meta["summary"])
-        flow.comment = f"{flow.comment}\n{note}" if flow.comment else note  # what the user typed stays
-        flow.metadata[METADATA_KEY] = meta
-        if self.report is not None:
-            self.report.write(
-                {
-                    "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds"),
-                    "client": _address(flow.client_conn.peername),
-                    "method": flow.request.method,
-                    "url": flow.request.pretty_url,
-                    **meta,
-                }
-            )
-
 
 def _target(flow: http.HTTPFlow) -> Target:
     """Where the plaintext request went: the request's host and port, and the upstream proxy in upstream mode."""
@@ -598,17 +550,17 @@ def _via(flow: http.HTTPFlow) -> str | None:
     """The upstream proxy of upstream mode (from the flow's mode, so that it is known before any connection)."""
     via = flow.server_conn.via
     if via:
-        return _address(via[1])
+        return address(via[1])
     mode = flow.client_conn.proxy_mode
     if getattr(mode, "type_name", "") == "upstream":
-        return _address(mode.address)  # type: ignore[attr-defined]
+        return address(mode.address)  # type: ignore[attr-defined]
     return None
 
 
 def _record(
+    flow: http.HTTPFlow,
     finding: Finding | None,
     *,
-    evidence: Mapping[str, Any] | None = None,
     entry: Entry | None = None,
     attempt: http.HTTPFlow | None = None,
     rewritten: bool = False,
@@ -616,31 +568,33 @@ def _record(
     learned: bool = False,
     upgrade_error: Failure | None = None,
     shared: bool = False,
-) -> dict[str, Any]:
-    """The record of what esrs-fix saw and did to one flow, with the same keys for every flow it touched.
+) -> Record:
+    """The record of what esrs-fix saw and did to `flow`, with the same keys for every flow it touched.
 
-    `finding`: what the flow's own plaintext attempt got; a flow served as learned has none, and carries the
-    `evidence` that taught esrs-fix its target (`entry`), with when and by which flow.
+    `finding`: what the flow's own plaintext attempt got; a flow served as learned has none, and carries what taught
+    esrs-fix its target (`entry`: its evidence, when and by which flow).
     """
+    evidence = dict(entry.evidence) if entry is not None else {}
+    taught_by = evidence.pop("taught_by", None)
     if finding is not None:
         seen = finding.to_dict()
-    elif evidence:
-        seen = {k: v for k, v in evidence.items() if k != "taught_by"}
     else:
-        seen = _finding_of(entry).to_dict() if entry is not None else {}
-    return {
-        **seen,
-        "rewritten": rewritten,
-        "rewritten_status": ctx.options.esrs_status if rewritten else None,
-        "upgraded": upgraded,
-        "learned": learned,
-        "learned_at": _iso(entry.learned_at) if entry is not None else None,
-        "taught_by": (evidence or {}).get("taught_by"),
-        "upgrade": _upgrade_meta(attempt) if attempt is not None else None,
-        "upgrade_error": str(upgrade_error) if upgrade_error is not None else None,
-        "upgrade_cause": str(upgrade_error.cause) if upgrade_error is not None else None,
-        "shared": shared,
-    }
+        seen = evidence or (_finding_of(entry).to_dict() if entry is not None else {})
+    return Record(
+        seen=seen,
+        upstream=address(flow.server_conn.peername or flow.server_conn.address),
+        upstream_proxy=_via(flow),
+        rewritten=rewritten,
+        rewritten_status=ctx.options.esrs_status if rewritten else None,
+        upgraded=upgraded,
+        learned=learned,
+        learned_at=_iso(entry.learned_at) if entry is not None else None,
+        taught_by=taught_by,
+        upgrade=attempt_summary(attempt) if attempt is not None else None,
+        upgrade_error=str(upgrade_error) if upgrade_error is not None else None,
+        upgrade_cause=str(upgrade_error.cause) if upgrade_error is not None else None,
+        shared=shared,
+    )
 
 
 def _finding_of(entry: Entry) -> Finding:
@@ -648,27 +602,5 @@ def _finding_of(entry: Entry) -> Finding:
     return Finding(fnd.Kind(entry.kind), fnd.Confidence.HIGH, "", detail=entry.plaintext_answer)
 
 
-def _upgrade_meta(heal: http.HTTPFlow) -> dict[str, Any]:
-    """What a TLS attempt (a heal's copy, or a learned flow) got, for the flow's metadata and the report."""
-    conn = heal.server_conn
-    response = heal.response
-    return {
-        "flow": heal.id,
-        "url": heal.request.pretty_url,
-        "status": response.status_code if response else None,
-        "reason": response.reason if response else None,
-        "tls_version": conn.tls_version,
-        "sni": conn.sni,
-        "error": heal.error.msg if heal.error else None,
-    }
-
-
 def _iso(timestamp: float) -> str:
     return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).isoformat(timespec="seconds")
-
-
-def _address(address: tuple | None) -> str:
-    if not address:
-        return "unknown"
-    host, port = address[0], address[1]
-    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"

@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, ClassVar, NoReturn
 
 from . import findings, records, text
 from .launch import script_path
+from .names import hostport
 from .pasted import (
     PasteError,
     ProxyAddress,
     argument,
-    hostport,
     parse_host,
     parse_pasted,
     parse_proxy,

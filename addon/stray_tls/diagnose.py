@@ -27,7 +27,7 @@ from typing import Any
 
 from . import findings
 from .findings import Finding, Kind
-from .pasted import hostport, url_host
+from .names import hostport, url_host
 from .records import hexdump
 from .wire import Answer, describe, not_tls_reason, send_and_read
 

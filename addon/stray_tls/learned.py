@@ -13,6 +13,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .names import hostport
+
 #: How many targets are remembered at most.
 CAPACITY = 1024
 #: How long a learned target is remembered after its last successful upgrade, in seconds.
@@ -28,8 +30,7 @@ class Target:
     via: str | None = None
 
     def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}" + (f" via {self.via}" if self.via else "")
+        return hostport(self.host, self.port) + (f" via {self.via}" if self.via else "")
 
 
 @dataclass(frozen=True, slots=True)

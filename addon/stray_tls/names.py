@@ -52,3 +52,13 @@ DEFAULT_UPGRADE_RETRY = 30
 
 #: The content view's name, as mitmweb and the console list it.
 VIEW_NAME = "TLS records"
+
+
+def url_host(host: str) -> str:
+    """The host as it goes into a URL, a Host header or a CONNECT target: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host else host
+
+
+def hostport(host: str, port: int) -> str:
+    """`host:port`, `[::1]:port` for an IPv6 address: the one spelling of an address in everything esrs-fix says."""
+    return f"{url_host(host)}:{port}"

@@ -88,16 +88,6 @@ def parse_host(text: str) -> str:
     return host
 
 
-def url_host(host: str) -> str:
-    """The host as it goes into a URL, a Host header or a CONNECT target: an IPv6 address in brackets."""
-    return f"[{host}]" if ":" in host else host
-
-
-def hostport(host: str, port: int) -> str:
-    """`host:port`, `[::1]:port` for an IPv6 address."""
-    return f"{url_host(host)}:{port}"
-
-
 @dataclass(frozen=True)
 class ProxyAddress:
     """A proxy's address and, when given in the URL, its credentials (percent-decoded).
