@@ -298,3 +298,29 @@ def test_healing_with_early_detection_says_nothing_of_the_kind(addon: EsrsFix, c
     with caplog.at_level(logging.WARNING), taddons.context(addon) as tctx:
         tctx.configure(addon, esrs_early=True, esrs_upgrade=True)
     assert addon.early.active and "early detection is off" not in caplog.text
+
+
+def test_a_stray_answer_makes_new_requests_to_its_address_wait_for_its_flow(addon: EsrsFix) -> None:
+    """The moment stray TLS is read (before any hook of its flow runs), new requests to that address wait for the
+    flow's decision instead of going out in plaintext; they go on once it decided (here: no attempt, plaintext)."""
+    import asyncio
+
+    async def run() -> None:
+        with taddons.context(addon) as tctx:
+            tctx.configure(addon, esrs_upgrade=True)
+            stray = stray_flow(addon)  # early detection has read the field alert from esrs.example:443
+            other = tflow.tflow()
+            other.request = http.Request.make("GET", "http://esrs.example:443/")
+            waiting = addon.requestheaders(other)
+            assert waiting is not None  # it waits, where a clean request costs nothing
+            task = asyncio.ensure_future(waiting)
+            await asyncio.sleep(0.05)
+            assert not task.done()
+            elsewhere = tflow.tflow()
+            elsewhere.request = http.Request.make("GET", "http://esrs.example:8443/")
+            assert addon.requestheaders(elsewhere) is None  # another address does not wait
+            addon.heal.clear_suspect(stray.request.host, stray.request.port)  # the stray flow decided
+            await asyncio.wait_for(task, 5)
+            assert other.request.scheme == "http"  # nothing was learned: plaintext, as it was sent
+
+    asyncio.run(run())

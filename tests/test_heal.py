@@ -206,9 +206,15 @@ def healer(real_server: RealServers, tmp_path_factory: pytest.TempPathFactory) -
         for server in (post, swap, other_name, tls_body, witness):
             stack.enter_context(server)
         targets = {name: f"http://127.0.0.1:{p.port}" for name, p in peers.items()}
-        named = {"post": post, "swap": swap, "other_name": other_name, "tls_body": tls_body, "witness": witness}
-        for name, server in named.items():
-            targets[name] = f"http://{server.host}:{server.port}"
+        named: dict[str, servers.TCPServer] = {
+            "post": post,
+            "swap": swap,
+            "other_name": other_name,
+            "tls_body": tls_body,
+            "witness": witness,
+        }
+        for name, stand_in in named.items():
+            targets[name] = f"http://{stand_in.host}:{stand_in.port}"
         report = tmp / "report.jsonl"
         # lazy: `openssl s_server` serves one connection at a time, and the plaintext connection that reverse mode
         # opens eagerly for a learned request (which goes over TLS instead) would hold it. Eager mode is covered

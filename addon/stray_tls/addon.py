@@ -5,6 +5,8 @@ It speaks mitmproxy's public API only; everything that names mitmproxy's interna
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime
 import logging
 import time
@@ -21,7 +23,7 @@ from . import findings as fnd
 from .answers import error_response, rewritten_response, upgrade_failed_response
 from .compat import EarlyDetection
 from .findings import Finding
-from .heal import ADDRESS_MODES, Failure, Heal, Outcome, server_name, strip_proxy_headers
+from .heal import ADDRESS_MODES, SUSPECT_WAIT, Failure, Heal, Outcome, server_name, strip_proxy_headers
 from .learned import Entry, LearnedTargets, Target
 from .names import (
     DEFAULT_HOLD_TIMEOUT,
@@ -289,6 +291,8 @@ class EsrsFix:
         response = error_response(finding)
         self._made[response] = finding
         self._ours.add(response)
+        if ctx.options.esrs_upgrade and request.scheme == "http" and finding.kind in fnd.UPGRADABLE:
+            self.heal.suspect(request.host, request.port)  # a crowd's next requests wait for this flow's heal
         return response
 
     # -- learned targets: over TLS from the start
@@ -305,12 +309,24 @@ class EsrsFix:
         target = _target(flow)
         if (pending := self.heal.pending(target)) is not None:
             return self._after_attempt(flow, target, pending)  # one attempt per target: wait for its outcome
+        if (suspicion := self.heal.suspected(target.host, target.port)) is not None:
+            return self._after_suspicion(flow, target, suspicion)
         self._route_known(flow, target)
         return None
 
     async def _after_attempt(self, flow: http.HTTPFlow, target: Target, pending: Awaitable[Failure | None]) -> None:
         await self.heal.wait(pending)  # type: ignore[arg-type]
         if flow.live:
+            self._route_known(flow, target)
+
+    async def _after_suspicion(self, flow: http.HTTPFlow, target: Target, suspicion: Awaitable[None]) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(suspicion), SUSPECT_WAIT)
+        if not flow.live:
+            return
+        if (pending := self.heal.pending(target)) is not None:
+            await self._after_attempt(flow, target, pending)
+        else:
             self._route_known(flow, target)
 
     def _route_known(self, flow: http.HTTPFlow, target: Target) -> None:
@@ -491,6 +507,7 @@ class EsrsFix:
         self, flow: http.HTTPFlow, finding: Finding, in_scope: bool, outcome: Outcome | None, error_path: bool
     ) -> None:
         """Give the client its answer after the heal (if any), then log, mark and record."""
+        self.heal.clear_suspect(flow.request.host, flow.request.port)  # decided: nobody waits on this flow any more
         healed = outcome is not None and outcome.answer is not None
         failure = outcome.failure if outcome is not None else None
         rewritten = not healed and in_scope and ctx.options.esrs_rewrite and finding.rewritable

@@ -35,6 +35,8 @@ from .names import DEFAULT_UPGRADE_RETRY, DEFAULT_UPGRADE_TIMEOUT, HEAL_METADATA
 MAX_ATTEMPTS = 32
 #: The most one attempt's answer body may hold when `body_size_limit` is unset (64 MiB).
 BODY_CAP = 64 * 1024 * 1024
+#: Seconds a stray answer's address stays suspect at most while its flow decides whether to heal (see `suspect`).
+SUSPECT_WAIT = 2.0
 
 strip_proxy_headers = compat.strip_proxy_headers
 
@@ -92,12 +94,45 @@ class Heal:
         self._clock = clock
         self._in_flight: dict[Target, asyncio.Future[Failure | None]] = {}
         self._failed: dict[Target, tuple[Failure, Finding, float]] = {}
+        self._suspects: dict[tuple[str, int], tuple[asyncio.Future[None], float]] = {}
         self._slots = asyncio.Semaphore(MAX_ATTEMPTS)
         self._bodies: dict[str, _Body] = {}
 
     def __bool__(self) -> bool:
-        """Whether any target is learned, pending or failed: clean traffic pays this test and nothing more."""
-        return bool(self.learned or self._in_flight or self._failed)
+        """Whether any target is learned, suspect, pending or failed: clean traffic pays this test and nothing more."""
+        return bool(self.learned or self._suspects or self._in_flight or self._failed)
+
+    def suspect(self, host: str, port: int) -> None:
+        """Stray TLS just came from `host:port`, and its flow may heal: until that flow starts its attempt (or decides
+        not to), new requests to the address wait a moment instead of going out in plaintext themselves.
+
+        Called where the stray bytes are read, before any hook runs: under load, the hooks of the flow that got them
+        take long enough for a crowd's requests to be sent in plaintext. Keyed by address alone (the flow, and so the
+        upstream proxy, is not known there); a suspicion ends after `SUSPECT_WAIT` seconds in any case.
+        """
+        key = (host, port)
+        if key not in self._suspects:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # not in mitmproxy's event loop (a unit test driving the addon by hand)
+                return
+            self._suspects[key] = (loop.create_future(), self._clock() + SUSPECT_WAIT)
+
+    def clear_suspect(self, host: str, port: int) -> None:
+        """The suspected flow has started its attempt or decided: the waiting requests go on (and find the attempt)."""
+        suspicion = self._suspects.pop((host, port), None)
+        if suspicion is not None and not suspicion[0].done():
+            suspicion[0].set_result(None)
+
+    def suspected(self, host: str, port: int) -> asyncio.Future[None] | None:
+        """The suspicion on `host:port` to wait for, if there is one that has not run out."""
+        suspicion = self._suspects.get((host, port))
+        if suspicion is None:
+            return None
+        if suspicion[1] <= self._clock():
+            self.clear_suspect(host, port)
+            return None
+        return suspicion[0]
 
     @property
     def in_flight(self) -> int:
@@ -158,6 +193,7 @@ class Heal:
             return Outcome(None, failure=remembered[0], shared=True)
         future: asyncio.Future[Failure | None] = asyncio.get_running_loop().create_future()
         self._in_flight[target] = future
+        self.clear_suspect(target.host, target.port)  # those waiting on the suspicion now find this attempt
         outcome: Outcome | None = None
         try:
             outcome = await self._send_in_a_slot(flow, options, not_http, finding)
