@@ -415,6 +415,7 @@ class EsrsFix:
     # -- public-hook fallbacks
 
     def error(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        self._answered.discard(flow.id)  # answered before it went out, then failed (the client went away)
         if (learned := self._learned_flows.pop(flow.id, None)) is not None:
             killed = flow.error is not None and flow.error.msg == flow.error.KILLED_MESSAGE
             if not flow.server_conn.tls_established and not killed:  # TLS itself failed, not the client or a user
