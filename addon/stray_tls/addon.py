@@ -23,7 +23,7 @@ from . import findings as fnd
 from .answers import error_response, rewritten_response, upgrade_failed_response
 from .compat import EarlyDetection
 from .findings import Finding
-from .heal import ADDRESS_MODES, SUSPECT_WAIT, Failure, Heal, Outcome, server_name, strip_proxy_headers
+from .heal import ADDRESS_MODES, SUSPECT_WAIT, Heal, Outcome, server_name, strip_proxy_headers, target_of
 from .learned import Entry, LearnedTargets, Target
 from .names import (
     DEFAULT_HOLD_TIMEOUT,
@@ -47,7 +47,7 @@ from .names import (
 
 __all__ = ["EsrsFix", "error_response", "rewritten_response", "upgrade_failed_response"]
 from .pasted import PasteError, parse_pasted
-from .record import Record, address, annotate, attempt_summary, log_detection
+from .record import Failure, Record, annotate, finding_of, iso, log_detection
 from .report import ReportWriter
 
 log = logging.getLogger("esrs_fix")
@@ -268,7 +268,7 @@ class EsrsFix:
         lines = [f"esrs-fix: {len(entries)} learned target(s) (at most {self.learned.capacity})"]
         for e in entries:
             lines.append(
-                f"{e.target}  learned {_iso(e.learned_at)}, expires in {max(0, e.expires_at - now):.0f} s; "
+                f"{e.target}  learned {iso(e.learned_at)}, expires in {max(0, e.expires_at - now):.0f} s; "
                 f"plaintext got: {e.plaintext_answer}"
             )
         return "\n".join(lines)
@@ -306,7 +306,7 @@ class EsrsFix:
             return None  # clean traffic with nothing learned, pending or failed pays one length test
         if HEAL_METADATA_KEY in flow.metadata or flow.response is not None or not self._in_scope(flow):
             return None
-        target = _target(flow)
+        target = target_of(flow)
         if (pending := self.heal.pending(target)) is not None:
             return self._after_attempt(flow, target, pending)  # one attempt per target: wait for its outcome
         if (suspicion := self.heal.suspected(target.host, target.port)) is not None:
@@ -346,7 +346,7 @@ class EsrsFix:
             flow.request.stream = False  # the answer is given when the request has been read
             flow.response = self._labelled(upgrade_failed_response(finding, failure))
             self._answered.add(flow.id)
-            annotate(flow, _record(flow, finding, upgrade_error=failure, shared=True), self.report)
+            annotate(flow, Record.of(flow, finding, upgrade_error=failure, shared=True), self.report)
             log.info(
                 "esrs-fix: %s: the TLS attempt to %s failed less than %.0f s ago (%s); answered with that failure "
                 "without a new attempt",
@@ -446,7 +446,7 @@ class EsrsFix:
         """A learned target answered over TLS: keep it learned, and record it as a healed flow is recorded."""
         assert flow.response is not None
         self.heal.learned.remember(target, entry.plaintext_answer, entry.kind)
-        annotate(flow, _record(flow, None, entry=entry, attempt=flow, upgraded=True, learned=True), self.report)
+        annotate(flow, Record.of(flow, None, entry=entry, attempt=flow, upgraded=True, learned=True), self.report)
         # Routine, not news (a newly learned target is logged as a warning): debug, so that a learned request costs
         # what an https:// one does.
         log.debug(
@@ -459,7 +459,7 @@ class EsrsFix:
     def _learned_failed(self, flow: http.HTTPFlow, target: Target, entry: Entry, started: float) -> None:
         """TLS to a learned target failed: forget it, and tell the client why in a labelled 502."""
         self.heal.learned.forget(target)
-        finding = _finding_of(entry)
+        finding = finding_of(entry)
         failure = self.heal.failure_of(flow, finding, time.monotonic() - started)
         log.warning(
             "esrs-fix: %s: TLS to learned target %s failed (%s); it is forgotten, and the next request tries "
@@ -470,7 +470,7 @@ class EsrsFix:
         )
         if flow.live and self.early.active and flow.response is None:
             self._error_answers[flow.request] = self._labelled(upgrade_failed_response(finding, failure))
-        record = _record(flow, None, entry=entry, attempt=flow, learned=True, upgrade_error=failure)
+        record = Record.of(flow, None, entry=entry, attempt=flow, learned=True, upgrade_error=failure)
         annotate(flow, record, self.report)
 
     # -- what every detection does: the one decision
@@ -498,7 +498,7 @@ class EsrsFix:
         return None
 
     async def _heal(self, flow: http.HTTPFlow, finding: Finding, in_scope: bool, error_path: bool) -> None:
-        outcome = await self.heal.attempt(flow, _target(flow), finding, ctx.options, self._ours.__contains__)
+        outcome = await self.heal.attempt(flow, target_of(flow), finding, ctx.options, self._ours.__contains__)
         if outcome.answer is not None and outcome.attempt is not None:
             # the attempt's own flow now holds the body it received (its stream went to the client): tell the UIs
             ctx.master.addons.trigger(hooks.UpdateHook([outcome.attempt]))
@@ -521,10 +521,10 @@ class EsrsFix:
             flow.response = self._labelled(upgrade_failed_response(finding, failure))
         if error_path and flow.response is not None:
             self._error_answers[flow.request] = flow.response  # for the send wrapper, in place of mitmproxy's 502
-        record = _record(
+        record = Record.of(
             flow,
             finding,
-            rewritten=rewritten,
+            rewritten_status=ctx.options.esrs_status if rewritten else None,
             upgraded=healed,
             attempt=outcome.attempt if outcome is not None else None,
             upgrade_error=failure,
@@ -546,7 +546,7 @@ class EsrsFix:
             log.warning(
                 "esrs-fix: learned %s: it speaks TLS; later plaintext requests to it go over TLS at once "
                 "(remembered for %.0f s, at most %d targets)",
-                _target(flow),
+                target_of(flow),
                 self.heal.learned.ttl,
                 self.heal.learned.capacity,
             )
@@ -557,68 +557,3 @@ class EsrsFix:
             response.headers[LABEL_HEADER] = label
         self._ours.add(response)
         return response
-
-
-def _target(flow: http.HTTPFlow) -> Target:
-    """Where the plaintext request went: the request's host and port, and the upstream proxy in upstream mode."""
-    return Target(flow.request.host, flow.request.port, _via(flow))
-
-
-def _via(flow: http.HTTPFlow) -> str | None:
-    """The upstream proxy of upstream mode (from the flow's mode, so that it is known before any connection)."""
-    via = flow.server_conn.via
-    if via:
-        return address(via[1])
-    mode = flow.client_conn.proxy_mode
-    if getattr(mode, "type_name", "") == "upstream":
-        return address(mode.address)  # type: ignore[attr-defined]
-    return None
-
-
-def _record(
-    flow: http.HTTPFlow,
-    finding: Finding | None,
-    *,
-    entry: Entry | None = None,
-    attempt: http.HTTPFlow | None = None,
-    rewritten: bool = False,
-    upgraded: bool = False,
-    learned: bool = False,
-    upgrade_error: Failure | None = None,
-    shared: bool = False,
-) -> Record:
-    """The record of what esrs-fix saw and did to `flow`, with the same keys for every flow it touched.
-
-    `finding`: what the flow's own plaintext attempt got; a flow served as learned has none, and carries what taught
-    esrs-fix its target (`entry`: its evidence, when and by which flow).
-    """
-    evidence = dict(entry.evidence) if entry is not None else {}
-    taught_by = evidence.pop("taught_by", None)
-    if finding is not None:
-        seen = finding.to_dict()
-    else:
-        seen = evidence or (_finding_of(entry).to_dict() if entry is not None else {})
-    return Record(
-        seen=seen,
-        upstream=address(flow.server_conn.peername or flow.server_conn.address),
-        upstream_proxy=_via(flow),
-        rewritten=rewritten,
-        rewritten_status=ctx.options.esrs_status if rewritten else None,
-        upgraded=upgraded,
-        learned=learned,
-        learned_at=_iso(entry.learned_at) if entry is not None else None,
-        taught_by=taught_by,
-        upgrade=attempt_summary(attempt) if attempt is not None else None,
-        upgrade_error=str(upgrade_error) if upgrade_error is not None else None,
-        upgrade_cause=str(upgrade_error.cause) if upgrade_error is not None else None,
-        shared=shared,
-    )
-
-
-def _finding_of(entry: Entry) -> Finding:
-    """What a learned target's plaintext attempt got, for its answers (the summary and kind it was learned with)."""
-    return Finding(fnd.Kind(entry.kind), fnd.Confidence.HIGH, "", detail=entry.plaintext_answer)
-
-
-def _iso(timestamp: float) -> str:
-    return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).isoformat(timespec="seconds")

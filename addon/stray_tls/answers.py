@@ -13,8 +13,8 @@ from mitmproxy import http
 
 from . import records
 from .findings import Finding
-from .heal import Failure
 from .names import LABEL_HEADER
+from .record import Failure
 
 
 def _body(finding: Finding, headline: str) -> bytes:

@@ -30,6 +30,7 @@ from .compat import AttemptCause
 from .findings import Finding
 from .learned import LearnedTargets, Target
 from .names import DEFAULT_UPGRADE_RETRY, DEFAULT_UPGRADE_TIMEOUT, HEAL_METADATA_KEY, OPT_UPGRADE_TIMEOUT
+from .record import Failure, upstream_proxy
 
 #: TLS attempts in flight at once, all targets together; more wait for a free slot (within their own time limit).
 MAX_ATTEMPTS = 32
@@ -45,6 +46,11 @@ strip_proxy_headers = compat.strip_proxy_headers
 ADDRESS_MODES = frozenset({"transparent", "wireguard", "local", "tun", "socks5"})
 
 
+def target_of(flow: http.HTTPFlow) -> Target:
+    """Where the plaintext request went: the request's host and port, and the upstream proxy in upstream mode."""
+    return Target(flow.request.host, flow.request.port, upstream_proxy(flow))
+
+
 def server_name(flow: http.HTTPFlow) -> str:
     """The name the TLS attempt sends as SNI and verifies the certificate against.
 
@@ -55,18 +61,6 @@ def server_name(flow: http.HTTPFlow) -> str:
     if getattr(flow.client_conn.proxy_mode, "type_name", "") in ADDRESS_MODES:
         return flow.request.pretty_host
     return flow.request.host
-
-
-@dataclass(frozen=True)
-class Failure:
-    """Why a TLS attempt failed: the cause, one line for labels and logs, and what to do about it."""
-
-    cause: AttemptCause
-    message: str
-    advice: str
-
-    def __str__(self) -> str:
-        return self.message
 
 
 @dataclass

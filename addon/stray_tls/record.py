@@ -16,6 +16,10 @@ from typing import Any
 
 from mitmproxy import http
 
+from . import findings as fnd
+from .compat import AttemptCause
+from .findings import Finding
+from .learned import Entry
 from .names import HEALED_MARKER, MARKER, METADATA_KEY, PREFIX, hostport
 from .report import ReportWriter
 
@@ -25,6 +29,18 @@ log = logging.getLogger("esrs_fix")
 FINDING_KEYS = ("kind", "confidence", "summary", "explanation", "records", "raw_hex")
 #: What a report line has besides the record.
 REPORT_KEYS = ("time", "client", "method", "url")
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why a TLS attempt failed: the cause, one line for labels and logs, and what to do about it."""
+
+    cause: AttemptCause
+    message: str
+    advice: str
+
+    def __str__(self) -> str:
+        return self.message
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -56,6 +72,45 @@ class Record:
     @property
     def summary(self) -> str:
         return str(self.seen.get("summary", ""))
+
+    @classmethod
+    def of(
+        cls,
+        flow: http.HTTPFlow,
+        finding: Finding | None,
+        *,
+        entry: Entry | None = None,
+        attempt: http.HTTPFlow | None = None,
+        rewritten_status: int | None = None,
+        upgraded: bool = False,
+        learned: bool = False,
+        upgrade_error: Failure | None = None,
+        shared: bool = False,
+    ) -> Record:
+        """The record of `flow`: `finding` is what its own plaintext attempt got; a flow served as learned has none,
+        and carries what taught esrs-fix its target (`entry`: its evidence, when and by which flow).
+        `rewritten_status`: the synthetic status it was answered with, when it was rewritten."""
+        evidence = dict(entry.evidence) if entry is not None else {}
+        taught_by = evidence.pop("taught_by", None)
+        if finding is not None:
+            seen = finding.to_dict()
+        else:
+            seen = evidence or (finding_of(entry).to_dict() if entry is not None else {})
+        return cls(
+            seen=seen,
+            upstream=address(flow.server_conn.peername or flow.server_conn.address),
+            upstream_proxy=upstream_proxy(flow),
+            rewritten=rewritten_status is not None,
+            rewritten_status=rewritten_status,
+            upgraded=upgraded,
+            learned=learned,
+            learned_at=iso(entry.learned_at) if entry is not None else None,
+            taught_by=taught_by,
+            upgrade=attempt_summary(attempt) if attempt is not None else None,
+            upgrade_error=str(upgrade_error) if upgrade_error is not None else None,
+            upgrade_cause=str(upgrade_error.cause) if upgrade_error is not None else None,
+            shared=shared,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The flow's metadata and the report's fields: the finding's keys, then the record's own."""
@@ -123,3 +178,24 @@ def attempt_summary(attempt: http.HTTPFlow) -> dict[str, Any]:
 def address(peer: tuple | None) -> str:
     """A connection's address as esrs-fix writes it (`unknown` when there is none)."""
     return hostport(str(peer[0]), peer[1]) if peer else "unknown"
+
+
+def upstream_proxy(flow: http.HTTPFlow) -> str | None:
+    """The upstream proxy of upstream mode (from the flow's mode, so that it is known before any connection)."""
+    via = flow.server_conn.via
+    if via:
+        return address(via[1])
+    mode = flow.client_conn.proxy_mode
+    if getattr(mode, "type_name", "") == "upstream":
+        return address(mode.address)  # type: ignore[attr-defined]
+    return None
+
+
+def finding_of(entry: Entry) -> Finding:
+    """What a learned target's plaintext attempt got, for its answers (the summary and kind it was learned with)."""
+    return Finding(fnd.Kind(entry.kind), fnd.Confidence.HIGH, "", detail=entry.plaintext_answer)
+
+
+def iso(timestamp: float) -> str:
+    """A time as esrs-fix writes it: ISO 8601, UTC, to the second."""
+    return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).isoformat(timespec="seconds")
