@@ -73,6 +73,7 @@ LAYERS = (
     "cli",
     "lab",
     "lab.servers",
+    "lab.latency",
     "lab.proxies",
     "lab.check",
     "lab.mitm",
