@@ -69,7 +69,7 @@ def _read_to_end(s: socket.socket) -> bytes:
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
-    chunks=st.lists(st.binary(min_size=1, max_size=3000), min_size=1, max_size=12),
+    chunks=st.lists(st.binary(min_size=1, max_size=5000), min_size=1, max_size=12),
     pauses=st.lists(st.sampled_from([0.0, 0.0, 0.002, 0.01]), min_size=12, max_size=12),
 )
 def test_bytes_arrive_intact_and_in_order_both_ways(chunks: list[bytes], pauses: list[float], start_server) -> None:
@@ -107,20 +107,36 @@ def test_a_round_trip_costs_twice_the_delay_and_a_fresh_connection_twice_that(st
         assert time.monotonic() - t0 >= 4 * delay
 
 
+class Sink(servers.TCPServer):
+    """Reads to the end and answers nothing: what the relay holds in flight is then one direction's alone."""
+
+    def __init__(self, **kw: object) -> None:
+        super().__init__(**kw)  # type: ignore[arg-type]
+        self.received: list[bytes] = []
+
+    def handle(self, conn: socket.socket) -> None:
+        got = b""
+        while chunk := conn.recv(65536):
+            got += chunk
+        self.received.append(got)
+
+
 def test_chunks_travel_as_a_pipeline_not_one_delay_at_a_time(start_server, relay) -> None:
     """Five chunks sent 10 ms apart are all in flight at once: throughput is not divided by the delay."""
-    echo = start_server(FlipEcho())
-    r = relay(("127.0.0.1", echo.port), 3.0, connect_delay=False)
+    sink = start_server(Sink())
+    r = relay(("127.0.0.1", sink.port), 3.0, connect_delay=False)
+    sent = b"".join(b"chunk %d;" % n for n in range(5))
     with socket.create_connection(("127.0.0.1", r.port), 30) as s:
         for n in range(5):
             s.sendall(b"chunk %d;" % n)
             time.sleep(0.01)
         deadline = time.monotonic() + 30
-        while r.in_flight < 40 and time.monotonic() < deadline and not echo.received:
+        while r.in_flight < len(sent) and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert r.in_flight == 40  # 5 x 8 bytes read, none sent yet: a relay that waits per chunk holds one
+        assert r.in_flight == len(sent)  # all read, none sent yet: a relay that waits per chunk holds one at a time
         s.shutdown(socket.SHUT_WR)
-        assert _read_to_end(s) == _flip(b"".join(b"chunk %d;" % n for n in range(5)))
+        assert _read_to_end(s) == b""
+    assert sink.received == [sent]
 
 
 def test_a_half_close_passes_through_late_both_ways(start_server, relay) -> None:
@@ -130,11 +146,12 @@ def test_a_half_close_passes_through_late_both_ways(start_server, relay) -> None
     r = relay(("127.0.0.1", echo.port), delay, connect_delay=False)
     with socket.create_connection(("127.0.0.1", r.port), 30) as s:
         s.sendall(b"question")
+        assert s.recv(100) == _flip(b"question")  # nothing in flight now: the end travels alone
         ended = time.monotonic()
         s.shutdown(socket.SHUT_WR)
-        assert _read_to_end(s) == _flip(b"question")  # the server's own end, passed on after its delay
+        assert echo.done.wait(30) and echo.ended_at[0] - ended >= delay
+        assert _read_to_end(s) == b""  # the server's own end, after its answer (TimeoutError: not passed on)
         assert time.monotonic() - ended >= 2 * delay
-    assert echo.done.wait(30) and echo.ended_at[0] - ended >= delay
 
 
 class Resetter(servers.TCPServer):
@@ -165,6 +182,22 @@ def test_a_refused_target_resets_the_client_after_the_connects_round_trip(relay)
 
 def _open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
+
+
+def test_a_connection_that_ends_frees_its_threads_and_sockets_at_once(start_server) -> None:
+    """A long lab run makes many connections: each one's threads and sockets go when it ends, not at stop()."""
+    echo = start_server(FlipEcho())
+    with LatencyRelay(("127.0.0.1", echo.port), 0.01) as r:
+        fds = _open_fds()
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", r.port), 30) as s:
+                s.sendall(b"x")
+                s.shutdown(socket.SHUT_WR)
+                assert _read_to_end(s) == _flip(b"x")
+        deadline = time.monotonic() + 30
+        while (r.threads or _open_fds() != fds) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert (r.threads, _open_fds()) == (0, fds)
 
 
 def test_stop_ends_every_held_connection_and_leaves_no_thread_or_socket(start_server) -> None:

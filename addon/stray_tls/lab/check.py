@@ -8,6 +8,7 @@ alone would pass there, and the ESRS connection would still fail.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from ..diagnose import Shape, product, shape_of
@@ -25,20 +26,29 @@ class CheckResult:
     answer: Answer
     finding: Finding | None
     saw: str  # what the check saw, from describe()
+    seconds: float = 0.0  # from connect to the answer's end: what a latency costs, against the check's timeout
 
 
 def run_check(proxy: tuple[str, int], host: str, port: int, timeout: float = 10.0) -> CheckResult:
     """One probe of the check: absolute-form `GET https://host:port/` through `proxy`."""
     url = f"https://{host}:{port}/"
     request = f"GET {url} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: esrs-fix-lab-check\r\n\r\n".encode()
-    return _result(url, exchange(proxy, request, timeout))
+    return _timed(url, proxy, request, timeout)
 
 
 def run_plain_get(proxy: tuple[str, int], host: str, port: int, timeout: float = 10.0) -> CheckResult:
     """A plaintext client's request: absolute-form `GET http://host:port/` through `proxy` (lab scenario G)."""
     url = f"http://{host}:{port}/"
     request = f"GET {url} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: esrs-fix-lab-client\r\n\r\n".encode()
-    return _result(url, exchange(proxy, request, timeout))
+    return _timed(url, proxy, request, timeout)
+
+
+def _timed(url: str, proxy: tuple[str, int], request: bytes, timeout: float) -> CheckResult:
+    start = time.monotonic()
+    answer = exchange(proxy, request, timeout)
+    result = _result(url, answer)
+    result.seconds = time.monotonic() - start
+    return result
 
 
 def _result(url: str, answer: Answer) -> CheckResult:

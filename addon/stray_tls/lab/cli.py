@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import signal
 import sys
@@ -37,7 +38,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "started for each scenario on a free loopback port (proxy.py, pproxy: pip install 'esrs-fix[lab]'; "
         "squid: apt-get install squid, with a plaintext cache_peer where it must forward https:// itself)",
     )
-    lab.add_argument("--timeout", type=float, default=10.0, help="seconds a check waits for an answer (default 10)")
+    lab.add_argument(
+        "--latency",
+        type=milliseconds,
+        default=0.0,
+        metavar="MS",
+        help="put MS milliseconds of delay each way between the proxies and the servers (a relay on loopback that "
+        "delays every byte, the TCP connect and TLS handshakes included; the machine's network is not touched), "
+        "as a far ESRS server is; default 0",
+    )
+    lab.add_argument(
+        "--timeout",
+        type=float,
+        help="seconds a check waits for an answer (default 10, plus 20 times the latency: a healed check costs 10 "
+        "delays, connect and handshake included, so the default leaves it room twice over)",
+    )
     lab.add_argument("--json", action="store_true", help="print the results as JSON instead of the table")
     lab.add_argument("--workdir", type=Path, help="keep certificates and mitmdump logs here (default: a temp dir)")
     lab.set_defaults(func=cmd_lab)
@@ -83,6 +98,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_check)
 
 
+def milliseconds(text: str) -> float:
+    """`--latency`: a non-negative, finite number of milliseconds; argparse turns the error into its usage line."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of milliseconds: {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative number of milliseconds: {text!r}")
+    return value
+
+
+def lab_timeout(latency: float) -> float:
+    """The check's default timeout at `latency` (seconds each way): 10 s, plus twice the 10 delays a healed check
+    costs (the plaintext attempt's connect and answer, then the TLS attempt's connect, handshake and answer)."""
+    return 10.0 + 20 * latency
+
+
 def _progress(message: str) -> None:
     print(f"[lab] {message}", file=sys.stderr, flush=True)
 
@@ -105,6 +137,8 @@ def cmd_lab(args: argparse.Namespace) -> int:
         except proxies.ProxyMissing as e:
             print(f"esrs-fix lab: --proxy {args.proxy}: {e}", file=sys.stderr)
             return 2
+    latency = args.latency / 1000
+    timeout = args.timeout if args.timeout is not None else lab_timeout(latency)
     with servers.temporary_directory() as tmp:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
@@ -112,12 +146,13 @@ def cmd_lab(args: argparse.Namespace) -> int:
             os.chmod(tmp, 0o755)  # as root, squid drops to the `proxy` user, which must reach its own directory
         _progress(
             f"mitmproxy {compat.mitmproxy_version()}, Python {sys.version.split()[0]}, work dir {workdir}, "
-            f"proxy in the field: {args.proxy}"
+            f"proxy in the field: {args.proxy}, latency {args.latency:g} ms each way (proxies to servers), "
+            f"check timeout {timeout:g} s"
         )
         # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so that every process the lab started is stopped.
         previous = signal.signal(signal.SIGTERM, _interrupt)
         try:
-            with Lab(workdir, timeout=args.timeout, progress=_progress, proxy=args.proxy) as lab:
+            with Lab(workdir, timeout=timeout, progress=_progress, proxy=args.proxy, latency=latency) as lab:
                 rows = run_scenarios(lab, keys)
         except (proxies.ProxyFailed, MitmError) as e:
             print(f"esrs-fix lab: {e}", file=sys.stderr)
@@ -125,7 +160,13 @@ def cmd_lab(args: argparse.Namespace) -> int:
         finally:
             signal.signal(signal.SIGTERM, previous)
     if args.json:
-        out = {"passed": all(r.ok for r in rows), "proxy": args.proxy, "rows": rows_as_dicts(rows)}
+        out = {
+            "passed": all(r.ok for r in rows),
+            "proxy": args.proxy,
+            "latency_ms": args.latency,
+            "timeout": timeout,
+            "rows": rows_as_dicts(rows),
+        }
         print(json.dumps(out, indent=2))
     else:
         print(render_table(rows))

@@ -16,10 +16,12 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from ..findings import Kind
 from . import proxies, servers
 from .check import CheckResult, run_check, run_plain_get
+from .latency import LatencyRelay
 from .mitm import Mitmdump
 
 HOST = "esrs.lab"
@@ -50,6 +52,7 @@ class Row:
     ok: bool
     logged: str
     why: str = ""
+    seconds: float = 0.0  # how long the check waited for its answer
 
     @property
     def verdict(self) -> str:
@@ -120,8 +123,17 @@ def _wrapped(entry: dict) -> str:
     return " (wrapped in a proxy's HTTP/0.9 200)" if entry.get("kind") == Kind.TLS_WRAPPED_HTTP09 else ""
 
 
+_S = TypeVar("_S", bound=servers.TCPServer)
+
+
 class Lab:
-    """Owns every server and process of a lab run; all of them stop when the `with` block ends."""
+    """Owns every server and process of a lab run; all of them stop when the `with` block ends.
+
+    `latency` (seconds, each way): every server the proxies reach sits behind a `LatencyRelay`, so the field proxy
+    and mitmdump in reverse mode meet a far server (connect, handshakes, answers); the check, the field proxy and
+    mitmdump stay near each other, as the check and mitmproxy do at a customer's site.  `reach(server)` is the
+    port to dial for a server: its relay's when there is one.
+    """
 
     def __init__(
         self,
@@ -129,9 +141,14 @@ class Lab:
         timeout: float = 10.0,
         progress: Callable[[str], None] = print,
         proxy: str = BUILTIN,
+        latency: float = 0.0,
     ) -> None:
         if proxy not in LAB_PROXIES:
             raise ValueError(f"unknown proxy {proxy!r}; known: {', '.join(LAB_PROXIES)}")
+        if latency < 0:
+            raise ValueError(f"latency must not be negative: {latency}")
+        self.latency = latency
+        self._front: dict[int, int] = {}  # a server's port -> its latency relay's port
         self.workdir = workdir
         self.timeout = timeout
         self.progress = progress
@@ -146,6 +163,10 @@ class Lab:
             self.tls10 = {
                 p: self.server(servers.EsrsServer(self.cert, servers.EsrsBehaviour(tls10_only=True))) for p in PORTS
             }
+            if self.latency:
+                for s in [*self.esrs.values(), *self.tls10.values()]:
+                    relay = self.server(LatencyRelay(("127.0.0.1", s.port), self.latency))
+                    self._front[s.port] = relay.port
         except BaseException:  # what started before the failure is on the stack: stop it
             self._stack.close()
             raise
@@ -154,15 +175,29 @@ class Lab:
                 f"stand-in ESRS server for :{p} on 127.0.0.1:{self.esrs[p].port} (TLS; plaintext gets "
                 f"{servers.ALERT_TLS10.hex(' ')}), TLS-1.0-only twin on 127.0.0.1:{self.tls10[p].port}"
             )
+        if self.latency:
+            fronts = ", ".join(f"127.0.0.1:{r} -> :{s}" for s, r in self._front.items())
+            self.progress(
+                f"latency {self.latency_label}: every server is reached through a relay that delays each byte, "
+                f"the connect and the handshakes included ({fronts})"
+            )
         return self
+
+    @property
+    def latency_label(self) -> str:
+        return f"{self.latency * 1000:g} ms each way (round trip {2 * self.latency * 1000:g} ms)"
+
+    def reach(self, server: servers.TCPServer) -> int:
+        """The port the proxies dial for `server`: its latency relay's, or its own without latency."""
+        return self._front.get(server.port, server.port)
 
     def __exit__(self, *exc: object) -> None:
         self._stack.close()
 
-    def server(self, s: servers.TCPServer) -> servers.EsrsServer:
+    def server(self, s: _S) -> _S:
         s.start()
         self._stack.callback(s.stop)
-        return s  # type: ignore[return-value]
+        return s
 
     def field_proxy(self, targets: dict[int, int], *, tunnels: bool) -> Hop:
         """The proxy in the field, reaching `targets` (lab port -> loopback port); stopped when the lab ends.
@@ -213,24 +248,25 @@ def _url_part(scheme: str, host: str, port: int) -> str:
 
 
 def _scenario_a(lab: Lab) -> list[tuple[CheckResult, list[str]]]:
-    hop = lab.field_proxy({p: lab.esrs[p].port for p in PORTS}, tunnels=False)
+    hop = lab.field_proxy({p: lab.reach(lab.esrs[p]) for p in PORTS}, tunnels=False)
     return [(r, []) for r in lab.check(hop)]
 
 
 def _reverse_chain(lab: Lab, extra: list[str]) -> list[tuple[CheckResult, list[str]]]:
     ports = {p: servers.free_port() for p in PORTS}
-    args = [a for p in PORTS for a in ("--mode", f"reverse:http://127.0.0.1:{lab.esrs[p].port}@{ports[p]}")]
+    targets = {p: lab.reach(lab.esrs[p]) for p in PORTS}
+    args = [a for p in PORTS for a in ("--mode", f"reverse:http://127.0.0.1:{targets[p]}@{ports[p]}")]
     with lab.mitmdump(args + extra, listeners=len(PORTS)) as report:
         # the proxy after mitmdump: squid probes its cache_peers when it starts and shuns one that is not up yet
         hop = lab.field_proxy(ports, tunnels=False)
         results = lab.check(hop)  # the report line is written before the client is answered
-        return [(r, addon_lines(report, f":{lab.esrs[p].port}/")) for r, p in zip(results, PORTS, strict=True)]
+        return [(r, addon_lines(report, f":{targets[p]}/")) for r, p in zip(results, PORTS, strict=True)]
 
 
 def _upstream_chain(
     lab: Lab, targets: dict[int, servers.EsrsServer], extra: list[str], *, plain: bool = False
 ) -> list[tuple[CheckResult, list[str]]]:
-    hop = lab.field_proxy({p: targets[p].port for p in PORTS}, tunnels=True)
+    hop = lab.field_proxy({p: lab.reach(targets[p]) for p in PORTS}, tunnels=True)
     port = servers.free_port()
     args = ["-p", str(port), "--mode", f"upstream:http://127.0.0.1:{hop.port}"]
     with lab.mitmdump(args + extra) as report:
@@ -418,9 +454,10 @@ def run_scenarios(lab: Lab, keys: list[str] | None = None) -> list[Row]:
                     not why,
                     "; ".join(logged) or "-",
                     why,
+                    round(result.seconds, 3),
                 )
             )
-            lab.progress(f"    {result.url}: {rows[-1].verdict}")
+            lab.progress(f"    {result.url}: {rows[-1].verdict} ({result.seconds:.2f} s)")
     return rows
 
 
