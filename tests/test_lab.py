@@ -85,11 +85,6 @@ def test_the_lab_at_latency_says_so_and_a_plain_scenario_pays_the_delay(lab_at_l
     assert all(r["seconds"] >= 4 * LATENCY_MS / 1000 for r in a), a
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="compat.resend_over_tls counts the 'connection ended' grace (0.5 s) from the plaintext connection's "
-    "timestamps, so a TLS attempt slower than that is called a close (issue 16, part 1; being fixed on main)",
-)
 def test_the_heal_at_latency_gets_the_servers_answer(lab_at_latency) -> None:
     p, result = lab_at_latency
     f = [r for r in result["rows"] if r["scenario"] == "F"]
