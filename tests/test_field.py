@@ -113,7 +113,6 @@ def field(cert: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> 
         "untrusted": FieldServer(untrusted, handshake_delay=0.2),
         "mute": FieldServer(cert, mute=True),
         "tls10": FieldServer(cert, tls10_only=True),
-        "warm": FieldServer(cert),
     }
     report = tmp / "report.jsonl"
     with contextlib.ExitStack() as stack:
@@ -128,10 +127,6 @@ def field(cert: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> 
             "connection_strategy": "lazy",
         }
         with reverse_mitmdump(targets, options, tmp / "mitmdump.log") as (m, ports):
-            # One heal first, so that no test meets a cold mitmdump: its first flow takes long enough (imports, TLS
-            # contexts) for a whole crowd to be sent in plaintext before the first stray answer is seen.
-            warm = plaintext(ports["warm"])
-            assert (warm.status, warm.body) == (200, BODY), m.log_tail()
             yield Field(m, ports, made, report)
 
 
