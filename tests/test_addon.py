@@ -177,7 +177,7 @@ def test_missing_internals_give_one_warning_and_public_hooks_still_work(addon: E
 
 
 def test_unsupported_mitmproxy_major_keeps_early_detection_off(addon: EsrsFix, monkeypatch) -> None:
-    monkeypatch.setattr(compat, "mitmproxy_major", lambda: 99)
+    monkeypatch.setattr(compat.versions, "mitmproxy_major", lambda: 99)
     assert not addon.early.install()
     assert "not one of the tested majors" in addon.early.reason
 

@@ -14,7 +14,7 @@ import pytest
 from mitmproxy import http
 
 from stray_tls import compat
-from stray_tls.compat import EarlyDetection, Http1ClientDriver
+from stray_tls.compat import EarlyDetection, Http1ClientDriver, early
 from stray_tls.names import DEFAULT_HOLD_TIMEOUT
 
 from .conftest import FIELD_ALERT
@@ -232,7 +232,7 @@ def test_an_exception_in_on_records_gives_stock_behaviour_and_one_error_line(
     expected = stock(steps)
     on_records.fail = True
     assert detection.install(), detection.reason
-    with caplog.at_level(logging.ERROR, logger=compat.log.name):
+    with caplog.at_level(logging.ERROR, logger=early.log.name):
         first = play(steps)
         second = play([("data", FIELD_ALERT[:3]), ("wakeup",), ("close",)])  # the same failure again
     assert first == expected
@@ -304,7 +304,7 @@ class _ParsesNothing(Http1ClientDriver):
 def test_the_behaviour_check_refuses_a_mitmproxy_that_answers_differently(
     detection, on_records, monkeypatch: pytest.MonkeyPatch, driver: type[Http1ClientDriver], problem: str
 ) -> None:
-    monkeypatch.setattr(compat, "Http1ClientDriver", driver)
+    monkeypatch.setattr(early, "Http1ClientDriver", driver)  # the driver the check builds
     detection.hold_timeout = EarlyDetection(on_records, lambda request: None).hold_timeout  # the default
     assert not detection.install()
     assert "does not behave as early detection expects" in detection.reason
@@ -319,8 +319,8 @@ def test_the_behaviour_check_turns_a_surprise_inside_the_wrapper_into_a_reason(
     def broken_decode(data: bytes | bytearray) -> object:
         raise KeyError("records changed")
 
-    monkeypatch.setattr(compat.tls, "decode", broken_decode)
-    with caplog.at_level(logging.ERROR, logger=compat.log.name):
+    monkeypatch.setattr(early.tls, "decode", broken_decode)
+    with caplog.at_level(logging.ERROR, logger=early.log.name):
         assert not detection.install()
     assert "KeyError" in detection.reason and "records changed" in detection.reason
     assert not wrapped()

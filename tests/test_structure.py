@@ -23,8 +23,8 @@ from stray_tls import findings, names
 PACKAGE_DIR = Path(stray_tls.__file__).resolve().parent
 SOURCE_ROOT = PACKAGE_DIR.parent  # addon/: the package and the `mitmdump -s` script beside it
 
-#: mitmproxy modules only `compat` may import or name: anything with a private component, and these trees: the
-#: proxy core and the built-in addons, helpers outside the documented addon API (`mitmproxy.net`,
+#: mitmproxy modules only the `compat` package may import or name: anything with a private component, and these
+#: trees: the proxy core and the built-in addons, helpers outside the documented addon API (`mitmproxy.net`,
 #: `mitmproxy.utils`), and the version, so that every decision taken on it is taken in `compat`.
 PRIVATE_TREES = (
     "mitmproxy.proxy.layers",
@@ -36,10 +36,10 @@ PRIVATE_TREES = (
     "mitmproxy.utils",
     "mitmproxy.version",
 )
-#: Attributes of mitmproxy objects that only `compat` may touch: the deferred `--set` values and their private
-#: `.val`, and the version string (however the version module was reached).
+#: Attributes of mitmproxy objects that only the `compat` package may touch: the deferred `--set` values and their
+#: private `.val`, and the version string (however the version module was reached).
 PRIVATE_ATTRIBUTES = frozenset({"deferred", "val", "VERSION"})
-#: The module allowed all of the above (relative to the package).
+#: The package allowed all of the above (relative to the product's package): its __init__ and every submodule.
 COMPAT = "compat"
 #: The names written once, in `names`: their values must not appear as string constants anywhere else.
 GUARDED_NAMES = {
@@ -51,8 +51,10 @@ GUARDED_NAMES = {
 }
 _DOTTED_MITMPROXY = re.compile(r"\bmitmproxy(?:\.[A-Za-z_]\w*)+")
 #: The package's modules from the bottom up (relative names; "" is the package's own __init__): each may import
-#: only modules before it. The README's Layout lists them in this order. The package __init__s come first:
-#: importing any module runs them, so they import nothing of their own (`records` stays free of mitmproxy).
+#: only modules before it. The README's Layout lists them in this order (subpackages as one line). The package
+#: __init__s come first: importing any module runs them, so they import nothing of their own (`records` stays free
+#: of mitmproxy); compat's is the exception, after its submodules: it re-exports them, and the modules below it
+#: import none of them.
 LAYERS = (
     "",
     "registry",
@@ -63,6 +65,14 @@ LAYERS = (
     "pasted",
     "text",
     "report",
+    "compat.versions",
+    "compat.messages",
+    "compat.options",
+    "compat.views",
+    "compat.http1",
+    "compat.driver",
+    "compat.early",
+    "compat.replay",
     "compat",
     "record",
     "heal",
@@ -172,11 +182,17 @@ def string_constants(tree: ast.AST) -> Iterator[tuple[int, str]]:
             yield node.lineno, value
 
 
+def within(name: str, package: str) -> bool:
+    """`name` is the module `package` or one of its submodules (`x.compat.early`; `x.compatible` is not)."""
+    return name == package or name.startswith(package + ".")
+
+
 def private_mitmproxy_uses(modules: dict[str, Module], allowed: str) -> list[Violation]:
-    """Imports, names in strings and private attributes of mitmproxy's internals outside `allowed`."""
+    """Imports, names in strings and private attributes of mitmproxy's internals outside `allowed` (a module, or a
+    package and all its submodules)."""
     found: list[Violation] = []
     for module in modules.values():
-        if module.name == allowed:
+        if allowed and within(module.name, allowed):
             continue
         for line, name in imported_modules(module, set(modules)):
             if is_private_mitmproxy(name):
@@ -318,25 +334,31 @@ def _report(violations: list[Violation]) -> str:
 @pytest.fixture(scope="module")
 def package() -> dict[str, Module]:
     modules = load_package(PACKAGE_DIR)
-    assert {"stray_tls", "stray_tls.compat", "stray_tls.addon", "stray_tls.names"} <= set(modules)
+    assert {"stray_tls", f"stray_tls.{COMPAT}", "stray_tls.addon", "stray_tls.names"} <= set(modules)
+    assert modules[f"stray_tls.{COMPAT}"].is_package  # one module per concern, under compat/
     return modules
 
 
 def test_only_compat_names_mitmproxy_internals(package: dict[str, Module]) -> None:
-    violations = private_mitmproxy_uses(package, "stray_tls.compat")
-    assert not violations, "only compat may name mitmproxy's internals:\n" + _report(violations)
+    violations = private_mitmproxy_uses(package, f"stray_tls.{COMPAT}")
+    assert not violations, "only the compat package may name mitmproxy's internals:\n" + _report(violations)
 
 
 def test_compat_is_where_the_internals_are_named(package: dict[str, Module]) -> None:
-    # The scanner sees compat's own uses: were it blind to them, the test above would pass for nothing.
-    seen = private_mitmproxy_uses({"stray_tls.compat": package["stray_tls.compat"]}, allowed="")
-    whats = {v.what for v in seen}
-    assert "imports mitmproxy.proxy.layers.http._http1" in whats
-    assert "imports mitmproxy.proxy.commands" in whats
-    assert "names the private attribute 'deferred' in a string" in whats
-    assert "names the private attribute 'val' in a string" in whats
-    assert "imports mitmproxy.version" in whats and "uses the private attribute .VERSION" in whats
-    assert "imports mitmproxy.utils" in whats  # parse_size, for body_size_limit
+    # The scanner sees compat's own uses, each in the submodule of its concern: were it blind to them, the test
+    # above would pass for nothing.
+    compat = {name: m for name, m in package.items() if within(name, f"stray_tls.{COMPAT}")}
+    seen = {(v.module.removeprefix(f"stray_tls.{COMPAT}."), v.what) for v in private_mitmproxy_uses(compat, "")}
+    assert {
+        ("http1", "imports mitmproxy.proxy.layers.http._http1"),
+        ("http1", "imports mitmproxy.proxy.commands"),
+        ("options", "names the private attribute 'deferred' in a string"),
+        ("options", "names the private attribute 'val' in a string"),
+        ("versions", "imports mitmproxy.version"),
+        ("versions", "uses the private attribute .VERSION"),
+        ("versions", "imports mitmproxy.utils"),  # parse_size, for body_size_limit
+        ("replay", "imports mitmproxy.addons.clientplayback"),
+    } <= seen
 
 
 def test_stray_tls_imports_have_no_cycle(package: dict[str, Module]) -> None:
@@ -407,7 +429,9 @@ def test_scanner_finds_every_way_of_naming_the_internals(tmp_path: Path) -> None
     modules = make_package(
         tmp_path,
         {
-            "compat.py": "from mitmproxy.proxy.layers.http import _http1\n",
+            "compat/__init__.py": "from .early import x\n",
+            "compat/early.py": "from mitmproxy.proxy.layers.http import _http1\n",
+            "compatible.py": "from mitmproxy.proxy import commands\n",  # beside compat, not in it
             "a.py": "import mitmproxy.proxy.layers.http._http1\n",
             "b.py": "def f():\n    from mitmproxy.proxy import commands\n",
             "c.py": "from mitmproxy.addons import script\n",
@@ -426,7 +450,8 @@ def test_scanner_finds_every_way_of_naming_the_internals(tmp_path: Path) -> None
         },
     )
     violations = private_mitmproxy_uses(modules, "fakepkg.compat")
-    assert {v.module for v in violations} == {f"fakepkg.{m}" for m in "abcdefghijklm"}, _report(violations)
+    expected = {f"fakepkg.{m}" for m in [*"abcdefghijklm", "compatible"]}
+    assert {v.module for v in violations} == expected, _report(violations)
 
 
 def test_scanner_reports_a_cycle_with_its_path(tmp_path: Path) -> None:
@@ -533,7 +558,7 @@ def test_violations_planted_in_a_copy_of_the_real_package_are_found(tmp_path: Pa
         with (copy / name).open("a", encoding="utf-8") as f:
             f.write(source)
     modules = load_package(copy)
-    assert {v.module for v in private_mitmproxy_uses(modules, "stray_tls.compat")} == {"stray_tls.report"}
+    assert {v.module for v in private_mitmproxy_uses(modules, f"stray_tls.{COMPAT}")} == {"stray_tls.report"}
     assert {v.module for v in lab_imports(modules, "stray_tls")} == {"stray_tls.capture"}
     cycle = find_cycle(import_graph(modules)) or []
     assert "stray_tls.findings" in cycle and "stray_tls.text" in cycle

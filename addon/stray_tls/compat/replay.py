@@ -1,0 +1,120 @@
+"""The same request sent again over TLS through mitmproxy's own client-replay machinery (`ReplayHandler`), so that
+upstream mode, `ssl_insecure`, the trusted CAs and client certificates apply as for any other flow."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from mitmproxy import http
+from mitmproxy.connection import ConnectionState
+
+from .messages import ENDED_UNANSWERED, NO_ANSWER_WITHIN
+
+
+async def resend_over_tls(
+    flow: http.HTTPFlow, options: Any, timeout: float, marker_key: str, server_name: str
+) -> http.HTTPFlow:
+    """Send a copy of `flow`'s request over TLS to the same host and port; returns the copy, answered or failed.
+
+    mitmproxy's `ReplayHandler` (the engine of `replay.client`) opens the connection: in upstream mode it tunnels
+    through the upstream proxy with CONNECT (and `upstream_auth` goes there); the TLS handshake goes through the
+    `tls_start_server` hook like any other, so `ssl_insecure`, `ssl_verify_upstream_trusted_ca`/`_confdir` and client
+    certificates apply. SNI and the certificate check use `server_name` (the caller's choice: the name mitmproxy
+    itself uses when the same request goes out as https://, so that the heal and the learned path verify one name).
+    Every addon sees the copy as a replayed flow; `metadata[marker_key]` holds the original flow's id so that
+    esrs-fix can tell it apart. The copy carries no `Proxy-*` header: those were meant for a proxy, never the origin.
+
+    The copy is answered only when its response is complete (`handler.done`). `timeout` bounds the whole attempt:
+    connect, CONNECT, handshake and answer, however slow each is. A server that closes the TLS connection without
+    an answer and without an error hook, a route that differs from the flow's own (ReplayHandler follows the first
+    `--mode` only), or the timeout set `copy.error` instead.
+    """
+    from mitmproxy import flow as mflow
+    from mitmproxy.addons.clientplayback import ReplayHandler
+
+    copy = flow.copy()
+    copy.request.scheme = "https"
+    if copy.request.http_version.startswith("HTTP/1"):
+        copy.request.authority = ""  # origin-form inside the TLS connection, as for mitmproxy's own https flows
+    strip_proxy_headers(copy.request)
+    copy.response = None
+    copy.error = None
+    copy.marked = ""
+    copy.comment = ""
+    copy.metadata = {marker_key: flow.id}
+    copy.is_replay = "request"
+    handler = ReplayHandler(copy, options)
+    server = handler.layer.context.server
+    server.sni = server_name
+    # The copy's own record of its server is the one the replay dials, not the plaintext connection it was copied
+    # from (closed, with that connection's timestamps): until the TLS connection is up, it has opened nothing.
+    copy.server_conn = server
+    mode = flow.client_conn.proxy_mode
+    route = (mode.scheme, mode.address) if getattr(mode, "type_name", "") == "upstream" else None  # type: ignore[attr-defined]
+    if server.via != route:
+        copy.error = mflow.Error("not sent again: mitmproxy's replay would take another route than this flow's mode")
+        return copy
+    replay = asyncio.ensure_future(handler.replay())
+    ended = False
+    try:
+        ended = await _until_answered(replay, handler, copy, timeout)
+    finally:
+        replay.cancel()
+        if not handler.done.is_set():  # timed out, or cancelled (shutdown): end the connection it opened
+            for transport in list(handler.transports.values()):
+                if transport.handler:
+                    transport.handler.cancel()
+    if copy.error is None and not handler.done.is_set():
+        copy.error = mflow.Error(
+            f"{ENDED_UNANSWERED} ({copy.server_conn.error or 'closed by the server'})"
+            if ended
+            else f"{NO_ANSWER_WITHIN} {timeout:g} s"
+        )
+    return copy
+
+
+def strip_proxy_headers(request: http.Request) -> None:
+    """Drop every header meant for a proxy (`Proxy-Authorization`, `Proxy-Connection`, any `Proxy-*`): a request
+    that goes to the origin over TLS must not carry them (the proxy's credentials would reach the server)."""
+    for name in {n for n in request.headers if n.lower().startswith("proxy-")}:
+        del request.headers[name]
+
+
+#: How long the replay's server connection may be closed, with no answer and no error, before the attempt counts as
+#: failed: mitmproxy's replay never completes when the server ends TLS after the handshake (TLS 1.3's
+#: certificate_required alert), and its own error hook, when there is one, comes well within this. It counts from
+#: the moment a connection the replay opened is seen closed, never from the start of the attempt.
+_ENDED_GRACE = 0.5
+_POLL = 0.05
+
+
+def _ended_unanswered(opened: set[Any], copy: http.HTTPFlow) -> bool:
+    """A connection the replay opened has been closed by the server, and there is no answer and no error yet.
+
+    Only connections the replay itself opened count (`opened`: every connection seen among its transports, which
+    holds a connection from the moment it is up until it is closed): a connect, a CONNECT or a handshake that is
+    merely slow is not an end.
+    """
+    if copy.response is not None or copy.error is not None:
+        return False
+    return any(not (conn.state & ConnectionState.CAN_READ) for conn in opened)
+
+
+async def _until_answered(replay: asyncio.Future[None], handler: Any, copy: http.HTTPFlow, timeout: float) -> bool:
+    """Wait for the replay to finish, for `timeout` at most, or until its connection ended without an answer;
+    True in that last case."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    opened: set[Any] = set()
+    ended_since: float | None = None
+    while not replay.done() and loop.time() < deadline:
+        await asyncio.wait({replay}, timeout=min(_POLL, max(0.0, deadline - loop.time())))
+        opened.update(handler.transports)
+        if not _ended_unanswered(opened, copy):
+            ended_since = None
+        elif ended_since is None:
+            ended_since = loop.time()
+        elif loop.time() - ended_since >= _ENDED_GRACE:
+            return True
+    return False
