@@ -70,6 +70,7 @@ LAYERS = (
     "diagnose",
     "capture",
     "launch",
+    "bundle",
     "cli",
     "lab",
     "lab.servers",
