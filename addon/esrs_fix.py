@@ -27,7 +27,8 @@ except ModuleNotFoundError as e:
         "esrs-fix: cannot load: its package, stray_tls, is neither beside %s nor installed for mitmproxy's Python "
         "(%s). Either take the single file, which needs nothing but mitmproxy (`esrs-fix bundle -o esrs_fix.py` "
         "in a checkout or wherever esrs-fix is installed, then `mitmdump -s esrs_fix.py`), or `pip install "
-        'esrs-fix` into mitmproxy\'s Python and run `mitmdump -s "$(esrs-fix path)"`.',
+        "esrs-fix` (in a checkout: `pip install .`) into mitmproxy's Python and run "
+        '`mitmdump -s "$(esrs-fix path)"`.',
         Path(__file__).resolve(),
         sys.executable,
     )

@@ -363,6 +363,18 @@ def test_mitmweb_shows_the_alert_in_the_tls_records_view(bare_mitmweb, single_fi
     assert_loaded_cleanly(web.log(), single_file)
 
 
+@pytest.mark.e2e
+def test_a_checkouts_addon_script_finds_its_package_beside_it(bare, tmp_path: Path) -> None:
+    """The quick start's second way: addon/ as a checkout has it, loaded by a mitmproxy that has no esrs-fix."""
+    addon = tmp_path / "addon"
+    shutil.copytree(ROOT / "addon", addon, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    log = tmp_path / "mitmdump.log"
+    with BareMitmdump(bare, addon / "esrs_fix.py", ["-p", str(servers.free_port())], log) as m:
+        pass
+    assert f"esrs-fix {stray_tls.__version__} loaded from {addon / 'stray_tls'}" in m.log(), m.log()
+    assert "early detection is off" not in m.log() and "Traceback" not in m.log()
+
+
 def run_bare_mitmdump(venv: Path, folder: Path) -> subprocess.CompletedProcess[str]:
     """mitmdump -s esrs_fix.py from `folder`, expected to stop by itself at start-up."""
     command = [str(venv / "bin" / "mitmdump"), "--listen-host", "127.0.0.1", "-p", "0", "-s", "esrs_fix.py"]
