@@ -129,7 +129,9 @@ def test_the_file_states_its_version_and_commit(tmp_path: Path) -> None:
     # outside git, and inside a repository that does not track the package (a virtualenv in a project): unknown
     copy = copy_package(tmp_path)
     assert bundle.build(copy).commit == "unknown"
-    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "a project's own commit"], check=True)
     assert bundle.build(copy).commit == "unknown"
 
 
