@@ -83,6 +83,7 @@ LAYERS = (
     "diagnose",
     "capture",
     "launch",
+    "bundle",
     "cli",
     "lab",
     "lab.servers",

@@ -1,4 +1,5 @@
-"""The product's commands: decode pasted bytes, diagnose a proxy, read a capture, find the addon script.
+"""The product's commands: decode pasted bytes, diagnose a proxy, read a capture, find the addon script, write
+it as a single file.
 
 The `esrs-fix` executable (`main.py`) adds the lab's commands on top; this module never imports the lab.
 """
@@ -14,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, NoReturn
 
-from . import findings, records, text
+from . import __version__, findings, records, text
 from .launch import script_path
 from .names import hostport
 from .pasted import (
@@ -67,6 +68,39 @@ def cmd_path(args: argparse.Namespace) -> int:
         print(f"esrs-fix path: {path} is missing; reinstall esrs-fix", file=sys.stderr)
         return 1
     print(path)
+    return 0
+
+
+def cmd_bundle(args: argparse.Namespace) -> int:
+    from . import bundle
+
+    out: str = args.output
+    if out != "-" and Path(out).resolve() == script_path():
+        print(f"esrs-fix bundle: {out} is the addon script beside the package; write the single file elsewhere",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    try:
+        made = bundle.build()
+    except bundle.BundleError as e:
+        print(f"esrs-fix bundle: {e}", file=sys.stderr)
+        return 1
+    data = made.text.encode("utf-8")
+    if out == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+    else:
+        try:
+            Path(out).write_bytes(data)
+        except OSError as e:
+            print(f"esrs-fix bundle: cannot write {out}: {e.strerror or e}", file=sys.stderr)
+            return 1
+    note = "; built from uncommitted changes" if made.commit.endswith("+dirty") else ""
+    print(
+        f"esrs-fix bundle: wrote {'standard output' if out == '-' else out}: esrs-fix {made.version}, commit "
+        f"{made.commit}, {len(made.modules)} modules, {len(data)} bytes, sha256 {made.sha256}{note}. "
+        f"Run: mitmdump -s {'esrs_fix.py' if out == '-' else out}",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -235,8 +269,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     parser = _Parser(
         prog="esrs-fix",
         description="Find TLS records where HTTP was expected: decode pasted bytes, diagnose a proxy, read a "
-        "capture, locate the mitmproxy addon script, run the lab.",
+        "capture, locate the mitmproxy addon script or write it as a single file, run the lab.",
     )
+    parser.add_argument("--version", action="version", version=f"esrs-fix {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser(
         "decode",
@@ -286,6 +321,21 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     p.set_defaults(func=cmd_pcap)
     p = sub.add_parser("path", help='print the path of the addon script, for mitmdump -s "$(esrs-fix path)"')
     p.set_defaults(func=cmd_path)
+    p = sub.add_parser(
+        "bundle",
+        help="write the addon as one file that needs only mitmproxy: mitmdump -s esrs_fix.py",
+        description="Write the mitmproxy addon as a single self-contained file (its modules embedded), for "
+        "mitmdump/mitmweb/mitmproxy -s with nothing but mitmproxy installed. The same commit gives the same "
+        "bytes. The lab and these commands stay in the package.",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        default="esrs_fix.py",
+        metavar="FILE",
+        help="where to write it (default esrs_fix.py; - for standard output)",
+    )
+    p.set_defaults(func=cmd_bundle)
     return parser, sub
 
 
