@@ -327,3 +327,75 @@ def test_a_real_server_150_ms_away_is_healed_then_learned(real_server, tmp_path:
     assert (first.label or "").startswith("upgraded; "), first.label
     assert second.status == 200 and peer.serves(second.body), (second.label, m.log_tail())
     assert (second.label or "").startswith("upgraded (learned); "), second.label
+
+
+# -- a slow TCP connect: the TLS attempt's SYN is dropped once (a full accept queue), as on a lossy far path
+
+
+class SlowConnectServer(FieldServer):
+    """A FieldServer whose accept queue is full when the TLS attempt connects: Linux drops that SYN, and the client
+    connects only when its SYN is sent again, a second or more later (a lossy or congested path does the same).
+
+    Its listener has the smallest backlog; after answering a plaintext request, it stops accepting for
+    `stall` seconds and fills the queue with connections of its own, so the next connect (the TLS attempt's) waits.
+    """
+
+    def __init__(self, cert: tuple[Path, Path], stall: float = 2.5) -> None:
+        super().__init__(cert)
+        self._listener.listen(0)
+        self.stall = stall
+        self._accepting = threading.Event()
+        self._accepting.set()
+        self._plugs: list[socket.socket] = []
+
+    def _serve(self) -> None:
+        while not self._stopped.is_set():
+            self._accepting.wait()
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            if conn.getpeername()[1] in {p.getsockname()[1] for p in self._plugs}:
+                conn.close()
+                continue
+            conn.settimeout(self.timeout)
+            with self._lock:
+                self._conns.add(conn)
+                self.connections += 1
+            threading.Thread(target=self._run, args=(conn,), daemon=True).start()
+
+    def handle(self, conn: socket.socket) -> None:
+        first = conn.recv(1, socket.MSG_PEEK)
+        if first and first != b"\x16" and servers.read_head(conn):
+            with self._count:
+                self.plaintext_requests += 1
+            self._accepting.clear()  # from now on the queue fills up: the next connect's SYN is dropped
+            for _ in range(2):
+                plug = socket.socket()
+                plug.setblocking(False)
+                with contextlib.suppress(BlockingIOError):
+                    plug.connect((self.host, self.port))
+                self._plugs.append(plug)
+            conn.sendall(servers.ALERT_TLS10)
+            threading.Timer(self.stall, self._accepting.set).start()
+            return
+        super().handle(conn)
+
+    def stop(self) -> None:
+        self._accepting.set()
+        for plug in self._plugs:
+            plug.close()
+        super().stop()
+
+
+def test_a_tls_attempt_whose_connect_takes_seconds_is_healed(cert: tuple[Path, Path], tmp_path: Path) -> None:
+    """The TLS attempt's TCP connect completes only after a SYN retransmission (seconds): slow is not closed, the
+    first request is healed."""
+    with SlowConnectServer(cert) as server:
+        options = {"esrs_upgrade": "true", "ssl_verify_upstream_trusted_ca": cert[0], "connection_strategy": "lazy"}
+        with reverse_mitmdump({"slow": f"http://127.0.0.1:{server.port}"}, options, tmp_path / "m.log") as (m, ports):
+            started = time.monotonic()
+            answer = plaintext(ports["slow"])
+            waited = time.monotonic() - started
+    assert (answer.status, answer.body) == (200, BODY), (answer.label, m.log_tail())
+    assert waited >= 1.0  # a lower bound: the connect really was slow (the SYN was sent again)

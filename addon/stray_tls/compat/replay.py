@@ -92,13 +92,14 @@ _POLL = 0.05
 def _ended_unanswered(opened: set[Any], copy: http.HTTPFlow) -> bool:
     """A connection the replay opened has been closed by the server, and there is no answer and no error yet.
 
-    Only connections the replay itself opened count (`opened`: every connection seen among its transports, which
-    holds a connection from the moment it is up until it is closed): a connect, a CONNECT or a handshake that is
-    merely slow is not an end.
+    Only connections the replay itself opened count (`opened`: every connection seen among its transports), and
+    only once their TCP connect completed: a connect, a CONNECT or a handshake that is merely slow is not an end.
     """
     if copy.response is not None or copy.error is not None:
         return False
-    return any(not (conn.state & ConnectionState.CAN_READ) for conn in opened)
+    # A connection is among the transports from the moment it is asked for, CLOSED until its TCP connect completes:
+    # only one that did connect (timestamp_tcp_setup) and then lost its read side has ended.
+    return any(conn.timestamp_tcp_setup is not None and not (conn.state & ConnectionState.CAN_READ) for conn in opened)
 
 
 async def _until_answered(replay: asyncio.Future[None], handler: Any, copy: http.HTTPFlow, timeout: float) -> bool:
