@@ -681,30 +681,7 @@ def lines(data: dict[str, Any]) -> list[str]:
             f"{e['addon_median_ms']['median']:.2f} vs {e['stock_median_ms']['median']:.2f}: ratio {e['ratio']:.3f}; "
             f"p99 {e['addon_p99_ms']['median']:.2f} vs {e['stock_p99_ms']['median']:.2f}"
         )
-    cr = data["crowd"]
-    rows.append(
-        f"   crowd: {cr['requests']} requests {cr['gap_s'] * 1e3:g} ms apart, a connection each, to one new target; "
-        "counted at the server: plaintext requests / TLS handshakes (begun before its first answer over TLS); "
-        "right answers:"
-    )
-    for c in cr["cases"].values():
-        what = (
-            f"handshake {c['handshake_delay_s']:g} s"
-            if c["handshake_delay_s"]
-            else f"{c['each_way_delay_s'] * 1e3:g} ms each way (LatencyRelay)"
-        )
-        a, st = c["addon"], c["stock"]
-        rows.append(
-            f"     {what}: esrs-fix http:// {_saw(a)}, labels {a['labels']['upgraded']} upgraded + "
-            f"{a['labels']['upgraded (learned)']} learned, last answer {a['wall_s']:.2f} s "
-            f"{verdict(0 if a['goals_met'] else 1, 0)}"
-            + ("" if a["goals_met"] else f" (missed: {', '.join(k for k, v in a['goals'].items() if not v)})")
-        )
-        rows.append(f"       stock https:// {_saw(st)}, last answer {st['wall_s']:.2f} s")
-    rows.append(
-        f"     goals (esrs-fix): {cr['requests']} right, at most one handshake per client and one before the first "
-        f"answer; the slow target at most {CROWD_PLAINTEXT_GOAL} plaintext requests"
-    )
+    rows += crowd_lines(data["crowd"])
     lat = mx["latency_ms"]
     each = mx["per_round_of_each_kind"]
     rows.append(
@@ -727,5 +704,33 @@ def lines(data: dict[str, Any]) -> list[str]:
         + f" {verdict(b['max_learned'], b['capacity'])} (goal: at most {b['capacity']}); the first target again: "
         + b["first_target_again"]
         + ("" if b["distinct_targets"] > b["capacity"] else " (--quick: fewer targets than the bound)")
+    )
+    return rows
+
+
+def crowd_lines(cr: dict[str, Any]) -> list[str]:
+    """The crowd's rows of the table."""
+    rows = [
+        f"   crowd: {cr['requests']} requests {cr['gap_s'] * 1e3:g} ms apart, a connection each, to one new target; "
+        "counted at the server: plaintext requests / TLS handshakes (begun before its first answer over TLS); "
+        "right answers:"
+    ]
+    for c in cr["cases"].values():
+        what = (
+            f"handshake {c['handshake_delay_s']:g} s"
+            if c["handshake_delay_s"]
+            else f"{c['each_way_delay_s'] * 1e3:g} ms each way (LatencyRelay)"
+        )
+        a, st = c["addon"], c["stock"]
+        rows.append(
+            f"     {what}: esrs-fix http:// {_saw(a)}, labels {a['labels']['upgraded']} upgraded + "
+            f"{a['labels']['upgraded (learned)']} learned, last answer {a['wall_s']:.2f} s "
+            f"{verdict(0 if a['goals_met'] else 1, 0)}"
+            + ("" if a["goals_met"] else f" (missed: {', '.join(k for k, v in a['goals'].items() if not v)})")
+        )
+        rows.append(f"       stock https:// {_saw(st)}, last answer {st['wall_s']:.2f} s")
+    rows.append(
+        f"     goals (esrs-fix): {cr['requests']} right, at most one handshake per client and one before the first "
+        f"answer; the slow target at most {CROWD_PLAINTEXT_GOAL} plaintext requests"
     )
     return rows
