@@ -402,7 +402,7 @@ def crowd(setup: Setup, peers: Peers, wrong: Wrong) -> dict[str, Any]:
             is_addon = name == "addon"
             proxy = start_proxy(setup.workdir, peers, f"crowd-{case}-{name}", addon=is_addon)
             try:
-                asyncio.run(_warm_one(proxy, peers))
+                asyncio.run(_warm_one(proxy, peers, is_addon, wrong))
                 peers.counts(case)  # from zero
                 url = target(port, "crowd", "http" if is_addon else "https")
                 wall, answers = asyncio.run(_crowd(proxy.port, url))
@@ -442,9 +442,14 @@ def crowd(setup: Setup, peers: Peers, wrong: Wrong) -> dict[str, Any]:
     return data
 
 
-async def _warm_one(proxy: Proxy, peers: Peers) -> None:
+async def _warm_one(proxy: Proxy, peers: Peers, is_addon: bool, wrong: Wrong) -> None:
+    """Clean requests, then one request to another stand-in (healed through esrs-fix, https:// through stock): the
+    crowd meets a mitmdump that has healed before (a cold one's first heal takes far longer: imports, first TLS)."""
     for _ in range(3):
         await fresh(proxy.port, target(peers.origin, "warm"))
+    url = target(peers.pool[0], "warm", "http" if is_addon else "https")
+    _, got = await fresh(proxy.port, url)
+    check(wrong, "crowd warm-up", got, "healed" if is_addon else "stock", url)
 
 
 # -- 4. mixed load
