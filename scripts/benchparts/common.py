@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 from dataclasses import dataclass, field
@@ -12,6 +13,16 @@ if TYPE_CHECKING:
     from .lab import Lab
 
 ROOT = Path(__file__).resolve().parent.parent.parent  # the repository: tests/capgen.py lives there
+
+
+#: The unit of /proc/PID/stat's CPU times (a clock tick, 10 ms on Linux): a CPU figure needs many of them.
+TICK_S = 1 / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process `pid` so far, all its threads (/proc/PID/stat; no psutil)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * TICK_S
 
 
 def log(message: str) -> None:

@@ -9,10 +9,16 @@ measurement starts its own mitmdump(s), so that what one learned does not leak i
 1. first request to a new target (healed) vs stock's https:// request plus one plaintext round trip to the TLS port
    (a GET straight to the stand-in, getting the alert): fresh connections, the three interleaved per target;
 2. learned requests vs stock's https:// requests: fresh client connection per request, and keep-alive; AB rounds;
-3. 500 requests at concurrency 64: healed (first time), learned and clean, every answer checked;
-4. mitmdump's RSS over many requests to learned and healed targets (more distinct cold targets than the bound, so
+   mitmdump's CPU per request (user + system seconds of each process over its batch, /proc/PID/stat, per 1,000
+   requests), the two batches of a round paired, and the latency;
+3. a crowd: 64 requests, 10 ms apart, each on a connection of its own, to one new target that is slow (its
+   handshake takes 1 s) or far (150 ms each way, behind the lab's LatencyRelay), through esrs-fix (http://) and
+   through stock mitmdump (https://), each with a fresh mitmdump: what the server saw (plaintext requests, TLS
+   handshakes, those begun before its first answer over TLS), counted at the server, and every answer checked;
+4. 500 requests at concurrency 64: healed (first time), learned and clean, every answer checked;
+5. mitmdump's RSS over many requests to learned and healed targets (more distinct cold targets than the bound, so
    that each cold request heals again);
-5. more distinct targets than the bound: the learned count read from the running mitmdump (heal_probe.py answers
+6. more distinct targets than the bound: the learned count read from the running mitmdump (heal_probe.py answers
    `http://esrs-bench.probe/` with the `esrs.upgraded` command's output).
 """
 
@@ -32,7 +38,7 @@ from stray_tls.lab.mitm import Mitmdump
 from stray_tls.learned import CAPACITY
 
 from . import healpeers
-from .common import Outcome, Setup, Wrong, log, order, pct, summary
+from .common import TICK_S, Outcome, Setup, Wrong, cpu_seconds, log, order, pct, summary
 from .load import LABEL, echo_body, exchange, load, request_for
 
 PROBE_SCRIPT = Path(__file__).with_name("heal_probe.py")
@@ -46,6 +52,11 @@ HOT = 8  # learned targets in the mixed and memory loads
 #: round trip; a learned request vs stock https://.
 FIRST_GOAL = 1.5
 LEARNED_GOAL = 1.05
+#: The crowd (issue 16): this many requests, this far apart, to one new target; the most plaintext requests the slow
+#: target may see (the first, and one that left before the first stray answer was back).
+CROWD, CROWD_GAP, CROWD_PLAINTEXT_GOAL = 64, 0.010, 2
+#: Seconds to wait after a batch before reading mitmdump's CPU: the last request's close is that batch's work too.
+SETTLE = 0.1
 
 Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 Got = tuple[int, dict[str, str], bytes]
@@ -57,6 +68,8 @@ class Peers:
     origin: int
     keep: int
     pool: list[int]
+    #: crowd case (healpeers.CROWD_CASES) -> the port its clients' requests go to (a relay's, for the far one)
+    crowd: dict[str, int]
     process: Any
     pipe: Any
 
@@ -69,8 +82,16 @@ class Peers:
         if not pipe.poll(120):
             process.terminate()
             raise RuntimeError("the heal bench's servers did not start")
-        cert, origin, keep, pool = pipe.recv()
-        return cls(cert, origin, keep, pool, process, pipe)
+        cert, origin, keep, pool, crowd = pipe.recv()
+        return cls(cert, origin, keep, pool, crowd, process, pipe)
+
+    def counts(self, case: str) -> dict[str, int]:
+        """What the crowd case's stand-in saw since the last call (counted at the server), and reset."""
+        self.pipe.send(("counts", case))
+        if not self.pipe.poll(30):
+            raise RuntimeError("the heal bench's servers did not answer")
+        counts: dict[str, int] = self.pipe.recv()
+        return counts
 
     def stop(self) -> None:
         self.pipe.send("stop")
@@ -90,6 +111,9 @@ class Proxy:
         if process is None:
             raise RuntimeError("mitmdump is not running")
         return process.pid
+
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(self.pid)
 
     def status_kib(self, field: str) -> int:
         """A memory field of /proc/PID/status (VmRSS, VmHWM), in KiB."""
@@ -259,11 +283,27 @@ async def _batch(proxy: Proxy, url: str, n: int, kind: str, keep_alive: bool, wr
 
 
 def learned_vs_stock(setup: Setup, peers: Peers, wrong: Wrong) -> dict[str, Any]:
-    n = 30 if setup.quick else 100
-    data: dict[str, Any] = {"requests_per_round": n, "rounds": setup.rounds, "goal": f"<= {LEARNED_GOAL}"}
-    data["fresh"] = _learned_case(setup, peers, wrong, n, "fresh", peers.pool[-1], False, ())
-    data["keepalive"] = _learned_case(setup, peers, wrong, n, "keepalive", peers.keep, True, ())
+    # CPU is read in clock ticks (10 ms): a batch must cost stock mitmdump many of them (about 0.5 s of CPU per
+    # batch in a full run, fresh and keep-alive alike), so that one tick more or less moves a ratio by 2 % at most.
+    sizes = {"fresh": 40, "keepalive": 100} if setup.quick else {"fresh": 200, "keepalive": 500}
+    data: dict[str, Any] = {
+        "requests_per_round": sizes,
+        "rounds": setup.rounds,
+        "goal": f"<= {LEARNED_GOAL}",
+        "cpu": (
+            "user + system CPU seconds of each mitmdump over its batch (/proc/PID/stat, in ticks of "
+            f"{TICK_S:g} s), per 1,000 requests; cpu_ratio: the median of the per-round ratios addon/stock (the two "
+            "batches of a round paired); goal_met is judged on it"
+        ),
+    }
+    data["fresh"] = _learned_case(setup, peers, wrong, sizes["fresh"], "fresh", peers.pool[-1], False, ())
+    data["keepalive"] = _learned_case(setup, peers, wrong, sizes["keepalive"], "keepalive", peers.keep, True, ())
     return data
+
+
+def paired(addon: list[float], stock: list[float]) -> list[float]:
+    """The per-round ratios addon/stock, the two batches of each round paired."""
+    return [a / s for a, s in zip(addon, stock, strict=True)]
 
 
 def _learned_case(
@@ -277,23 +317,37 @@ def _learned_case(
         check(wrong, "learning", got, "healed", target(port))  # now it is learned
         medians: dict[str, list[float]] = {"stock": [], "addon": []}
         p99: dict[str, list[float]] = {"stock": [], "addon": []}
+        cpu: dict[str, list[float]] = {"stock": [], "addon": []}  # CPU seconds per 1,000 requests, per round
         for r in range(setup.rounds):
             for name in order(r):
                 proxy, kind, scheme = (addon, "learned", "http") if name == "addon" else (stock, "stock", "https")
+                time.sleep(SETTLE)
+                before = proxy.cpu_seconds()
                 lat = asyncio.run(_batch(proxy, target(port, "", scheme), n, kind, keep_alive, wrong))
+                time.sleep(SETTLE)
+                cpu[name].append((proxy.cpu_seconds() - before) / n * 1000)
                 medians[name].append(statistics.median(lat) * 1e3)
                 p99[name].append(pct(lat, 99) * 1e3)
+        ratios = paired(cpu["addon"], cpu["stock"])
         result: dict[str, Any] = {
+            "requests_per_round": n,
+            **{f"{name}_cpu_s_per_1000": summary(v) for name, v in cpu.items()},
+            "cpu_ratio": statistics.median(ratios),
+            "cpu_ratio_per_round": summary(ratios),
+            "cpu_ratio_of_totals": sum(cpu["addon"]) / sum(cpu["stock"]),
             **{f"{name}_median_ms": summary(v) for name, v in medians.items()},
             **{f"{name}_p99_ms": summary(v) for name, v in p99.items()},
             "ratio": statistics.median(medians["addon"]) / statistics.median(medians["stock"]),
+            "raw_cpu_s_per_1000": cpu,
             "raw_round_medians_ms": medians,
         }
-        result["goal_met"] = result["ratio"] <= LEARNED_GOAL
+        result["goal_met"] = result["cpu_ratio"] <= LEARNED_GOAL
         log(
-            f"heal learned vs stock https ({case}): {statistics.median(medians['addon']):.2f} vs "
-            f"{statistics.median(medians['stock']):.2f} ms: ratio {result['ratio']:.3f} "
-            f"{verdict(result['ratio'], LEARNED_GOAL)} (goal <= {LEARNED_GOAL})"
+            f"heal learned vs stock https ({case}): CPU {statistics.median(cpu['addon']):.3f} vs "
+            f"{statistics.median(cpu['stock']):.3f} s per 1,000 requests: paired ratio {result['cpu_ratio']:.3f} "
+            f"{verdict(result['cpu_ratio'], LEARNED_GOAL)} (goal <= {LEARNED_GOAL}); latency "
+            f"{statistics.median(medians['addon']):.2f} vs {statistics.median(medians['stock']):.2f} ms: "
+            f"ratio {result['ratio']:.3f}"
         )
     finally:
         addon.mitmdump.stop()
@@ -301,7 +355,104 @@ def _learned_case(
     return result
 
 
-# -- 3. mixed load
+# -- 3. a crowd to one new, slow target
+
+
+async def _crowd(proxy: int, url: str) -> tuple[float, list[tuple[float, Got]]]:
+    """CROWD requests, CROWD_GAP apart, each on a connection of its own: wall time to the last answer, and each
+    request's (seconds, answer) in the order they were sent."""
+
+    async def one(i: int) -> tuple[float, Got]:
+        await asyncio.sleep(i * CROWD_GAP)
+        return await fresh(proxy, url)
+
+    started = time.perf_counter()
+    answers = await asyncio.gather(*(one(i) for i in range(CROWD)))
+    return time.perf_counter() - started, list(answers)
+
+
+def crowd_goals(case: str, saw: dict[str, int], right: int) -> dict[str, bool]:
+    """The goals for esrs-fix's side of a crowd case, judged on what the server saw and what the clients got:
+    every answer right; at most one TLS handshake per client (the stock count for CROWD fresh connections) and only
+    one begun before the server's first answer over TLS (one attempt per target: the others waited for it); for the
+    slow target (its plaintext answer is quick, its handshake slow), at most CROWD_PLAINTEXT_GOAL plaintext requests.
+    The far target has no plaintext goal: every request sent before the first plaintext answer was back (a round
+    trip and the connect's, 0.6 s at 150 ms each way) had no way to know."""
+    goals = {
+        "every_answer_right": right == CROWD,
+        "handshakes_at_most_one_per_client": saw["handshakes"] <= CROWD,
+        "one_handshake_before_the_first_answer": saw["handshakes_before_first_answer"] == 1,
+    }
+    if case == "slow_handshake":
+        goals["plaintext_requests_at_most_2"] = saw["plaintext_requests"] <= CROWD_PLAINTEXT_GOAL
+    return goals
+
+
+def crowd(setup: Setup, peers: Peers, wrong: Wrong) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "requests": CROWD,
+        "gap_s": CROWD_GAP,
+        "cases": {
+            case: {"handshake_delay_s": h, "each_way_delay_s": d} for case, (h, d) in healpeers.CROWD_CASES.items()
+        },
+    }
+    for i, case in enumerate(healpeers.CROWD_CASES):
+        port = peers.crowd[case]
+        for name in order(i):
+            is_addon = name == "addon"
+            proxy = start_proxy(setup.workdir, peers, f"crowd-{case}-{name}", addon=is_addon)
+            try:
+                asyncio.run(_warm_one(proxy, peers, is_addon, wrong))
+                peers.counts(case)  # from zero
+                url = target(port, "crowd", "http" if is_addon else "https")
+                wall, answers = asyncio.run(_crowd(proxy.port, url))
+                time.sleep(SETTLE)
+                saw = peers.counts(case)
+            finally:
+                proxy.mitmdump.stop()
+            right, labels = 0, {"upgraded": 0, "upgraded (learned)": 0, "other": 0}
+            for _, (status, headers, body) in answers:
+                ok = status == 200 and body == servers.OK_BODY
+                label = headers.get(LABEL)
+                if is_addon:
+                    ok = ok and label is not None and label.startswith("upgraded")
+                    key = "upgraded (learned)" if (label or "").startswith(LEARNED) else "upgraded"
+                    labels[key if ok else "other"] += 1
+                else:
+                    ok = ok and label is None
+                right += ok
+                wrong.check(ok, f"heal crowd {case} ({name}) {url}: {status} {label!r} {body[:40]!r}")
+            seconds = [t for t, _ in answers]
+            side: dict[str, Any] = {
+                **saw,
+                "right_answers": right,
+                "wall_s": wall,
+                "latency_s": {"p50": pct(seconds, 50), "max": max(seconds)},
+            }
+            if is_addon:
+                side["labels"] = labels
+                side["goals"] = crowd_goals(case, saw, right)
+                side["goals_met"] = all(side["goals"].values())
+            data["cases"][case][name] = side
+            log(
+                f"heal crowd {case} ({name}): {right}/{CROWD} right; the server saw {saw['plaintext_requests']} "
+                f"plaintext requests, {saw['handshakes']} handshakes ({saw['handshakes_before_first_answer']} before "
+                f"its first answer over TLS); last answer after {wall:.2f} s"
+            )
+    return data
+
+
+async def _warm_one(proxy: Proxy, peers: Peers, is_addon: bool, wrong: Wrong) -> None:
+    """Clean requests, then one request to another stand-in (healed through esrs-fix, https:// through stock): the
+    crowd meets a mitmdump that has healed before (a cold one's first heal takes far longer: imports, first TLS)."""
+    for _ in range(3):
+        await fresh(proxy.port, target(peers.origin, "warm"))
+    url = target(peers.pool[0], "warm", "http" if is_addon else "https")
+    _, got = await fresh(proxy.port, url)
+    check(wrong, "crowd warm-up", got, "healed" if is_addon else "stock", url)
+
+
+# -- 4. mixed load
 
 
 def _learn(proxy: Proxy, ports: list[int], wrong: Wrong) -> None:
@@ -357,7 +508,7 @@ def _kind(i: int) -> str:
     return "healed" if i % 5 == 0 else "learned" if i % 5 in (1, 3) else "clean"
 
 
-# -- 4. memory, 5. the bound
+# -- 5. memory, 6. the bound
 
 
 def learned_count(proxy: Proxy) -> int:
@@ -479,6 +630,7 @@ def run(setup: Setup) -> Outcome:
             "stand_ins": pool,
             "first_request": first_heal(setup, peers, wrong),
             "learned": learned_vs_stock(setup, peers, wrong),
+            "crowd": crowd(setup, peers, wrong),
             "mixed": mixed(setup, peers, wrong),
             "memory": memory(setup, peers, wrong),
             "bound": bound(setup, peers, wrong),
@@ -491,6 +643,17 @@ def run(setup: Setup) -> Outcome:
 
 def _ms(s: dict[str, float]) -> str:
     return f"{s['median']:.2f} [{s['min']:.2f}-{s['max']:.2f}]"
+
+
+def _s(s: dict[str, float]) -> str:
+    return f"{s['median']:.3f} [{s['min']:.3f}-{s['max']:.3f}]"
+
+
+def _saw(side: dict[str, Any]) -> str:
+    return (
+        f"{side['plaintext_requests']} / {side['handshakes']} ({side['handshakes_before_first_answer']}), "
+        f"{side['right_answers']}/{CROWD} right"
+    )
 
 
 def lines(data: dict[str, Any]) -> list[str]:
@@ -506,8 +669,9 @@ def lines(data: dict[str, Any]) -> list[str]:
         f"     the second request to the same target (learned): {_ms(f['addon_learned_ms'])}",
     ]
     rows.append(
-        f"   learned vs stock https:// (median ms [min-max] of {le['rounds']} round medians of "
-        f"{le['requests_per_round']} requests; goal <= {LEARNED_GOAL}):"
+        f"   learned (esrs-fix, http://) vs stock https://, {le['rounds']} AB rounds: mitmdump CPU seconds per 1,000 "
+        f"requests (/proc), median [min-max] of the rounds; ratio: median [min-max] of the per-round ratios "
+        f"(goal <= {LEARNED_GOAL}); latency: median ms of the round medians:"
     )
     for case, what in (
         ("fresh", "fresh connection per request"),
@@ -515,10 +679,14 @@ def lines(data: dict[str, Any]) -> list[str]:
     ):
         e = le[case]
         rows.append(
-            f"     {what}: {_ms(e['addon_median_ms'])} vs {_ms(e['stock_median_ms'])}: ratio {e['ratio']:.3f} "
-            f"{verdict(e['ratio'], LEARNED_GOAL)}; "
+            f"     {what} ({e['requests_per_round']} per round): CPU {_s(e['addon_cpu_s_per_1000'])} vs "
+            f"{_s(e['stock_cpu_s_per_1000'])}: ratio {e['cpu_ratio']:.3f} "
+            f"[{e['cpu_ratio_per_round']['min']:.3f}-{e['cpu_ratio_per_round']['max']:.3f}] "
+            f"{verdict(e['cpu_ratio'], LEARNED_GOAL)} (of the totals {e['cpu_ratio_of_totals']:.3f}); latency "
+            f"{e['addon_median_ms']['median']:.2f} vs {e['stock_median_ms']['median']:.2f}: ratio {e['ratio']:.3f}; "
             f"p99 {e['addon_p99_ms']['median']:.2f} vs {e['stock_p99_ms']['median']:.2f}"
         )
+    rows += crowd_lines(data["crowd"])
     lat = mx["latency_ms"]
     each = mx["per_round_of_each_kind"]
     rows.append(
@@ -541,5 +709,33 @@ def lines(data: dict[str, Any]) -> list[str]:
         + f" {verdict(b['max_learned'], b['capacity'])} (goal: at most {b['capacity']}); the first target again: "
         + b["first_target_again"]
         + ("" if b["distinct_targets"] > b["capacity"] else " (--quick: fewer targets than the bound)")
+    )
+    return rows
+
+
+def crowd_lines(cr: dict[str, Any]) -> list[str]:
+    """The crowd's rows of the table."""
+    rows = [
+        f"   crowd: {cr['requests']} requests {cr['gap_s'] * 1e3:g} ms apart, a connection each, to one new target; "
+        "counted at the server: plaintext requests / TLS handshakes (begun before its first answer over TLS); "
+        "right answers:"
+    ]
+    for c in cr["cases"].values():
+        what = (
+            f"handshake {c['handshake_delay_s']:g} s"
+            if c["handshake_delay_s"]
+            else f"{c['each_way_delay_s'] * 1e3:g} ms each way (LatencyRelay)"
+        )
+        a, st = c["addon"], c["stock"]
+        rows.append(
+            f"     {what}: esrs-fix http:// {_saw(a)}, labels {a['labels']['upgraded']} upgraded + "
+            f"{a['labels']['upgraded (learned)']} learned, last answer {a['wall_s']:.2f} s "
+            f"{verdict(0 if a['goals_met'] else 1, 0)}"
+            + ("" if a["goals_met"] else f" (missed: {', '.join(k for k, v in a['goals'].items() if not v)})")
+        )
+        rows.append(f"       stock https:// {_saw(st)}, last answer {st['wall_s']:.2f} s")
+    rows.append(
+        f"     goals (esrs-fix): {cr['requests']} right, at most one handshake per client and one before the first "
+        f"answer; the slow target at most {CROWD_PLAINTEXT_GOAL} plaintext requests"
     )
     return rows

@@ -9,12 +9,13 @@
 from __future__ import annotations
 
 import multiprocessing
-import os
 from pathlib import Path
 from typing import Any
 
 from stray_tls.lab import servers
 from stray_tls.lab.mitm import Mitmdump
+
+from .common import cpu_seconds
 
 
 def echo_answer(head: bytes) -> bytes:
@@ -96,8 +97,7 @@ class Lab:
         process = self.proxies[name].process
         if process is None:
             raise RuntimeError(f"mitmdump {name} is not running")
-        fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return cpu_seconds(process.pid)
 
     def origin_url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.origin}/{path}"
