@@ -391,7 +391,8 @@ class SlowConnectServer(FieldServer):
 def test_a_tls_attempt_whose_connect_takes_seconds_is_healed(cert: tuple[Path, Path], tmp_path: Path) -> None:
     """The TLS attempt's TCP connect completes only after a SYN retransmission (seconds): slow is not closed, the
     first request is healed."""
-    with SlowConnectServer(cert) as server:
+    server = SlowConnectServer(cert)
+    with server:
         options = {"esrs_upgrade": "true", "ssl_verify_upstream_trusted_ca": cert[0], "connection_strategy": "lazy"}
         with reverse_mitmdump({"slow": f"http://127.0.0.1:{server.port}"}, options, tmp_path / "m.log") as (m, ports):
             started = time.monotonic()
@@ -399,3 +400,108 @@ def test_a_tls_attempt_whose_connect_takes_seconds_is_healed(cert: tuple[Path, P
             waited = time.monotonic() - started
     assert (answer.status, answer.body) == (200, BODY), (answer.label, m.log_tail())
     assert waited >= 1.0  # a lower bound: the connect really was slow (the SYN was sent again)
+
+
+# -- what one request's failure may and may not say about its target (fresh-eyes review of the heal)
+
+
+class SilentOncePlainServer(servers.TCPServer):
+    """A plain HTTP server (no TLS at all) that closes its first connection without a byte, as an overloaded or
+    idle-closing server may, and answers every later request with 200 and `BODY`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[bytes] = []
+
+    def handle(self, conn: socket.socket) -> None:
+        head = servers.read_head(conn)
+        if not head:
+            return
+        self.requests.append(head)
+        if len(self.requests) == 1:
+            return  # closed without a byte
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(BODY), BODY))
+
+
+def test_a_silent_close_from_a_plain_server_is_not_remembered(tmp_path: Path) -> None:
+    """A silent close proves nothing: the failed TLS attempt after it (the server speaks no TLS) is not remembered
+    against the server, and the next requests, POST included, reach it as usual."""
+    server = SilentOncePlainServer()
+    with server:
+        options = {"esrs_upgrade": "true", "connection_strategy": "lazy"}
+        with reverse_mitmdump({"plain": f"http://127.0.0.1:{server.port}"}, options, tmp_path / "m.log") as (m, ports):
+            first = plaintext(ports["plain"])
+            second, third = plaintext(ports["plain"]), plaintext(ports["plain"], "POST")
+    assert first.status == 502 and not (first.label or "").startswith("upgrade failed"), (first.label, m.log_tail())
+    assert (second.status, second.body, second.label) == (200, BODY, None), (second.label, m.log_tail())
+    assert (third.status, third.body, third.label) == (200, BODY, None), third.label
+    assert len(server.requests) >= 3  # (the TLS attempt's ClientHello may count as one)
+    assert "failed moments ago" not in m.log()  # no request was answered from a remembered failure
+
+
+def test_an_answer_too_large_to_hold_fails_that_request_only_and_teaches_the_target(
+    cert: tuple[Path, Path], tmp_path: Path, start_server
+) -> None:
+    """body_size_limit=1k and a first answer over it: that request gets the labelled failure naming body_size_limit,
+    but TLS worked, so the target is learned and the next request is served over TLS, not refused."""
+    big = b"x" * 4096
+
+    class Sized(FieldServer):
+        def handle(self, conn: socket.socket) -> None:
+            first = conn.recv(1, socket.MSG_PEEK)
+            if first != b"\x16":
+                return super().handle(conn)
+            with self.context.wrap_socket(conn, server_side=True) as tls:
+                head = servers.read_head(tls)
+                self.tls_heads.append(head)
+                body = big if head.startswith(b"GET /big") else BODY
+                tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
+
+    server = Sized(cert)
+    start_server(server)
+    options = {"esrs_upgrade": "true", "ssl_verify_upstream_trusted_ca": cert[0], "body_size_limit": "1k"}
+    with reverse_mitmdump({"sized": f"http://127.0.0.1:{server.port}"}, options, tmp_path / "m.log") as (m, ports):
+        head = "GET /big HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        first = exchange(("127.0.0.1", ports["sized"]), head.encode(), 20)
+        second = plaintext(ports["sized"])
+    assert first.status == 502 and (first.label or "").startswith("upgrade failed: "), (first.label, m.log_tail())
+    assert b"body_size_limit" in first.body
+    assert (second.status, second.body) == (200, BODY), (second.label, m.log_tail())
+    assert (second.label or "").startswith("upgraded (learned); "), second.label
+    assert server.plaintext_requests == 1
+
+
+def test_a_remembered_failure_with_rewrite_on_gets_the_synthetic_status(
+    cert: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """esrs_upgrade and esrs_rewrite on, an untrusted certificate: every request within esrs_upgrade_retry_after
+    gets what the first got (the synthetic status), by the same decision, not a 502."""
+    (tmp_path / "other").mkdir()
+    server = FieldServer(servers.make_certificate(tmp_path / "other"))
+    with server:
+        options = {"esrs_upgrade": "true", "esrs_rewrite": "true", "ssl_verify_upstream_trusted_ca": cert[0]}
+        with reverse_mitmdump({"u": f"http://127.0.0.1:{server.port}"}, options, tmp_path / "m.log") as (m, ports):
+            answers = [plaintext(ports["u"]) for _ in range(3)]
+    assert [a.status for a in answers] == [200, 200, 200], ([a.label for a in answers], m.log_tail())
+    assert all((a.label or "").startswith("synthetic 200; ") for a in answers), [a.label for a in answers]
+    assert server.handshakes == 1  # the later two were answered from the remembered failure
+
+
+def test_a_client_that_leaves_mid_handshake_does_not_make_the_target_forgotten(
+    cert: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A learned target's handshake takes 1.5 s and the client leaves after 0.3 s: the client's going is no TLS
+    failure, so the target stays learned and the next request goes over TLS at once."""
+    server = FieldServer(cert, handshake_delay=1.5)
+    with server:
+        options = {"esrs_upgrade": "true", "ssl_verify_upstream_trusted_ca": cert[0], "connection_strategy": "lazy"}
+        with reverse_mitmdump({"far": f"http://127.0.0.1:{server.port}"}, options, tmp_path / "m.log") as (m, ports):
+            assert (plaintext(ports["far"]).label or "").startswith("upgraded; "), m.log_tail()
+            head = b"GET /impatient HTTP/1.1\r\nHost: localhost\r\n\r\n"
+            impatient = exchange(("127.0.0.1", ports["far"]), head, 0.3)
+            assert impatient.timed_out
+            again = plaintext(ports["far"])
+    assert (again.status, again.body) == (200, BODY), (again.label, m.log_tail())
+    assert (again.label or "").startswith("upgraded (learned); "), again.label
+    assert server.plaintext_requests == 1
+    assert "it is forgotten" not in m.log()

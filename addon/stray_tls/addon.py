@@ -342,19 +342,11 @@ class EsrsFix:
                 flow.server_conn.sni = server_name(flow)  # the name the client asked for, not the address
             self._learned_flows[flow.id] = (target, entry, time.monotonic())
         elif (failed := self.heal.failed(target)) is not None:
+            # Answered before it goes out, by the one decision, as if its own attempt had failed the same way.
             failure, finding = failed
             flow.request.stream = False  # the answer is given when the request has been read
-            flow.response = self._labelled(upgrade_failed_response(finding, failure))
             self._answered.add(flow.id)
-            annotate(flow, Record.of(flow, finding, upgrade_error=failure, shared=True), self.report)
-            log.info(
-                "esrs-fix: %s: the TLS attempt to %s failed less than %.0f s ago (%s); answered with that failure "
-                "without a new attempt",
-                flow.request.pretty_url,
-                target,
-                self.heal.failure_ttl,
-                failure,
-            )
+            self._settle(flow, finding, True, Outcome(None, failure=failure, shared=True), False, remembered=True)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         # Only the addon may label an answer: an upstream's own X-ESRS-Fix is renamed before the client sees it
@@ -381,7 +373,8 @@ class EsrsFix:
         if HEAL_METADATA_KEY in flow.metadata:
             # The TLS attempt's body: kept as it streams in (the replay's own client drops it), whole or not at all,
             # up to body_size_limit (or the heal's cap), which a streamed body would otherwise escape.
-            response.stream = self.heal.body(flow, compat.body_size_limit(ctx.options))
+            if (sink := self.heal.sink(flow)) is not None:
+                response.stream = sink
         elif (learned := self._learned_flows.get(flow.id)) is not None and flow.server_conn.tls_established:
             self._labelled(response, f"upgraded (learned); {learned[1].plaintext_answer}")  # before a streamed body
 
@@ -417,8 +410,10 @@ class EsrsFix:
     def error(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         self._answered.discard(flow.id)  # answered before it went out, then failed (the client went away)
         if (learned := self._learned_flows.pop(flow.id, None)) is not None:
-            killed = flow.error is not None and flow.error.msg == flow.error.KILLED_MESSAGE
-            if not flow.server_conn.tls_established and not killed:  # TLS itself failed, not the client or a user
+            # The client went away (mitmproxy then ends the handshake it waited for: "connection closed"), or a user
+            # killed the flow: no sign of the target's TLS failing, and the target stays learned.
+            gone = not flow.client_conn.connected or (flow.error is not None and compat.client_gone(flow.error.msg))
+            if not flow.server_conn.tls_established and not gone:  # TLS itself failed
                 self._learned_failed(flow, *learned)
             return None
         if flow.error is None or flow.response is not None or not flow.live or HEAL_METADATA_KEY in flow.metadata:
@@ -500,9 +495,19 @@ class EsrsFix:
         self._settle(flow, finding, in_scope, outcome, error_path)
 
     def _settle(
-        self, flow: http.HTTPFlow, finding: Finding, in_scope: bool, outcome: Outcome | None, error_path: bool
+        self,
+        flow: http.HTTPFlow,
+        finding: Finding,
+        in_scope: bool,
+        outcome: Outcome | None,
+        error_path: bool,
+        *,
+        remembered: bool = False,
     ) -> None:
-        """Give the client its answer after the heal (if any), then log, mark and record."""
+        """Give the client its answer after the heal (if any), then log, mark and record.
+
+        `remembered`: the flow did not go out: its target's last TLS attempt failed moments ago (the outcome's failure).
+        """
         self.heal.clear_suspect(flow.request.host, flow.request.port)  # decided: nobody waits on this flow any more
         healed = outcome is not None and outcome.answer is not None
         failure = outcome.failure if outcome is not None else None
@@ -535,7 +540,16 @@ class EsrsFix:
             action = "not rewritten"
         if failure is not None:
             action += f"; the TLS attempt failed: {failure}"
-        log_detection(flow, record, action)
+        if remembered:  # no detection of its own: one quiet line, not a warning per request of a crowd
+            log.info(
+                "esrs-fix: %s: not sent: the TLS attempt to %s failed moments ago (%s) [%s]",
+                flow.request.pretty_url,
+                target_of(flow),
+                outcome.failure if outcome else "",
+                action,
+            )
+        else:
+            log_detection(flow, record, action)
         annotate(flow, record, self.report)
         if outcome is not None and outcome.newly_learned:
             log.warning(

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +29,7 @@ from mitmproxy import http
 
 from . import compat
 from .compat import AttemptCause
-from .findings import Finding
+from .findings import UPGRADABLE, Finding
 from .learned import LearnedTargets, Target
 from .names import DEFAULT_UPGRADE_RETRY, DEFAULT_UPGRADE_TIMEOUT, HEAL_METADATA_KEY, OPT_UPGRADE_TIMEOUT
 from .record import Failure, upstream_proxy
@@ -87,14 +89,32 @@ class Heal:
         self.failure_ttl: float = DEFAULT_UPGRADE_RETRY
         self._clock = clock
         self._in_flight: dict[Target, asyncio.Future[Failure | None]] = {}
-        self._failed: dict[Target, tuple[Failure, Finding, float]] = {}
+        #: Failures about a proven TLS port, oldest first (bounded as the learned targets are), until they expire.
+        self._failed: OrderedDict[Target, tuple[Failure, Finding, float]] = OrderedDict()
         self._suspects: dict[tuple[str, int], tuple[asyncio.Future[None], float]] = {}
+        #: When the next remembered failure or suspicion runs out: the moment to drop what expired.
+        self._next_expiry = math.inf
         self._slots = asyncio.Semaphore(MAX_ATTEMPTS)
         self._bodies: dict[str, _Body] = {}
 
     def __bool__(self) -> bool:
         """Whether any target is learned, suspect, pending or failed: clean traffic pays this test and nothing more."""
+        if self._next_expiry <= self._clock():
+            self._drop_expired()
         return bool(self.learned or self._suspects or self._in_flight or self._failed)
+
+    def _drop_expired(self) -> None:
+        now = self._clock()
+        for target in [t for t, (_, _, until) in self._failed.items() if until <= now]:
+            del self._failed[target]
+        for key in [k for k, (_, until) in self._suspects.items() if until <= now]:
+            self.clear_suspect(*key)
+        until = [u for *_, u in self._failed.values()] + [u for _, u in self._suspects.values()]
+        self._next_expiry = min(until, default=math.inf)
+
+    def _expires(self, until: float) -> float:
+        self._next_expiry = min(self._next_expiry, until)
+        return until
 
     def suspect(self, host: str, port: int) -> None:
         """Stray TLS just came from `host:port`, and its flow may heal: until that flow starts its attempt (or decides
@@ -110,7 +130,7 @@ class Heal:
                 loop = asyncio.get_running_loop()
             except RuntimeError:  # not in mitmproxy's event loop (a unit test driving the addon by hand)
                 return
-            self._suspects[key] = (loop.create_future(), self._clock() + SUSPECT_WAIT)
+            self._suspects[key] = (loop.create_future(), self._expires(self._clock() + SUSPECT_WAIT))
 
     def clear_suspect(self, host: str, port: int) -> None:
         """The suspected flow has started its attempt or decided: the waiting requests go on (and find the attempt)."""
@@ -133,7 +153,7 @@ class Heal:
         return len(self._in_flight)
 
     def pending(self, target: Target) -> asyncio.Future[Failure | None] | None:
-        """The outcome of the attempt to `target` in flight (None when it went over TLS), or None if there is none."""
+        """The outcome of the attempt to `target` in flight (a failure to share, or None), or None if there is none."""
         return self._in_flight.get(target)
 
     def failed(self, target: Target) -> tuple[Failure, Finding] | None:
@@ -151,17 +171,19 @@ class Heal:
         self._failed.clear()
 
     async def wait(self, pending: asyncio.Future[Failure | None]) -> None:
-        """Wait for another flow's attempt (shielded: a waiter that goes away does not cancel it)."""
+        """Wait for another flow's attempt (shielded: a waiter that goes away does not cancel it), as long as that
+        attempt may take: a free slot, then the attempt itself."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(pending), self.timeout + 1)
+            await asyncio.wait_for(asyncio.shield(pending), 2 * self.timeout + 1)
 
     def failure_of(self, attempt: http.HTTPFlow, finding: Finding, seconds: float) -> Failure:
         """Why a TLS attempt (a heal's copy, or a flow sent as learned) failed, with advice that fits."""
         return _failure_of(attempt, finding, seconds)
 
-    def body(self, attempt: http.HTTPFlow, limit: int | None) -> _Body:
-        """The sink that keeps an attempt's answer body as it streams in (mitmproxy's `response.stream` callable)."""
-        return self._bodies.setdefault(attempt.id, _Body(BODY_CAP if limit is None else limit))
+    def sink(self, attempt: http.HTTPFlow) -> _Body | None:
+        """Where a TLS attempt's answer body goes as it streams in (mitmproxy's `response.stream` callable): only an
+        attempt this heal made has one (a user's replay of an attempt's flow carries its marker too)."""
+        return self._bodies.get(attempt.id)
 
     async def attempt(
         self,
@@ -177,14 +199,14 @@ class Heal:
         """
         if (pending := self._in_flight.get(target)) is not None:
             await self.wait(pending)
-            if self.learned.lookup(target) is None:
-                failure = pending.result() if pending.done() else None
-                if failure is None:  # it did not end within its own time limit, or it was cancelled
-                    failure = _failure(AttemptCause.TIMEOUT, f"{compat.NO_ANSWER_WITHIN} {self.timeout:g} s", finding)
-                return Outcome(None, failure=failure, shared=True)
-            return await self._send(flow, options, not_http, finding)  # the target is proven: nothing to share
+            shared = pending.result() if pending.done() else None
+            if self.learned.lookup(target) is None and shared is not None:
+                return Outcome(None, failure=shared, shared=True)
+            return await self.attempt(flow, target, finding, options, not_http)  # learned, or nothing to share
         if (remembered := self.failed(target)) is not None:
             return Outcome(None, failure=remembered[0], shared=True)
+        if self.learned.lookup(target) is not None:
+            return await self._send_in_a_slot(flow, options, not_http, finding)  # proven: nothing to coalesce
         future: asyncio.Future[Failure | None] = asyncio.get_running_loop().create_future()
         self._in_flight[target] = future
         self.clear_suspect(target.host, target.port)  # those waiting on the suspicion now find this attempt
@@ -193,18 +215,31 @@ class Heal:
             outcome = await self._send_in_a_slot(flow, options, not_http, finding)
         finally:
             del self._in_flight[target]
-            if outcome is None:  # cancelled (shutdown): nothing learned, nothing to remember
-                future.set_result(None)
-            elif outcome.failure is None:
-                outcome.newly_learned = self.learned.remember(
-                    target, finding.summary, str(finding.kind), _evidence(finding, flow)
-                )
-                future.set_result(None)
-            else:
-                if self.failure_ttl > 0:
-                    self._failed[target] = (outcome.failure, finding, self._clock() + self.failure_ttl)
-                future.set_result(outcome.failure)
+            future.set_result(self._conclude(target, flow, finding, outcome))
         return outcome
+
+    def _conclude(
+        self, target: Target, flow: http.HTTPFlow, finding: Finding, outcome: Outcome | None
+    ) -> Failure | None:
+        """Learn the target or remember its failure; the failure the waiting flows share (None: nothing to share)."""
+        if outcome is None:  # cancelled (shutdown): nothing learned, nothing to share
+            return None
+        failure = outcome.failure
+        if failure is None or failure.cause is AttemptCause.TOO_LARGE:  # TLS worked (a big answer is this request's)
+            outcome.newly_learned = self.learned.remember(
+                target, finding.summary, str(finding.kind), _evidence(finding, flow)
+            )
+            return None
+        # Only a failure about the target, after evidence that it is a TLS port, speaks for other requests to it: a
+        # silent close proves nothing (a plain server may close an idle connection), and a busy moment passes.
+        if not (failure.cause.about_the_target and finding.kind in UPGRADABLE):
+            return None
+        if self.failure_ttl > 0:
+            self._failed[target] = (failure, finding, self._expires(self._clock() + self.failure_ttl))
+            self._failed.move_to_end(target)
+            while len(self._failed) > self.learned.capacity:
+                self._failed.popitem(last=False)
+        return failure
 
     async def _send_in_a_slot(
         self, flow: http.HTTPFlow, options: Any, not_http: Callable[[http.Response], bool], finding: Finding
@@ -215,7 +250,7 @@ class Heal:
             return Outcome(
                 None,
                 failure=Failure(
-                    AttemptCause.TIMEOUT,
+                    AttemptCause.BUSY,
                     f"no TLS attempt could start within {self.timeout:g} s ({MAX_ATTEMPTS} were in flight)",
                     f"Too many new targets at once; raise {OPT_UPGRADE_TIMEOUT}, or try again.",
                 ),
@@ -229,7 +264,14 @@ class Heal:
         self, flow: http.HTTPFlow, options: Any, not_http: Callable[[http.Response], bool], finding: Finding
     ) -> Outcome:
         started = self._clock()
-        attempt = await compat.resend_over_tls(flow, options, self.timeout, HEAL_METADATA_KEY, server_name(flow))
+        limit = compat.body_size_limit(options)
+
+        def keep_body(copy: http.HTTPFlow) -> None:
+            self._bodies[copy.id] = _Body(BODY_CAP if limit is None else limit)
+
+        attempt = await compat.resend_over_tls(
+            flow, options, self.timeout, HEAL_METADATA_KEY, server_name(flow), keep_body
+        )
         body = self._bodies.pop(attempt.id, None)
         failure: Failure | None = None
         if attempt.error is not None:
@@ -239,11 +281,8 @@ class Heal:
         elif not_http(attempt.response):
             failure = _failure(AttemptCause.OTHER, "the answer over TLS was not HTTP either", finding)
         elif body is not None and body.too_large:
-            failure = Failure(
-                AttemptCause.OTHER,
-                f"the answer over TLS is larger than {body.limit} bytes",
-                "esrs-fix holds the answer whole before the client gets it: raise body_size_limit (its cap is "
-                f"{BODY_CAP} bytes when body_size_limit is unset), or request the resource over https:// directly.",
+            failure = _failure(
+                AttemptCause.TOO_LARGE, f"the answer over TLS is larger than {body.limit} bytes", finding
             )
         if failure is not None:
             return Outcome(attempt, failure=failure)
@@ -300,6 +339,21 @@ def _failure(cause: AttemptCause, detail: str, finding: Finding) -> Failure:
             f"the TLS attempt did not reach the server: {detail}",
             "Check the route to the server over TLS: the upstream proxy's CONNECT policy for this port, its "
             "credentials (upstream_auth), name resolution.",
+        )
+    if cause is AttemptCause.CLIENT_CERTIFICATE:
+        return Failure(
+            cause,
+            f"the server refused mitmproxy's client certificate: {detail}",
+            "The server wants a client certificate it trusts: give mitmproxy one (client_certs), as for any "
+            "https:// request to it.",
+        )
+    if cause is AttemptCause.TOO_LARGE:
+        return Failure(
+            cause,
+            detail,
+            "esrs-fix holds the first answer whole before the client gets it: raise body_size_limit (its cap is "
+            f"{BODY_CAP} bytes when body_size_limit is unset). The target is learned all the same: later requests "
+            "go over TLS at once, their bodies streamed as mitmproxy streams them.",
         )
     if cause in (AttemptCause.CLOSED, AttemptCause.RESET):
         return Failure(

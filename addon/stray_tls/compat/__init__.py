@@ -25,6 +25,7 @@ from .messages import (
     AttemptCause,
     attempt_cause,
     certificate_problem,
+    client_gone,
     finding_from_error,
     finding_from_tls_error,
 )
@@ -49,6 +50,7 @@ __all__ = [
     "attempt_cause",
     "body_size_limit",
     "certificate_problem",
+    "client_gone",
     "deferred_values",
     "finding_from_error",
     "finding_from_tls_error",

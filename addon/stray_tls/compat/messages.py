@@ -87,16 +87,32 @@ class AttemptCause(enum.StrEnum):
     """Why a TLS attempt (esrs_upgrade) failed, read from mitmproxy's words for it."""
 
     CERTIFICATE = "certificate"
+    #: The server refused mitmproxy's client certificate (or wanted one and got none).
+    CLIENT_CERTIFICATE = "client_certificate"
     TLS_VERSION = "tls_version"
     TIMEOUT = "timeout"
     CLOSED = "closed"
     RESET = "reset"
     ROUTE = "route"
+    #: The answer over TLS came, but was larger than esrs-fix (or mitmproxy's body_size_limit) would hold.
+    TOO_LARGE = "too_large"
+    #: Too many attempts to other targets were in flight for this one to start in time.
+    BUSY = "busy"
     OTHER = "other"
+
+    @property
+    def about_the_target(self) -> bool:
+        """Whether this cause says something about the target (any request to it would fail the same way now), so
+        that other requests may share the failure; otherwise it was this request's, or this moment's."""
+        return self not in (AttemptCause.TOO_LARGE, AttemptCause.BUSY, AttemptCause.OTHER)
 
 
 #: OpenSSL's and the TLS layer's words for "no TLS version in common", whichever side found out.
 _VERSION_WORDS = ("cannot agree on a tls version", "unsupported protocol", "alert protocol version", "no protocols")
+#: The server's alerts about mitmproxy's client certificate (OpenSSL's words, as mitmproxy passes them on).
+_CLIENT_CERTIFICATE_WORDS = ("alert unknown ca", "alert bad certificate", "certificate required")
+#: mitmproxy's words when an answer's body is over body_size_limit.
+_TOO_LARGE_WORDS = ("body_size_limit",)
 #: Connecting, or the upstream proxy's CONNECT, failed: the TLS attempt never reached the server.
 _ROUTE_WORDS = (
     "error establishing server connection",
@@ -121,6 +137,10 @@ def attempt_cause(message: str) -> tuple[AttemptCause, str]:
     if problem := certificate_problem(message):
         return AttemptCause.CERTIFICATE, problem
     lowered = message.lower()
+    if any(word in lowered for word in _CLIENT_CERTIFICATE_WORDS):
+        return AttemptCause.CLIENT_CERTIFICATE, message
+    if any(word in lowered for word in _TOO_LARGE_WORDS):
+        return AttemptCause.TOO_LARGE, message
     if any(word in lowered for word in _VERSION_WORDS):
         return AttemptCause.TLS_VERSION, message
     if message.startswith(NO_ANSWER_WITHIN):
@@ -132,3 +152,13 @@ def attempt_cause(message: str) -> tuple[AttemptCause, str]:
     if message.startswith(ENDED_UNANSWERED) or "closed" in lowered or "unexpected eof" in lowered:
         return AttemptCause.CLOSED, message
     return AttemptCause.OTHER, message
+
+
+#: mitmproxy's words for a flow that ended because its client went away or a user killed it (not the server's doing).
+_CLIENT_GONE = ("Client disconnected.", "Connection killed.")
+
+
+def client_gone(message: str) -> bool:
+    """Whether a flow's error (`flow.error.msg`) says its client went away or it was killed, not that the server or
+    the TLS connection to it failed."""
+    return message.strip() in _CLIENT_GONE

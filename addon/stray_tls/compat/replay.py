@@ -4,6 +4,7 @@ upstream mode, `ssl_insecure`, the trusted CAs and client certificates apply as 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from mitmproxy import http
@@ -13,7 +14,12 @@ from .messages import ENDED_UNANSWERED, NO_ANSWER_WITHIN
 
 
 async def resend_over_tls(
-    flow: http.HTTPFlow, options: Any, timeout: float, marker_key: str, server_name: str
+    flow: http.HTTPFlow,
+    options: Any,
+    timeout: float,
+    marker_key: str,
+    server_name: str,
+    on_copy: Callable[[http.HTTPFlow], None] | None = None,
 ) -> http.HTTPFlow:
     """Send a copy of `flow`'s request over TLS to the same host and port; returns the copy, answered or failed.
 
@@ -44,6 +50,8 @@ async def resend_over_tls(
     copy.comment = ""
     copy.metadata = {marker_key: flow.id}
     copy.is_replay = "request"
+    if on_copy is not None:
+        on_copy(copy)  # before any hook sees the copy: the caller knows its id from the start
     handler = ReplayHandler(copy, options)
     server = handler.layer.context.server
     server.sni = server_name
