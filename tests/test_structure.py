@@ -59,6 +59,7 @@ LAYERS = (
     "",
     "registry",
     "records",
+    "frames",
     "findings",
     "names",
     "learned",

@@ -14,7 +14,6 @@ read so far is still reported. Needs dpkt (`pip install esrs-fix[pcap]`).
 from __future__ import annotations
 
 import datetime
-import socket
 import struct
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -22,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from . import findings, records
+from . import findings, frames, records
 from .findings import Finding
 
 #: How much of an answer is kept to decide on it: a TLS record head, or a 400 page's phrase.
@@ -92,12 +91,6 @@ class ScanResult:
 
 def _iso(ts: float) -> str:
     return datetime.datetime.fromtimestamp(ts, datetime.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
-def _endpoint(addr: bytes, port: int) -> str:
-    if len(addr) == 16:
-        return f"[{socket.inet_ntop(socket.AF_INET6, addr)}]:{port}"
-    return f"{socket.inet_ntop(socket.AF_INET, addr)}:{port}"
 
 
 def _framing(head: bytes) -> tuple[bool, int | None]:
@@ -724,48 +717,6 @@ def _packets(f: BinaryIO) -> tuple[Iterator[tuple[float, bytes]], Callable[[byte
     return iter(reader), decoders[link]
 
 
-# Where the IP packet starts in a frame, read from the raw bytes: (offset, IP version), or None for a frame
-# left to dpkt (other encapsulations: MPLS, PPPoE, LLC, ...). Short frames raise IndexError.
-_IP_TYPES = {b"\x08\x00": 4, b"\x86\xdd": 6}
-_VLAN_TYPES = (b"\x81\x00", b"\x88\xa8", b"\x91\x00", b"\x92\x00")
-_NULL_FAMILIES = {  # AF_INET, and the AF_INET6 of Linux, the BSDs and macOS, in either byte order
-    **{fam.to_bytes(4, "big"): version for fam, version in ((2, 4), (24, 6), (28, 6), (30, 6))},
-    **{fam.to_bytes(4, "little"): version for fam, version in ((2, 4), (24, 6), (28, 6), (30, 6))},
-}
-
-
-def _at_ethernet(buf: bytes) -> tuple[int, int] | None:
-    kind = buf[12:14]
-    off = 14
-    for _ in range(2):  # 802.1Q / 802.1ad tags, up to two
-        if kind not in _VLAN_TYPES:
-            break
-        kind = buf[off + 2 : off + 4]
-        off += 4
-    version = _IP_TYPES.get(kind)
-    return None if version is None else (off, version)
-
-
-def _at_sll(buf: bytes) -> tuple[int, int] | None:
-    version = _IP_TYPES.get(buf[14:16])
-    return None if version is None else (16, version)
-
-
-def _at_sll2(buf: bytes) -> tuple[int, int] | None:
-    version = _IP_TYPES.get(buf[0:2])
-    return None if version is None else (20, version)
-
-
-def _at_null(buf: bytes) -> tuple[int, int] | None:
-    version = _NULL_FAMILIES.get(buf[0:4])
-    return None if version is None else (4, version)
-
-
-def _at_raw(buf: bytes) -> tuple[int, int] | None:
-    version = buf[0] >> 4
-    return (0, version) if version in (4, 6) else None
-
-
 _IP4 = struct.Struct(">BxH2xHxB").unpack_from  # version+IHL, total length, flags+fragment offset, protocol
 _TCP = struct.Struct(">4xI4xBB").unpack_from  # sequence number, data offset, flags
 _PORTS = struct.Struct(">HH")
@@ -825,13 +776,14 @@ def scan(path: Path, on_progress: Callable[[int, int], None] | None = None) -> S
     cut = _CutDetector(f)
     try:
         packets, decode = _packets(cut)  # type: ignore[arg-type]
+        # where the IP packet starts, read from the raw bytes: None leaves the frame to dpkt (MPLS, PPPoE, ...)
         at = {
-            dpkt.ethernet.Ethernet: _at_ethernet,
-            dpkt.sll.SLL: _at_sll,
-            dpkt.sll2.SLL2: _at_sll2,
-            dpkt.loopback.Loopback: _at_null,
-            dpkt.ip.IP: _at_raw,
-            dpkt.ip6.IP6: _at_raw,
+            dpkt.ethernet.Ethernet: frames.at_ethernet,
+            dpkt.sll.SLL: frames.at_sll,
+            dpkt.sll2.SLL2: frames.at_sll2,
+            dpkt.loopback.Loopback: frames.at_null,
+            dpkt.ip.IP: frames.at_raw,
+            dpkt.ip6.IP6: frames.at_raw,
         }[decode]  # type: ignore[index]
         ip4, tcp_fields, get = _IP4, _TCP, streams.get
         count = 0
@@ -893,7 +845,9 @@ def scan(path: Path, on_progress: Callable[[int, int], None] | None = None) -> S
                     continue  # the last ACK or FIN of a stream already finished
                 half = (len(key) - 4) // 2
                 sport, dport = _PORTS.unpack_from(key, 2 * half)
-                stream = _Stream(_endpoint(key[:half], sport), _endpoint(key[half : 2 * half], dport), result)
+                stream = _Stream(
+                    frames.endpoint(key[:half], sport), frames.endpoint(key[half : 2 * half], dport), result
+                )
                 if flags & _SYN:  # SYN: this side connects; SYN-ACK: the other side did
                     stream.client = 1 if flags & _ACK else 0
                 streams[key] = (stream, 0)

@@ -23,9 +23,9 @@ from .pasted import (
     ProxyAddress,
     argument,
     parse_host,
-    parse_pasted,
     parse_proxy,
     passwords_in,
+    read_pasted,
 )
 
 if TYPE_CHECKING:
@@ -35,15 +35,22 @@ if TYPE_CHECKING:
 def cmd_decode(args: argparse.Namespace) -> int:
     pasted = " ".join(args.hex) if args.hex else sys.stdin.read()
     try:
-        data = parse_pasted(pasted)
+        read = read_pasted(pasted)
     except PasteError as e:
         print(f"esrs-fix decode: {e}", file=sys.stderr)
         return 2
-    decoded = records.decode(data)
+    frame = text.pasted_frame(read.data, read.start)
+    payload = read.data if frame is None else frame.payload
+    decoded = records.decode(payload)
     if args.json:
-        print(json.dumps(_decode_json(data, decoded), indent=2))
+        out = _decode_json(payload, decoded)
+        if frame is not None:
+            out = {**out, "frame": frame.to_dict()}
+        elif read.start:
+            out = {**out, "dump_offset": read.start}
+        print(json.dumps(out, indent=2))
         return 0 if isinstance(decoded, records.Records) else 1
-    rendered, is_tls = text.decode_text(data)
+    rendered, is_tls = text.decode_text(read.data, read.start)
     print(rendered)
     return 0 if is_tls else 1
 
@@ -57,6 +64,8 @@ def _decode_json(data: bytes, decoded: records.Decoded) -> dict:
             "rest_hex": decoded.rest.hex(),
             "rest_incomplete": decoded.rest_incomplete,
         }
+    if not data:
+        return {"verdict": "empty", "bytes": 0}
     if isinstance(decoded, records.NeedMore):
         return {"verdict": "need_more", "bytes": len(data), "needed": decoded.needed}
     return {"verdict": "not_tls", "bytes": len(data), "reason": decoded.reason}
