@@ -60,6 +60,7 @@ LAYERS = (
     "registry",
     "records",
     "frames",
+    "http1",
     "findings",
     "names",
     "learned",

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from . import findings, frames, records
+from . import findings, frames, http1, records
 from .findings import Finding
 
 #: How much of an answer is kept to decide on it: a TLS record head, or a 400 page's phrase.
@@ -87,25 +87,16 @@ class ScanResult:
     #: framing of their direction, so that later answers on that connection were not read.
     gaps: int = 0
     gaps_unread: int = 0
+    #: Messages with both Transfer-Encoding and Content-Length: read as chunked (RFC 9112), but a sign of a broken or
+    #: smuggling hop.
+    framing_conflicts: int = 0
+    #: Messages whose framing could not be read (a Content-Length that is no number, a chunk size that is none): the
+    #: rest of that direction is not read.
+    unframed: int = 0
 
 
 def _iso(ts: float) -> str:
     return datetime.datetime.fromtimestamp(ts, datetime.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
-def _framing(head: bytes) -> tuple[bool, int | None]:
-    """(chunked, Content-Length) of an HTTP head."""
-    chunked, length = False, None
-    for line in head.split(b"\r\n")[1:]:
-        name, sep, value = line.partition(b":")
-        if not sep:
-            continue
-        name = name.strip().lower()
-        if name == b"transfer-encoding":
-            chunked = value.strip().lower().endswith(b"chunked")
-        elif name == b"content-length" and value.strip().isdigit():
-            length = int(value.strip())
-    return chunked, length
 
 
 def _header(head: bytes, name: bytes) -> str | None:
@@ -117,61 +108,13 @@ def _header(head: bytes, name: bytes) -> str | None:
     return None
 
 
-class _Chunked:
-    """A streaming decoder of a chunked body: feed it bytes, it says where the body ended."""
-
-    __slots__ = ("left", "line", "state")
-
-    SIZE, DATA, DATA_END, TRAILER = range(4)
-
-    def __init__(self) -> None:
-        self.state = self.SIZE
-        self.left = 0
-        self.line = bytearray()
-
-    def feed(self, data: bytes, pos: int, sink: Callable[[bytes], None] | None) -> tuple[int, bool]:
-        """Consume `data` from `pos`; (where the consumed part ends, whether the body ended there).
-
-        Raises ValueError on a chunk size that is not one.
-        """
-        n = len(data)
-        while pos < n:
-            if self.state == self.DATA:
-                k = min(self.left, n - pos)
-                if sink is not None:
-                    sink(data[pos : pos + k])
-                pos += k
-                self.left -= k
-                if not self.left:
-                    self.state = self.DATA_END
-                continue
-            i = data.find(b"\n", pos)
-            if i < 0:
-                self.line += data[pos:]
-                if len(self.line) > MAX_HEAD:
-                    raise ValueError("a chunk-size or trailer line without end")
-                return n, False
-            line = bytes(self.line) + data[pos:i]
-            self.line.clear()
-            pos = i + 1
-            if self.state == self.SIZE:
-                size = int(line.split(b";", 1)[0].strip(), 16)
-                self.state, self.left = (self.DATA, size) if size else (self.TRAILER, 0)
-            elif self.state == self.DATA_END:
-                self.state = self.SIZE
-            elif not line.strip():  # the empty line after the trailers
-                return pos, True
-        return pos, False
-
-
 class _Request:
-    __slots__ = ("connect", "head_method", "line", "time")
+    __slots__ = ("line", "method", "time")
 
     def __init__(self, time: float) -> None:
         self.time = time
         self.line = b""  # the first REQUEST_PREFIX bytes of the request, once its head is complete
-        self.head_method = False  # HEAD: the answer has no body
-        self.connect = False  # CONNECT: a 2xx answer turns the connection into a tunnel
+        self.method: bytes | None = None  # known once its head is complete: HEAD and CONNECT frame the answer
 
 
 # what the server's side of a stream is reading
@@ -221,7 +164,7 @@ class _Stream:
         self.last = 0.0
         # the client's side
         self.req_buf = bytearray()  # the head of the request being received
-        self.req_chunks: _Chunked | None = None  # its chunked body, being read
+        self.req_chunks: http1.ChunkedReader | None = None  # its chunked body, being read
         self.req_lost = False  # the client sent something that is not HTTP: no more requests are read
         self.receiving: _Request | None = None  # the request whose head is being received
         self.queue: deque[_Request] = deque()  # requests waiting for (the end of) their answers, oldest first
@@ -233,7 +176,7 @@ class _Stream:
         self.body = bytearray()  # the start of an HTTP answer's body, while it is needed to decide
         self.limit = 0  # how much of the body is kept
         self.body_left = 0  # a Content-Length body's bytes still to come
-        self.chunks: _Chunked | None = None
+        self.chunks: http1.ChunkedReader | None = None
         self.decided = False  # the answer being read has been judged (and reported, if it is a finding)
         self.answered = False  # bytes of an answer to queue[0] have arrived
 
@@ -365,7 +308,8 @@ class _Stream:
             if self.req_chunks is not None:
                 try:
                     pos, done = self.req_chunks.feed(data, pos, None)
-                except ValueError:
+                except http1.FramingError:
+                    self.result.unframed += 1
                     self._client_lost()
                     return
                 if done:
@@ -417,9 +361,9 @@ class _Stream:
             self.result.requests_unkept += 1
         else:
             self.queue.append(request)
-        if self.state in (_RAW, _CLOSE) and len(self.queue) + self.unkept > 1:
-            # an answer without an end of its own (TLS records, a close-delimited body) ends when the client asks
-            # again on the same connection
+        if self.state == _RAW and len(self.queue) + self.unkept > 1:
+            # bytes that are no HTTP have no end of their own: they end when the client asks again. A close-delimited
+            # body does not: it ends at the close and only there (RFC 9112, 6.3), whoever sends what meanwhile.
             self.answer_done()
 
     def request_head(self, head: bytes) -> None:
@@ -428,13 +372,16 @@ class _Stream:
         self.receiving = None
         request.line = head[:REQUEST_PREFIX]
         method = head.split(b" ", 1)[0]
-        request.head_method = method == b"HEAD"
-        request.connect = method == b"CONNECT"
-        chunked, length = _framing(head)
-        if chunked:
-            self.req_chunks = _Chunked()
-        elif length:
-            self.skip[self._client_side()] = length
+        request.method = method
+        framing = http1.request_framing(head)
+        self.result.framing_conflicts += framing.conflict
+        if framing.body is http1.Body.CHUNKED:
+            self.req_chunks = http1.ChunkedReader()
+        elif framing.body is http1.Body.LENGTH:
+            self.skip[self._client_side()] = framing.length
+        elif framing.body is http1.Body.INVALID:
+            self.result.unframed += 1
+            self._client_lost()
 
     # -- the server's side: answers
 
@@ -502,7 +449,8 @@ class _Stream:
                 assert self.chunks is not None
                 try:
                     pos, done = self.chunks.feed(data, pos, None if self.decided else self.take_body)
-                except ValueError:
+                except http1.FramingError:
+                    self.result.unframed += 1
                     self.decide_http(final=True)
                     self.server_gone()
                     return
@@ -517,29 +465,32 @@ class _Stream:
 
     def answer_head(self, head: bytes) -> None:
         """A complete head of an HTTP answer to queue[0]: how its body is framed, and whether it is needed."""
-        status = self.status = head[9:12]
-        code = int(status) if status.isdigit() else 0
+        code = http1.status_code(head)
+        self.status = head[9:12]
         request = self.queue[0] if self.queue else None
-        if 100 <= code < 200 and code != 101:  # interim: the real answer follows
+        if http1.is_interim(code):  # the real answer follows
             self.buf.clear()
             self.state = _MAYBE_HTTP
             return
         self.limit = max(0, ANSWER_PREFIX - len(head))
-        if code == 101 or (request is not None and request.connect and 200 <= code < 300):
+        framing = http1.response_framing(head, request.method if request is not None else None)
+        self.result.framing_conflicts += framing.conflict
+        body = framing.body
+        if body is http1.Body.TUNNEL:
             self.decide_http(final=True)
-            self.server_gone()  # a tunnel: neither side speaks HTTP any more
+            self.server_gone()  # neither side speaks HTTP any more
             self.req_lost = True
             self.skip[self._client_side()] = _IGNORE
             return
-        chunked, length = _framing(head)
-        if (request is not None and request.head_method) or code in (204, 304) or (not chunked and length == 0):
+        if body is http1.Body.NONE:
             self.answer_done()
             return
-        if chunked:
-            self.state, self.chunks = _CHUNKED, _Chunked()
-        elif length is not None:
-            self.state, self.body_left = _BODY, length
-        else:
+        if body is http1.Body.CHUNKED:
+            self.state, self.chunks = _CHUNKED, http1.ChunkedReader()
+        elif body is http1.Body.LENGTH:
+            self.state, self.body_left = _BODY, framing.length
+        else:  # CLOSE, or INVALID: a body no header frames is read as what comes until the close
+            self.result.unframed += body is http1.Body.INVALID
             self.state = _CLOSE
         self.decide_http(final=False)
 
@@ -637,13 +588,16 @@ class _Stream:
         state = self.state
         if state == _GONE or not self.outstanding():
             return
-        if state == _START and not self.answered:
-            if closed_by_server:
-                self.report(findings.silent_close())
-            else:  # the capture ended (or the client closed) before any answer: no evidence of anything
-                self.result.requests_unanswered += len(self.queue) + self.unkept
+        waiting = len(self.queue) + self.unkept
+        if state == _START and not self.answered and not closed_by_server:
+            # the capture ended (or the client closed) before any answer: no evidence of anything
+            self.result.requests_unanswered += waiting
         else:
-            self._judge_what_arrived()
+            if state == _START and not self.answered:
+                self.report(findings.silent_close())
+            else:
+                self._judge_what_arrived()
+            self.result.requests_unanswered += waiting - 1  # those asked after it: no answer came on this connection
         self.state = _GONE
 
     def _judge_what_arrived(self) -> None:

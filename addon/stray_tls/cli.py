@@ -213,6 +213,8 @@ def cmd_pcap(args: argparse.Namespace) -> int:
                     "requests_unanswered": result.requests_unanswered,
                     "gaps": result.gaps,
                     "gaps_unread": result.gaps_unread,
+                    "framing_conflicts": result.framing_conflicts,
+                    "unframed": result.unframed,
                     "damaged": result.damaged or None,
                     "exchanges": [e.to_dict() for e in result.exchanges],
                 },
@@ -236,8 +238,18 @@ def cmd_pcap(args: argparse.Namespace) -> int:
             )
         if result.requests_unanswered:
             print(
-                f"{result.requests_unanswered} requests had no answer yet when the capture ended or their client "
-                "closed: not reported (a silent close is only a server's)"
+                f"{result.requests_unanswered} requests had no answer: the capture ended, their client closed, or "
+                "the server closed after an earlier answer: not reported (a silent close is only a server's)"
+            )
+        if result.framing_conflicts:
+            print(
+                f"{result.framing_conflicts} HTTP messages had both Transfer-Encoding and Content-Length: read as "
+                "chunked (RFC 9112), but a sign of a broken or request-smuggling hop"
+            )
+        if result.unframed:
+            print(
+                f"{result.unframed} HTTP messages could not be framed (a Content-Length that is no number, a chunk "
+                "size that is none): the rest of their connection's direction was not read, so answers may be missing"
             )
         if result.gaps:
             print(
