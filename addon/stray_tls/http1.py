@@ -25,9 +25,8 @@ from dataclasses import dataclass
 MAX_CHUNK_SIZE_DIGITS = 16
 #: The longest chunk-size line or trailer line followed (extensions included).
 MAX_LINE = 65536
-_HEXDIGITS = frozenset(b"0123456789abcdefABCDEF")
+_HEXDIGITS = b"0123456789abcdefABCDEF"
 _DIGITS = frozenset(b"0123456789")
-_OWS = b" \t"
 
 
 class FramingError(ValueError):
@@ -146,7 +145,8 @@ class ChunkedReader:
         ended there: then the bytes from that position belong to what follows the message)."""
         n = len(data)
         while pos < n:
-            if self.state == self.DATA:
+            state = self.state
+            if state == self.DATA:
                 k = min(self.left, n - pos)
                 if sink is not None:
                     sink(data[pos : pos + k])
@@ -155,6 +155,10 @@ class ChunkedReader:
                 if not self.left:
                     self.state = self.DATA_END
                 continue
+            if state == self.DATA_END and not self.line and data.startswith(b"\r\n", pos):  # the common case
+                pos += 2
+                self.state = self.SIZE
+                continue
             at = pos - len(self.line)  # where the line began
             i = data.find(b"\n", pos)
             if i < 0:
@@ -162,31 +166,33 @@ class ChunkedReader:
                 if len(self.line) > MAX_LINE:
                     raise FramingError("a chunk-size or trailer line without end", at)
                 return n, False
-            line = bytes(self.line) + data[pos:i]
-            self.line.clear()
+            if self.line:
+                line = bytes(self.line) + data[pos:i]
+                self.line.clear()
+            else:
+                line = data[pos:i]
             pos = i + 1
-            if line.endswith(b"\r"):
-                line = line[:-1]
-            if self.state == self.SIZE:
+            if state == self.SIZE:
                 try:
                     self.left = chunk_size(line)
                 except FramingError as e:
                     e.at = at
                     raise
                 self.state = self.DATA if self.left else self.TRAILER
-            elif self.state == self.DATA_END:
-                if line:
+            elif line not in (b"", b"\r"):
+                if state == self.DATA_END:
                     raise FramingError(f"chunk data is followed by {_text(line)}, not by a line end", at)
+            elif state == self.DATA_END:
                 self.state = self.SIZE
-            elif not line:  # the empty line after the trailers
+            else:  # the empty line after the trailers
                 return pos, True
         return pos, False
 
 
 def chunk_size(line: bytes) -> int:
-    """The size in a chunk-size line (`1a`, `1a;name=value`, `1a ; name`); FramingError for anything else."""
-    size, _, _ = line.partition(b";")
-    size = size.rstrip(_OWS)
-    if not size or len(size) > MAX_CHUNK_SIZE_DIGITS or not set(size) <= _HEXDIGITS:
+    """The size in a chunk-size line (`1a`, `1a;name=value`, `1a ; name`, with or without its CR); FramingError
+    for anything else."""
+    size = line.partition(b";")[0].rstrip(b" \t\r")
+    if not size or len(size) > MAX_CHUNK_SIZE_DIGITS or size.strip(_HEXDIGITS):
         raise FramingError(f"chunk size {_text(line)} is not 1 to {MAX_CHUNK_SIZE_DIGITS} hex digits")
     return int(size, 16)
