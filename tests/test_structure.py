@@ -61,6 +61,7 @@ LAYERS = (
     "records",
     "frames",
     "http1",
+    "reassembly",
     "findings",
     "names",
     "learned",

@@ -1,9 +1,9 @@
 """`esrs-fix pcap`: find HTTP requests answered by TLS records (and the other faces) in a pcap or pcapng file.
 
-Streaming: packets are read one at a time, TCP payload is reassembled in order per direction, and each
-direction is followed as HTTP/1: the client's requests (pipelined or one after another on a keep-alive
-connection) are queued in order, and each answer is framed (Content-Length, chunked, close-delimited; 1xx
-interim answers; HEAD, 204 and 304 without a body) so that every answer is paired with its own request line.
+Streaming: packets are read one at a time (their link layers by `frames`), TCP payload is reassembled in order per
+direction (`reassembly`), and each direction is followed as HTTP/1: the client's requests (pipelined or one after
+another on a keep-alive connection) are queued in order, and each answer is framed as `check`'s client frames it
+(`http1`, RFC 9112) so that every answer is paired with its own request line and judged (`findings`).
 Only the first bytes of each answer are kept (enough to decide), the queue of outstanding requests is bounded,
 and the bytes of a body already decided on are counted, not looked at, so memory stays flat however large the
 capture and most packets cost a few header reads. dpkt reads the file formats (and decodes the rare frames the
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from . import findings, frames, http1, records
+from . import findings, frames, http1, reassembly, records
 from .findings import Finding
 
 #: How much of an answer is kept to decide on it: a TLS record head, or a 400 page's phrase.
@@ -32,8 +32,6 @@ REQUEST_PREFIX = 300
 MAX_HEAD = 65536
 #: Requests kept per connection waiting for their answers (pipelining); the request lines beyond are not kept.
 MAX_OUTSTANDING = 64
-#: Out-of-order segments kept per direction before the gap is given up.
-MAX_PENDING = 64
 #: Streams followed at once; the least recently active beyond this are dropped.
 MAX_STREAMS = 50_000
 #: Capture seconds after which an idle stream is finished.
@@ -44,9 +42,9 @@ METHODS = (b"GET ", b"POST ", b"PUT ", b"HEAD ", b"DELETE ", b"OPTIONS ", b"PATC
 #: The request line reported for an answer whose request was beyond MAX_OUTSTANDING.
 UNKEPT_LINE = f"(request line not kept: more than {MAX_OUTSTANDING} requests outstanding)"
 
-_SEQ = 0xFFFFFFFF
-_IGNORE = 1 << 62  # a direction's `skip` when nothing more it sends matters
-_SYN, _FIN, _RST, _ACK = 0x02, 0x01, 0x04, 0x10
+_SEQ = reassembly.SEQ_MASK
+_IGNORE = reassembly.IGNORE  # a direction's `skip` when nothing more it sends matters
+_SYN, _FIN, _RST, _ACK = reassembly.SYN, reassembly.FIN, reassembly.RST, reassembly.ACK
 
 
 class CaptureError(Exception):
@@ -121,11 +119,11 @@ class _Request:
 _START, _MAYBE_HTTP, _RAW, _HEAD, _BODY, _CHUNKED, _CLOSE, _GONE = range(8)
 
 
-class _Stream:
-    """One TCP connection: in-order reassembly of both directions, its requests, and the start of each answer.
+class _Stream(reassembly.Connection):
+    """One TCP connection followed as HTTP/1: its requests, and the start of each answer (judged as it comes).
 
-    `skip[side]` is how many bytes that direction may send that need no look: the rest of a body already
-    decided on (counted down), or _IGNORE. The scan loop passes such in-order segments by without calling in.
+    The reassembly (`reassembly.Connection`) hands on each direction's bytes in order; `skip` is set here to the
+    rest of a body already decided on, so that those bytes are counted, not looked at.
     """
 
     __slots__ = (
@@ -138,17 +136,13 @@ class _Stream:
         "chunks",
         "client",
         "decided",
-        "last",
         "limit",
-        "nxt",
-        "pending",
         "queue",
         "receiving",
         "req_buf",
         "req_chunks",
         "req_lost",
         "result",
-        "skip",
         "state",
         "status",
         "unkept",
@@ -157,11 +151,8 @@ class _Stream:
     def __init__(self, a: str, b: str, result: ScanResult) -> None:
         self.a, self.b = a, b  # the first packet's source and destination
         self.result = result
+        super().__init__()
         self.client: int | None = None  # 0: a is the client; 1: b is (known from the SYN, else from a method)
-        self.nxt: list[int | None] = [None, None]  # the next sequence number expected from each side
-        self.pending: tuple[dict[int, bytes], dict[int, bytes]] = ({}, {})
-        self.skip = [0, 0]
-        self.last = 0.0
         # the client's side
         self.req_buf = bytearray()  # the head of the request being received
         self.req_chunks: http1.ChunkedReader | None = None  # its chunked body, being read
@@ -180,104 +171,9 @@ class _Stream:
         self.decided = False  # the answer being read has been judged (and reported, if it is a finding)
         self.answered = False  # bytes of an answer to queue[0] have arrived
 
-    # -- TCP
+    # -- what the reassembly hands on
 
-    def segment(self, side: int, seq: int, flags: int, payload: bytes, ts: float) -> None:
-        """One segment of `side`, in any order; in-order bytes go on to HTTP."""
-        if flags & _SYN:
-            self.nxt[side] = (seq + 1) & _SEQ
-            return
-        if not payload:
-            return
-        nxt = self.nxt[side]
-        if nxt is None:  # the capture began mid-stream
-            nxt = seq
-        offset = (seq - nxt) & _SEQ
-        if offset >= 0x80000000:  # before nxt: a retransmission, maybe partly new
-            overlap = (nxt - seq) & _SEQ
-            if overlap >= len(payload):
-                return
-            payload, seq, offset = payload[overlap:], nxt, 0
-        pending = self.pending[side]
-        if offset:
-            if len(pending) < MAX_PENDING:
-                if len(payload) > len(pending.get(seq, b"")):
-                    pending[seq] = payload
-                return
-            pending[seq] = payload
-            self.give_up_gap(side, ts)  # a gap that will not fill: step over it
-            return
-        self.nxt[side] = (seq + len(payload)) & _SEQ
-        self.deliver(side, payload, ts)
-        self.drain(side, ts)
-
-    def drain(self, side: int, ts: float) -> None:
-        """Deliver the stored segments of `side` that follow in order from `nxt`."""
-        pending = self.pending[side]
-        while pending:
-            nxt = self.nxt[side]
-            assert nxt is not None
-            chunk = pending.pop(nxt, None)
-            if chunk is None:  # a stored segment may overlap what has been delivered since
-                for at in list(pending):
-                    overlap = (nxt - at) & _SEQ
-                    if overlap < 0x80000000:
-                        late = pending.pop(at)
-                        if overlap < len(late):
-                            chunk = late[overlap:]
-                            break
-                if chunk is None:
-                    return
-            self.nxt[side] = (nxt + len(chunk)) & _SEQ
-            self.deliver(side, chunk, ts)
-
-    def give_up_gap(self, side: int, ts: float) -> None:
-        """Bytes of `side` missing from the capture will not come: step over them to the next stored segment.
-
-        Inside a body whose length is counted, the following goes on after the gap, counted as skipped bytes;
-        anywhere else the framing of that direction is lost, and its later answers (or requests) are not read.
-        """
-        pending, nxt = self.pending[side], self.nxt[side]
-        if not pending or nxt is None:
-            return
-        at = min(pending, key=lambda seq: (seq - nxt) & _SEQ)
-        gap = (at - nxt) & _SEQ
-        self.result.gaps += 1
-        self.nxt[side] = at
-        skip = self.skip[side]
-        if skip >= _IGNORE:
-            pass  # nothing it sends is read anyway
-        elif skip > gap:
-            self.skip[side] = skip - gap
-        elif skip == gap and skip:
-            self.skip[side] = 0
-            self._body_skipped(side)
-        elif side != self.client and self.state == _BODY and self.body_left > gap:
-            self.body_left -= gap
-        elif side != self.client and self.state == _BODY and self.body_left == gap:
-            self.answer_done()
-        else:
-            self.result.gaps_unread += 1
-            if side == self.client:
-                self._client_lost()
-            else:
-                self._judge_what_arrived()
-                self.server_gone()
-        self.drain(side, ts)
-
-    def deliver(self, side: int, data: bytes, ts: float) -> None:
-        skip = self.skip[side]
-        if skip:
-            if skip >= _IGNORE:
-                return
-            if skip >= len(data):
-                self.skip[side] = skip - len(data)
-                if skip == len(data):
-                    self._body_skipped(side)
-                return
-            self.skip[side] = 0
-            self._body_skipped(side)
-            data = data[skip:]
+    def stream_bytes(self, side: int, data: bytes, ts: float) -> None:
         if self.client is None:  # no SYN seen: the first side to send an HTTP method asks
             if not data.startswith(METHODS):
                 return
@@ -287,7 +183,26 @@ class _Stream:
         else:
             self.server_bytes(data)
 
-    def _body_skipped(self, side: int) -> None:
+    def gap(self, side: int, size: int, absorbed: bool) -> None:
+        """Bytes of `side` missing from the capture were stepped over. Inside a body whose length is counted, the
+        following goes on after the gap; anywhere else the framing of that direction is lost, and its later answers
+        (or requests) are not read."""
+        self.result.gaps += 1
+        if absorbed:
+            return
+        if side != self.client and self.state == _BODY and self.body_left > size:
+            self.body_left -= size
+        elif side != self.client and self.state == _BODY and self.body_left == size:
+            self.answer_done()
+        else:
+            self.result.gaps_unread += 1
+            if side == self.client:
+                self._client_lost()
+            else:
+                self._judge_what_arrived()
+                self.server_gone()
+
+    def skipped(self, side: int) -> None:
         """The counted-down body of `side` has ended."""
         if side != self.client:
             self.answer_done()
@@ -582,9 +497,7 @@ class _Stream:
     def finish(self, closed_by_server: bool = False) -> None:
         """The connection closed (`closed_by_server`: a FIN or RST from the server), or the capture ended, or the
         stream was dropped."""
-        for side in (0, 1):
-            while self.pending[side]:
-                self.give_up_gap(side, self.last)
+        self.flush()
         state = self.state
         if state == _GONE or not self.outstanding():
             return
