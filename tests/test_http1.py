@@ -363,3 +363,11 @@ def test_a_request_during_a_close_delimited_answer_does_not_end_it() -> None:
     result = scan(conversation(script=script))
     assert result.exchanges == []
     assert result.requests == 2 and result.requests_unanswered == 1  # the server closed without answering it
+
+
+def test_a_101_answer_ends_with_its_head() -> None:
+    # 101 is final, not interim: what follows its head is another protocol, not a further answer to wait for
+    reader = wire.AnswerReader()
+    assert reader.feed(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n\x81\x05hello")
+    answer = reader.answer(timed_out=False)
+    assert (answer.status, answer.body) == (101, b"")

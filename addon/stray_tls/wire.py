@@ -198,8 +198,8 @@ class AnswerReader:
             answer.body = bytes(self.chunked_body) + (data[self.fed :] if self.error else b"")
         elif framing.body is http1.Body.LENGTH:
             answer.body = rest[: framing.length]
-        elif framing.body is http1.Body.NONE:
-            answer.body = b""
+        elif framing.body in (http1.Body.NONE, http1.Body.TUNNEL):
+            answer.body = b""  # what follows the head is the next answer, or no HTTP at all
         else:
             answer.body = rest
         if framing is not None:
