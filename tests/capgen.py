@@ -28,6 +28,8 @@ class Conversation:
     start: float = 1_490_000_000.0
     pipeline: int = 1  # the client sends this many requests before the first of their answers (in order) comes
     segmenter: Segmenter | None = None  # replaces segment / swap_segments / retransmit
+    #: (side, payload) sent in this order instead of `turns` (0: the client): a request in the middle of an answer
+    script: list[tuple[int, bytes]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -124,7 +126,10 @@ def frames(c: Conversation, link: str = "ethernet") -> Iterator[tuple[float, byt
     yield packet(1, syn | ack)
     seq[1] += 1
     yield packet(0, ack)
-    for first in range(0, len(c.turns), c.pipeline):
+    if c.script is not None:
+        for side, payload in c.script:
+            yield from send(side, payload)
+    for first in range(0, len(c.turns) if c.script is None else 0, c.pipeline):
         group = c.turns[first : first + c.pipeline]
         for request, _ in group:
             yield from send(0, request)

@@ -15,6 +15,7 @@ from stray_tls.pasted import (
     parse_pasted,
     parse_proxy,
     parse_route,
+    read_pasted,
 )
 
 ALERT = bytes.fromhex("1503010002020a")
@@ -47,6 +48,22 @@ def test_multi_line_wireshark_dump_ignores_offsets_and_ascii() -> None:
     assert parse_pasted(dump) == data
     short = "0000   61 62                                             ab\n"
     assert parse_pasted(short) == b"ab"
+
+
+@pytest.mark.parametrize(
+    ("text", "start"),
+    [
+        ("0010  15 03 01 00 02 02 0a", 0x10),  # a line cut from a Wireshark dump
+        ("0030   15 03 01 00 02 02 0a                              .......", 0x30),
+        ("\t0x0010:  1503 0100 0202 0a                           .......", 0x10),  # tcpdump -X
+        ("00000020: 1503 0100 0202 0a                        .......", 0x20),  # xxd
+        ("1503 01 00 02 02 0a", 0),  # no dump: 0x1503 is no line's offset, the text is the bytes
+        ("1503 0100 0202 0a", 0),  # the same, grouped by four
+    ],
+)
+def test_a_dump_line_s_offset_is_an_offset_not_data(text: str, start: int) -> None:
+    pasted = read_pasted(text)
+    assert (pasted.data, pasted.start) == (ALERT, start)
 
 
 @pytest.mark.parametrize(

@@ -1,9 +1,9 @@
 """`esrs-fix pcap`: find HTTP requests answered by TLS records (and the other faces) in a pcap or pcapng file.
 
-Streaming: packets are read one at a time, TCP payload is reassembled in order per direction, and each
-direction is followed as HTTP/1: the client's requests (pipelined or one after another on a keep-alive
-connection) are queued in order, and each answer is framed (Content-Length, chunked, close-delimited; 1xx
-interim answers; HEAD, 204 and 304 without a body) so that every answer is paired with its own request line.
+Streaming: packets are read one at a time (their link layers by `frames`), TCP payload is reassembled in order per
+direction (`reassembly`), and each direction is followed as HTTP/1: the client's requests (pipelined or one after
+another on a keep-alive connection) are queued in order, and each answer is framed as `check`'s client frames it
+(`http1`, RFC 9112) so that every answer is paired with its own request line and judged (`findings`).
 Only the first bytes of each answer are kept (enough to decide), the queue of outstanding requests is bounded,
 and the bytes of a body already decided on are counted, not looked at, so memory stays flat however large the
 capture and most packets cost a few header reads. dpkt reads the file formats (and decodes the rare frames the
@@ -14,7 +14,6 @@ read so far is still reported. Needs dpkt (`pip install esrs-fix[pcap]`).
 from __future__ import annotations
 
 import datetime
-import socket
 import struct
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -22,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from . import findings, records
+from . import findings, frames, http1, reassembly, records
 from .findings import Finding
 
 #: How much of an answer is kept to decide on it: a TLS record head, or a 400 page's phrase.
@@ -33,8 +32,6 @@ REQUEST_PREFIX = 300
 MAX_HEAD = 65536
 #: Requests kept per connection waiting for their answers (pipelining); the request lines beyond are not kept.
 MAX_OUTSTANDING = 64
-#: Out-of-order segments kept per direction before the gap is given up.
-MAX_PENDING = 64
 #: Streams followed at once; the least recently active beyond this are dropped.
 MAX_STREAMS = 50_000
 #: Capture seconds after which an idle stream is finished.
@@ -45,9 +42,9 @@ METHODS = (b"GET ", b"POST ", b"PUT ", b"HEAD ", b"DELETE ", b"OPTIONS ", b"PATC
 #: The request line reported for an answer whose request was beyond MAX_OUTSTANDING.
 UNKEPT_LINE = f"(request line not kept: more than {MAX_OUTSTANDING} requests outstanding)"
 
-_SEQ = 0xFFFFFFFF
-_IGNORE = 1 << 62  # a direction's `skip` when nothing more it sends matters
-_SYN, _FIN, _RST, _ACK = 0x02, 0x01, 0x04, 0x10
+_SEQ = reassembly.SEQ_MASK
+_IGNORE = reassembly.IGNORE  # a direction's `skip` when nothing more it sends matters
+_SYN, _FIN, _RST, _ACK = reassembly.SYN, reassembly.FIN, reassembly.RST, reassembly.ACK
 
 
 class CaptureError(Exception):
@@ -88,31 +85,16 @@ class ScanResult:
     #: framing of their direction, so that later answers on that connection were not read.
     gaps: int = 0
     gaps_unread: int = 0
+    #: Messages with both Transfer-Encoding and Content-Length: read as chunked (RFC 9112), but a sign of a broken or
+    #: smuggling hop.
+    framing_conflicts: int = 0
+    #: Messages whose framing could not be read (a Content-Length that is no number, a chunk size that is none): the
+    #: rest of that direction is not read.
+    unframed: int = 0
 
 
 def _iso(ts: float) -> str:
     return datetime.datetime.fromtimestamp(ts, datetime.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
-def _endpoint(addr: bytes, port: int) -> str:
-    if len(addr) == 16:
-        return f"[{socket.inet_ntop(socket.AF_INET6, addr)}]:{port}"
-    return f"{socket.inet_ntop(socket.AF_INET, addr)}:{port}"
-
-
-def _framing(head: bytes) -> tuple[bool, int | None]:
-    """(chunked, Content-Length) of an HTTP head."""
-    chunked, length = False, None
-    for line in head.split(b"\r\n")[1:]:
-        name, sep, value = line.partition(b":")
-        if not sep:
-            continue
-        name = name.strip().lower()
-        if name == b"transfer-encoding":
-            chunked = value.strip().lower().endswith(b"chunked")
-        elif name == b"content-length" and value.strip().isdigit():
-            length = int(value.strip())
-    return chunked, length
 
 
 def _header(head: bytes, name: bytes) -> str | None:
@@ -124,72 +106,24 @@ def _header(head: bytes, name: bytes) -> str | None:
     return None
 
 
-class _Chunked:
-    """A streaming decoder of a chunked body: feed it bytes, it says where the body ended."""
-
-    __slots__ = ("left", "line", "state")
-
-    SIZE, DATA, DATA_END, TRAILER = range(4)
-
-    def __init__(self) -> None:
-        self.state = self.SIZE
-        self.left = 0
-        self.line = bytearray()
-
-    def feed(self, data: bytes, pos: int, sink: Callable[[bytes], None] | None) -> tuple[int, bool]:
-        """Consume `data` from `pos`; (where the consumed part ends, whether the body ended there).
-
-        Raises ValueError on a chunk size that is not one.
-        """
-        n = len(data)
-        while pos < n:
-            if self.state == self.DATA:
-                k = min(self.left, n - pos)
-                if sink is not None:
-                    sink(data[pos : pos + k])
-                pos += k
-                self.left -= k
-                if not self.left:
-                    self.state = self.DATA_END
-                continue
-            i = data.find(b"\n", pos)
-            if i < 0:
-                self.line += data[pos:]
-                if len(self.line) > MAX_HEAD:
-                    raise ValueError("a chunk-size or trailer line without end")
-                return n, False
-            line = bytes(self.line) + data[pos:i]
-            self.line.clear()
-            pos = i + 1
-            if self.state == self.SIZE:
-                size = int(line.split(b";", 1)[0].strip(), 16)
-                self.state, self.left = (self.DATA, size) if size else (self.TRAILER, 0)
-            elif self.state == self.DATA_END:
-                self.state = self.SIZE
-            elif not line.strip():  # the empty line after the trailers
-                return pos, True
-        return pos, False
-
-
 class _Request:
-    __slots__ = ("connect", "head_method", "line", "time")
+    __slots__ = ("line", "method", "time")
 
     def __init__(self, time: float) -> None:
         self.time = time
         self.line = b""  # the first REQUEST_PREFIX bytes of the request, once its head is complete
-        self.head_method = False  # HEAD: the answer has no body
-        self.connect = False  # CONNECT: a 2xx answer turns the connection into a tunnel
+        self.method: bytes | None = None  # known once its head is complete: HEAD and CONNECT frame the answer
 
 
 # what the server's side of a stream is reading
 _START, _MAYBE_HTTP, _RAW, _HEAD, _BODY, _CHUNKED, _CLOSE, _GONE = range(8)
 
 
-class _Stream:
-    """One TCP connection: in-order reassembly of both directions, its requests, and the start of each answer.
+class _Stream(reassembly.Connection):
+    """One TCP connection followed as HTTP/1: its requests, and the start of each answer (judged as it comes).
 
-    `skip[side]` is how many bytes that direction may send that need no look: the rest of a body already
-    decided on (counted down), or _IGNORE. The scan loop passes such in-order segments by without calling in.
+    The reassembly (`reassembly.Connection`) hands on each direction's bytes in order; `skip` is set here to the
+    rest of a body already decided on, so that those bytes are counted, not looked at.
     """
 
     __slots__ = (
@@ -202,17 +136,13 @@ class _Stream:
         "chunks",
         "client",
         "decided",
-        "last",
         "limit",
-        "nxt",
-        "pending",
         "queue",
         "receiving",
         "req_buf",
         "req_chunks",
         "req_lost",
         "result",
-        "skip",
         "state",
         "status",
         "unkept",
@@ -221,14 +151,11 @@ class _Stream:
     def __init__(self, a: str, b: str, result: ScanResult) -> None:
         self.a, self.b = a, b  # the first packet's source and destination
         self.result = result
+        super().__init__()
         self.client: int | None = None  # 0: a is the client; 1: b is (known from the SYN, else from a method)
-        self.nxt: list[int | None] = [None, None]  # the next sequence number expected from each side
-        self.pending: tuple[dict[int, bytes], dict[int, bytes]] = ({}, {})
-        self.skip = [0, 0]
-        self.last = 0.0
         # the client's side
         self.req_buf = bytearray()  # the head of the request being received
-        self.req_chunks: _Chunked | None = None  # its chunked body, being read
+        self.req_chunks: http1.ChunkedReader | None = None  # its chunked body, being read
         self.req_lost = False  # the client sent something that is not HTTP: no more requests are read
         self.receiving: _Request | None = None  # the request whose head is being received
         self.queue: deque[_Request] = deque()  # requests waiting for (the end of) their answers, oldest first
@@ -240,108 +167,13 @@ class _Stream:
         self.body = bytearray()  # the start of an HTTP answer's body, while it is needed to decide
         self.limit = 0  # how much of the body is kept
         self.body_left = 0  # a Content-Length body's bytes still to come
-        self.chunks: _Chunked | None = None
+        self.chunks: http1.ChunkedReader | None = None
         self.decided = False  # the answer being read has been judged (and reported, if it is a finding)
         self.answered = False  # bytes of an answer to queue[0] have arrived
 
-    # -- TCP
+    # -- what the reassembly hands on
 
-    def segment(self, side: int, seq: int, flags: int, payload: bytes, ts: float) -> None:
-        """One segment of `side`, in any order; in-order bytes go on to HTTP."""
-        if flags & _SYN:
-            self.nxt[side] = (seq + 1) & _SEQ
-            return
-        if not payload:
-            return
-        nxt = self.nxt[side]
-        if nxt is None:  # the capture began mid-stream
-            nxt = seq
-        offset = (seq - nxt) & _SEQ
-        if offset >= 0x80000000:  # before nxt: a retransmission, maybe partly new
-            overlap = (nxt - seq) & _SEQ
-            if overlap >= len(payload):
-                return
-            payload, seq, offset = payload[overlap:], nxt, 0
-        pending = self.pending[side]
-        if offset:
-            if len(pending) < MAX_PENDING:
-                if len(payload) > len(pending.get(seq, b"")):
-                    pending[seq] = payload
-                return
-            pending[seq] = payload
-            self.give_up_gap(side, ts)  # a gap that will not fill: step over it
-            return
-        self.nxt[side] = (seq + len(payload)) & _SEQ
-        self.deliver(side, payload, ts)
-        self.drain(side, ts)
-
-    def drain(self, side: int, ts: float) -> None:
-        """Deliver the stored segments of `side` that follow in order from `nxt`."""
-        pending = self.pending[side]
-        while pending:
-            nxt = self.nxt[side]
-            assert nxt is not None
-            chunk = pending.pop(nxt, None)
-            if chunk is None:  # a stored segment may overlap what has been delivered since
-                for at in list(pending):
-                    overlap = (nxt - at) & _SEQ
-                    if overlap < 0x80000000:
-                        late = pending.pop(at)
-                        if overlap < len(late):
-                            chunk = late[overlap:]
-                            break
-                if chunk is None:
-                    return
-            self.nxt[side] = (nxt + len(chunk)) & _SEQ
-            self.deliver(side, chunk, ts)
-
-    def give_up_gap(self, side: int, ts: float) -> None:
-        """Bytes of `side` missing from the capture will not come: step over them to the next stored segment.
-
-        Inside a body whose length is counted, the following goes on after the gap, counted as skipped bytes;
-        anywhere else the framing of that direction is lost, and its later answers (or requests) are not read.
-        """
-        pending, nxt = self.pending[side], self.nxt[side]
-        if not pending or nxt is None:
-            return
-        at = min(pending, key=lambda seq: (seq - nxt) & _SEQ)
-        gap = (at - nxt) & _SEQ
-        self.result.gaps += 1
-        self.nxt[side] = at
-        skip = self.skip[side]
-        if skip >= _IGNORE:
-            pass  # nothing it sends is read anyway
-        elif skip > gap:
-            self.skip[side] = skip - gap
-        elif skip == gap and skip:
-            self.skip[side] = 0
-            self._body_skipped(side)
-        elif side != self.client and self.state == _BODY and self.body_left > gap:
-            self.body_left -= gap
-        elif side != self.client and self.state == _BODY and self.body_left == gap:
-            self.answer_done()
-        else:
-            self.result.gaps_unread += 1
-            if side == self.client:
-                self._client_lost()
-            else:
-                self._judge_what_arrived()
-                self.server_gone()
-        self.drain(side, ts)
-
-    def deliver(self, side: int, data: bytes, ts: float) -> None:
-        skip = self.skip[side]
-        if skip:
-            if skip >= _IGNORE:
-                return
-            if skip >= len(data):
-                self.skip[side] = skip - len(data)
-                if skip == len(data):
-                    self._body_skipped(side)
-                return
-            self.skip[side] = 0
-            self._body_skipped(side)
-            data = data[skip:]
+    def stream_bytes(self, side: int, data: bytes, ts: float) -> None:
         if self.client is None:  # no SYN seen: the first side to send an HTTP method asks
             if not data.startswith(METHODS):
                 return
@@ -351,7 +183,26 @@ class _Stream:
         else:
             self.server_bytes(data)
 
-    def _body_skipped(self, side: int) -> None:
+    def gap(self, side: int, size: int, absorbed: bool) -> None:
+        """Bytes of `side` missing from the capture were stepped over. Inside a body whose length is counted, the
+        following goes on after the gap; anywhere else the framing of that direction is lost, and its later answers
+        (or requests) are not read."""
+        self.result.gaps += 1
+        if absorbed:
+            return
+        if side != self.client and self.state == _BODY and self.body_left > size:
+            self.body_left -= size
+        elif side != self.client and self.state == _BODY and self.body_left == size:
+            self.answer_done()
+        else:
+            self.result.gaps_unread += 1
+            if side == self.client:
+                self._client_lost()
+            else:
+                self._judge_what_arrived()
+                self.server_gone()
+
+    def skipped(self, side: int) -> None:
         """The counted-down body of `side` has ended."""
         if side != self.client:
             self.answer_done()
@@ -372,7 +223,8 @@ class _Stream:
             if self.req_chunks is not None:
                 try:
                     pos, done = self.req_chunks.feed(data, pos, None)
-                except ValueError:
+                except http1.FramingError:
+                    self.result.unframed += 1
                     self._client_lost()
                     return
                 if done:
@@ -424,9 +276,9 @@ class _Stream:
             self.result.requests_unkept += 1
         else:
             self.queue.append(request)
-        if self.state in (_RAW, _CLOSE) and len(self.queue) + self.unkept > 1:
-            # an answer without an end of its own (TLS records, a close-delimited body) ends when the client asks
-            # again on the same connection
+        if self.state == _RAW and len(self.queue) + self.unkept > 1:
+            # bytes that are no HTTP have no end of their own: they end when the client asks again. A close-delimited
+            # body does not: it ends at the close and only there (RFC 9112, 6.3), whoever sends what meanwhile.
             self.answer_done()
 
     def request_head(self, head: bytes) -> None:
@@ -435,13 +287,16 @@ class _Stream:
         self.receiving = None
         request.line = head[:REQUEST_PREFIX]
         method = head.split(b" ", 1)[0]
-        request.head_method = method == b"HEAD"
-        request.connect = method == b"CONNECT"
-        chunked, length = _framing(head)
-        if chunked:
-            self.req_chunks = _Chunked()
-        elif length:
-            self.skip[self._client_side()] = length
+        request.method = method
+        framing = http1.request_framing(head)
+        self.result.framing_conflicts += framing.conflict
+        if framing.body is http1.Body.CHUNKED:
+            self.req_chunks = http1.ChunkedReader()
+        elif framing.body is http1.Body.LENGTH:
+            self.skip[self._client_side()] = framing.length
+        elif framing.body is http1.Body.INVALID:
+            self.result.unframed += 1
+            self._client_lost()
 
     # -- the server's side: answers
 
@@ -509,7 +364,8 @@ class _Stream:
                 assert self.chunks is not None
                 try:
                     pos, done = self.chunks.feed(data, pos, None if self.decided else self.take_body)
-                except ValueError:
+                except http1.FramingError:
+                    self.result.unframed += 1
                     self.decide_http(final=True)
                     self.server_gone()
                     return
@@ -524,29 +380,32 @@ class _Stream:
 
     def answer_head(self, head: bytes) -> None:
         """A complete head of an HTTP answer to queue[0]: how its body is framed, and whether it is needed."""
-        status = self.status = head[9:12]
-        code = int(status) if status.isdigit() else 0
+        code = http1.status_code(head)
+        self.status = head[9:12]
         request = self.queue[0] if self.queue else None
-        if 100 <= code < 200 and code != 101:  # interim: the real answer follows
+        if http1.is_interim(code):  # the real answer follows
             self.buf.clear()
             self.state = _MAYBE_HTTP
             return
         self.limit = max(0, ANSWER_PREFIX - len(head))
-        if code == 101 or (request is not None and request.connect and 200 <= code < 300):
+        framing = http1.response_framing(head, request.method if request is not None else None)
+        self.result.framing_conflicts += framing.conflict
+        body = framing.body
+        if body is http1.Body.TUNNEL:
             self.decide_http(final=True)
-            self.server_gone()  # a tunnel: neither side speaks HTTP any more
+            self.server_gone()  # neither side speaks HTTP any more
             self.req_lost = True
             self.skip[self._client_side()] = _IGNORE
             return
-        chunked, length = _framing(head)
-        if (request is not None and request.head_method) or code in (204, 304) or (not chunked and length == 0):
+        if body is http1.Body.NONE:
             self.answer_done()
             return
-        if chunked:
-            self.state, self.chunks = _CHUNKED, _Chunked()
-        elif length is not None:
-            self.state, self.body_left = _BODY, length
-        else:
+        if body is http1.Body.CHUNKED:
+            self.state, self.chunks = _CHUNKED, http1.ChunkedReader()
+        elif body is http1.Body.LENGTH:
+            self.state, self.body_left = _BODY, framing.length
+        else:  # CLOSE, or INVALID: a body no header frames is read as what comes until the close
+            self.result.unframed += body is http1.Body.INVALID
             self.state = _CLOSE
         self.decide_http(final=False)
 
@@ -638,19 +497,20 @@ class _Stream:
     def finish(self, closed_by_server: bool = False) -> None:
         """The connection closed (`closed_by_server`: a FIN or RST from the server), or the capture ended, or the
         stream was dropped."""
-        for side in (0, 1):
-            while self.pending[side]:
-                self.give_up_gap(side, self.last)
+        self.flush()
         state = self.state
         if state == _GONE or not self.outstanding():
             return
-        if state == _START and not self.answered:
-            if closed_by_server:
-                self.report(findings.silent_close())
-            else:  # the capture ended (or the client closed) before any answer: no evidence of anything
-                self.result.requests_unanswered += len(self.queue) + self.unkept
+        waiting = len(self.queue) + self.unkept
+        if state == _START and not self.answered and not closed_by_server:
+            # the capture ended (or the client closed) before any answer: no evidence of anything
+            self.result.requests_unanswered += waiting
         else:
-            self._judge_what_arrived()
+            if state == _START and not self.answered:
+                self.report(findings.silent_close())
+            else:
+                self._judge_what_arrived()
+            self.result.requests_unanswered += waiting - 1  # those asked after it: no answer came on this connection
         self.state = _GONE
 
     def _judge_what_arrived(self) -> None:
@@ -724,48 +584,6 @@ def _packets(f: BinaryIO) -> tuple[Iterator[tuple[float, bytes]], Callable[[byte
     return iter(reader), decoders[link]
 
 
-# Where the IP packet starts in a frame, read from the raw bytes: (offset, IP version), or None for a frame
-# left to dpkt (other encapsulations: MPLS, PPPoE, LLC, ...). Short frames raise IndexError.
-_IP_TYPES = {b"\x08\x00": 4, b"\x86\xdd": 6}
-_VLAN_TYPES = (b"\x81\x00", b"\x88\xa8", b"\x91\x00", b"\x92\x00")
-_NULL_FAMILIES = {  # AF_INET, and the AF_INET6 of Linux, the BSDs and macOS, in either byte order
-    **{fam.to_bytes(4, "big"): version for fam, version in ((2, 4), (24, 6), (28, 6), (30, 6))},
-    **{fam.to_bytes(4, "little"): version for fam, version in ((2, 4), (24, 6), (28, 6), (30, 6))},
-}
-
-
-def _at_ethernet(buf: bytes) -> tuple[int, int] | None:
-    kind = buf[12:14]
-    off = 14
-    for _ in range(2):  # 802.1Q / 802.1ad tags, up to two
-        if kind not in _VLAN_TYPES:
-            break
-        kind = buf[off + 2 : off + 4]
-        off += 4
-    version = _IP_TYPES.get(kind)
-    return None if version is None else (off, version)
-
-
-def _at_sll(buf: bytes) -> tuple[int, int] | None:
-    version = _IP_TYPES.get(buf[14:16])
-    return None if version is None else (16, version)
-
-
-def _at_sll2(buf: bytes) -> tuple[int, int] | None:
-    version = _IP_TYPES.get(buf[0:2])
-    return None if version is None else (20, version)
-
-
-def _at_null(buf: bytes) -> tuple[int, int] | None:
-    version = _NULL_FAMILIES.get(buf[0:4])
-    return None if version is None else (4, version)
-
-
-def _at_raw(buf: bytes) -> tuple[int, int] | None:
-    version = buf[0] >> 4
-    return (0, version) if version in (4, 6) else None
-
-
 _IP4 = struct.Struct(">BxH2xHxB").unpack_from  # version+IHL, total length, flags+fragment offset, protocol
 _TCP = struct.Struct(">4xI4xBB").unpack_from  # sequence number, data offset, flags
 _PORTS = struct.Struct(">HH")
@@ -825,13 +643,14 @@ def scan(path: Path, on_progress: Callable[[int, int], None] | None = None) -> S
     cut = _CutDetector(f)
     try:
         packets, decode = _packets(cut)  # type: ignore[arg-type]
+        # where the IP packet starts, read from the raw bytes: None leaves the frame to dpkt (MPLS, PPPoE, ...)
         at = {
-            dpkt.ethernet.Ethernet: _at_ethernet,
-            dpkt.sll.SLL: _at_sll,
-            dpkt.sll2.SLL2: _at_sll2,
-            dpkt.loopback.Loopback: _at_null,
-            dpkt.ip.IP: _at_raw,
-            dpkt.ip6.IP6: _at_raw,
+            dpkt.ethernet.Ethernet: frames.at_ethernet,
+            dpkt.sll.SLL: frames.at_sll,
+            dpkt.sll2.SLL2: frames.at_sll2,
+            dpkt.loopback.Loopback: frames.at_null,
+            dpkt.ip.IP: frames.at_raw,
+            dpkt.ip6.IP6: frames.at_raw,
         }[decode]  # type: ignore[index]
         ip4, tcp_fields, get = _IP4, _TCP, streams.get
         count = 0
@@ -893,7 +712,9 @@ def scan(path: Path, on_progress: Callable[[int, int], None] | None = None) -> S
                     continue  # the last ACK or FIN of a stream already finished
                 half = (len(key) - 4) // 2
                 sport, dport = _PORTS.unpack_from(key, 2 * half)
-                stream = _Stream(_endpoint(key[:half], sport), _endpoint(key[half : 2 * half], dport), result)
+                stream = _Stream(
+                    frames.endpoint(key[:half], sport), frames.endpoint(key[half : 2 * half], dport), result
+                )
                 if flags & _SYN:  # SYN: this side connects; SYN-ACK: the other side did
                     stream.client = 1 if flags & _ACK else 0
                 streams[key] = (stream, 0)

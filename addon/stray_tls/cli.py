@@ -23,9 +23,9 @@ from .pasted import (
     ProxyAddress,
     argument,
     parse_host,
-    parse_pasted,
     parse_proxy,
     passwords_in,
+    read_pasted,
 )
 
 if TYPE_CHECKING:
@@ -35,15 +35,22 @@ if TYPE_CHECKING:
 def cmd_decode(args: argparse.Namespace) -> int:
     pasted = " ".join(args.hex) if args.hex else sys.stdin.read()
     try:
-        data = parse_pasted(pasted)
+        read = read_pasted(pasted)
     except PasteError as e:
         print(f"esrs-fix decode: {e}", file=sys.stderr)
         return 2
-    decoded = records.decode(data)
+    frame = text.pasted_frame(read.data, read.start)
+    payload = read.data if frame is None else frame.payload
+    decoded = records.decode(payload)
     if args.json:
-        print(json.dumps(_decode_json(data, decoded), indent=2))
+        out = _decode_json(payload, decoded)
+        if frame is not None:
+            out = {**out, "frame": frame.to_dict()}
+        elif read.start:
+            out = {**out, "dump_offset": read.start}
+        print(json.dumps(out, indent=2))
         return 0 if isinstance(decoded, records.Records) else 1
-    rendered, is_tls = text.decode_text(data)
+    rendered, is_tls = text.decode_text(read.data, read.start)
     print(rendered)
     return 0 if is_tls else 1
 
@@ -57,6 +64,8 @@ def _decode_json(data: bytes, decoded: records.Decoded) -> dict:
             "rest_hex": decoded.rest.hex(),
             "rest_incomplete": decoded.rest_incomplete,
         }
+    if not data:
+        return {"verdict": "empty", "bytes": 0}
     if isinstance(decoded, records.NeedMore):
         return {"verdict": "need_more", "bytes": len(data), "needed": decoded.needed}
     return {"verdict": "not_tls", "bytes": len(data), "reason": decoded.reason}
@@ -204,6 +213,8 @@ def cmd_pcap(args: argparse.Namespace) -> int:
                     "requests_unanswered": result.requests_unanswered,
                     "gaps": result.gaps,
                     "gaps_unread": result.gaps_unread,
+                    "framing_conflicts": result.framing_conflicts,
+                    "unframed": result.unframed,
                     "damaged": result.damaged or None,
                     "exchanges": [e.to_dict() for e in result.exchanges],
                 },
@@ -227,8 +238,18 @@ def cmd_pcap(args: argparse.Namespace) -> int:
             )
         if result.requests_unanswered:
             print(
-                f"{result.requests_unanswered} requests had no answer yet when the capture ended or their client "
-                "closed: not reported (a silent close is only a server's)"
+                f"{result.requests_unanswered} requests had no answer: the capture ended, their client closed, or "
+                "the server closed after an earlier answer: not reported (a silent close is only a server's)"
+            )
+        if result.framing_conflicts:
+            print(
+                f"{result.framing_conflicts} HTTP messages had both Transfer-Encoding and Content-Length: read as "
+                "chunked (RFC 9112), but a sign of a broken or request-smuggling hop"
+            )
+        if result.unframed:
+            print(
+                f"{result.unframed} HTTP messages could not be framed (a Content-Length that is no number, a chunk "
+                "size that is none): the rest of their connection's direction was not read, so answers may be missing"
             )
         if result.gaps:
             print(

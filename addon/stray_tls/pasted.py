@@ -5,14 +5,21 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import itertools
 import re
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
-# A Wireshark "Copy as Hex Dump" line: an offset, up to 16 bytes (single or double spaced), an ASCII column.
-_DUMP_LINE = re.compile(r"^\s*([0-9a-fA-F]{4,8})(?::)?\s{1,4}((?:[0-9a-fA-F]{2}(?: {1,2}|$)){1,16})")
+# A hex dump line: an offset (Wireshark `0010`, tcpdump `0x0010:`, xxd `00000010:`), then the bytes, in pairs
+# (Wireshark) or groups of four digits (tcpdump -X, xxd), then maybe an ASCII column, three spaces or more away
+# on a short line (Wireshark pads the last line) and past the 16th byte on a full one.
+_DUMP_OFFSET = re.compile(r"^\s*(?:0x)?([0-9a-fA-F]{4,8})(:?)(\s+)")
+_DUMP_GROUP = re.compile(r"([0-9a-fA-F]{4}|[0-9a-fA-F]{2})(?=\s|$)")
+_DUMP_GAP = re.compile(r" {1,2}(?! )")
+#: Bytes on one dump line, at most.
+DUMP_WIDTH = 16
 _SEPARATORS = re.compile(r"\\x|0x|[\s,:;.\-]", re.I)
 _HEX = re.compile(r"^[0-9a-fA-F]*$")
 
@@ -24,26 +31,87 @@ class PasteError(ValueError):
     """The pasted text is not bytes in any form we read; the message says why, in a sentence."""
 
 
+@dataclass(frozen=True)
+class Pasted:
+    """The pasted bytes, and where the first of them stood in the frame: a hex dump's first offset, else 0."""
+
+    data: bytes
+    start: int = 0
+
+
 def parse_pasted(text: str) -> bytes:
-    """Read `15 03 01 00 02 02 0a`, `1503010002020a`, `\\x15\\x03...`, `0x15,0x03`, or a Wireshark hex dump."""
+    """Read `15 03 01 00 02 02 0a`, `1503010002020a`, `\\x15\\x03...`, `0x15,0x03`, or a hex dump."""
+    return read_pasted(text).data
+
+
+def read_pasted(text: str) -> Pasted:
+    """The bytes of `parse_pasted`, with the first offset of a hex dump: lines cut from the middle of a dump
+    (`0010  15 03 01 00 02 02 0a`) are the bytes at that offset, and the offset is not data."""
     lines = [line for line in text.splitlines() if line.strip()]
     if not lines:
         raise PasteError("nothing to decode: give the bytes as hex, e.g. 15 03 01 00 02 02 0a")
-    dump = [_DUMP_LINE.match(line) for line in lines]
-    if all(dump) and (len(lines) > 1 or _looks_like_offset_first(lines[0])):
-        return bytes.fromhex("".join(m.group(2).replace(" ", "") for m in dump if m))
+    dump = _read_dump(lines)
+    if dump is not None:
+        return dump
     compact = _SEPARATORS.sub("", text)
     if not _HEX.match(compact):
         bad = next(c for c in compact if c not in "0123456789abcdefABCDEF")
         raise PasteError(f"not hex: unexpected character {bad!r}; give bytes like 15 03 01 00 02 02 0a")
     if len(compact) % 2:
         raise PasteError(f"odd number of hex digits ({len(compact)}): a byte needs two, e.g. 0a not a")
-    return bytes.fromhex(compact)
+    return Pasted(bytes.fromhex(compact))
 
 
-def _looks_like_offset_first(line: str) -> bool:
-    """A single dump line starts with an offset of zeros (`0000`), not with data that happens to be hex."""
-    return bool(re.match(r"^\s*0{4,8}:?\s", line))
+class _DumpLine(NamedTuple):
+    offset: int
+    data: bytes
+    set_apart: bool  # the offset ends in a colon or two spaces, as dump tools write it
+    pairs: bool  # the bytes stand in pairs (Wireshark), not in groups of four digits
+
+
+def _dump_line(line: str) -> _DumpLine | None:
+    m = _DUMP_OFFSET.match(line)
+    if m is None:
+        return None
+    data, pos, pairs = bytearray(), m.end(), True
+    while len(data) < DUMP_WIDTH and (group := _DUMP_GROUP.match(line, pos)):
+        data += bytes.fromhex(group.group(1))
+        pairs = pairs and len(group.group(1)) == 2
+        pos = group.end()
+        gap = _DUMP_GAP.match(line, pos)
+        if gap is None:
+            break
+        pos = gap.end()
+    if not data:
+        return None
+    return _DumpLine(int(m.group(1), 16), bytes(data), bool(m.group(2)) or len(m.group(3)) >= 2, pairs)
+
+
+def _read_dump(lines: list[str]) -> Pasted | None:
+    """The bytes of a hex dump, or None when the lines are not one.
+
+    Several lines are a dump when each is a dump line and each offset follows on from the line before; lines whose
+    offsets climb in steps of 16 with a line missing are a dump cut short (a sentence, not a guess). A single line
+    is a dump when its offset could not be data: zero, or a multiple of 16 set apart or followed by byte pairs.
+    """
+    parsed = [_dump_line(line) for line in lines]
+    rows = [row for row in parsed if row is not None]
+    if len(rows) < len(parsed):
+        return None
+    if len(rows) == 1:
+        row = rows[0]
+        if row.offset == 0 or (row.offset % 16 == 0 and (row.set_apart or row.pairs)):
+            return Pasted(row.data, row.offset)
+        return None
+    for row, following in itertools.pairwise(rows):
+        if following.offset != row.offset + len(row.data):
+            if following.offset > row.offset and all(r.offset % 16 == 0 for r in rows):
+                raise PasteError(
+                    f"the hex dump skips from offset 0x{row.offset:04x} ({len(row.data)} bytes) to "
+                    f"0x{following.offset:04x}: paste its lines without a gap"
+                )
+            return None
+    return Pasted(b"".join(r.data for r in rows), rows[0].offset)
 
 
 class PortError(ValueError):

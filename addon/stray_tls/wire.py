@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from . import findings, records
+from . import findings, http1, records
 from .findings import Finding, Kind
 from .names import LABEL_HEADER
 
@@ -32,6 +32,9 @@ class Answer:
     body: bytes = b""
     timed_out: bool = False
     error: str = ""
+    #: Why the body's framing is not to be trusted (both Transfer-Encoding and Content-Length, a chunk size that
+    #: is none, a Content-Length that is no number); empty when it is sound.
+    framing_problem: str = ""
 
     @property
     def label(self) -> str | None:
@@ -60,6 +63,7 @@ class Answer:
             headers=None if self.headers is None else {k: head(v) for k, v in self.headers.items()},
             fields=[(k, head(v)) for k, v in self.fields],
             body=hide(self.body),
+            framing_problem=hide(self.framing_problem.encode("latin-1", "replace")).decode("latin-1"),
             error=hide(self.error.encode("utf-8", "surrogateescape")).decode("utf-8", "surrogateescape"),
         )
 
@@ -85,7 +89,7 @@ def send_and_read(sock: socket.socket, request: bytes, deadline: float, *, head_
     `head_only` stops at the end of the head (a CONNECT answer, after which the tunnel begins). At most
     `MAX_ANSWER` bytes are read.
     """
-    data = b""
+    reader = AnswerReader(request.split(b" ", 1)[0], head_only=head_only)
     timed_out = False
     try:
         sock.sendall(request)
@@ -96,92 +100,119 @@ def send_and_read(sock: socket.socket, request: bytes, deadline: float, *, head_
                 break
             sock.settimeout(remaining)
             chunk = sock.recv(1 if head_only else 65536)  # a CONNECT answer must not eat tunnel bytes
-            if not chunk:
-                break
-            data += chunk
-            if (head_only and data.endswith(b"\r\n\r\n")) or (not head_only and _complete(data)):
-                break
-            if len(data) >= MAX_ANSWER:
+            if not chunk or reader.feed(chunk) or len(reader.data) >= MAX_ANSWER:
                 break
     except TimeoutError:
         timed_out = True
     except OSError as e:
-        return _parse(data, timed_out, error=f"connection error: {e.strerror or e}")
-    return _parse(data, timed_out)
+        return reader.answer(timed_out, error=f"connection error: {e.strerror or e}")
+    return reader.answer(timed_out)
 
 
-def _final(data: bytes) -> bytes:
-    """`data` from its final answer on: interim 1xx heads (100 Continue, 103 Early Hints) skipped; 101 is final."""
-    while data[9:10] == b"1" and data[9:12] != b"101" and data.startswith(b"HTTP/"):
-        head_end = data.find(b"\r\n\r\n")
-        if head_end < 0:
-            return data
-        data = data[head_end + 4 :]
-    return data
+class AnswerReader:
+    """One answer, fed as it arrives (sans-IO): `feed` says when it is complete, by `http1`'s framing; `answer`
+    parses what arrived, complete or not, as far as it is HTTP.
 
+    Interim 1xx heads are skipped; 101, 204, 304 and an answer to HEAD end with their head (and, with `head_only`,
+    every answer does); a close-delimited body, or one no header frames, is complete only when the peer closes.
+    """
 
-def _complete(data: bytes) -> bool:
-    data = _final(data)
-    head, sep, body = data.partition(b"\r\n\r\n")
-    if not sep or not data.startswith(b"HTTP/"):
-        return False
-    status = head[9:12]
-    if status in (b"101", b"204", b"304"):
-        return True
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        name = name.strip().lower()
-        if name == b"transfer-encoding" and b"chunked" in value.lower():
-            return _dechunk(body)[1]
-        if name == b"content-length":
-            try:
-                return len(body) >= int(value.strip())
-            except ValueError:
+    def __init__(self, method: bytes = b"GET", *, head_only: bool = False) -> None:
+        self.method = method
+        self.head_only = head_only
+        self.data = bytearray()
+        self.start = 0  # where the answer being read (after any interim ones) begins
+        self.body_at = -1  # where its body begins, once its head is complete
+        self.framing: http1.Framing | None = None
+        self.chunks: http1.ChunkedReader | None = None
+        self.chunked_body = bytearray()
+        self.fed = 0  # how much of the body the chunked reader has seen
+        self.error = ""  # why the chunked body could not be read
+        self.done = False
+
+    def feed(self, chunk: bytes) -> bool:
+        """Take the next bytes; whether the answer is now complete (what follows it is not read)."""
+        self.data += chunk
+        while not self.done and self._step():
+            pass
+        return self.done
+
+    def _step(self) -> bool:
+        """Read one step further; whether there may be another step to take at once."""
+        data, start = self.data, self.start
+        if self.framing is None:
+            if len(data) - start < 5 or not data.startswith(b"HTTP/", start):
+                return False  # too little to tell, or not HTTP: read until the close
+            end = data.find(b"\r\n\r\n", start)
+            if end < 0:
                 return False
-    return False
+            head = bytes(data[start : end + 4])
+            if self.head_only:
+                self.done = True
+            elif http1.is_interim(http1.status_code(head)):
+                self.start = end + 4
+            else:
+                self.body_at = self.fed = end + 4
+                self.framing = http1.response_framing(head, self.method)
+            return not self.done
+        body = self.framing.body
+        if body in (http1.Body.NONE, http1.Body.TUNNEL):
+            self.done = True
+        elif body is http1.Body.LENGTH:
+            self.done = len(data) - self.body_at >= self.framing.length
+        elif body is http1.Body.CHUNKED and not self.error:
+            if self.chunks is None:
+                self.chunks = http1.ChunkedReader()
+            try:
+                end, self.done = self.chunks.feed(bytes(data[self.fed :]), 0, self.chunked_body.extend)
+                self.fed += end
+            except http1.FramingError as e:
+                self.error = str(e)  # read on until the close: the body from the bad line on is shown as it came
+                self.fed += e.at
+        return False
 
-
-def _dechunk(body: bytes) -> tuple[bytes, bool]:
-    """A chunked body's content, and whether the last chunk has arrived; what cannot be parsed is kept as is."""
-    out = b""
-    pos = 0
-    while True:
-        line_end = body.find(b"\r\n", pos)
-        if line_end < 0:
-            return out, False
-        size_text = body[pos:line_end].split(b";", 1)[0].strip()
-        try:
-            size = int(size_text, 16)
-        except ValueError:
-            return out + body[pos:], False
-        if size == 0:
-            return out, True
-        start = line_end + 2
-        if len(body) < start + size + 2:
-            return out + body[start : start + size], False
-        out += body[start : start + size]
-        pos = start + size + 2
-
-
-def _parse(data: bytes, timed_out: bool, error: str = "") -> Answer:
-    answer = Answer(data, timed_out=timed_out, error=error)
-    if not data.startswith(b"HTTP/"):
+    def answer(self, timed_out: bool, error: str = "") -> Answer:
+        """What arrived, parsed as far as it is HTTP."""
+        data = bytes(self.data)
+        answer = Answer(data, timed_out=timed_out, error=error)
+        if not data.startswith(b"HTTP/"):
+            return answer
+        final = data[self.start :]
+        head, _, rest = final.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        answer.status_line = lines[0].decode("latin-1")
+        parts = answer.status_line.split(" ", 2)
+        if len(parts) >= 2 and parts[1].isdigit():
+            answer.status = int(parts[1])
+        answer.headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            key, text = name.strip().lower().decode("latin-1"), value.strip().decode("latin-1")
+            answer.fields.append((key, text))
+            answer.headers[key] = text
+        framing = self.framing
+        if framing is None:
+            answer.body = rest
+        elif framing.body is http1.Body.CHUNKED:
+            # what was read of it; after a chunk that is none, the rest as it came
+            answer.body = bytes(self.chunked_body) + (data[self.fed :] if self.error else b"")
+        elif framing.body is http1.Body.LENGTH:
+            answer.body = rest[: framing.length]
+        elif framing.body in (http1.Body.NONE, http1.Body.TUNNEL):
+            answer.body = b""  # what follows the head is the next answer, or no HTTP at all
+        else:
+            answer.body = rest
+        if framing is not None:
+            answer.framing_problem = (
+                self.error
+                or framing.problem
+                or (
+                    "both Transfer-Encoding and Content-Length: read as chunked (RFC 9112), not to be trusted"
+                    if framing.conflict
+                    else ""
+                )
+            )
         return answer
-    head, _, body = _final(data).partition(b"\r\n\r\n")
-    lines = head.split(b"\r\n")
-    answer.status_line = lines[0].decode("latin-1")
-    parts = answer.status_line.split(" ", 2)
-    if len(parts) >= 2 and parts[1].isdigit():
-        answer.status = int(parts[1])
-    answer.headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(b":")
-        key, text = name.strip().lower().decode("latin-1"), value.strip().decode("latin-1")
-        answer.fields.append((key, text))
-        answer.headers[key] = text
-    chunked = "chunked" in answer.headers.get("transfer-encoding", "").lower()
-    answer.body = _dechunk(body)[0] if chunked else body
-    return answer
 
 
 def describe(a: Answer) -> tuple[str, Finding | None]:
@@ -191,6 +222,8 @@ def describe(a: Answer) -> tuple[str, Finding | None]:
     if a.status is not None:
         f = findings.from_response(a.status, a.body, a.header("x-transformed-from"))
         label = f" [X-ESRS-Fix: {a.label}]" if a.label else ""
+        if a.framing_problem:  # said with the status: the body read behind it is not to be trusted
+            label += f" [framing: {a.framing_problem}]"
         if f is not None and f.kind in (Kind.TLS_WRAPPED_HTTP09, Kind.TLS_IN_BODY):
             wrapped = " (X-Transformed-From: HTTP/0.9)" if f.kind is Kind.TLS_WRAPPED_HTTP09 else ""
             body = f"body: raw bytes {records.hexdump(f.raw, 16)}, decoded {f.summary}"
