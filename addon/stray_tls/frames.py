@@ -19,6 +19,8 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .names import hostport
+
 #: Ethertypes of IPv4 and IPv6, and the IP version each carries.
 IP_TYPES = {b"\x08\x00": 4, b"\x86\xdd": 6}
 #: Ethertypes of a VLAN tag: 802.1Q, 802.1ad (QinQ's outer tag), and the pre-standard QinQ values.
@@ -133,9 +135,7 @@ class Frame:
 
 def endpoint(addr: bytes, port: int) -> str:
     """`10.0.0.1:443`, `[fd00::1]:443` (`[::ffff:10.0.0.1]:443` for a v4-mapped address, as Wireshark says it)."""
-    if len(addr) == 16:
-        return f"[{socket.inet_ntop(socket.AF_INET6, addr)}]:{port}"
-    return f"{socket.inet_ntop(socket.AF_INET, addr)}:{port}"
+    return hostport(socket.inet_ntop(socket.AF_INET6 if len(addr) == 16 else socket.AF_INET, addr), port)
 
 
 def find_payload(data: bytes) -> Frame | None:
