@@ -265,7 +265,7 @@ def test_a_learned_request_in_an_address_mode_verifies_the_name_the_client_asked
     ("option", "value"),
     [("esrs_upgrade_timeout", 0), ("esrs_upgrade_timeout", 3601), ("esrs_upgrade_retry_after", -1)],
 )
-def test_the_heals_time_options_are_validated(addon: EsrsFix, option: str, value: int) -> None:
+def test_the_upgrades_time_options_are_validated(addon: EsrsFix, option: str, value: int) -> None:
     with taddons.context(addon) as tctx, pytest.raises(exceptions.OptionsError, match=option):
         tctx.configure(addon, **{option: value})
 
@@ -275,10 +275,10 @@ def test_the_heals_time_options_are_validated(addon: EsrsFix, option: str, value
     [("transparent", "esrs.example"), ("local", "esrs.example"), ("socks5", "esrs.example"), ("regular", "10.0.0.7")],
 )
 def test_the_tls_attempt_verifies_the_name_the_mode_gives(mode: str, name: str) -> None:
-    """The heal's TLS attempt (SNI and certificate check) uses the name the learned path uses."""
+    """The upgrade's TLS attempt (SNI and certificate check) uses the name the learned path uses."""
     from mitmproxy.proxy.mode_specs import ProxyMode
 
-    from stray_tls.heal import server_name
+    from stray_tls.upgrade import server_name
 
     f = tflow.tflow()
     f.client_conn.proxy_mode = ProxyMode.parse(mode)
@@ -287,14 +287,14 @@ def test_the_tls_attempt_verifies_the_name_the_mode_gives(mode: str, name: str) 
     assert server_name(f) == name
 
 
-def test_healing_without_early_detection_says_what_it_cannot_heal(addon: EsrsFix, caplog) -> None:
+def test_upgrading_without_early_detection_says_what_it_cannot_upgrade(addon: EsrsFix, caplog) -> None:
     with caplog.at_level(logging.WARNING), taddons.context(addon) as tctx:
         tctx.configure(addon, esrs_early=False, esrs_upgrade=True)
-    assert "esrs_upgrade heals only 'plain HTTP to HTTPS port' pages while early detection is off" in caplog.text
+    assert "esrs_upgrade upgrades only 'plain HTTP to HTTPS port' pages while early detection is off" in caplog.text
     assert "TLS records and silent closes need it" in caplog.text
 
 
-def test_healing_with_early_detection_says_nothing_of_the_kind(addon: EsrsFix, caplog) -> None:
+def test_upgrading_with_early_detection_says_nothing_of_the_kind(addon: EsrsFix, caplog) -> None:
     with caplog.at_level(logging.WARNING), taddons.context(addon) as tctx:
         tctx.configure(addon, esrs_early=True, esrs_upgrade=True)
     assert addon.early.active and "early detection is off" not in caplog.text
@@ -319,7 +319,7 @@ def test_a_stray_answer_makes_new_requests_to_its_address_wait_for_its_flow(addo
             elsewhere = tflow.tflow()
             elsewhere.request = http.Request.make("GET", "http://esrs.example:8443/")
             assert addon.requestheaders(elsewhere) is None  # another address does not wait
-            addon.heal.clear_suspect(stray.request.host, stray.request.port)  # the stray flow decided
+            addon.upgrade.clear_suspect(stray.request.host, stray.request.port)  # the stray flow decided
             await asyncio.wait_for(task, 5)
             assert other.request.scheme == "http"  # nothing was learned: plaintext, as it was sent
 

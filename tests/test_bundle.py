@@ -84,9 +84,12 @@ def test_the_zip_holds_the_addon_and_leaves_the_commands_and_the_lab_out() -> No
     names = [i.filename for i in infos]
     assert names == sorted(names)
     assert {i.date_time for i in infos} == {(1980, 1, 1, 0, 0, 0)} and {i.compress_type for i in infos} == {0}
-    assert {"stray_tls/__init__.py", "stray_tls/addon.py", "stray_tls/compat/__init__.py", "stray_tls/heal.py"} <= set(
-        names
-    )
+    assert {
+        "stray_tls/__init__.py",
+        "stray_tls/addon.py",
+        "stray_tls/compat/__init__.py",
+        "stray_tls/upgrade.py",
+    } <= set(names)
     left_out = {"lab", "main", "cli", "bundle", "launch", "wire", "diagnose", "capture", "http1", "reassembly"}
     assert not [n for n in names if n.split("/")[1].removesuffix(".py") in left_out], names
     assert not [n for n in names if "__pycache__" in n or not n.endswith(".py")], names
@@ -97,11 +100,11 @@ def test_the_zip_holds_the_addon_and_leaves_the_commands_and_the_lab_out() -> No
 
 def test_a_new_module_is_shipped_without_a_list_to_keep(tmp_path: Path) -> None:
     copy = copy_package(tmp_path)
-    (copy / "heal_planted.py").write_text("X = 1\n")
+    (copy / "upgrade_planted.py").write_text("X = 1\n")
     (copy / "sub").mkdir()
     (copy / "sub" / "__init__.py").write_text("from .. import names\n")
     modules = bundle.build(copy).modules
-    assert "stray_tls.heal_planted" in modules and "stray_tls.sub" in modules
+    assert "stray_tls.upgrade_planted" in modules and "stray_tls.sub" in modules
 
 
 def test_the_addon_never_reaches_a_left_out_module(tmp_path: Path) -> None:
@@ -269,9 +272,9 @@ def single_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def upstreams(cert) -> Iterator[dict[str, servers.EsrsServer]]:
     """The stand-in ESRS server twice (the field report's alert to plaintext, TLS on the same port): one to be
-    answered with the labelled 502, one to be healed."""
+    answered with the labelled 502, one to be upgraded."""
     started: dict[str, servers.EsrsServer] = {}
-    for name in ("stray", "heal"):
+    for name in ("stray", "upgrade"):
         started[name] = servers.EsrsServer(cert, servers.EsrsBehaviour(plaintext=Plaintext.ALERT))
         started[name].start()
     yield started
@@ -297,7 +300,7 @@ def bare_mitmdump(
         "--set",
         "esrs_upgrade=true",
         "--set",
-        "esrs_filter=~u /heal",
+        "esrs_filter=~u /upgrade",
         "--set",
         f"ssl_verify_upstream_trusted_ca={cert[0]}",
     ]
@@ -337,12 +340,12 @@ def test_mitmdump_answers_the_field_reports_alert_with_the_labelled_502(bare_mit
 
 
 @pytest.mark.e2e
-def test_mitmdump_heals_the_tls_server(bare_mitmdump, upstreams) -> None:
+def test_mitmdump_upgrades_the_tls_server(bare_mitmdump, upstreams) -> None:
     _, ports = bare_mitmdump
-    answer = get(ports["heal"], "/heal")
+    answer = get(ports["upgrade"], "/upgrade")
     assert answer.status == 200 and answer.body == servers.OK_BODY, answer
     assert (answer.label or "").startswith(f"upgraded; {SUMMARY}")
-    assert upstreams["heal"].tls_requests >= 1
+    assert upstreams["upgrade"].tls_requests >= 1
 
 
 @pytest.mark.e2e

@@ -30,7 +30,7 @@ from stray_tls.lab.mitm import Mitmdump
 from stray_tls.wire import Answer, exchange
 
 from .realproxies import PASSWORD, USER
-from .test_heal import FIELD_ALERT_SUMMARY, plaintext, report_lines, reverse_mitmdump, server_context
+from .test_upgrade import FIELD_ALERT_SUMMARY, plaintext, report_lines, reverse_mitmdump, server_context
 
 pytestmark = pytest.mark.e2e
 
@@ -128,15 +128,15 @@ def field(cert: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> 
             "connection_strategy": "lazy",
         }
         with reverse_mitmdump(targets, options, tmp / "mitmdump.log") as (m, ports):
-            # One heal first, so that no test meets a cold mitmdump: its first flow takes long enough (imports, TLS
+            # One upgrade first, so that no test meets a cold mitmdump: its first flow takes long enough (imports, TLS
             # contexts) for a whole crowd to be sent in plaintext before the first stray answer is seen.
             warm = plaintext(ports["warm"])
             assert (warm.status, warm.body) == (200, BODY), m.log_tail()
             yield Field(m, ports, made, report)
 
 
-def test_a_handshake_that_takes_seconds_is_healed_then_learned(field: Field) -> None:
-    """The server completes its TLS handshake 2 s after the ClientHello: slow is not closed. Healed on the first
+def test_a_handshake_that_takes_seconds_is_upgraded_then_learned(field: Field) -> None:
+    """The server completes its TLS handshake 2 s after the ClientHello: slow is not closed. Upgraded on the first
     request, served as learned on the second."""
     server, port = field.servers["slow"], field.ports["slow"]
     first = plaintext(port)
@@ -218,7 +218,7 @@ def test_a_tls10_only_server_names_tls_version_server_min(field: Field) -> None:
     assert entry["upgrade_cause"] == "tls_version"
 
 
-# -- flows saved with -w: the learned flow's record has the healed flow's keys
+# -- flows saved with -w: the learned flow's record has the upgraded flow's keys
 
 
 def read_flows(path: Path) -> list[Any]:
@@ -226,8 +226,8 @@ def read_flows(path: Path) -> list[Any]:
         return list(mitmio.FlowReader(f).stream())
 
 
-def test_tls10_heals_with_tls_version_server_min(cert: tuple[Path, Path], tmp_path: Path, start_server) -> None:
-    """With tls_version_server_min=TLS1 the TLS-1.0-only server is healed, then served as learned."""
+def test_tls10_upgrades_with_tls_version_server_min(cert: tuple[Path, Path], tmp_path: Path, start_server) -> None:
+    """With tls_version_server_min=TLS1 the TLS-1.0-only server is upgraded, then served as learned."""
     server = start_server(FieldServer(cert, tls10_only=True))
     options = {
         "esrs_upgrade": "true",
@@ -243,8 +243,8 @@ def test_tls10_heals_with_tls_version_server_min(cert: tuple[Path, Path], tmp_pa
     assert (server.plaintext_requests, len(server.tls_heads)) == (1, 2)
 
 
-def test_learned_and_healed_flows_have_one_record(cert: tuple[Path, Path], tmp_path: Path, start_server) -> None:
-    """Read back from -w: the healed flow and the learned one carry the same esrs_fix keys; the learned one says
+def test_learned_and_upgraded_flows_have_one_record(cert: tuple[Path, Path], tmp_path: Path, start_server) -> None:
+    """Read back from -w: the upgraded flow and the learned one carry the same esrs_fix keys; the learned one says
     what taught it (kind, confidence, the flow) and when."""
     server = start_server(FieldServer(cert))
     saved = tmp_path / "flows.mitm"
@@ -255,11 +255,11 @@ def test_learned_and_healed_flows_have_one_record(cert: tuple[Path, Path], tmp_p
         assert (plaintext(port).label or "").startswith("upgraded; "), m.log_tail()
         assert (plaintext(port).label or "").startswith("upgraded (learned); "), m.log_tail()
     flows = [f for f in read_flows(saved) if "esrs_fix" in f.metadata]
-    healed, learned = (f.metadata["esrs_fix"] for f in flows[:2])
-    assert set(healed) == set(learned)
-    assert (healed["learned"], learned["learned"]) == (False, True)
-    assert learned["confidence"] == healed["confidence"] == "high"
-    assert (learned["kind"], learned["summary"]) == (healed["kind"], healed["summary"])
+    upgraded, learned = (f.metadata["esrs_fix"] for f in flows[:2])
+    assert set(upgraded) == set(learned)
+    assert (upgraded["learned"], learned["learned"]) == (False, True)
+    assert learned["confidence"] == upgraded["confidence"] == "high"
+    assert (learned["kind"], learned["summary"]) == (upgraded["kind"], upgraded["summary"])
     assert learned["taught_by"] == flows[0].id and learned["learned_at"]
     assert learned["upgrade"]["status"] == 200
 
@@ -288,7 +288,7 @@ class HeadRecorder(FieldServer):
 
 
 def test_upstream_credentials_never_reach_the_origin(cert, start_server, real_proxies, mitmdump) -> None:
-    """Upstream mode through squid that wants Basic credentials (upstream_auth set): healed through CONNECT, then
+    """Upstream mode through squid that wants Basic credentials (upstream_auth set): upgraded through CONNECT, then
     learned, and no request that reached the origin, over TLS or not, carried a Proxy-* header."""
     squid = real_proxies.get("squid-auth")
     origin = start_server(HeadRecorder(cert))
@@ -311,9 +311,9 @@ def test_upstream_credentials_never_reach_the_origin(cert, start_server, real_pr
 # -- a real TLS server far away: the lab's latency relay in front of the real JSSE server
 
 
-def test_a_real_server_150_ms_away_is_healed_then_learned(real_server, tmp_path: Path) -> None:
+def test_a_real_server_150_ms_away_is_upgraded_then_learned(real_server, tmp_path: Path) -> None:
     """The real JSSE server (Java) behind the lab's latency relay, 150 ms each way (about Tokyo to the US east
-    coast): the first request is healed, the second served as learned, each with the server's own answer."""
+    coast): the first request is upgraded, the second served as learned, each with the server's own answer."""
     peer = real_server("jsse")
     with LatencyRelay(peer.address, 0.150) as relay:
         options = {
@@ -388,9 +388,9 @@ class SlowConnectServer(FieldServer):
         super().stop()
 
 
-def test_a_tls_attempt_whose_connect_takes_seconds_is_healed(cert: tuple[Path, Path], tmp_path: Path) -> None:
+def test_a_tls_attempt_whose_connect_takes_seconds_is_upgraded(cert: tuple[Path, Path], tmp_path: Path) -> None:
     """The TLS attempt's TCP connect completes only after a SYN retransmission (seconds): slow is not closed, the
-    first request is healed."""
+    first request is upgraded."""
     server = SlowConnectServer(cert)
     with server:
         options = {"esrs_upgrade": "true", "ssl_verify_upstream_trusted_ca": cert[0], "connection_strategy": "lazy"}
@@ -402,7 +402,7 @@ def test_a_tls_attempt_whose_connect_takes_seconds_is_healed(cert: tuple[Path, P
     assert waited >= 1.0  # a lower bound: the connect really was slow (the SYN was sent again)
 
 
-# -- what one request's failure may and may not say about its target (fresh-eyes review of the heal)
+# -- what one request's failure may and may not say about its target (fresh-eyes review of the upgrade)
 
 
 class SilentOncePlainServer(servers.TCPServer):

@@ -207,7 +207,7 @@ def test_reading_saved_flows_back_keeps_what_they_recorded(esrs, start_server, m
     assert stray["comment"] == f"esrs-fix: {SUMMARY}"  # one annotation, not two
 
 
-def test_view_of_a_healed_flow_shows_both_answers_and_leaves_the_body_to_its_own_view(addon: EsrsFix) -> None:
+def test_view_of_a_upgraded_flow_shows_both_answers_and_leaves_the_body_to_its_own_view(addon: EsrsFix) -> None:
     with taddons.context(addon):
         f = response_flow(b'{"status": "ok"}', "application/json")
         assert f.response is not None
@@ -229,7 +229,7 @@ def test_view_of_a_healed_flow_shows_both_answers_and_leaves_the_body_to_its_own
         }
         assert contentview.priority(f.response.content or b"", f, f.response) < 0  # JSON stays the automatic view
         rendered = contentview.render(f.response.content or b"", f, f.response) or ""
-        assert "healed over TLS" in rendered
+        assert "upgraded over TLS" in rendered
         assert "the client got the server's own answer over TLS: HTTP 200 OK" in rendered
         assert "what the plaintext attempt got (7 bytes):\n  15 03 01 00 02 02 0a\n" in rendered
         assert "description   unexpected_message (10)" in rendered

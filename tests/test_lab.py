@@ -68,7 +68,7 @@ LATENCY_MS = 300
 
 @pytest.fixture(scope="module")
 def lab_at_latency(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], dict]:
-    """A plain scenario and a heal, as a user runs them at 300 ms each way: `esrs-fix lab --only A,F --latency 300`."""
+    """A plain scenario and an upgrade, as a user runs them 300 ms apart: `esrs-fix lab --only A,F --latency 300`."""
     workdir = tmp_path_factory.mktemp("lab-latency")
     p = _lab("--only", "A,F", "--latency", str(LATENCY_MS), "--json", "--workdir", str(workdir))
     return p, json.loads(p.stdout)
@@ -85,7 +85,7 @@ def test_the_lab_at_latency_says_so_and_a_plain_scenario_pays_the_delay(lab_at_l
     assert all(r["seconds"] >= 4 * LATENCY_MS / 1000 for r in a), a
 
 
-def test_the_heal_at_latency_gets_the_servers_answer(lab_at_latency) -> None:
+def test_the_upgrade_at_latency_gets_the_servers_answer(lab_at_latency) -> None:
     p, result = lab_at_latency
     f = [r for r in result["rows"] if r["scenario"] == "F"]
     assert len(f) == 2 and all(r["ok"] for r in f), f

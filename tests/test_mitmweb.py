@@ -115,29 +115,29 @@ def test_a_real_browser_shows_the_marker_comment_and_decode(mitmweb_with_a_stray
     assert f"esrs-fix: {SUMMARY}" in comment_shown  # the comment, on the Comment tab
 
 
-def test_the_marker_tells_a_healed_flow_from_a_failed_one(cert, esrs, start_server, tmp_path) -> None:
-    """esrs_upgrade in mitmweb: the healed flow carries the bandage, a failed one (untrusted) the warning sign."""
+def test_the_marker_tells_a_upgraded_flow_from_a_failed_one(cert, esrs, start_server, tmp_path) -> None:
+    """esrs_upgrade in mitmweb: the upgraded flow carries the bandage, a failed one (untrusted) the warning sign."""
     trusted = esrs(Plaintext.ALERT)
     untrusted = start_server(servers.EsrsServer(servers.make_certificate(tmp_path, "untrusted")))
-    args, (p_healed, p_failed) = reverse_modes([f"http://127.0.0.1:{s.port}" for s in (trusted, untrusted)])
+    args, (p_upgraded, p_failed) = reverse_modes([f"http://127.0.0.1:{s.port}" for s in (trusted, untrusted)])
     options = ["--set", "esrs_upgrade=true", "--set", f"ssl_verify_upstream_trusted_ca={cert[0]}"]
     web = Mitmweb([*args, *options], tmp_path / "mitmweb.log", web_port=servers.free_port(), listeners=2)
     with web:
-        healed = exchange(("127.0.0.1", p_healed), b"GET /healed HTTP/1.1\r\nHost: esrs\r\n\r\n", 8)
+        upgraded = exchange(("127.0.0.1", p_upgraded), b"GET /upgraded HTTP/1.1\r\nHost: esrs\r\n\r\n", 8)
         failed = exchange(("127.0.0.1", p_failed), b"GET /failed HTTP/1.1\r\nHost: esrs\r\n\r\n", 8)
-        assert healed.status == 200 and failed.status == 502
+        assert upgraded.status == 200 and failed.status == 502
         deadline = time.monotonic() + 10
         while True:
             flows = json.loads(web.api("/flows"))
             live = {f["request"]["path"]: f for f in flows if not f.get("is_replay")}
-            if {"/healed", "/failed"} <= set(live) or time.monotonic() > deadline:
+            if {"/upgraded", "/failed"} <= set(live) or time.monotonic() > deadline:
                 break
             time.sleep(0.1)
-    assert live["/healed"]["marked"] in (":adhesive_bandage:", "\U0001fa79")
+    assert live["/upgraded"]["marked"] in (":adhesive_bandage:", "\U0001fa79")
     assert live["/failed"]["marked"] in (":warning:", "\u26a0")
-    assert live["/healed"]["comment"].startswith("esrs-fix: healed over TLS; plaintext got TLS alert")
+    assert live["/upgraded"]["comment"].startswith("esrs-fix: upgraded over TLS; plaintext got TLS alert")
     replays = [f for f in flows if f.get("is_replay") == "request"]  # the TLS attempts are flows of their own
-    assert any(f["request"]["path"] == "/healed" and f["request"]["scheme"] == "https" for f in replays)
+    assert any(f["request"]["path"] == "/upgraded" and f["request"]["scheme"] == "https" for f in replays)
 
 
 def test_the_tls_attempts_own_flow_shows_the_body_it_received(cert, esrs, tmp_path) -> None:
@@ -149,7 +149,7 @@ def test_the_tls_attempts_own_flow_shows_the_body_it_received(cert, esrs, tmp_pa
     web = Mitmweb(args, tmp_path / "mitmweb.log", web_port=servers.free_port())
     web.start()
     try:
-        answer = exchange(("127.0.0.1", port), b"GET /healed HTTP/1.1\r\nHost: esrs\r\n\r\n", 20)
+        answer = exchange(("127.0.0.1", port), b"GET /upgraded HTTP/1.1\r\nHost: esrs\r\n\r\n", 20)
         assert (answer.status, answer.body) == (200, servers.OK_BODY), web.log_tail()
         deadline = time.monotonic() + 10
         while True:

@@ -78,7 +78,7 @@ LAYERS = (
     "compat.replay",
     "compat",
     "record",
-    "heal",
+    "upgrade",
     "answers",
     "contentview",
     "addon",

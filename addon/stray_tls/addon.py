@@ -23,13 +23,11 @@ from . import findings as fnd
 from .answers import error_response, rewritten_response, upgrade_failed_response
 from .compat import EarlyDetection
 from .findings import Finding
-from .heal import ADDRESS_MODES, SUSPECT_WAIT, Heal, Outcome, server_name, strip_proxy_headers, target_of
 from .learned import Entry, LearnedTargets, Target
 from .names import (
     DEFAULT_HOLD_TIMEOUT,
     DEFAULT_UPGRADE_RETRY,
     DEFAULT_UPGRADE_TIMEOUT,
-    HEAL_METADATA_KEY,
     LABEL_HEADER,
     METADATA_KEY,
     OPT_EARLY,
@@ -42,8 +40,10 @@ from .names import (
     OPT_UPGRADE_RETRY,
     OPT_UPGRADE_TIMEOUT,
     OPTION_NAMES,
+    UPGRADE_METADATA_KEY,
     UPSTREAM_LABEL_HEADER,
 )
+from .upgrade import ADDRESS_MODES, SUSPECT_WAIT, Outcome, Upgrade, server_name, strip_proxy_headers, target_of
 
 __all__ = ["EsrsFix", "error_response", "rewritten_response", "upgrade_failed_response"]
 from .pasted import PasteError, parse_pasted
@@ -78,13 +78,13 @@ class EsrsFix:
         self._made: weakref.WeakKeyDictionary[http.Response, Finding] = weakref.WeakKeyDictionary()
         # Answers for flows that mitmproxy fails before any response exists, claimed by the early detection.
         self._error_answers: weakref.WeakKeyDictionary[http.Request, http.Response] = weakref.WeakKeyDictionary()
-        # Responses this addon made or healed: they carry its label legitimately.
+        # Responses this addon made or upgraded: they carry its label legitimately.
         self._ours: weakref.WeakSet[http.Response] = weakref.WeakSet()
-        # The heal (esrs_upgrade): learned targets, TLS attempts in flight (one per target), remembered failures.
-        self.heal = Heal()
+        # The upgrade (esrs_upgrade): learned targets, TLS attempts in flight (one per target), remembered failures.
+        self.upgrade = Upgrade()
         # Flows sent over TLS at once because their target is learned, by flow id, until their response or error.
         self._learned_flows: dict[str, tuple[Target, Entry, float]] = {}
-        # Flows answered before their request went out (a remembered failed heal), by id, until their response hook.
+        # Flows answered before their request went out (a remembered failed upgrade), by id, until their response hook.
         self._answered: set[str] = set()
         self.early = EarlyDetection(self._on_records, self._claim_error_answer)
         # Failed TLS handshakes with an upstream, by server connection id, for the flow's error hook.
@@ -94,15 +94,15 @@ class EsrsFix:
 
     @property
     def learned(self) -> LearnedTargets:
-        """The targets esrs_upgrade learned (the heal's memory)."""
-        return self.heal.learned
+        """The targets esrs_upgrade learned (the upgrade's memory)."""
+        return self.upgrade.learned
 
     def load(self, loader: Loader) -> None:
         loader.add_option(
             OPT_UPGRADE,
             bool,
             False,
-            "Heal instead of fake: when the upstream answered a plaintext request as a TLS port does (TLS records, "
+            "Upgrade instead of fake: when the upstream answered a plaintext request as a TLS port does (TLS records, "
             "its 'plain HTTP to HTTPS port' page, squid's HTTP/0.9 wrapping of them; or a silent close, for GET, "
             "HEAD and OPTIONS only), send the same request again over TLS to the same host and port, verified as "
             "mitmproxy verifies any upstream, and answer with the server's own response, labelled "
@@ -212,14 +212,14 @@ class EsrsFix:
                 raise exceptions.OptionsError(
                     f"{OPT_UPGRADE_TIMEOUT}: {limit} is not a number of seconds from 1 to 3600"
                 )
-            self.heal.timeout = limit
+            self.upgrade.timeout = limit
         if OPT_UPGRADE_RETRY in updated:
             retry = ctx.options.esrs_upgrade_retry_after
             if not 0 <= retry <= 3600:
                 raise exceptions.OptionsError(f"{OPT_UPGRADE_RETRY}: {retry} is not a number of seconds from 0 to 3600")
-            self.heal.failure_ttl = retry
+            self.upgrade.failure_ttl = retry
         if updated & _ATTEMPT_OPTIONS:
-            self.heal.forget_failures()  # what made an attempt fail may be fixed now (a CA trusted, a version)
+            self.upgrade.forget_failures()  # what made an attempt fail may be fixed now (a CA trusted, a version)
         if OPT_FILTER in updated:
             expr = ctx.options.esrs_filter
             if expr:
@@ -248,8 +248,8 @@ class EsrsFix:
                 self.early.uninstall()
         if (OPT_UPGRADE in updated or OPT_EARLY in updated) and ctx.options.esrs_upgrade and not self.early.active:
             log.warning(
-                "esrs-fix: esrs_upgrade heals only 'plain HTTP to HTTPS port' pages while early detection is off "
-                "(esrs_early): TLS records and silent closes need it to be healed."
+                "esrs-fix: esrs_upgrade upgrades only 'plain HTTP to HTTPS port' pages while early detection is off "
+                "(esrs_early): TLS records and silent closes need it to be upgraded."
             )
 
     def done(self) -> None:
@@ -292,7 +292,7 @@ class EsrsFix:
         self._made[response] = finding
         self._ours.add(response)
         if ctx.options.esrs_upgrade and request.scheme == "http" and finding.kind in fnd.UPGRADABLE:
-            self.heal.suspect(request.host, request.port)  # a crowd's next requests wait for this flow's heal
+            self.upgrade.suspect(request.host, request.port)  # a crowd's next requests wait for this flow's upgrade
         return response
 
     # -- learned targets: over TLS from the start
@@ -302,20 +302,20 @@ class EsrsFix:
 
     def requestheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         # Here, not in `request`: a request whose body mitmproxy streams is connected and sent before `request` runs.
-        if not self.heal or not ctx.options.esrs_upgrade or not flow.live or flow.request.scheme != "http":
+        if not self.upgrade or not ctx.options.esrs_upgrade or not flow.live or flow.request.scheme != "http":
             return None  # clean traffic with nothing learned, pending or failed pays one length test
-        if HEAL_METADATA_KEY in flow.metadata or flow.response is not None or not self._in_scope(flow):
+        if UPGRADE_METADATA_KEY in flow.metadata or flow.response is not None or not self._in_scope(flow):
             return None
         target = target_of(flow)
-        if (pending := self.heal.pending(target)) is not None:
+        if (pending := self.upgrade.pending(target)) is not None:
             return self._after_attempt(flow, target, pending)  # one attempt per target: wait for its outcome
-        if (suspicion := self.heal.suspected(target.host, target.port)) is not None:
+        if (suspicion := self.upgrade.suspected(target.host, target.port)) is not None:
             return self._after_suspicion(flow, target, suspicion)
         self._route_known(flow, target)
         return None
 
     async def _after_attempt(self, flow: http.HTTPFlow, target: Target, pending: Awaitable[Failure | None]) -> None:
-        await self.heal.wait(pending)  # type: ignore[arg-type]
+        await self.upgrade.wait(pending)  # type: ignore[arg-type]
         if flow.live:
             self._route_known(flow, target)
 
@@ -324,14 +324,14 @@ class EsrsFix:
             await asyncio.wait_for(asyncio.shield(suspicion), SUSPECT_WAIT)
         if not flow.live:
             return
-        if (pending := self.heal.pending(target)) is not None:
+        if (pending := self.upgrade.pending(target)) is not None:
             await self._after_attempt(flow, target, pending)
         else:
             self._route_known(flow, target)
 
     def _route_known(self, flow: http.HTTPFlow, target: Target) -> None:
         """Over TLS at once to a learned target; the remembered failure for a failed one; else plaintext, as sent."""
-        if (entry := self.heal.learned.lookup(target)) is not None:
+        if (entry := self.upgrade.learned.lookup(target)) is not None:
             # mitmproxy's own connection from here on: TLS to the same host and port (CONNECT through the upstream
             # proxy in upstream mode), verified as any upstream, the body streamed as mitmproxy streams it.
             flow.request.scheme = "https"
@@ -341,7 +341,7 @@ class EsrsFix:
             if getattr(flow.client_conn.proxy_mode, "type_name", "") in ADDRESS_MODES:
                 flow.server_conn.sni = server_name(flow)  # the name the client asked for, not the address
             self._learned_flows[flow.id] = (target, entry, time.monotonic())
-        elif (failed := self.heal.failed(target)) is not None:
+        elif (failed := self.upgrade.failed(target)) is not None:
             # Answered before it goes out, by the one decision, as if its own attempt had failed the same way.
             failure, finding = failed
             flow.request.stream = False  # the answer is given when the request has been read
@@ -370,16 +370,16 @@ class EsrsFix:
                 UPSTREAM_LABEL_HEADER,
             )
 
-        if HEAL_METADATA_KEY in flow.metadata:
+        if UPGRADE_METADATA_KEY in flow.metadata:
             # The TLS attempt's body: kept as it streams in (the replay's own client drops it), whole or not at all,
-            # up to body_size_limit (or the heal's cap), which a streamed body would otherwise escape.
-            if (sink := self.heal.sink(flow)) is not None:
+            # up to body_size_limit (or the upgrade's cap), which a streamed body would otherwise escape.
+            if (sink := self.upgrade.sink(flow)) is not None:
                 response.stream = sink
         elif (learned := self._learned_flows.get(flow.id)) is not None and flow.server_conn.tls_established:
             self._labelled(response, f"upgraded (learned); {learned[1].plaintext_answer}")  # before a streamed body
 
     def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
-        if flow.response is None or not flow.live or HEAL_METADATA_KEY in flow.metadata:
+        if flow.response is None or not flow.live or UPGRADE_METADATA_KEY in flow.metadata:
             return None  # history (a flow read back with -r keeps what it recorded), or esrs-fix's own TLS attempt
         if self._answered and flow.id in self._answered:
             self._answered.discard(flow.id)  # answered before it went out (a remembered failure): recorded then
@@ -416,7 +416,7 @@ class EsrsFix:
             if not flow.server_conn.tls_established and not gone:  # TLS itself failed
                 self._learned_failed(flow, *learned)
             return None
-        if flow.error is None or flow.response is not None or not flow.live or HEAL_METADATA_KEY in flow.metadata:
+        if flow.error is None or flow.response is not None or not flow.live or UPGRADE_METADATA_KEY in flow.metadata:
             return None
         finding = self._tls_failures.pop(flow.server_conn.id, None) or compat.finding_from_error(flow.error.msg)
         if finding is None:
@@ -438,9 +438,9 @@ class EsrsFix:
         self._tls_failures.pop(data.server.id, None)
 
     def _served_learned(self, flow: http.HTTPFlow, target: Target, entry: Entry, started: float) -> None:
-        """A learned target answered over TLS: keep it learned, and record it as a healed flow is recorded."""
+        """A learned target answered over TLS: keep it learned, and record it as an upgraded flow is recorded."""
         assert flow.response is not None
-        self.heal.learned.remember(target, entry.plaintext_answer, entry.kind)
+        self.upgrade.learned.remember(target, entry.plaintext_answer, entry.kind)
         annotate(flow, Record.of(flow, None, entry=entry, attempt=flow, upgraded=True, learned=True), self.report)
         # Routine, not news (a newly learned target is logged as a warning): no log line at all. Even at debug level
         # mitmproxy formats every record and wakes its event loop for it, which cost a learned request a fifth more
@@ -448,9 +448,9 @@ class EsrsFix:
 
     def _learned_failed(self, flow: http.HTTPFlow, target: Target, entry: Entry, started: float) -> None:
         """TLS to a learned target failed: forget it, and tell the client why in a labelled 502."""
-        self.heal.learned.forget(target)
+        self.upgrade.learned.forget(target)
         finding = finding_of(entry)
-        failure = self.heal.failure_of(flow, finding, time.monotonic() - started)
+        failure = self.upgrade.failure_of(flow, finding, time.monotonic() - started)
         log.warning(
             "esrs-fix: %s: TLS to learned target %s failed (%s); it is forgotten, and the next request tries "
             "plaintext first",
@@ -473,7 +473,7 @@ class EsrsFix:
     ) -> Awaitable[None] | None:
         """The addon's answer to one detection, decided here and nowhere else.
 
-        A live flow only (the hooks return early for history). Heal first (esrs_upgrade, in esrs_filter, and the
+        A live flow only (the hooks return early for history). Upgrade first (esrs_upgrade, in esrs_filter, and the
         evidence allows re-sending this method), then the synthetic status (esrs_rewrite, in esrs_filter, a
         rewritable kind), else the labelled 502 or the upstream's own answer, untouched. `may_replace`: whether
         the client's answer can still be changed (on the error path only the early detection's send wrapper can).
@@ -483,12 +483,12 @@ class EsrsFix:
         # Only a plaintext request whose body mitmproxy kept can be sent again as it was.
         resendable = flow.request.scheme == "http" and flow.request.raw_content is not None
         if in_scope and ctx.options.esrs_upgrade and resendable and finding.upgradable(flow.request.method):
-            return self._heal(flow, finding, in_scope, error_path)
+            return self._upgrade(flow, finding, in_scope, error_path)
         self._settle(flow, finding, in_scope, None, error_path)
         return None
 
-    async def _heal(self, flow: http.HTTPFlow, finding: Finding, in_scope: bool, error_path: bool) -> None:
-        outcome = await self.heal.attempt(flow, target_of(flow), finding, ctx.options, self._ours.__contains__)
+    async def _upgrade(self, flow: http.HTTPFlow, finding: Finding, in_scope: bool, error_path: bool) -> None:
+        outcome = await self.upgrade.attempt(flow, target_of(flow), finding, ctx.options, self._ours.__contains__)
         if outcome.answer is not None and outcome.attempt is not None:
             # the attempt's own flow now holds the body it received (its stream went to the client): tell the UIs
             ctx.master.addons.trigger(hooks.UpdateHook([outcome.attempt]))
@@ -504,14 +504,14 @@ class EsrsFix:
         *,
         remembered: bool = False,
     ) -> None:
-        """Give the client its answer after the heal (if any), then log, mark and record.
+        """Give the client its answer after the upgrade (if any), then log, mark and record.
 
         `remembered`: the flow did not go out: its target's last TLS attempt failed moments ago (the outcome's failure).
         """
-        self.heal.clear_suspect(flow.request.host, flow.request.port)  # decided: nobody waits on this flow any more
-        healed = outcome is not None and outcome.answer is not None
+        self.upgrade.clear_suspect(flow.request.host, flow.request.port)  # decided: nobody waits on this flow any more
+        upgraded = outcome is not None and outcome.answer is not None
         failure = outcome.failure if outcome is not None else None
-        rewritten = not healed and in_scope and ctx.options.esrs_rewrite and finding.rewritable
+        rewritten = not upgraded and in_scope and ctx.options.esrs_rewrite and finding.rewritable
         if outcome is not None and outcome.answer is not None:
             flow.response = self._labelled(outcome.answer, f"upgraded; {finding.summary}")
         elif rewritten:
@@ -525,12 +525,12 @@ class EsrsFix:
             flow,
             finding,
             rewritten_status=ctx.options.esrs_status if rewritten else None,
-            upgraded=healed,
+            upgraded=upgraded,
             attempt=outcome.attempt if outcome is not None else None,
             upgrade_error=failure,
             shared=outcome is not None and outcome.shared,
         )
-        if healed:
+        if upgraded:
             action = (
                 f"upgraded to TLS: the client got the server's HTTP {flow.response.status_code if flow.response else 0}"
             )
@@ -556,8 +556,8 @@ class EsrsFix:
                 "esrs-fix: learned %s: it speaks TLS; later plaintext requests to it go over TLS at once "
                 "(remembered for %.0f s, at most %d targets)",
                 target_of(flow),
-                self.heal.learned.ttl,
-                self.heal.learned.capacity,
+                self.upgrade.learned.ttl,
+                self.upgrade.learned.capacity,
             )
 
     def _labelled(self, response: http.Response, label: str | None = None) -> http.Response:

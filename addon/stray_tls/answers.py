@@ -1,4 +1,4 @@
-"""The answers esrs-fix gives in place of the upstream's: the labelled 502, the synthetic status, the failed heal.
+"""The answers esrs-fix gives in place of the upstream's: the labelled 502, the synthetic status, the failed upgrade.
 
 Each says, in its body, what came back instead of HTTP (the one-line summary and the raw bytes) and why; each is
 labelled with the X-ESRS-Fix header, so that nobody takes it for the server's.

@@ -186,7 +186,7 @@ _TEMPLATE = '''\
 
 Version {version}, built by `esrs-fix bundle` from commit {commit}.
 Needs nothing but mitmproxy and the Python standard library. Spots upstream answers that are TLS records where
-HTTP was expected (a plaintext request sent to a TLS port), decodes and explains them, and answers or heals them
+HTTP was expected (a plaintext request sent to a TLS port), decodes and explains them, and answers or upgrades them
 as asked. Options (`--set NAME=VALUE`; mitmweb's and the console's option editors show their help):
   {options}
 License: MIT.

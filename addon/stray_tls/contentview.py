@@ -91,7 +91,7 @@ def render(data: bytes, flow: Any = None, message: Any = None) -> str | None:
     if meta.get("rewritten"):
         action = f"rewritten to a synthetic {meta.get('rewritten_status')}"
     elif meta.get("upgraded"):
-        action = "healed over TLS" + (" (learned target)" if meta.get("learned") else "")
+        action = "upgraded over TLS" + (" (learned target)" if meta.get("learned") else "")
     else:
         action = "not rewritten"
     lines = [
@@ -120,7 +120,7 @@ def render(data: bytes, flow: Any = None, message: Any = None) -> str | None:
 def priority(data: bytes, flow: Any = None, message: Any = None) -> float:
     """Win for TLS bodies and the addon's own answers; stay out of the way (< 0) for everything else.
 
-    A healed flow's body is the server's own: its usual view wins, and this one stays a choice away.
+    An upgraded flow's body is the server's own: its usual view wins, and this one stays a choice away.
     """
     if _body_records(data) is not None:
         return PRIORITY

@@ -41,7 +41,7 @@ class Entry:
     kind: str
     learned_at: float
     expires_at: float
-    #: What taught it, as flows record it (the plaintext attempt's finding, the flow that was healed).
+    #: What taught it, as flows record it (the plaintext attempt's finding, the flow that was upgraded).
     evidence: Mapping[str, Any] = field(default_factory=dict)
 
 

@@ -13,10 +13,10 @@ UPSTREAM_LABEL_HEADER = "X-ESRS-Fix-Upstream"
 METADATA_KEY = "esrs_fix"
 #: The marker a reported flow gets (mitmweb and the console show it as an emoji).
 MARKER = ":warning:"
-#: The marker of a flow healed over TLS: the client got the server's real answer.
-HEALED_MARKER = ":adhesive_bandage:"
-#: The metadata key of the flow esrs-fix sent over TLS in place of a plaintext one (it holds the healed flow's id).
-HEAL_METADATA_KEY = "esrs_fix_heal"
+#: The marker of a flow upgraded over TLS: the client got the server's real answer.
+UPGRADED_MARKER = ":adhesive_bandage:"
+#: The metadata key of the flow esrs-fix sent over TLS in place of a plaintext one (it holds the upgraded flow's id).
+UPGRADE_METADATA_KEY = "esrs_fix_upgrade"
 #: The prefix of every log line, comment and answer body the addon writes.
 PREFIX = "esrs-fix"
 

@@ -2,7 +2,7 @@
 
 `Record` is written once per flow. The flow's metadata (`flow.metadata["esrs_fix"]`, kept in `-w` files and read
 by the TLS records view), the report line, the marker, the comment and the log line all come from it, so that they
-cannot disagree, and a flow served as learned is recorded with the same keys as a healed one.
+cannot disagree, and a flow served as learned is recorded with the same keys as an upgraded one.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from . import findings as fnd
 from .compat import AttemptCause
 from .findings import Finding
 from .learned import Entry
-from .names import HEALED_MARKER, MARKER, METADATA_KEY, PREFIX, hostport
+from .names import MARKER, METADATA_KEY, PREFIX, UPGRADED_MARKER, hostport
 from .report import ReportWriter
 
 log = logging.getLogger("esrs_fix")
@@ -45,7 +45,7 @@ class Failure:
 
 @dataclass(frozen=True, kw_only=True)
 class Record:
-    """What esrs-fix saw and did to one flow: detected, rewritten, healed, learned, or failed."""
+    """What esrs-fix saw and did to one flow: detected, rewritten, upgraded, learned, or failed."""
 
     #: What the plaintext attempt got: the finding as a dict (for a flow served as learned, the finding that taught
     #: esrs-fix its target).
@@ -125,10 +125,10 @@ def keys() -> tuple[str, ...]:
 
 def annotate(flow: http.HTTPFlow, record: Record, report: ReportWriter | None) -> None:
     """Mark, comment, record and report one flow (the log line is the caller's: only detections are news)."""
-    healed = record.upgraded
+    upgraded = record.upgraded
     if not flow.marked:  # a marker the user set stays
-        flow.marked = HEALED_MARKER if healed else MARKER
-    note = f"{PREFIX}: " + (f"healed over TLS; plaintext got {record.summary}" if healed else record.summary)
+        flow.marked = UPGRADED_MARKER if upgraded else MARKER
+    note = f"{PREFIX}: " + (f"upgraded over TLS; plaintext got {record.summary}" if upgraded else record.summary)
     flow.comment = f"{flow.comment}\n{note}" if flow.comment else note  # what the user typed stays
     meta = record.to_dict()
     flow.metadata[METADATA_KEY] = meta
@@ -161,7 +161,7 @@ def log_detection(flow: http.HTTPFlow, record: Record, action: str) -> None:
 
 
 def attempt_summary(attempt: http.HTTPFlow) -> dict[str, Any]:
-    """What a TLS attempt (a heal's copy, or a flow sent as learned) got: the record's `upgrade`."""
+    """What a TLS attempt (an upgrade's copy, or a flow sent as learned) got: the record's `upgrade`."""
     conn = attempt.server_conn
     response = attempt.response
     return {

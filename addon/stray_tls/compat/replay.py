@@ -27,7 +27,7 @@ async def resend_over_tls(
     through the upstream proxy with CONNECT (and `upstream_auth` goes there); the TLS handshake goes through the
     `tls_start_server` hook like any other, so `ssl_insecure`, `ssl_verify_upstream_trusted_ca`/`_confdir` and client
     certificates apply. SNI and the certificate check use `server_name` (the caller's choice: the name mitmproxy
-    itself uses when the same request goes out as https://, so that the heal and the learned path verify one name).
+    itself uses when the same request goes out as https://, so that the upgrade and the learned path verify one name).
     Every addon sees the copy as a replayed flow; `metadata[marker_key]` holds the original flow's id so that
     esrs-fix can tell it apart. The copy carries no `Proxy-*` header: those were meant for a proxy, never the origin.
 

@@ -50,7 +50,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     lab.add_argument(
         "--timeout",
         type=float,
-        help="seconds a check waits for an answer (default 10, plus 20 times the latency: a healed check costs 10 "
+        help="seconds a check waits for an answer (default 10, plus 20 times the latency: an upgraded check costs 10 "
         "delays, connect and handshake included, so the default leaves it room twice over)",
     )
     lab.add_argument("--json", action="store_true", help="print the results as JSON instead of the table")
@@ -110,7 +110,7 @@ def milliseconds(text: str) -> float:
 
 
 def lab_timeout(latency: float) -> float:
-    """The check's default timeout at `latency` (seconds each way): 10 s, plus twice the 10 delays a healed check
+    """The check's default timeout at `latency` (seconds each way): 10 s, plus twice the 10 delays an upgraded check
     costs (the plaintext attempt's connect and answer, then the TLS attempt's connect, handshake and answer)."""
     return 10.0 + 20 * latency
 

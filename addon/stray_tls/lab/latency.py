@@ -1,6 +1,6 @@
 """A userspace relay that puts field latency between a proxy and a server, on loopback.
 
-The heal fails in the field where it works on loopback because a far server's handshake takes hundreds of
+The upgrade fails in the field where it works on loopback because a far server's handshake takes hundreds of
 milliseconds (issue 16).  `tc netem` would reproduce that, but it needs root and changes the machine for every
 process on it; this relay changes nothing but the path of the connections sent through it.
 

@@ -330,14 +330,14 @@ def _judge_e2(r: CheckResult, logged: list[str]) -> str:
     return why or ("" if any("protocol_version (70)" in line for line in logged) else "the alert was not named")
 
 
-def _judge_healed(r: CheckResult, logged: list[str]) -> str:
+def _judge_upgraded(r: CheckResult, logged: list[str]) -> str:
     if not r.passed or r.answer.body != servers.OK_BODY or not (r.answer.label or "").startswith("upgraded; "):
         return "expected the server's own 200 (its body), labelled upgraded"
     return "" if any("upgraded to TLS: HTTP 200" in line for line in logged) else "the addon reported no upgrade"
 
 
 def _judge_g_squid(r: CheckResult, logged: list[str]) -> str:
-    why = _judge_healed(r, logged)
+    why = _judge_upgraded(r, logged)
     wrapped = any("(wrapped in a proxy's HTTP/0.9 200) [upgraded" in line for line in logged)
     return why or ("" if wrapped else "the addon did not see squid's HTTP/0.9 wrapping")
 
@@ -405,19 +405,19 @@ SCENARIOS: tuple[Scenario, ...] = (
     ),
     Scenario(
         "F",
-        "heal: mitmproxy sends the request again over TLS",
+        "upgrade: mitmproxy sends the request again over TLS",
         "check -> {proxy} -> mitmdump (reverse, esrs-fix, esrs_upgrade) -> ESRS server",
         "PASS on the server's real answer (its own body), verified with the lab's CA",
         lambda lab: _reverse_chain(lab, _trusting(lab)),
-        _judge_healed,
+        _judge_upgraded,
     ),
     Scenario(
         "G",
-        "heal in upstream mode",
+        "upgrade in upstream mode",
         "client GET http://{host}:PORT/ -> mitmdump (upstream mode, esrs_upgrade) -> {proxy} -> ESRS server",
         "PASS on the server's real answer, through CONNECT on the same proxy",
         lambda lab: _upstream_chain(lab, lab.esrs, _trusting(lab), plain=True),
-        _judge_healed,
+        _judge_upgraded,
         tunnels=True,
         squid_expected="PASS on the server's real answer: squid wraps the alert in an HTTP/0.9 200 of its own, the "
         "addon sees through it and sends the request again through CONNECT",
@@ -425,7 +425,7 @@ SCENARIOS: tuple[Scenario, ...] = (
     ),
     Scenario(
         "H",
-        "heal, but the server's certificate is not trusted",
+        "upgrade, but the server's certificate is not trusted",
         "check -> {proxy} -> mitmdump (reverse, esrs_upgrade, no trusted CA) -> ESRS server",
         "FAIL closed: a 502 naming the certificate problem, never an unverified connection",
         lambda lab: _reverse_chain(lab, ["--set", "esrs_upgrade=true"]),

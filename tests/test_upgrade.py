@@ -1,13 +1,13 @@
 """esrs_upgrade against real TLS servers: the client gets the server's own answer, then the target is learned.
 
 Real mitmdump, real servers from Debian (tests/realpeers.py) and the lab's stand-ins, on loopback; regular,
-reverse and upstream mode (squid in front of the real JSSE server too); esrs_filter scopes healing; esrs_upgrade
+reverse and upstream mode (squid in front of the real JSSE server too); esrs_filter scopes upgrading; esrs_upgrade
 beats esrs_rewrite; a POST is sent again after a TLS alert but not after a silent close; a learned target whose TLS
 fails is forgotten; an untrusted certificate or one for another name fails closed, unless ssl_insecure is set;
 an answer that is valid HTTP (TLS records as its body) is never upgraded.
 
-Each mitmdump serves several checks: `healer` (reverse mode, a listener per real server and per stand-in),
-`lenient` (esrs_rewrite, esrs_filter and ssl_insecure on) and `silent_healer` (the silently closing servers). Every
+Each mitmdump serves several checks: `upgrader` (reverse mode, a listener per real server and per stand-in),
+`lenient` (esrs_rewrite, esrs_filter and ssl_insecure on) and `silent_upgrader` (the silently closing servers). Every
 check there has a target of its own, so that what one check learned does not change another's.
 """
 
@@ -40,7 +40,7 @@ SILENT = ["openssl", "python-ssl", "jdk-httpsserver"]
 #: Those of them that answer HEAD over TLS (`openssl s_server -www` waits for a GET line, and would hold the attempt).
 ANSWER_HEAD = {"python-ssl", "jdk-httpsserver"}
 TIMEOUT = 20.0  # a bound on each client, not a speed claim
-#: esrs_upgrade_retry_after in `healer`: a failed attempt is remembered this long (seconds).
+#: esrs_upgrade_retry_after in `upgrader`: a failed attempt is remembered this long (seconds).
 RETRY_AFTER = 2
 #: A request header that puts a flow outside `lenient`'s esrs_filter.
 OUT_OF_SCOPE = "X-Esrs-Test: out-of-scope"
@@ -148,11 +148,11 @@ class RecordingServer(servers.TCPServer):
             tls.sendall(self.body)
 
 
-# -- healer: one mitmdump in reverse mode, a listener per real server and per stand-in, esrs_upgrade on
+# -- upgrader: one mitmdump in reverse mode, a listener per real server and per stand-in, esrs_upgrade on
 
 
 @dataclass
-class Healer:
+class Upgrader:
     peers: dict[str, Peer]
     #: Why each real server that is not in `peers` could not run here (what to install).
     missing: dict[str, str]
@@ -167,11 +167,11 @@ class Healer:
     other_name: servers.EsrsServer
     #: A valid HTTP 200 whose body is TLS records: never upgraded.
     tls_body: servers.ScriptedServer
-    #: Healed by `witness()` only: its TLS attempt, seen in the log, shows that earlier attempts would be seen too.
+    #: Upgraded by `witness()` only: its TLS attempt, seen in the log, shows that earlier attempts would be seen too.
     witness: servers.EsrsServer
 
     def witness_replay(self) -> bool:
-        """Heal a fresh request to the witness and wait until its TLS attempt shows in the log: after it, an attempt
+        """Upgrade a fresh request to the witness and wait until its TLS attempt shows in the log: after it, an attempt
         that an earlier request had caused would show too (the log is written in order)."""
         path = f"/witness-{time.monotonic_ns()}"
         head = f"GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
@@ -183,7 +183,7 @@ class Healer:
         )
 
 
-#: The answer of `Healer.tls_body`: an HTTP head, then the field alert as its body (tls_in_body).
+#: The answer of `Upgrader.tls_body`: an HTTP head, then the field alert as its body (tls_in_body).
 TLS_BODY_ANSWER = (
     b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
     % (len(servers.ALERT_TLS10), servers.ALERT_TLS10)
@@ -192,10 +192,10 @@ POST_ANSWER = b"the real server: posted\n"
 
 
 @pytest.fixture(scope="module")
-def healer(real_server: RealServers, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Healer]:
+def upgrader(real_server: RealServers, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upgrader]:
     peers = {name: p for name in PEERS if (p := real_server.optional(name)) is not None}
     missing = {name: real_server.why_not(name) for name in PEERS if name not in peers}
-    tmp = tmp_path_factory.mktemp("heal")
+    tmp = tmp_path_factory.mktemp("upgrade")
     trusted = (real_server.workspace.cert, real_server.workspace.key)  # the real servers' certificate, trusted below
     post = RecordingServer(trusted, POST_ANSWER)
     swap = servers.EsrsServer(trusted)
@@ -227,15 +227,15 @@ def healer(real_server: RealServers, tmp_path_factory: pytest.TempPathFactory) -
             "esrs_upgrade_retry_after": RETRY_AFTER,
         }
         with reverse_mitmdump(targets, options, tmp / "mitmdump.log") as (m, ports):
-            yield Healer(peers, missing, m, ports, report, post, swap, other_name, tls_body, witness)
+            yield Upgrader(peers, missing, m, ports, report, post, swap, other_name, tls_body, witness)
 
 
 @pytest.mark.parametrize("name", PEERS)
-def test_a_real_server_is_healed_then_served_as_learned(healer: Healer, name: str) -> None:
-    peer = healer.peers.get(name)
+def test_a_real_server_is_upgraded_then_served_as_learned(upgrader: Upgrader, name: str) -> None:
+    peer = upgrader.peers.get(name)
     if peer is None:
-        pytest.skip(healer.missing[name])
-    port = healer.ports[name]
+        pytest.skip(upgrader.missing[name])
+    port = upgrader.ports[name]
     real = direct_tls(peer)
     first = plaintext(port)
     # the same status and body as a direct https:// request (openssl -www's page differs per connection)
@@ -243,30 +243,30 @@ def test_a_real_server_is_healed_then_served_as_learned(healer: Healer, name: st
         real.status,
         real.body if peer.body_exact else b"",
     )
-    assert same, healer.m.log_tail()
+    assert same, upgrader.m.log_tail()
     assert peer.serves(first.body) and peer.serves(real.body)
     assert (first.label or "").startswith("upgraded; "), first.label
     if peer.plaintext is Kind.PLAIN_HTTP_400:
         assert f"HTTP 400 from {peer.software}" in (first.label or "")
     # the TLS attempt is a replayed flow of its own: the counterpart of "no replay" for a POST after a silent close
-    assert eventually(lambda: replayed(healer.m, "GET", peer.port)), healer.m.log_tail()
+    assert eventually(lambda: replayed(upgrader.m, "GET", peer.port)), upgrader.m.log_tail()
     second = plaintext(port)
     assert second.status == real.status and peer.serves(second.body)
     assert (second.label or "").startswith("upgraded (learned); "), second.label
-    lines = [e for e in report_lines(healer.report) if f":{peer.port}/" in e["url"]]
+    lines = [e for e in report_lines(upgrader.report) if f":{peer.port}/" in e["url"]]
     assert [(e["upgraded"], e["learned"]) for e in lines] == [(True, False), (True, True)]
     assert lines[0]["kind"] == str(peer.plaintext) and lines[0]["upgrade"]["status"] == real.status
     if peer.plaintext is Kind.TLS_RECORDS:
         assert bytes.fromhex(lines[0]["raw_hex"]) == peer.plaintext_answer  # what the plaintext attempt got
 
 
-def test_a_post_is_sent_again_over_tls_after_a_tls_alert(healer: Healer) -> None:
+def test_a_post_is_sent_again_over_tls_after_a_tls_alert(upgrader: Upgrader) -> None:
     """The alert proves that the server never processed the request: the POST, body and all, goes again over TLS,
     once; the client gets the server's answer. Once learned, the next POST goes over TLS at once."""
-    server, port = healer.post, healer.ports["post"]
+    server, port = upgrader.post, upgrader.ports["post"]
     body = b"name=esrs&attempt=1"
     first = plaintext(port, "POST", body=body)
-    assert first.status == 200 and first.body == POST_ANSWER, healer.m.log_tail()
+    assert first.status == 200 and first.body == POST_ANSWER, upgrader.m.log_tail()
     assert (first.label or "").startswith(f"upgraded; {FIELD_ALERT_SUMMARY}"), first.label
     assert server.plaintext_bodies == [body]  # the plaintext attempt, answered with the alert
     assert server.tls_requests == [("POST", body)]  # over TLS, once, with its body
@@ -276,10 +276,10 @@ def test_a_post_is_sent_again_over_tls_after_a_tls_alert(healer: Healer) -> None
     assert server.tls_requests == [("POST", body), ("POST", b"name=esrs&attempt=2")]
 
 
-def test_a_learned_target_whose_tls_fails_is_forgotten(healer: Healer, cert: tuple[Path, Path]) -> None:
+def test_a_learned_target_whose_tls_fails_is_forgotten(upgrader: Upgrader, cert: tuple[Path, Path]) -> None:
     """TLS to a learned target fails (its certificate is no longer trusted): a labelled 502, a log line that it is
-    forgotten, and the next request tries plaintext first; once TLS works again, it is healed and learned anew."""
-    server, port = healer.swap, healer.ports["swap"]
+    forgotten, and the next request tries plaintext first; once TLS works again, it is upgraded and learned anew."""
+    server, port = upgrader.swap, upgrader.ports["swap"]
     target = f"127.0.0.1:{server.port}"
     assert (plaintext(port).label or "").startswith("upgraded; ")
     assert (plaintext(port).label or "").startswith("upgraded (learned); ")
@@ -287,15 +287,15 @@ def test_a_learned_target_whose_tls_fails_is_forgotten(healer: Healer, cert: tup
     trusted, server.context = server.context, server_context(cert)  # a certificate mitmdump does not trust
     try:
         failed = plaintext(port)
-        assert failed.status == 502, healer.m.log_tail()
+        assert failed.status == 502, upgrader.m.log_tail()
         assert (failed.label or "").startswith(
             f"upgrade failed: certificate verification failed: self-signed certificate; {FIELD_ALERT_SUMMARY}"
         ), failed.label
         assert b"never weakened" in failed.body
         assert server.plaintext_requests == 1  # it went over TLS at once, as learned
         forgotten = f"TLS to learned target {target} failed"
-        assert eventually(lambda: forgotten in healer.m.log()), healer.m.log_tail()
-        assert "it is forgotten, and the next request tries plaintext first" in healer.m.log()
+        assert eventually(lambda: forgotten in upgrader.m.log()), upgrader.m.log_tail()
+        assert "it is forgotten, and the next request tries plaintext first" in upgrader.m.log()
         connections = server.connections + 2  # this request's plaintext connection and its TLS attempt's
         again = plaintext(port)  # forgotten: plaintext first, then the TLS attempt, which fails the same way
         assert again.status == 502 and (again.label or "").startswith("upgrade failed: "), again.label
@@ -306,37 +306,37 @@ def test_a_learned_target_whose_tls_fails_is_forgotten(healer: Healer, cert: tup
     assert remembered.status == 502 and remembered.label == again.label, remembered.label
     assert (server.plaintext_requests, server.tls_requests, server.connections) == (2, 2, connections)
     time.sleep(RETRY_AFTER)  # a lower bound: the failure is no longer remembered after it
-    healed = plaintext(port)
-    assert healed.status == 200 and (healed.label or "").startswith("upgraded; "), healed.label
+    upgraded = plaintext(port)
+    assert upgraded.status == 200 and (upgraded.label or "").startswith("upgraded; "), upgraded.label
     assert (server.plaintext_requests, server.tls_requests) == (3, 3)
-    assert healer.m.log().count(f"learned {target}: it speaks TLS") == 2
+    assert upgrader.m.log().count(f"learned {target}: it speaks TLS") == 2
 
 
-def test_a_certificate_for_another_name_fails_closed(healer: Healer) -> None:
+def test_a_certificate_for_another_name_fails_closed(upgrader: Upgrader) -> None:
     """The certificate is trusted, but names 127.0.0.1, localhost and esrs.lab, not 127.0.0.2 where the server is:
     a labelled 502 naming the mismatch, no request over that connection, nothing learned."""
-    server, port = healer.other_name, healer.ports["other_name"]
+    server, port = upgrader.other_name, upgrader.ports["other_name"]
     for _ in range(2):
         answer = plaintext(port)
-        assert answer.status == 502, healer.m.log_tail()
+        assert answer.status == 502, upgrader.m.log_tail()
         label = answer.label or ""
         assert label.startswith("upgrade failed: certificate verification failed: IP address mismatch; "), label
         assert b"never weakened" in answer.body
     assert server.tls_requests == 0  # no request went over the unverified connection
     # nothing was learned; the second request got the remembered failure at once, without a plaintext attempt
     assert server.plaintext_requests == 1
-    assert "learned 127.0.0.2" not in healer.m.log()
+    assert "learned 127.0.0.2" not in upgrader.m.log()
 
 
-def test_tls_records_in_the_body_of_a_valid_http_answer_are_not_healed(healer: Healer) -> None:
+def test_tls_records_in_the_body_of_a_valid_http_answer_are_not_upgraded(upgrader: Upgrader) -> None:
     """An HTTP 200 whose body is TLS records is valid HTTP: reported (tls_in_body), never sent again over TLS."""
-    server, port = healer.tls_body, healer.ports["tls_body"]
+    server, port = upgrader.tls_body, upgrader.ports["tls_body"]
     answer = plaintext(port)
-    assert (answer.status, answer.body, answer.label) == (200, servers.ALERT_TLS10, None), healer.m.log_tail()
-    assert healer.witness_replay()  # a later TLS attempt is in the log: one for this answer would be there before it
+    assert (answer.status, answer.body, answer.label) == (200, servers.ALERT_TLS10, None), upgrader.m.log_tail()
+    assert upgrader.witness_replay()  # a later TLS attempt is in the log: one for this answer would be there before it
     assert server.connections == 1  # no TLS attempt
-    assert not replayed(healer.m, "GET", server.port)
-    (entry,) = [e for e in report_lines(healer.report) if f":{server.port}/" in e["url"]]
+    assert not replayed(upgrader.m, "GET", server.port)
+    (entry,) = [e for e in report_lines(upgrader.report) if f":{server.port}/" in e["url"]]
     assert (entry["kind"], entry["upgraded"], entry["upgrade"]) == ("tls_in_body", False, None)
 
 
@@ -350,15 +350,15 @@ class Lenient:
     #: The target of the esrs_filter check.
     scoped: servers.EsrsServer
     #: The target of the esrs_upgrade-beats-esrs_rewrite check.
-    healed: servers.EsrsServer
+    upgraded: servers.EsrsServer
 
 
 @pytest.fixture(scope="module")
 def lenient(cert: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lenient]:
-    tmp = tmp_path_factory.mktemp("heal-lenient")
-    scoped, healed = servers.EsrsServer(cert), servers.EsrsServer(cert)
-    with scoped, healed:
-        targets = {"scoped": f"http://127.0.0.1:{scoped.port}", "healed": f"http://127.0.0.1:{healed.port}"}
+    tmp = tmp_path_factory.mktemp("upgrade-lenient")
+    scoped, upgraded = servers.EsrsServer(cert), servers.EsrsServer(cert)
+    with scoped, upgraded:
+        targets = {"scoped": f"http://127.0.0.1:{scoped.port}", "upgraded": f"http://127.0.0.1:{upgraded.port}"}
         options = {
             "esrs_upgrade": "true",
             "esrs_rewrite": "true",
@@ -366,12 +366,12 @@ def lenient(cert: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -
             "ssl_insecure": "true",  # and no trusted CA: only this lets the stand-ins' certificate through
         }
         with reverse_mitmdump(targets, options, tmp / "mitmdump.log") as (m, ports):
-            yield Lenient(m, ports, scoped, healed)
+            yield Lenient(m, ports, scoped, upgraded)
 
 
-def test_esrs_filter_scopes_healing(lenient: Lenient) -> None:
-    """Outside esrs_filter: today's labelled 502 (neither healed nor rewritten), before and after the target was
-    learned by a flow inside it; inside: healed, then learned."""
+def test_esrs_filter_scopes_upgrading(lenient: Lenient) -> None:
+    """Outside esrs_filter: today's labelled 502 (neither upgraded nor rewritten), before and after the target was
+    learned by a flow inside it; inside: upgraded, then learned."""
     server, port = lenient.scoped, lenient.ports["scoped"]
     outside = plaintext(port, header=OUT_OF_SCOPE)
     assert outside.status == 502 and (outside.label or "").startswith(f"detected; {FIELD_ALERT_SUMMARY}"), outside.label
@@ -388,10 +388,10 @@ def test_esrs_filter_scopes_healing(lenient: Lenient) -> None:
     assert (server.plaintext_requests, server.tls_requests) == (3, 2)
 
 
-def test_with_rewrite_on_too_a_heal_answers_with_the_real_answer(lenient: Lenient) -> None:
-    """esrs_upgrade and esrs_rewrite both on: the heal is tried first, and when it works the client gets the
-    server's own answer, not the synthetic status. The certificate is untrusted: ssl_insecure is what lets it heal."""
-    server, port = lenient.healed, lenient.ports["healed"]
+def test_with_rewrite_on_too_a_upgrade_answers_with_the_real_answer(lenient: Lenient) -> None:
+    """esrs_upgrade and esrs_rewrite both on: the upgrade is tried first, and when it works the client gets the
+    server's own answer, not the synthetic status. The certificate is untrusted: ssl_insecure lets it upgrade."""
+    server, port = lenient.upgraded, lenient.ports["upgraded"]
     answer = plaintext(port)
     assert answer.status == 200 and answer.body == servers.OK_BODY, lenient.m.log_tail()
     assert (answer.label or "").startswith(f"upgraded; {FIELD_ALERT_SUMMARY}"), answer.label
@@ -399,11 +399,11 @@ def test_with_rewrite_on_too_a_heal_answers_with_the_real_answer(lenient: Lenien
     assert (server.plaintext_requests, server.tls_requests) == (1, 1)
 
 
-# -- silent_healer: the silently closing real servers, one mitmdump
+# -- silent_upgrader: the silently closing real servers, one mitmdump
 
 
 @dataclass
-class SilentHealer:
+class SilentUpgrader:
     peers: dict[str, Peer]
     missing: dict[str, str]
     m: Mitmdump | None  # None when no silently closing server could run here
@@ -412,50 +412,50 @@ class SilentHealer:
 
 
 @pytest.fixture(scope="module")
-def silent_healer(real_server: RealServers, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SilentHealer]:
+def silent_upgrader(real_server: RealServers, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SilentUpgrader]:
     peers = {name: p for name in SILENT if (p := real_server.optional(name)) is not None}
     missing = {name: real_server.why_not(name) for name in SILENT if name not in peers}
-    tmp = tmp_path_factory.mktemp("heal-silent")
+    tmp = tmp_path_factory.mktemp("upgrade-silent")
     report = tmp / "report.jsonl"
     if not peers:
-        yield SilentHealer(peers, missing, None, {}, report)
+        yield SilentUpgrader(peers, missing, None, {}, report)
         return
     targets = {name: f"http://127.0.0.1:{p.port}" for name, p in peers.items()}
     options = {
         "esrs_upgrade": "true",
         "ssl_verify_upstream_trusted_ca": real_server.workspace.cert,
         "esrs_report": report,
-        "connection_strategy": "lazy",  # openssl s_server: one connection at a time (see `healer`)
+        "connection_strategy": "lazy",  # openssl s_server: one connection at a time (see `upgrader`)
     }
     with reverse_mitmdump(targets, options, tmp / "mitmdump.log") as (m, ports):
-        yield SilentHealer(peers, missing, m, ports, report)
+        yield SilentUpgrader(peers, missing, m, ports, report)
 
 
 @pytest.mark.parametrize("name", SILENT)
-def test_a_post_after_a_silent_close_is_not_sent_again(silent_healer: SilentHealer, name: str) -> None:
+def test_a_post_after_a_silent_close_is_not_sent_again(silent_upgrader: SilentUpgrader, name: str) -> None:
     """A silent close proves nothing: a POST is not sent again; HEAD (where the server answers it) and GET are."""
-    peer, m = silent_healer.peers.get(name), silent_healer.m
+    peer, m = silent_upgrader.peers.get(name), silent_upgrader.m
     if peer is None or m is None:
-        pytest.skip(silent_healer.missing[name])
-    port = silent_healer.ports[name]
+        pytest.skip(silent_upgrader.missing[name])
+    port = silent_upgrader.ports[name]
     posted = plaintext(port, "POST")
     assert posted.status == 502 and posted.label is None, m.log_tail()  # mitmproxy's own 502, as without the addon
-    (entry,) = [e for e in report_lines(silent_healer.report) if f":{peer.port}/" in e["url"]]
+    (entry,) = [e for e in report_lines(silent_upgrader.report) if f":{peer.port}/" in e["url"]]
     assert (entry["kind"], entry["upgraded"], entry["upgrade"]) == ("silent_close", False, None)
     if name in ANSWER_HEAD:  # a safe method is sent again, and only once it succeeded is it learned
         real = direct_tls(peer, "HEAD")
         head = plaintext(port, "HEAD")
         assert (head.status, head.body) == (real.status, b""), m.log_tail()
         assert (head.label or "").startswith("upgraded; "), head.label
-    got = plaintext(port, "GET")  # healed, or (after HEAD) learned
+    got = plaintext(port, "GET")  # upgraded, or (after HEAD) learned
     assert got.status == 200 and peer.serves(got.body), m.log_tail()
     assert (got.label or "").startswith("upgraded (learned); " if name in ANSWER_HEAD else "upgraded; "), got.label
-    healed = "HEAD" if name in ANSWER_HEAD else "GET"
-    assert eventually(lambda: replayed(m, healed, peer.port)), m.log_tail()  # the counterpart of "no replay" above
+    upgraded = "HEAD" if name in ANSWER_HEAD else "GET"
+    assert eventually(lambda: replayed(m, upgraded, peer.port)), m.log_tail()  # the counterpart of "no replay" above
     assert not replayed(m, "POST", peer.port)
 
 
-def test_regular_mode_plain_get_to_a_tls_port_is_healed(real_server: RealServers, mitmdump) -> None:
+def test_regular_mode_plain_get_to_a_tls_port_is_upgraded(real_server: RealServers, mitmdump) -> None:
     peer = real_server("nginx")
     port = servers.free_port()
     mitmdump(["-p", str(port), "--set", "esrs_upgrade=true", "--set", f"ssl_verify_upstream_trusted_ca={peer.cert}"])
@@ -465,8 +465,8 @@ def test_regular_mode_plain_get_to_a_tls_port_is_healed(real_server: RealServers
         assert answer.status == 200 and peer.serves(answer.body) and (answer.label or "").startswith(label)
 
 
-def test_upstream_mode_heals_through_connect_on_the_same_proxy(cert, start_server, mitmdump) -> None:
-    """The plaintext request goes through the faulty upstream proxy; the healed one uses CONNECT through it."""
+def test_upstream_mode_upgrades_through_connect_on_the_same_proxy(cert, start_server, mitmdump) -> None:
+    """The plaintext request goes through the faulty upstream proxy; the upgraded one uses CONNECT through it."""
     server = start_server(servers.EsrsServer(cert))
     faulty = start_server(servers.FaultyProxy({("esrs.lab", 443): ("127.0.0.1", server.port)}))
     port = servers.free_port()
@@ -509,7 +509,7 @@ def test_an_untrusted_certificate_with_rewrite_falls_back_to_the_synthetic_statu
     assert server.tls_requests == 0
 
 
-def test_squids_wrapped_200_is_healed_through_connect_on_squid(real_proxies, jsse_esrs, cert, mitmdump) -> None:
+def test_squids_wrapped_200_is_upgraded_through_connect_on_squid(real_proxies, jsse_esrs, cert, mitmdump) -> None:
     """squid (cache_peer to a JSSE-like TLS port) wraps the raw alert in `HTTP/1.1 200` + X-Transformed-From:
     HTTP/0.9; that 200 is squid's invention, so the request is sent again over TLS, through CONNECT on squid."""
     squid = real_proxies.get("squid-peer")
@@ -529,7 +529,7 @@ def test_squids_wrapped_200_is_healed_through_connect_on_squid(real_proxies, jss
     assert (jsse_esrs.plaintext_requests, jsse_esrs.tls_requests) == (before[0] + 1, before[1] + 2)
 
 
-def test_squid_in_front_of_the_real_jsse_server_is_healed(real_server: RealServers, real_proxies, mitmdump) -> None:
+def test_squid_in_front_of_the_real_jsse_server_is_upgraded(real_server: RealServers, real_proxies, mitmdump) -> None:
     """squid, its cache_peer the real JSSE server (Java), wraps JSSE's own alert in `HTTP/1.1 200` + X-Transformed-From:
     HTTP/0.9; the client gets what a direct https:// request to that server gets, then the target is learned."""
     jsse = real_server("jsse")
@@ -567,8 +567,10 @@ def test_the_tls_attempt_presents_mitmproxys_client_certificate(cert, start_serv
     trusted = ["--set", "esrs_upgrade=true", "--set", f"ssl_verify_upstream_trusted_ca={cert[0]}"]
     args, (with_cert,) = reverse_modes([f"http://127.0.0.1:{server.port}"])
     mitmdump([*args, *trusted, "--set", f"client_certs={bundle}"])
-    healed = plaintext(with_cert)
-    assert healed.status == 200 and healed.body == servers.OK_BODY and (healed.label or "").startswith("upgraded; ")
+    upgraded = plaintext(with_cert)
+    assert (
+        upgraded.status == 200 and upgraded.body == servers.OK_BODY and (upgraded.label or "").startswith("upgraded; ")
+    )
     assert server.tls_requests == 1
     args, (without,) = reverse_modes([f"http://127.0.0.1:{server.port}"])
     mitmdump([*args, *trusted])
@@ -577,7 +579,7 @@ def test_the_tls_attempt_presents_mitmproxys_client_certificate(cert, start_serv
     assert server.tls_requests == 1  # the server refused the TLS client without a certificate
 
 
-def test_a_large_answer_is_healed_whole_when_mitmproxy_streams_bodies(cert, start_server, mitmdump) -> None:
+def test_a_large_answer_is_upgraded_whole_when_mitmproxy_streams_bodies(cert, start_server, mitmdump) -> None:
     """With stream_large_bodies, the TLS attempt's body streams; it is kept, not dropped, and the client gets it."""
     body = bytes(range(256)) * 1024  # 256 KiB
     server = start_server(RecordingServer(cert, body))
@@ -591,7 +593,7 @@ def test_a_large_answer_is_healed_whole_when_mitmproxy_streams_bodies(cert, star
     assert server.tls_count == 2
 
 
-def test_a_body_over_body_size_limit_is_not_healed(cert, start_server, mitmdump) -> None:
+def test_a_body_over_body_size_limit_is_not_upgraded(cert, start_server, mitmdump) -> None:
     server = start_server(RecordingServer(cert, b"x" * 200_000))
     args, (port,) = reverse_modes([f"http://127.0.0.1:{server.port}"])
     mitmdump([*args, "--set", "esrs_upgrade=true", "--set", f"ssl_verify_upstream_trusted_ca={cert[0]}",

@@ -1,6 +1,6 @@
-"""The heal (esrs_upgrade): the same request sent again over TLS, one attempt per target at a time.
+"""The upgrade (esrs_upgrade): the same request sent again over TLS, one attempt per target at a time.
 
-The addon decides *whether* a flow is healed; this room does it and remembers what came of it:
+The addon decides *whether* a flow is upgraded; this room does it and remembers what came of it:
 
 - targets that answered over TLS are learned (`learned`), and their later requests go over TLS at once;
 - while a TLS attempt to a target is in flight, other flows to it wait for its outcome (`pending`) instead of
@@ -31,14 +31,14 @@ from . import compat
 from .compat import AttemptCause
 from .findings import UPGRADABLE, Finding
 from .learned import LearnedTargets, Target
-from .names import DEFAULT_UPGRADE_RETRY, DEFAULT_UPGRADE_TIMEOUT, HEAL_METADATA_KEY, OPT_UPGRADE_TIMEOUT
+from .names import DEFAULT_UPGRADE_RETRY, DEFAULT_UPGRADE_TIMEOUT, OPT_UPGRADE_TIMEOUT, UPGRADE_METADATA_KEY
 from .record import Failure, upstream_proxy
 
 #: TLS attempts in flight at once, all targets together; more wait for a free slot (within their own time limit).
 MAX_ATTEMPTS = 32
 #: The most one attempt's answer body may hold when `body_size_limit` is unset (64 MiB).
 BODY_CAP = 64 * 1024 * 1024
-#: Seconds a stray answer's address stays suspect at most while its flow decides whether to heal (see `suspect`).
+#: Seconds a stray answer's address stays suspect at most while its flow decides whether to upgrade (see `suspect`).
 SUSPECT_WAIT = 2.0
 
 strip_proxy_headers = compat.strip_proxy_headers
@@ -67,20 +67,20 @@ def server_name(flow: http.HTTPFlow) -> str:
 
 @dataclass
 class Outcome:
-    """What a heal came to: the server's answer (body included), or why not."""
+    """What an upgrade came to: the server's answer (body included), or why not."""
 
     #: The TLS attempt's own flow (a replayed copy); None when the flow took another flow's failure.
     attempt: http.HTTPFlow | None
-    #: The server's answer over TLS, whole, when healed.
+    #: The server's answer over TLS, whole, when upgraded.
     answer: http.Response | None = None
     failure: Failure | None = None
     #: The outcome was another flow's: this flow waited for that attempt instead of making its own.
     shared: bool = False
-    #: This heal taught esrs-fix the target (it was not learned before).
+    #: This upgrade taught esrs-fix the target (it was not learned before).
     newly_learned: bool = False
 
 
-class Heal:
+class Upgrade:
     """Learned targets, attempts in flight (one per target), remembered failures; see the module's docstring."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
@@ -117,7 +117,7 @@ class Heal:
         return until
 
     def suspect(self, host: str, port: int) -> None:
-        """Stray TLS just came from `host:port`, and its flow may heal: until that flow starts its attempt (or decides
+        """Stray TLS just came from `host:port`, and its flow may upgrade: until the flow starts its attempt (or decides
         not to), new requests to the address wait a moment instead of going out in plaintext themselves.
 
         Called where the stray bytes are read, before any hook runs: under load, the hooks of the flow that got them
@@ -177,12 +177,12 @@ class Heal:
             await asyncio.wait_for(asyncio.shield(pending), 2 * self.timeout + 1)
 
     def failure_of(self, attempt: http.HTTPFlow, finding: Finding, seconds: float) -> Failure:
-        """Why a TLS attempt (a heal's copy, or a flow sent as learned) failed, with advice that fits."""
+        """Why a TLS attempt (an upgrade's copy, or a flow sent as learned) failed, with advice that fits."""
         return _failure_of(attempt, finding, seconds)
 
     def sink(self, attempt: http.HTTPFlow) -> _Body | None:
         """Where a TLS attempt's answer body goes as it streams in (mitmproxy's `response.stream` callable): only an
-        attempt this heal made has one (a user's replay of an attempt's flow carries its marker too)."""
+        attempt this upgrade made has one (a user's replay of an attempt's flow carries its marker too)."""
         return self._bodies.get(attempt.id)
 
     async def attempt(
@@ -193,7 +193,7 @@ class Heal:
         options: Any,
         not_http: Callable[[http.Response], bool],
     ) -> Outcome:
-        """Heal `flow` (its plaintext attempt got `finding`): its request again over TLS, or another flow's outcome.
+        """Upgrade `flow` (its plaintext attempt got `finding`): its request again over TLS, or another flow's outcome.
 
         `not_http(response)`: whether the answer over TLS is esrs-fix's own 502 (it was TLS records again).
         """
@@ -270,7 +270,7 @@ class Heal:
             self._bodies[copy.id] = _Body(BODY_CAP if limit is None else limit)
 
         attempt = await compat.resend_over_tls(
-            flow, options, self.timeout, HEAL_METADATA_KEY, server_name(flow), keep_body
+            flow, options, self.timeout, UPGRADE_METADATA_KEY, server_name(flow), keep_body
         )
         body = self._bodies.pop(attempt.id, None)
         failure: Failure | None = None
