@@ -79,6 +79,7 @@ LAYERS = (
     "answers",
     "contentview",
     "addon",
+    "proxyauth",
     "wire",
     "diagnose",
     "capture",
