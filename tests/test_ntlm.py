@@ -148,7 +148,7 @@ def test_a_proxy_offering_negotiate_and_ntlm_gets_a_verdict(real_proxies, jsse_e
     port = _port(out)
     assert port["auth"]["offered"] == ["Negotiate", "NTLM"] and port["auth"]["used"] == "NTLM"
     assert list(port["auth"]["tried"]) == ["Negotiate"]
-    assert "as user 'CORP\\esrsuser'; tried first: Negotiate: " in port["verdict"]
+    assert "as user 'CORP\\esrsuser'; tried first: Negotiate (refused: " in port["verdict"]
     # without credentials: what is offered, and how to give them
     p, out = run(proxy.url, jsse_esrs.port)
     assert p.returncode == 3 and "it offers: Negotiate; NTLM; give the right user and password" in p.stdout

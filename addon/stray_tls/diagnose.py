@@ -521,7 +521,7 @@ def _authenticated(auth: ProxyAuth, probes: list[Probe]) -> str:
     if not used or auth.credentials is None:
         return ""
     text = f" (authenticated to the proxy with {' and '.join(used)} as user {shown_user(auth.credentials.user)}"
-    if others := [f"{s}: {how}" for s, how in auth.tried.items() if s not in used]:
+    if others := [f"{s} ({how})" for s, how in auth.tried.items() if s not in used]:
         text += f"; tried first: {'; '.join(others)}"
     return text + ")"
 
