@@ -869,3 +869,25 @@ def test_an_endless_answer_is_read_only_so_far(start_server) -> None:
     flood = start_server(servers.ScriptedServer(lambda head: [b"\x17\x03\x03\x40\x00" + b"x" * 16384] * 256, gap=0))
     answer = wire.exchange(("127.0.0.1", flood.port), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 20)
     assert wire.MAX_ANSWER <= len(answer.raw) < wire.MAX_ANSWER + 65536 and not answer.timed_out
+
+
+def test_the_password_file_and_its_mistakes(tmp_path, start_server) -> None:
+    """--proxy-password-file: its first line is the password (a line end is not part of it); an unreadable file, a
+    file beside a password in the URL, or a file without a user get a sentence that names no password."""
+    seen: list[bytes] = []
+    proxy = start_server(servers.ScriptedServer(_basic_then_403(seen), keep_alive=False))
+    secret = tmp_path / "password"
+    secret.write_bytes(b"pa ss:w\xc3\xb6rd\r\nsecond line\n")
+    p = check("--proxy", f"127.0.0.1:{proxy.port}", "--proxy-user", "bob", "--proxy-password-file", str(secret), "h")
+    assert p.returncode == 1, p.stdout + p.stderr
+    token = base64.b64encode("bob:pa ss:wörd".encode()).decode()
+    assert f"Proxy-Authorization: Basic {token}\r\n".encode() in seen[1]
+    assert "wörd" not in p.stdout + p.stderr and token not in p.stdout + p.stderr
+    missing = tmp_path / "nowhere"
+    p = check("--proxy", "127.0.0.1:9", "--proxy-user", "bob", "--proxy-password-file", str(missing), "h")
+    assert p.returncode == 2 and f"cannot read --proxy-password-file {missing}: No such file" in p.stderr
+    p = check("--proxy", "http://bob:hunter2@127.0.0.1:9", "--proxy-password-file", str(secret), "h")
+    assert p.returncode == 2 and "either in --proxy or with --proxy-password-file, not both" in p.stderr
+    assert "hunter2" not in p.stdout + p.stderr
+    p = check("--proxy", "127.0.0.1:9", "--proxy-password-file", str(secret), "h")
+    assert p.returncode == 2 and "--proxy-password-file needs a user: --proxy-user USER" in p.stderr
