@@ -9,6 +9,12 @@ installed but does not come up fails the test, with the tail of its log.
 Every proxy that needs to know the origin (squid's `cache_peer`) points at one session-wide ESRS stand-in that
 answers plaintext the way JSSE does (`15 03 03 00 02 02 0a`): `jsse_esrs`. `squid-jsse` is squid with the real
 JSSE server (tests/realpeers.py, Java) as its `cache_peer` instead; it skips, naming what to install, without Java.
+
+Proxy authentication: `-auth` is Basic (squid, proxy.py); squid's `-ntlm` forms take NTLM through Debian's
+`ntlm_fake_auth` (any password, but only `USER`, in any domain), `-negotiate` offers Negotiate first and NTLM too
+(its Negotiate takes no SPNEGO token: a client falls back to NTLM), `-ntlm-peer` is `-ntlm` with the stand-in as
+its cache_peer, and `-ntlm-peer-300ms` the same with the lab's latency relay, 300 ms each way, between squid and
+the stand-in (the relay is the session's too, stopped with the proxies).
 """
 
 from __future__ import annotations
@@ -24,15 +30,18 @@ import pytest
 
 from stray_tls import records
 from stray_tls.lab import proxies, servers
+from stray_tls.lab.latency import LatencyRelay
 from stray_tls.lab.proxies import RealProxy
 
 from .realpeers import RealServers
 
-__all__ = ["PASSWORD", "USER", "RealProxies", "RealProxy", "jsse_esrs", "real_proxies"]
+__all__ = ["FIELD_LATENCY", "PASSWORD", "USER", "RealProxies", "RealProxy", "jsse_esrs", "real_proxies"]
 
 #: JSSE's answer to plaintext on a TLS port: a fatal unexpected_message alert in a TLS 1.2 record.
 JSSE_ALERT = records.encode_alert(2, 10, 0x0303)
 USER, PASSWORD = "esrsuser", "s3cr%t:pw"  # a password with characters that need percent-encoding in a URL
+#: The field's latency between a proxy and the server (issue 19): seconds each way.
+FIELD_LATENCY = 0.3
 
 
 class RealProxies:
@@ -48,6 +57,10 @@ class RealProxies:
         "squid-peer",
         "squid-jsse",
         "squid-auth",
+        "squid-ntlm",
+        "squid-ntlm-peer",
+        "squid-ntlm-peer-300ms",
+        "squid-negotiate",
         "tinyproxy",
         "privoxy",
     )
@@ -58,6 +71,8 @@ class RealProxies:
         self.real_servers = real_servers
         self.running: dict[str, RealProxy] = {}
         self.unavailable: dict[str, str] = {}
+        #: the latency relays between a proxy and the stand-in, by the proxy's name: the check asks for its port
+        self.relays: dict[str, LatencyRelay] = {}
 
     def _form(self, name: str) -> tuple[str, dict[str, Any]]:
         if name not in self.NAMES:
@@ -65,6 +80,20 @@ class RealProxies:
         proxy, _, form = name.partition("-")
         if form == "auth":
             return proxy, {"auth": (USER, PASSWORD)}
+        if form == "ntlm":
+            return proxy, {"auth": (USER, PASSWORD), "scheme": "ntlm"}
+        if form == "negotiate":
+            return proxy, {"auth": (USER, PASSWORD), "scheme": "negotiate+ntlm"}
+        if form == "ntlm-peer":
+            return proxy, {"auth": (USER, PASSWORD), "scheme": "ntlm", "peers": [("127.0.0.1", self.origin.port)]}
+        if form == "ntlm-peer-300ms":
+            if name in self.relays:  # a start that failed before: its relay goes
+                self.relays.pop(name).stop()
+            relay = LatencyRelay(("127.0.0.1", self.origin.port), FIELD_LATENCY)
+            relay.start()
+            self.relays[name] = relay
+            # by port: the check asks for the relay's port, which squid forwards to the relay
+            return proxy, {"auth": (USER, PASSWORD), "scheme": "ntlm", "peers": [("127.0.0.1", relay.port)]}
         if form == "peer":
             return proxy, {"peers": [("127.0.0.1", self.origin.port)]}
         if form == "jsse":
@@ -90,6 +119,8 @@ class RealProxies:
     def stop_all(self) -> None:
         for proxy in self.running.values():
             proxy.stop()
+        for relay in self.relays.values():
+            relay.stop()
 
 
 @pytest.fixture(scope="session")

@@ -263,7 +263,7 @@ def test_right_credentials_pass_through(name, shape, real_proxies, jsse_esrs) ->
     url = f"http://{quote(USER)}:{quote(PASSWORD, safe='')}@127.0.0.1:{proxy.port}"
     p, out, j = check_real(url, jsse_esrs.port, env=_env())
     assert p.returncode == 1, p.stdout + p.stderr
-    assert _port(out)["shape"] == shape and "407" not in p.stdout
+    assert _port(out)["shape"] == shape and "HTTP/1.1 407" not in p.stdout  # not "407": the port may hold it
     assert f"as user '{USER}'" in p.stderr
     _no_password(PASSWORD, p, j)
     # the same with --proxy-user and the password in the environment
@@ -314,10 +314,18 @@ def _echoing(page: Callable[[str, str], bytes]) -> Callable[[bytes], bytes]:
 
     def answer(head: bytes) -> bytes:
         m = re.search(rb"Proxy-Authorization: Basic (\S+)", head)
-        token = m.group(1).decode() if m else ""
+        if m is None:  # credentials go only where a proxy asks for them
+            return _ASK_BASIC
+        token = m.group(1).decode()
         return page(token, base64.b64decode(token).decode().partition(":")[2])
 
     return answer
+
+
+_ASK_BASIC = (
+    b'HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm="x"\r\nContent-Length: 0\r\n'
+    b"Connection: close\r\n\r\n"
+)
 
 
 def _http(status: bytes, headers: bytes, body: str) -> bytes:
@@ -432,7 +440,12 @@ def test_a_short_password_does_not_hide_what_a_407_offers(start_server) -> None:
     assert p.returncode == 3, p.stdout + p.stderr
     port = _port(out)
     assert port["shape"] == "proxy_auth_required"
-    assert port["auth"] == {"offered": ['Ba***ic realm="x"'], "unsupported": []}
+    assert port["auth"] == {
+        "offered": ['Ba***ic realm="x"'],
+        "unsupported": [],
+        "used": None,
+        "tried": {"Basic": "refused: the proxy answered the credentials with a 407"},
+    }
     assert f"could not test: the proxy rejected the credentials given for user '{USER}'" in port["verdict"]
     assert port["product"] == "***quid"  # the Server header, found by its name, shown scrubbed
 
@@ -479,6 +492,20 @@ def test_an_unreachable_proxy_given_with_credentials_never_prints_them() -> None
 
 
 # -- shapes a real proxy of ours does not produce: scripted "proxies" --------------------------------------------
+
+
+_REFUSED_403 = b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n"
+
+
+def _basic_then_403(seen: list[bytes]) -> Callable[[bytes], bytes]:
+    """A scripted proxy's answer: a 407 asking for Basic to a request without credentials, a 403 to one with them
+    (the credentials got through; the request did not), each head kept in `seen`."""
+
+    def answer(head: bytes) -> bytes:
+        seen.append(head)
+        return _REFUSED_403 if b"Proxy-Authorization:" in head else _ASK_BASIC
+
+    return answer
 
 
 def _scripted(start_server, answer: bytes | list[bytes], **kw) -> servers.TCPServer:
@@ -576,38 +603,73 @@ def test_a_proxy_that_never_answers_times_out(start_server) -> None:
 def test_407_names_schemes_esrs_fix_cannot_speak(start_server) -> None:
     proxy = _scripted(
         start_server,
-        b"HTTP/1.1 407 Proxy Authentication Required\r\nServer: ProxySG\r\nProxy-Authenticate: NTLM\r\n"
-        b'Proxy-Authenticate: Negotiate\r\nProxy-Authenticate: Digest realm="corp", nonce="a,b", qop="auth"\r\n'
-        b"Content-Length: 0\r\n\r\n",
+        b"HTTP/1.1 407 Proxy Authentication Required\r\nServer: ProxySG\r\n"
+        b'Proxy-Authenticate: Digest realm="corp", nonce="a,b", qop="auth"\r\nContent-Length: 0\r\n\r\n',
     )
     p, out, _ = check_real(f"127.0.0.1:{proxy.port}", 443)
     assert p.returncode == 3, p.stdout + p.stderr
     assert (
-        'it offers: NTLM; Negotiate; Digest realm="corp", nonce="a,b", qop="auth"; not supported by esrs-fix check: '
-        "NTLM, Negotiate, Digest (only Basic is)" in p.stdout
+        'it offers: Digest realm="corp", nonce="a,b", qop="auth"; not supported by esrs-fix check: Digest (it speaks '
+        "Negotiate, NTLM, Basic)" in p.stdout
     )
     assert "HTTP 407 from the proxy (ProxySG)" in p.stdout
     assert "test from a host the proxy lets through without authentication" in p.stdout
-    assert "give the right user and password" not in p.stdout  # no Basic on offer: no password would help
+    assert "give the right user and password" not in p.stdout  # nothing on offer that esrs-fix speaks
     port = _port(out)
     assert port["shape"] == "proxy_auth_required" and port["product"] == "ProxySG"
     assert port["auth"] == {
-        "offered": ["NTLM", "Negotiate", 'Digest realm="corp", nonce="a,b", qop="auth"'],
-        "unsupported": ["NTLM", "Negotiate", "Digest"],
+        "offered": ['Digest realm="corp", nonce="a,b", qop="auth"'],
+        "unsupported": ["Digest"],
+        "used": None,
+        "tried": {},
     }
-    # credentials given to a proxy that takes no Basic: not "rejected", but of no use
+    # credentials given to a proxy that takes none of the schemes: not "rejected", but of no use
     p = check("--proxy", f"http://u:pw@127.0.0.1:{proxy.port}", "h", "--port", "443")
-    assert p.returncode == 3 and "the proxy does not take Basic credentials, so those given for user 'u'" in p.stdout
+    assert p.returncode == 3
+    assert "the proxy takes none of the schemes esrs-fix check speaks, so those given for user 'u' could not work" in (
+        p.stdout
+    )
+
+
+def test_a_proxy_that_never_challenges_gets_each_scheme_tried_in_a_browsers_order(start_server) -> None:
+    """A proxy that offers NTLM and Negotiate but answers every first token with the same bare 407: both are tried,
+    Negotiate first, and the verdict says how each ended; no traceback."""
+    seen: list[bytes] = []
+    ask = (
+        b"HTTP/1.1 407 Proxy Authentication Required\r\nServer: ProxySG\r\nProxy-Authenticate: NTLM\r\n"
+        b'Proxy-Authenticate: Negotiate\r\nProxy-Authenticate: Digest realm="corp", nonce="a,b", qop="auth"\r\n'
+        b"Content-Length: 0\r\n\r\n"
+    )
+
+    def answer(head: bytes) -> bytes:
+        seen.append(head)
+        return ask
+
+    proxy = start_server(servers.ScriptedServer(answer, keep_alive=False))
+    p, out, _ = check_real(f"127.0.0.1:{proxy.port}", 443)
+    assert p.returncode == 3, p.stdout + p.stderr
+    assert 'it offers: NTLM; Negotiate; Digest realm="corp", nonce="a,b", qop="auth"' in p.stdout
+    assert "not supported by esrs-fix check: Digest (it speaks Negotiate, NTLM, Basic)" in p.stdout
+    assert "give the right user and password" in p.stdout
+    seen.clear()
+    p, out, _ = check_real(f"http://CORP%5Cu:pw@127.0.0.1:{proxy.port}", 443, env=_env())
+    assert p.returncode == 3 and "Traceback" not in p.stderr, p.stdout + p.stderr
+    assert (
+        "could not test: the proxy rejected the credentials given for user 'CORP\\u' (HTTP 407 from the proxy "
+        "(ProxySG)); it offers: NTLM; Negotiate; Digest"
+    ) in p.stdout
+    assert (
+        "; tried: Negotiate (refused: the proxy answered its first Negotiate message with a 407 and no challenge); "
+        "NTLM (refused: the proxy answered its first NTLM message with a 407 and no challenge)"
+    ) in p.stdout
+    schemes = [re.findall(rb"Proxy-Authorization: (\w+)", h) for h in seen[:3]]
+    assert schemes == [[], [b"Negotiate"], [b"NTLM"]]  # of the text run: bare, then as a browser would
+    assert _port(out)["auth"]["tried"].keys() == {"Negotiate", "NTLM"}
 
 
 def test_the_password_prompt_on_a_terminal(start_server) -> None:
     seen: list[bytes] = []
-
-    def answer(head: bytes) -> bytes:
-        seen.append(head)
-        return b"HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic\r\nContent-Length: 0\r\n\r\n"
-
-    proxy = start_server(servers.ScriptedServer(answer, keep_alive=False))
+    proxy = start_server(servers.ScriptedServer(_basic_then_403(seen), keep_alive=False))
     argv = [sys.executable, "-m", "stray_tls.main", "check", "--proxy", f"127.0.0.1:{proxy.port}"]
     argv += ["--proxy-user", "bob", "h", "--port", "443", "--timeout", "5"]
     pid, fd = pty.fork()
@@ -632,9 +694,9 @@ def test_the_password_prompt_on_a_terminal(start_server) -> None:
                 said += chunk
     finally:
         _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 3, said
+    assert os.waitstatus_to_exitcode(status) == 1, said  # the 403 the proxy gives once authenticated
     token = base64.b64encode(b"bob:typed-secret").decode()
-    assert seen and all(f"Proxy-Authorization: Basic {token}\r\n".encode() in h for h in seen)
+    assert len(seen) == 4 and all(f"Proxy-Authorization: Basic {token}\r\n".encode() in h for h in seen[1:])
     assert b"typed-secret" not in said and token.encode() not in said  # the prompt does not echo it
 
 
@@ -685,29 +747,23 @@ def test_the_servers_own_400_page_through_a_real_proxy(real_proxies, real_server
 
 
 def test_credentials_go_on_every_probe(start_server) -> None:
+    """Only where the proxy asks for them (the first request goes without: a proxy that wants NTLM must never see a
+    Basic password), then on every probe at once: the scheme that got through is remembered."""
     seen: list[bytes] = []
-
-    def answer(head: bytes) -> bytes:
-        seen.append(head)
-        return b"HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic\r\nContent-Length: 0\r\n\r\n"
-
-    start = start_server(servers.ScriptedServer(answer, keep_alive=False))
+    start = start_server(servers.ScriptedServer(_basic_then_403(seen), keep_alive=False))
     p = check("--proxy", f"http://u%40corp:p%3Aw@127.0.0.1:{start.port}", "h", "--port", "443")
-    assert p.returncode == 3
+    assert p.returncode == 1, p.stdout + p.stderr
     token = base64.b64encode(b"u@corp:p:w").decode()
-    assert [h.split(b" ", 1)[0] for h in seen] == [b"GET", b"CONNECT", b"CONNECT"]
-    assert all(f"Proxy-Authorization: Basic {token}\r\n".encode() in h for h in seen)
+    assert [h.split(b" ", 1)[0] for h in seen] == [b"GET", b"GET", b"CONNECT", b"CONNECT"]
+    assert b"Proxy-Authorization" not in seen[0]
+    assert all(f"Proxy-Authorization: Basic {token}\r\n".encode() in h for h in seen[1:])
+    assert "(authenticated to the proxy with Basic as user 'u@corp')" in p.stdout
     assert "p:w" not in p.stdout + p.stderr and token not in p.stdout + p.stderr
 
 
 def test_an_ipv6_target_and_a_password_that_is_no_utf8(start_server) -> None:
     seen: list[bytes] = []
-
-    def answer(head: bytes) -> bytes:
-        seen.append(head)
-        return b"HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic\r\nContent-Length: 0\r\n\r\n"
-
-    start = start_server(servers.ScriptedServer(answer, keep_alive=False))
+    start = start_server(servers.ScriptedServer(_basic_then_403(seen), keep_alive=False))
     env = {k: v for k, v in os.environb.items() if k != b"ESRS_FIX_PROXY_PASSWORD"}
     env[b"ESRS_FIX_PROXY_PASSWORD"] = b"se\xffcret"
     args = ["--proxy", f"127.0.0.1:{start.port}", "--proxy-user", "u", "::1", "--port", "443"]
@@ -718,14 +774,15 @@ def test_an_ipv6_target_and_a_password_that_is_no_utf8(start_server) -> None:
         env=env,
         stdin=subprocess.DEVNULL,
     )
-    assert p.returncode == 3 and b"Traceback" not in p.stderr, p.stderr
+    assert p.returncode == 1 and b"Traceback" not in p.stderr, p.stderr
     token = base64.b64encode(b"u:se\xffcret")
     assert [h.split(b"\r\n", 2)[:2] for h in seen] == [
+        [b"GET https://[::1]:443/ HTTP/1.1", b"Host: [::1]:443"],
         [b"GET https://[::1]:443/ HTTP/1.1", b"Host: [::1]:443"],
         [b"CONNECT [::1]:443 HTTP/1.1", b"Host: [::1]:443"],
         [b"CONNECT [::1]:443 HTTP/1.1", b"Host: [::1]:443"],
     ]
-    assert all(b"Proxy-Authorization: Basic " + token + b"\r\n" in h for h in seen)
+    assert all(b"Proxy-Authorization: Basic " + token + b"\r\n" in h for h in seen[1:])
     assert b"https://[::1]:443/" in p.stdout and token not in p.stdout + p.stderr
 
 
@@ -812,3 +869,25 @@ def test_an_endless_answer_is_read_only_so_far(start_server) -> None:
     flood = start_server(servers.ScriptedServer(lambda head: [b"\x17\x03\x03\x40\x00" + b"x" * 16384] * 256, gap=0))
     answer = wire.exchange(("127.0.0.1", flood.port), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 20)
     assert wire.MAX_ANSWER <= len(answer.raw) < wire.MAX_ANSWER + 65536 and not answer.timed_out
+
+
+def test_the_password_file_and_its_mistakes(tmp_path, start_server) -> None:
+    """--proxy-password-file: its first line is the password (a line end is not part of it); an unreadable file, a
+    file beside a password in the URL, or a file without a user get a sentence that names no password."""
+    seen: list[bytes] = []
+    proxy = start_server(servers.ScriptedServer(_basic_then_403(seen), keep_alive=False))
+    secret = tmp_path / "password"
+    secret.write_bytes(b"pa ss:w\xc3\xb6rd\r\nsecond line\n")
+    p = check("--proxy", f"127.0.0.1:{proxy.port}", "--proxy-user", "bob", "--proxy-password-file", str(secret), "h")
+    assert p.returncode == 1, p.stdout + p.stderr
+    token = base64.b64encode("bob:pa ss:wörd".encode()).decode()
+    assert f"Proxy-Authorization: Basic {token}\r\n".encode() in seen[1]
+    assert "wörd" not in p.stdout + p.stderr and token not in p.stdout + p.stderr
+    missing = tmp_path / "nowhere"
+    p = check("--proxy", "127.0.0.1:9", "--proxy-user", "bob", "--proxy-password-file", str(missing), "h")
+    assert p.returncode == 2 and f"cannot read --proxy-password-file {missing}: No such file" in p.stderr
+    p = check("--proxy", "http://bob:hunter2@127.0.0.1:9", "--proxy-password-file", str(secret), "h")
+    assert p.returncode == 2 and "either in --proxy or with --proxy-password-file, not both" in p.stderr
+    assert "hunter2" not in p.stdout + p.stderr
+    p = check("--proxy", "127.0.0.1:9", "--proxy-password-file", str(secret), "h")
+    assert p.returncode == 2 and "--proxy-password-file needs a user: --proxy-user USER" in p.stderr

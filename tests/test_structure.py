@@ -82,6 +82,7 @@ LAYERS = (
     "answers",
     "contentview",
     "addon",
+    "proxyauth",
     "wire",
     "diagnose",
     "capture",

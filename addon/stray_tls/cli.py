@@ -128,13 +128,13 @@ def cmd_check(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"esrs-fix check: {e}", file=sys.stderr)
         return 2
-    credentials = _check_credentials(proxy, args.proxy_user)
+    credentials = _check_credentials(proxy, args.proxy_user, args.proxy_password_file)
     if isinstance(credentials, str):
         print(f"esrs-fix check: {credentials}", file=sys.stderr)
         return 2
     ports = args.port or [443, 8443]
     results = []
-    as_user = f" as user {credentials.user!r}" if credentials else ""
+    as_user = f" as user {diagnose.shown_user(credentials.user)}" if credentials else ""
     for port in ports:
         if not args.json:
             where = hostport(*proxy.address)
@@ -157,29 +157,42 @@ def cmd_check(args: argparse.Namespace) -> int:
 PASSWORD_VARIABLE = "ESRS_FIX_PROXY_PASSWORD"
 
 
-def _check_credentials(proxy: ProxyAddress, proxy_user: str | None) -> diagnose.Credentials | str | None:
-    """The credentials for the proxy, or a sentence saying why there are none (exit 2). Never echoes a password."""
-    from .diagnose import Credentials
+def _check_credentials(
+    proxy: ProxyAddress, proxy_user: str | None, password_file: Path | None = None
+) -> diagnose.Credentials | str | None:
+    """The credentials for the proxy, or a sentence saying why there are none (exit 2). Never echoes a password.
+
+    The password: from the URL, else from `password_file` (its first line), else the environment, else a prompt."""
+    from .diagnose import Credentials, shown_user
 
     if proxy_user is not None and proxy.user is not None:
         return "give the user either in --proxy (http://USER:PASSWORD@HOST:PORT) or with --proxy-user, not both"
     user = proxy_user if proxy_user is not None else proxy.user
     if user is None:
-        return None
+        return "--proxy-password-file needs a user: --proxy-user USER" if password_file is not None else None
     if not user or ":" in user:
         return "the proxy user name must be non-empty and must not contain ':' (Basic authentication cannot carry it)"
+    if proxy.password is not None and password_file is not None:
+        return "give the password either in --proxy or with --proxy-password-file, not both"
     if proxy.password is not None:
         return Credentials(user, proxy.password)
+    if password_file is not None:
+        try:
+            # its first line, without the line end; bytes that are not UTF-8 go out as they are (surrogateescape)
+            lines = password_file.read_bytes().decode("utf-8", "surrogateescape").splitlines()
+        except OSError as e:
+            return f"cannot read --proxy-password-file {password_file}: {e.strerror or e}"
+        return Credentials(user, lines[0] if lines else "")
     if (password := os.environ.get(PASSWORD_VARIABLE)) is not None:
         return Credentials(user, password)
     if sys.stdin.isatty():
         try:
-            return Credentials(user, getpass.getpass(f"password for proxy user {user!r}: "))
+            return Credentials(user, getpass.getpass(f"password for proxy user {shown_user(user)}: "))
         except EOFError:
             pass
     return (
-        f"no password for proxy user {user!r}: set {PASSWORD_VARIABLE}, run from a terminal to be asked for it, "
-        "or give it in --proxy http://USER:PASSWORD@HOST:PORT"
+        f"no password for proxy user {shown_user(user)}: set {PASSWORD_VARIABLE}, give --proxy-password-file FILE, "
+        "run from a terminal to be asked for it, or give it in --proxy http://USER:PASSWORD@HOST:PORT"
     )
 
 
@@ -316,13 +329,21 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
         required=True,
         type=argument(parse_proxy),
         metavar="http://[USER:PASSWORD@]HOST:PORT",
-        help="the customer's HTTP proxy; user and password percent-encoded when they hold ':', '@' or '%%'",
+        help="the customer's HTTP proxy; user and password percent-encoded when they hold ':', '@', '%%' or a "
+        "domain's '\\' (DOMAIN%%5CUSER)",
     )
     p.add_argument(
         "--proxy-user",
         metavar="USER",
-        help=f"authenticate to the proxy (Basic) as USER; the password comes from {PASSWORD_VARIABLE}, or is asked "
-        "for when run from a terminal",
+        help="authenticate to the proxy as USER (DOMAIN\\USER for a domain user) with the scheme it offers "
+        "(Negotiate, NTLM, Basic; NTLM and Negotiate need pyspnego); the password comes from "
+        f"--proxy-password-file or {PASSWORD_VARIABLE}, or is asked for when run from a terminal",
+    )
+    p.add_argument(
+        "--proxy-password-file",
+        metavar="FILE",
+        type=Path,
+        help="read the proxy password from the first line of FILE (it never appears on the command line)",
     )
     p.add_argument("host", help="the ESRS host name (or its IP address; an IPv6 address with or without brackets)")
     p.add_argument("--port", type=int, action="append", help="ports to check (repeatable; default 443 and 8443)")

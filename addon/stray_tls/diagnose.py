@@ -5,29 +5,33 @@ Per port: (1) absolute-form `GET https://HOST:PORT/` (what CECT / NetworkCheck s
 the server.  Every answer gets a `Shape` (what kind of answer it is: the raw TLS record, squid's HTTP/0.9
 wrapping, the proxy's own refusal, ...), and the verdict says which hop is at fault, in words.
 
-Credentials (`Proxy-Authorization: Basic`) go on every request to the proxy; the password never appears in
-anything this module returns: every answer is scrubbed as it is read (`_read`), before any text, hex or JSON is
-made of it, and no sentence here formats the password.
+Proxy authentication (`proxyauth.py`): the first request goes without credentials; a 407 names the schemes the
+proxy takes, and the check authenticates as a browser would (Negotiate, NTLM, Basic, the first that gets through),
+each probe on its own connection: NTLM's and Negotiate's steps (the first token, the 407 with the challenge, the
+answer with the request) on one kept-alive connection, which then carries the request or becomes the tunnel. The
+scheme that worked is used at once by the next probes. The password never appears in anything this module returns:
+every answer is scrubbed as it is read (`_read`), before any text, hex or JSON is made of it, of the password and of
+every token sent for it, and no sentence here formats the password.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import enum
 import functools
 import html
-import html.entities
 import re
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import findings
+from . import findings, proxyauth
 from .findings import Finding, Kind
 from .names import hostport, url_host
+from .proxyauth import AuthError, Credentials, Exchange, Offer, Scheme, challenges, shown_user, token_of
 from .records import hexdump
 from .wire import Answer, describe, not_tls_reason, send_and_read
 
@@ -67,69 +71,6 @@ _REFUSALS = frozenset({400, 403, 405, 408, 501})
 _UPSTREAM_ERRORS = frozenset({500, 502, 503, 504})  # 500: tinyproxy's "Unable to connect", among others
 
 
-@dataclass(frozen=True)
-class Credentials:
-    user: str
-    password: str = field(repr=False)
-
-    def header(self) -> str:
-        return f"Proxy-Authorization: Basic {self._token().decode('ascii')}\r\n"
-
-    def _pair(self) -> bytes:
-        # surrogateescape: bytes that are not UTF-8 (from the environment, or %FF in the URL) go out as they came
-        return f"{self.user}:{self.password}".encode("utf-8", "surrogateescape")
-
-    def _token(self) -> bytes:
-        return base64.b64encode(self._pair())
-
-    def redact_text(self, text: str) -> str:
-        """`redact` for a text decoded as latin-1 from the bytes that came (a header's value)."""
-        return self.redact(text.encode("latin-1", "replace")).decode("latin-1")
-
-    def redact(self, data: bytes) -> bytes:
-        """`data` with every form of the secret a proxy could echo replaced by `***`: the Basic token, the
-        user:password pair and the password, each as is, percent-encoded or HTML-escaped (see `_secret_pattern`)."""
-        return self._secrets.sub(b"***", data)
-
-    @functools.cached_property
-    def _secrets(self) -> re.Pattern[bytes]:
-        secrets = [self._token().decode("ascii"), f"{self.user}:{self.password}", self.password]
-        # longest first: the pair before the password inside it
-        patterns = [_secret_pattern(s) for s in sorted(filter(None, secrets), key=len, reverse=True)]
-        return re.compile(b"|".join(patterns))
-
-
-def _secret_pattern(secret: str) -> bytes:
-    """A regex for `secret` in any form a page may echo it in, character by character (a page may escape some
-    characters and not others): as is (UTF-8 or latin-1), percent-encoded (UTF-8 or latin-1, hex digits in either
-    case; `+` for a space), or as an HTML character reference that `html.unescape` reads (decimal, hexadecimal or
-    named, with or without `;`: squid writes `'` as `&#39;`, others as `&apos;`)."""
-
-    def either_case(hex_digits: str) -> bytes:
-        return b"".join(f"[{d.upper()}{d.lower()}]".encode() if d.isalpha() else d.encode() for d in hex_digits)
-
-    parts: list[bytes] = []
-    for ch in secret:
-        utf8 = ch.encode("utf-8", "surrogateescape")  # surrogateescape: bytes that are not UTF-8 stay those bytes
-        forms: set[bytes] = {re.escape(utf8), b"".join(b"%" + either_case(f"{byte:02x}") for byte in utf8)}
-        if not 0xDC80 <= ord(ch) <= 0xDCFF:  # a real character, not an escaped byte: its latin-1 and HTML forms
-            with contextlib.suppress(UnicodeEncodeError):
-                latin1 = ch.encode("latin-1")
-                forms |= {re.escape(latin1), b"%" + either_case(f"{latin1[0]:02x}")}
-            if ch == " ":
-                forms.add(rb"\+")  # a form's encoding of a space
-            # a numeric reference may end without `;` where no digit follows (html.unescape reads `&#39s` as `'s`),
-            # and 128-159 stand for windows-1252's characters (`&#128;` is the euro sign)
-            for code in {ord(ch)} | {c for c, v in getattr(html, "_invalid_charrefs", {}).items() if v == ch}:
-                forms.add(b"&#0*%d(?:;|(?![0-9]))" % code)
-                forms.add(b"&#[xX]0*" + either_case(f"{code:x}") + b"(?:;|(?![0-9a-fA-F]))")
-            # named references, the legacy ones without `;` too (`&eacute` is read as `é`)
-            forms |= {b"&" + re.escape(n.encode("ascii")) for n, c in html.entities.html5.items() if c == ch}
-        longest_first: list[bytes] = sorted(forms, key=len, reverse=True)
-        parts.append(b"(?:" + b"|".join(longest_first) + b")")
-    return b"".join(parts)
-
-
 @dataclass
 class Probe:
     name: str
@@ -141,7 +82,8 @@ class Probe:
     unreachable: bool = False
     shape: Shape = Shape.HTTP_OTHER
     answer: Answer | None = field(default=None, repr=False)  # as shown: scrubbed of the credentials
-    auth: AuthOffer | None = None  # what a 407 offers (judged on the answer as it came)
+    #: The proxy authentication scheme this probe's request got through with (None: it went without).
+    scheme: Scheme | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -150,7 +92,40 @@ class Probe:
             "shape": str(self.shape),
             "status": self.status,
             "what": self.what,
+            "auth_scheme": str(self.scheme) if self.scheme else None,
             "finding": self.finding.to_dict() if self.finding else None,
+        }
+
+
+@dataclass
+class ProxyAuth:
+    """What one port's check learns of the proxy's authentication, shared by its probes: what the proxy offers
+    (from its first 407), the scheme that got through (the next probes use it at once), and each scheme tried that
+    did not, with how it ended."""
+
+    credentials: Credentials | None = None
+    offer: Offer | None = None
+    scheme: Scheme | None = None
+    tried: dict[Scheme, str] = field(default_factory=dict)
+
+    def saw(self, r: _Read) -> None:
+        """A 407 without a challenge token: what the proxy offers (judged on the answer as it came, shown scrubbed:
+        a short password must not hide `Basic`, nor be shown in a realm)."""
+        if self.offer is None:
+            offer = Offer.of(challenges(r.seen.all("proxy-authenticate")))
+            shown = self.credentials.redact_text if self.credentials else str
+            offered, unsupported = [shown(c) for c in offer.offered], [shown(n) for n in offer.unsupported]
+            self.offer = Offer(offered, offer.usable, unsupported, offer.need_spnego)
+
+    def to_dict(self) -> dict[str, Any] | None:
+        if self.offer is None and self.scheme is None:
+            return None
+        offer = self.offer or Offer.of([])
+        return {
+            "offered": offer.offered,
+            "unsupported": offer.unsupported,
+            "used": str(self.scheme) if self.scheme else None,
+            "tried": {str(s): how for s, how in self.tried.items()},
         }
 
 
@@ -161,6 +136,7 @@ class PortResult:
     outcome: Outcome
     verdict: str
     probes: list[Probe] = field(default_factory=list)
+    auth: ProxyAuth | None = None
 
     @property
     def shape(self) -> Shape:
@@ -176,7 +152,7 @@ class PortResult:
             "verdict": self.verdict,
             # who answered what the check sends, as its answer names itself (Server, Proxy-agent, Via)
             "product": product(first),
-            "auth": self.probes[0].auth.to_dict() if self.probes and self.probes[0].auth else None,
+            "auth": self.auth.to_dict() if self.auth else None,
             "probes": [p.to_dict() for p in self.probes],
         }
 
@@ -218,10 +194,6 @@ def _connect(proxy: tuple[str, int], timeout: float) -> socket.socket | str:
         return f"cannot connect to the proxy {hostport(*proxy)}: {getattr(e, 'strerror', None) or e}"
 
 
-def _auth(credentials: Credentials | None) -> str:
-    return credentials.header() if credentials else ""
-
-
 @dataclass(frozen=True)
 class _Read:
     """One answer twice: as it came, which its shape is judged on, and scrubbed of the credentials, which is shown.
@@ -257,22 +229,174 @@ def _read(
     return _Read(a, a.redacted(credentials.redact) if credentials else a)
 
 
-def probe_absolute(
-    proxy: tuple[str, int], host: str, port: int, timeout: float, credentials: Credentials | None = None
-) -> Probe:
-    name = "GET https:// (as the check)"
+# -- a request to the proxy, authenticated the way it asks ----------------------------------------------------------
+
+
+@dataclass
+class _Asked:
+    """The answer to one request to the proxy, after any authentication: the connection, open (for a tunnel), the
+    final answer, and the scheme it got through with; or, with no connection at all, why (`unreachable`)."""
+
+    sock: socket.socket | None
+    read: _Read | None
+    scheme: Scheme | None = None
+    unreachable: str = ""
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+
+def _drain(sock: socket.socket, a: Answer, timeout: float) -> bool:
+    """After a head read alone (a CONNECT's answer), read the body its Content-Length announces, so that the
+    connection can carry the next request; whether it can (the whole body came, the proxy keeps the connection)."""
+    try:
+        length = int(a.header("content-length") or "0")
+    except ValueError:
+        return False
+    deadline = time.monotonic() + timeout
+    try:
+        while length > 0 and (remaining := deadline - time.monotonic()) > 0:
+            sock.settimeout(remaining)
+            chunk = sock.recv(min(length, 65536))
+            if not chunk:
+                return False
+            length -= len(chunk)
+    except OSError:
+        return False
+    return length == 0 and _kept_open(a, body_read=True)
+
+
+def _kept_open(a: Answer, *, body_read: bool = False) -> bool:
+    """Whether the connection that brought answer `a` may carry another request: a whole answer of known length
+    (or chunked, read to its end), and no `Connection: close`; HTTP/1.0 only with `keep-alive`."""
+    if a.status is None or a.timed_out or a.error:
+        return False
+    tokens = {t.strip().lower() for n in ("connection", "proxy-connection") for t in (a.header(n) or "").split(",")}
+    if "close" in tokens or (a.status_line.startswith("HTTP/1.0") and "keep-alive" not in tokens):
+        return False
+    if body_read or "chunked" in (a.header("transfer-encoding") or "").lower():
+        return True
+    try:
+        return len(a.body) == int(a.header("content-length") or "")
+    except ValueError:
+        return False
+
+
+def _ask(
+    proxy: tuple[str, int],
+    build: Callable[[str], bytes],
+    timeout: float,
+    auth: ProxyAuth,
+    *,
+    tunnel: bool = False,
+) -> _Asked:
+    """Send the request `build(proxy_authorization_lines)` makes to the proxy and read its answer, authenticating as
+    the proxy asks: first without credentials (or at once in the scheme that got through before); after a 407, in
+    each scheme it offers that esrs-fix speaks, in a browser's order, until one gets through. `tunnel`: a CONNECT,
+    whose answer is read as far as its head (a 200 leaves the connection open for the tunnel)."""
+    credentials = auth.credentials
+    if credentials is not None and auth.scheme is not None:
+        return _authenticate(proxy, build, timeout, auth, auth.scheme, tunnel=tunnel)
     sock = _connect(proxy, timeout)
     if isinstance(sock, str):
-        return Probe(name, sock, False, unreachable=True, shape=Shape.UNREACHABLE)
+        return _Asked(None, None, unreachable=sock)
+    r = _read(sock, build(""), timeout, credentials, head_only=tunnel)
+    asked = _Asked(sock, r)
+    if r.seen.status != 407:
+        return asked
+    asked.close()
+    auth.saw(r)
+    if credentials is None or auth.offer is None:
+        return asked
+    for scheme in auth.offer.usable:
+        if scheme in auth.tried:
+            continue
+        attempt = _authenticate(proxy, build, timeout, auth, scheme, tunnel=tunnel)
+        if attempt.unreachable or attempt.scheme is not None:
+            return attempt  # through, or the proxy could not be reached again
+        if attempt.read is not None:
+            asked = attempt  # refused: the 407 to show, unless a scheme later in the order gets through
+    return asked
+
+
+def _authenticate(
+    proxy: tuple[str, int],
+    build: Callable[[str], bytes],
+    timeout: float,
+    auth: ProxyAuth,
+    scheme: Scheme,
+    *,
+    tunnel: bool,
+) -> _Asked:
+    """One attempt in `scheme` on a connection of its own: Basic in one request; NTLM and Negotiate in two on the one
+    kept-alive connection (the first token, the 407 with the proxy's challenge, the answer to it with the request
+    again). `scheme` is set in the result when the request got through; otherwise `auth.tried` says how it ended."""
+    credentials = auth.credentials
+    assert credentials is not None
+    sock = _connect(proxy, timeout)
+    if isinstance(sock, str):
+        return _Asked(None, None, unreachable=sock)
+
+    def refused(r: _Read, how: str) -> _Asked:
+        sock.close()
+        auth.tried[scheme] = how
+        return _Asked(None, r)
+
+    def send(value: str) -> _Read:
+        return _read(sock, build(f"Proxy-Authorization: {value}\r\n"), timeout, credentials, head_only=tunnel)
+
+    try:
+        exchange = Exchange(scheme, credentials, proxy[0])
+        r = send(exchange.first())
+        if r.seen.status == 407 and scheme.connection_bound:
+            challenge = token_of(challenges(r.seen.all("proxy-authenticate")), scheme)
+            if challenge is None:
+                return refused(r, f"refused: the proxy answered its first {scheme} message with a 407 and no challenge")
+            if not (_drain(sock, r.seen, timeout) if tunnel else _kept_open(r.seen)):
+                return refused(
+                    r,
+                    f"the proxy did not keep the connection open after its challenge ({scheme} needs one connection "
+                    "from the challenge to the answer)",
+                )
+            first = r
+            r = send(exchange.answer(challenge))
+            if r.seen.status is None:  # closed or timed out instead of answering the answer
+                return refused(first, f"no answer to the {scheme} answer to the proxy's challenge: {r.judged()[0]}")
+    except AuthError as e:
+        sock.close()
+        auth.tried[scheme] = str(e)
+        return _Asked(None, None)
+    if r.seen.status == 407:
+        return refused(r, "refused: the proxy answered the credentials with a 407")
+    auth.scheme = scheme
+    auth.tried.pop(scheme, None)
+    return _Asked(sock, r, scheme)
+
+
+def probe_absolute(proxy: tuple[str, int], host: str, port: int, timeout: float, auth: ProxyAuth) -> Probe:
+    name = "GET https:// (as the check)"
     target = hostport(host, port)
-    request = (
-        f"GET https://{target}/ HTTP/1.1\r\nHost: {target}\r\nUser-Agent: esrs-fix-check\r\n{_auth(credentials)}\r\n"
-    )
-    with sock:
-        r = _read(sock, request.encode(), timeout, credentials)
+
+    def request(authorization: str) -> bytes:
+        head = f"GET https://{target}/ HTTP/1.1\r\nHost: {target}\r\nUser-Agent: esrs-fix-check\r\n"
+        return f"{head}{authorization}\r\n".encode()
+
+    asked = _ask(proxy, request, timeout, auth)
+    asked.close()
+    if asked.read is None:
+        return Probe(name, _no_answer(asked, auth), False, unreachable=True, shape=Shape.UNREACHABLE)
+    r = asked.read
     what, f, shape = r.judged()
-    auth = AuthOffer.of(r.seen, credentials) if shape is Shape.PROXY_AUTH_REQUIRED else None
-    return Probe(name, what, shape is Shape.HTTP_OK, f, r.seen.status, shape=shape, answer=r.shown, auth=auth)
+    return Probe(name, what, shape is Shape.HTTP_OK, f, r.seen.status, shape=shape, answer=r.shown, scheme=asked.scheme)
+
+
+def _no_answer(asked: _Asked, auth: ProxyAuth) -> str:
+    """Why a request got no answer to show: the proxy unreachable, or esrs-fix unable to make its next token."""
+    if asked.unreachable:
+        return asked.unreachable
+    return "; ".join(f"{s}: {how}" for s, how in auth.tried.items()) or "no answer"
 
 
 @dataclass
@@ -281,24 +405,24 @@ class _Tunnel:
     said: str  # the CONNECT answer's status line, or why there is no tunnel
     shape: Shape = Shape.HTTP_OK
     answer: Answer | None = None
+    scheme: Scheme | None = None
 
 
-def _tunnel(proxy: tuple[str, int], host: str, port: int, timeout: float, credentials: Credentials | None) -> _Tunnel:
-    sock = _connect(proxy, timeout)
-    if isinstance(sock, str):
-        return _Tunnel(None, sock, Shape.UNREACHABLE)
-    r = _read(
-        sock,
-        f"CONNECT {hostport(host, port)} HTTP/1.1\r\nHost: {hostport(host, port)}\r\n{_auth(credentials)}\r\n".encode(),
-        timeout,
-        credentials,
-        head_only=True,
-    )
+def _tunnel(proxy: tuple[str, int], host: str, port: int, timeout: float, auth: ProxyAuth) -> _Tunnel:
+    target = hostport(host, port)
+
+    def request(authorization: str) -> bytes:
+        return f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{authorization}\r\n".encode()
+
+    asked = _ask(proxy, request, timeout, auth, tunnel=True)
+    if asked.read is None:
+        return _Tunnel(None, _no_answer(asked, auth), Shape.UNREACHABLE)
+    r = asked.read
     if r.seen.status != 200:
-        sock.close()
+        asked.close()
         what, _, shape = r.judged()
         return _Tunnel(None, f"CONNECT refused: {what}", shape, r.shown)
-    return _Tunnel(sock, r.shown.status_line, Shape.HTTP_OK, r.shown)
+    return _Tunnel(asked.sock, r.shown.status_line, Shape.HTTP_OK, r.shown, asked.scheme)
 
 
 def _tls_get(
@@ -324,37 +448,34 @@ def _tls_get(
     return r, f"{version} handshake done"
 
 
-def probe_connect_tls(
-    proxy: tuple[str, int], host: str, port: int, timeout: float, credentials: Credentials | None = None
-) -> Probe:
+def probe_connect_tls(proxy: tuple[str, int], host: str, port: int, timeout: float, auth: ProxyAuth) -> Probe:
     name = "CONNECT, then TLS"
-    t = _tunnel(proxy, host, port, timeout, credentials)
+    t = _tunnel(proxy, host, port, timeout, auth)
     if t.sock is None:
         return Probe(name, t.said, False, shape=t.shape, answer=t.answer)
     with t.sock:
-        r, tls_said = _tls_get(t.sock, host, timeout, credentials)
+        r, tls_said = _tls_get(t.sock, host, timeout, auth.credentials)
     if r is None:
-        return Probe(name, f"{t.said}; {tls_said}", False, shape=Shape.TLS_FAILED)
+        return Probe(name, f"{t.said}; {tls_said}", False, shape=Shape.TLS_FAILED, scheme=t.scheme)
     what, f, shape = r.judged()
     ok = r.seen.status is not None
-    return Probe(name, f"{t.said}; {tls_said}; {what}", ok, f, r.seen.status, shape=Shape.TLS_OK if ok else shape)
+    shape = Shape.TLS_OK if ok else shape
+    return Probe(name, f"{t.said}; {tls_said}; {what}", ok, f, r.seen.status, shape=shape, scheme=t.scheme)
 
 
-def probe_connect_plain(
-    proxy: tuple[str, int], host: str, port: int, timeout: float, credentials: Credentials | None = None
-) -> Probe:
+def probe_connect_plain(proxy: tuple[str, int], host: str, port: int, timeout: float, auth: ProxyAuth) -> Probe:
     name = "CONNECT, then plaintext"
-    t = _tunnel(proxy, host, port, timeout, credentials)
+    t = _tunnel(proxy, host, port, timeout, auth)
     if t.sock is None:
         return Probe(name, t.said, False, shape=t.shape, answer=t.answer)
     with t.sock:
         request = f"GET / HTTP/1.1\r\nHost: {url_host(host)}\r\n\r\n".encode()
-        r = _read(t.sock, request, timeout, credentials)
+        r = _read(t.sock, request, timeout, auth.credentials)
     what, f, shape = r.judged()
     # "ok" here means: the port answered plaintext the way a TLS port does (judged on the answer as it came)
     seen = r.seen_finding
     speaks_tls = seen is not None and seen.kind in (Kind.TLS_RECORDS, Kind.PLAIN_HTTP_400)
-    return Probe(name, f"{t.said}; {what}", speaks_tls, f, r.seen.status, shape=shape)
+    return Probe(name, f"{t.said}; {what}", speaks_tls, f, r.seen.status, shape=shape, scheme=t.scheme)
 
 
 def probe_direct(host: str, port: int, timeout: float) -> Probe:
@@ -380,16 +501,29 @@ def check_port(
     direct: bool = False,
     credentials: Credentials | None = None,
 ) -> PortResult:
-    absolute = probe_absolute(proxy, host, port, timeout, credentials)
+    auth = ProxyAuth(credentials)
+    absolute = probe_absolute(proxy, host, port, timeout, auth)
     probes = [absolute]
     if absolute.unreachable:
-        return PortResult(host, port, Outcome.UNTESTED, f"could not test: {absolute.what}", probes)
-    tunnel = probe_connect_tls(proxy, host, port, timeout, credentials)
-    plain = probe_connect_plain(proxy, host, port, timeout, credentials)
+        return PortResult(host, port, Outcome.UNTESTED, f"could not test: {absolute.what}", probes, auth)
+    tunnel = probe_connect_tls(proxy, host, port, timeout, auth)
+    plain = probe_connect_plain(proxy, host, port, timeout, auth)
     probes += [tunnel, plain]
     if direct:
         probes.append(probe_direct(host, port, timeout))
-    return PortResult(host, port, *_verdict(absolute, tunnel, credentials, timeout, plain), probes)
+    outcome, verdict = _verdict(absolute, tunnel, auth, timeout, plain)
+    return PortResult(host, port, outcome, verdict + _authenticated(auth, probes), probes, auth)
+
+
+def _authenticated(auth: ProxyAuth, probes: list[Probe]) -> str:
+    """The verdict's last words when the probes authenticated: the scheme, the user, what was tried before it."""
+    used = list(dict.fromkeys(p.scheme for p in probes if p.scheme is not None))
+    if not used or auth.credentials is None:
+        return ""
+    text = f" (authenticated to the proxy with {' and '.join(used)} as user {shown_user(auth.credentials.user)}"
+    if others := [f"{s} ({how})" for s, how in auth.tried.items() if s not in used]:
+        text += f"; tried first: {'; '.join(others)}"
+    return text + ")"
 
 
 # -- who answered, and what their page says ---------------------------------------------------------------------
@@ -460,83 +594,56 @@ def _page(a: Answer | None) -> str:
     return f" ({'; '.join(details)})" if details else ""
 
 
-_CHALLENGE_START = re.compile(r"^\s*([!#$%&'*+.^_`|~0-9A-Za-z-]+)(?:\s+|$)(?!=)")
-_PARAM = re.compile(r"^\s*[!#$%&'*+.^_`|~0-9A-Za-z-]+\s*=")
-
-
-def challenges(values: list[str]) -> list[str]:
-    """`Proxy-Authenticate` values -> one string per challenge (`Basic realm="x"`, `NTLM`, `Negotiate`)."""
-    out: list[str] = []
-    for value in values:
-        # commas outside quoted strings separate challenges and their parameters
-        pieces = re.findall(r'(?:[^,"]|"(?:[^"\\]|\\.)*")+', value)
-        for piece in pieces:
-            if _PARAM.match(piece) or not _CHALLENGE_START.match(piece):
-                if out:
-                    out[-1] += "," + piece
-                continue
-            out.append(piece.strip())
-    return [" ".join(c.split()) for c in out]
-
-
-def scheme_of(challenge: str) -> str:
-    return challenge.split(None, 1)[0] if challenge else ""
-
-
-@dataclass(frozen=True)
-class AuthOffer:
-    """What a 407 offers: its challenges, and the schemes among them that esrs-fix check cannot speak."""
-
-    offered: list[str]
-    unsupported: list[str]
-    basic: bool
-
-    @classmethod
-    def of(cls, a: Answer | None, credentials: Credentials | None = None) -> AuthOffer:
-        """Judged on the answer as it came (`a`, not scrubbed: a short password must not hide `Basic`); the texts
-        scrubbed of `credentials` for showing."""
-        offered = challenges(a.all("proxy-authenticate") if a else [])
-        schemes = [scheme_of(c) for c in offered]
-        unsupported = list(dict.fromkeys(s for s in schemes if s.lower() != "basic"))
-        shown = credentials.redact_text if credentials else str
-        return cls([shown(c) for c in offered], [shown(s) for s in unsupported], "basic" in map(str.lower, schemes))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"offered": self.offered, "unsupported": self.unsupported}
-
-
-def _auth_verdict(probe: Probe, credentials: Credentials | None) -> tuple[Outcome, str]:
-    offer = probe.auth or AuthOffer.of(None)
-    offered, unsupported, basic = offer.offered, offer.unsupported, offer.basic
-    if credentials and not basic:
-        said = f"the proxy does not take Basic credentials, so those given for user {credentials.user!r} could not work"
-    elif credentials:
-        said = f"the proxy rejected the credentials given for user {credentials.user!r}"
-    else:
+def _auth_verdict(probe: Probe, auth: ProxyAuth) -> tuple[Outcome, str]:
+    """The 407 that no scheme got past: what the proxy offers, what was tried and how it ended, what to do."""
+    offer = auth.offer or Offer.of([])
+    credentials = auth.credentials
+    missing = " and ".join(offer.need_spnego)
+    install = (
+        f"{missing} need{'s' if len(offer.need_spnego) == 1 else ''} the Python package {proxyauth.SPNEGO_PACKAGE}"
+    )
+    if credentials is None:
         said = "the proxy requires authentication and no credentials were given"
-    text = f"could not test: {said} (HTTP 407 from {_answered_by(probe.answer)}); it offers: "
-    text += "; ".join(offered) if offered else "no Proxy-Authenticate challenge at all"
-    if unsupported:
-        text += f"; not supported by esrs-fix check: {', '.join(unsupported)} (only Basic is)"
-    if basic:
-        text += (
-            "; give the right user and password: --proxy http://USER:PASSWORD@HOST:PORT, or --proxy-user USER "
-            "with the password in ESRS_FIX_PROXY_PASSWORD"
+    elif auth.tried:
+        said = f"the proxy rejected the credentials given for user {shown_user(credentials.user)}"
+    elif offer.need_spnego:
+        said = (
+            f"the proxy asks for {missing}, which esrs-fix check speaks only with {proxyauth.SPNEGO_PACKAGE} installed"
         )
     else:
-        text += "; test from a host the proxy lets through without authentication, or offer Basic"
+        said = (
+            "the proxy takes none of the schemes esrs-fix check speaks, so those given for user "
+            f"{shown_user(credentials.user)} could not work"
+        )
+    text = f"could not test: {said} (HTTP 407 from {_answered_by(probe.answer)}); it offers: "
+    text += "; ".join(offer.offered) if offer.offered else "no Proxy-Authenticate challenge at all"
+    if auth.tried:
+        text += "; tried: " + "; ".join(f"{scheme} ({how})" for scheme, how in auth.tried.items())
+    if offer.unsupported:
+        speaks = ", ".join(s for s in proxyauth.BROWSER_ORDER if s not in offer.need_spnego)
+        text += f"; not supported by esrs-fix check: {', '.join(offer.unsupported)} (it speaks {speaks})"
+    if offer.need_spnego:
+        text += f"; {install}: {proxyauth.SPNEGO_INSTALL}"
+    if offer.usable and (credentials is None or auth.tried):
+        text += (
+            "; give the right user and password: --proxy http://USER:PASSWORD@HOST:PORT (a domain user as "
+            "DOMAIN%5CUSER), or --proxy-user USER (or 'DOMAIN\\USER') with the password in ESRS_FIX_PROXY_PASSWORD, "
+            "in --proxy-password-file or at the prompt"
+        )
+    elif not offer.need_spnego:
+        text += "; test from a host the proxy lets through without authentication"
     return Outcome.UNTESTED, text
 
 
 def _verdict(
     absolute: Probe,
     tunnel: Probe,
-    credentials: Credentials | None = None,
+    auth: ProxyAuth | None = None,
     timeout: float = 10.0,
     plain: Probe | None = None,
 ) -> tuple[Outcome, str]:
     if absolute.shape is Shape.PROXY_AUTH_REQUIRED:
-        return _auth_verdict(absolute, credentials)
+        return _auth_verdict(absolute, auth or ProxyAuth())
     if tunnel.ok:
         connect = "CONNECT works, so the server is reachable"
     elif tunnel.shape is Shape.TLS_FAILED:

@@ -39,6 +39,9 @@ INSTALL: dict[str, str] = {
 _MODULES = {"proxy.py": "proxy", "pproxy": "pproxy"}
 
 STARTUP_TIMEOUT = 20.0
+#: The proxy authentication schemes squid can be set up with here (`start(..., scheme=...)`).
+SCHEMES = ("basic", "ntlm", "negotiate+ntlm")
+SQUID_HELPERS = Path("/usr/lib/squid")
 
 
 class ProxyMissing(Exception):
@@ -117,6 +120,7 @@ def start(
     *,
     peers: Sequence[tuple[str, int]] = (),
     auth: tuple[str, str] | None = None,
+    scheme: str = "basic",
     startup_timeout: float = STARTUP_TIMEOUT,
 ) -> RealProxy:
     """Start proxy `name` on 127.0.0.1:`port` with its configuration in `work` (created), and wait until it listens.
@@ -124,13 +128,19 @@ def start(
     `peers` (squid only): origin servers squid forwards every request to, in plaintext, by port: a request for
     `https://HOST:P/` goes to the peer whose port is P (`cache_peer ... originserver`, without `tls`), so squid
     sends `GET /` in clear to a TLS port, as a Blue Coat does, where by itself it would speak TLS.
-    `auth` (proxy.py, squid): Basic credentials the proxy demands.
+    `auth` (proxy.py, squid): the credentials the proxy demands, in `scheme` (squid only for any but Basic):
+    `basic`; `ntlm` (squid's `ntlm_fake_auth`: it checks the NTLM exchange's form, not the password, so an ACL lets
+    only `auth`'s user through, whatever its domain); `negotiate+ntlm` (both offered, Negotiate first, as Windows
+    proxies do; Negotiate through `negotiate_wrapper_auth`, whose Kerberos side has no keytab: only a raw NTLM
+    token inside Negotiate gets through, a SPNEGO one is refused and the client must fall back to NTLM).
     """
     command = find(name)
     if peers and name != "squid":
         raise ValueError("only squid takes peers")
     if auth and name not in ("proxy.py", "squid"):
         raise ValueError("only proxy.py and squid take credentials here")
+    if scheme not in SCHEMES or (scheme != "basic" and name != "squid"):
+        raise ValueError(f"unknown scheme {scheme!r} for {name}: squid takes {', '.join(SCHEMES)}, others basic")
     work.mkdir(parents=True, exist_ok=True)
     if name in ("squid", "tinyproxy"):
         _hand_to_proxy_user(work)
@@ -142,12 +152,12 @@ def start(
     elif name == "pproxy":
         argv = [*command, "-l", f"http://127.0.0.1:{port}"]
     elif name == "squid":
-        argv = [*command, "-N", "-f", str(_squid_config(work, port, peers, auth))]
+        argv = [*command, "-N", "-f", str(_squid_config(work, port, peers, auth, scheme))]
     elif name == "tinyproxy":
         argv = [*command, "-d", "-c", str(_tinyproxy_config(work, port))]
     else:
         argv = [*command, "--no-daemon", str(_privoxy_config(work, port))]
-    label = name + (" (cache_peer)" if peers else "") + (" (basic auth)" if auth else "")
+    label = name + (" (cache_peer)" if peers else "") + (f" ({scheme} auth)" if auth else "")
     log = work / "stdout.log"
     with log.open("wb") as out:
         process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=work)
@@ -172,7 +182,13 @@ def _wait_listening(proxy: RealProxy, timeout: float) -> None:
     raise ProxyFailed(f"{proxy.name} did not start listening on 127.0.0.1:{proxy.port}; its log:\n{proxy.log_tail()}")
 
 
-def _squid_config(work: Path, port: int, peers: Sequence[tuple[str, int]], auth: tuple[str, str] | None) -> Path:
+def _squid_config(
+    work: Path,
+    port: int,
+    peers: Sequence[tuple[str, int]],
+    auth: tuple[str, str] | None,
+    scheme: str = "basic",
+) -> Path:
     conf = [
         f"http_port 127.0.0.1:{port}",
         f"pid_filename {work}/squid.pid",
@@ -200,30 +216,64 @@ def _squid_config(work: Path, port: int, peers: Sequence[tuple[str, int]], auth:
         ]
     if peers:
         conf.append("never_direct allow all")
-    if auth:
-        helper = Path("/usr/lib/squid/basic_ncsa_auth")
-        htpasswd = _which("htpasswd")
-        if htpasswd is None:
-            raise ProxyMissing("htpasswd is not installed: apt-get install apache2-utils")
-        if not helper.is_file():
-            raise ProxyMissing(f"{helper} is missing: apt-get install squid")
-        passwords = work / "htpasswd"
-        subprocess.run([htpasswd, "-bc", str(passwords), *auth], check=True, capture_output=True)
-        os.chmod(passwords, 0o640)  # the lab's password: for squid's helper (group proxy), not for everyone
-        _hand_to_proxy_user(passwords)
-        conf += [
-            f"auth_param basic program {helper} {passwords}",
-            "auth_param basic realm esrs-lab",
-            "auth_param basic children 1 startup=1 idle=1",
-            "acl authenticated proxy_auth REQUIRED",
-            "http_access deny !authenticated",
-        ]
+    if auth and scheme == "basic":
+        conf += _squid_basic(work, auth)
+    elif auth:
+        conf += _squid_ntlm(auth, negotiate=scheme == "negotiate+ntlm")
     conf += ["http_access allow lab", "http_access deny all"]
     if os.geteuid() == 0:
         conf.append("cache_effective_user proxy")
     config = work / "squid.conf"
     config.write_text("\n".join(conf) + "\n")
     return config
+
+
+def _squid_helper(name: str) -> str:
+    helper = SQUID_HELPERS / name
+    if not helper.is_file():
+        raise ProxyMissing(f"{helper} is missing: apt-get install squid")
+    return str(helper)
+
+
+def _squid_basic(work: Path, auth: tuple[str, str]) -> list[str]:
+    helper = _squid_helper("basic_ncsa_auth")
+    htpasswd = _which("htpasswd")
+    if htpasswd is None:
+        raise ProxyMissing("htpasswd is not installed: apt-get install apache2-utils")
+    passwords = work / "htpasswd"
+    subprocess.run([htpasswd, "-bc", str(passwords), *auth], check=True, capture_output=True)
+    os.chmod(passwords, 0o640)  # the lab's password: for squid's helper (group proxy), not for everyone
+    _hand_to_proxy_user(passwords)
+    return [
+        f"auth_param basic program {helper} {passwords}",
+        "auth_param basic realm esrs-lab",
+        "auth_param basic children 1 startup=1 idle=1",
+        "acl authenticated proxy_auth REQUIRED",
+        "http_access deny !authenticated",
+    ]
+
+
+def _squid_ntlm(auth: tuple[str, str], *, negotiate: bool) -> list[str]:
+    """NTLM through `ntlm_fake_auth -S` (the domain stripped, so `CORP\\user` is `user`); with `negotiate`, Negotiate
+    offered first (squid sends its challenges in the order of its `auth_param` lines)."""
+    ntlm = f"{_squid_helper('ntlm_fake_auth')} -S"
+    conf = []
+    if negotiate:
+        wrapper, kerberos = _squid_helper("negotiate_wrapper_auth"), _squid_helper("negotiate_kerberos_auth")
+        conf += [
+            f"auth_param negotiate program {wrapper} --ntlm {ntlm} --kerberos {kerberos} -s GSS_C_NO_NAME",
+            "auth_param negotiate children 1 startup=1 idle=1",
+            "auth_param negotiate keep_alive on",
+        ]
+    conf += [
+        f"auth_param ntlm program {ntlm}",
+        "auth_param ntlm children 1 startup=1 idle=1",
+        "auth_param ntlm keep_alive on",
+        # the fake helper takes any password: only this user name gets through (a wrong one gets the 407 again)
+        f"acl authenticated proxy_auth {auth[0]}",
+        "http_access deny !authenticated",
+    ]
+    return conf
 
 
 def _tinyproxy_config(work: Path, port: int) -> Path:
