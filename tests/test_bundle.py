@@ -90,7 +90,19 @@ def test_the_zip_holds_the_addon_and_leaves_the_commands_and_the_lab_out() -> No
         "stray_tls/compat/__init__.py",
         "stray_tls/upgrade.py",
     } <= set(names)
-    left_out = {"lab", "main", "cli", "bundle", "launch", "wire", "diagnose", "capture", "http1", "reassembly"}
+    left_out = {
+        "lab",
+        "main",
+        "cli",
+        "bundle",
+        "launch",
+        "wire",
+        "diagnose",
+        "capture",
+        "http1",
+        "reassembly",
+        "proxyauth",
+    }
     assert not [n for n in names if n.split("/")[1].removesuffix(".py") in left_out], names
     assert not [n for n in names if "__pycache__" in n or not n.endswith(".py")], names
     assert made.modules == tuple(
