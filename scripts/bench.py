@@ -17,7 +17,7 @@ that met a wrong answer says so and exits with status 1.
 4. micro: a clean response head through a real Http1Client, stock and with the installed read_headers wrapper;
    the addon's hooks per clean flow; the decoder against dpkt (and scapy, where installed);
 5. pcap: `esrs-fix pcap`, tshark with a display filter, and a bare dpkt read loop on one generated capture;
-6. heal (esrs_upgrade): the first healed request against stock https:// plus a plaintext round trip; learned
+6. upgrade (esrs_upgrade): the first upgraded request against stock https:// plus a plaintext round trip; learned
    requests against stock https:// as mitmdump's CPU per request (rounds paired), fresh and keep-alive; 64 requests
    to one new slow or far target (what the server saw, counted at the server); a mixed load, mitmdump's memory over
    many requests, and the learned-targets bound.

@@ -3,11 +3,11 @@
 - `common`: the shared `Setup` handed to every part, the `Outcome` every part returns, and small statistics;
 - `load`: the load generator (asyncio, keep-alive, absolute-form requests through a proxy);
 - `lab`: the peers (origin and stray-alert servers, in a process of their own) and the two mitmdumps;
-- `clean`, `cpuprofile`, `answer`, `mixed`, `micro`, `pcap`, `heal`: one measurement each (`healpeers` and
-  `heal_probe` serve `heal`);
+- `clean`, `cpuprofile`, `answer`, `mixed`, `micro`, `pcap`, `upgrade`: one measurement each (`upgradepeers` and
+  `upgrade_probe` serve `upgrade`);
 - `main`: the options, the order the parts run in, the table, the JSON file and the exit status.
 
 A part is a function `run(setup: Setup) -> Outcome`: `Outcome.data` goes into the JSON under the part's key,
 `Outcome.lines` into the table, `Outcome.wrong` counts answers that were not what they should be. A new part
-(the heal benchmarks) is a new module with such a function and one line in `main.PARTS`.
+(the upgrade benchmarks) is a new module with such a function and one line in `main.PARTS`.
 """

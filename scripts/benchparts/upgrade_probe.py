@@ -1,4 +1,4 @@
-"""A mitmproxy script for the heal bench only (`mitmdump -s esrs_fix.py -s heal_probe.py`): reads the learned count.
+"""A mitmproxy script for the upgrade bench only (`mitmdump -s esrs_fix.py -s upgrade_probe.py`): the learned count.
 
 A request for `http://esrs-bench.probe/` is answered by the proxy itself, with the output of esrs-fix's console
 command `esrs.upgraded` ("esrs-fix: N learned target(s) (at most 1024)", then one line per target). Nothing goes

@@ -1,7 +1,7 @@
-"""The heal part's peers, in a process of their own: many TLS stand-ins (one new target each) and a clean origin.
+"""The upgrade part's peers, in a process of their own: many TLS stand-ins (one new target each) and a clean origin.
 
 - `count` EsrsServers on 127.0.0.1, each on a port of its own: a target is (host, port), so every port is a target
-  esrs-fix has not learned until it heals a request to it;
+  esrs-fix has not learned until it upgrades a request to it;
 - one keep-alive stand-in (`KeepAliveEsrs`): as EsrsServer, but its TLS side serves request after request on one
   connection without `Connection: close`, so that a keep-alive client keeps its connections on both hops;
 - a plain HTTP origin (ScriptedServer) that echoes the request's path, for clean traffic;

@@ -1,12 +1,12 @@
-"""6. Heal instead of fake (esrs_upgrade): what a healed and a learned request cost, under load, and in memory.
+"""6. Upgrade instead of fake (esrs_upgrade): what an upgraded and a learned request cost, under load, and in memory.
 
 Real mitmdump processes in regular mode (`GET http://127.0.0.1:PORT/` to a TLS port is the plaintext chain;
 stock mitmdump's `GET https://127.0.0.1:PORT/` is the baseline), both trusting the stand-ins' certificate with
-`ssl_verify_upstream_trusted_ca`. The peers (healpeers) run in a process of their own: many EsrsServers, one port
+`ssl_verify_upstream_trusted_ca`. The peers (upgradepeers) run in a process of their own: many EsrsServers, one port
 each, so that every port is a target esrs-fix has not learned, a keep-alive stand-in and a clean origin. Each
 measurement starts its own mitmdump(s), so that what one learned does not leak into the next.
 
-1. first request to a new target (healed) vs stock's https:// request plus one plaintext round trip to the TLS port
+1. first request to a new target (upgraded) vs stock's https:// request plus one plaintext round trip to the TLS port
    (a GET straight to the stand-in, getting the alert): fresh connections, the three interleaved per target;
 2. learned requests vs stock's https:// requests: fresh client connection per request, and keep-alive; AB rounds;
    mitmdump's CPU per request (user + system seconds of each process over its batch, /proc/PID/stat, per 1,000
@@ -15,10 +15,10 @@ measurement starts its own mitmdump(s), so that what one learned does not leak i
    handshake takes 1 s) or far (150 ms each way, behind the lab's LatencyRelay), through esrs-fix (http://) and
    through stock mitmdump (https://), each with a fresh mitmdump: what the server saw (plaintext requests, TLS
    handshakes, those begun before its first answer over TLS), counted at the server, and every answer checked;
-4. 500 requests at concurrency 64: healed (first time), learned and clean, every answer checked;
-5. mitmdump's RSS over many requests to learned and healed targets (more distinct cold targets than the bound, so
-   that each cold request heals again);
-6. more distinct targets than the bound: the learned count read from the running mitmdump (heal_probe.py answers
+4. 500 requests at concurrency 64: upgraded (first time), learned and clean, every answer checked;
+5. mitmdump's RSS over many requests to learned and upgraded targets (more distinct cold targets than the bound, so
+   that each cold request upgrades again);
+6. more distinct targets than the bound: the learned count read from the running mitmdump (upgrade_probe.py answers
    `http://esrs-bench.probe/` with the `esrs.upgraded` command's output).
 """
 
@@ -37,18 +37,18 @@ from stray_tls.lab import servers
 from stray_tls.lab.mitm import Mitmdump
 from stray_tls.learned import CAPACITY
 
-from . import healpeers
+from . import upgradepeers
 from .common import TICK_S, Outcome, Setup, Wrong, cpu_seconds, log, order, pct, summary
 from .load import LABEL, echo_body, exchange, load, request_for
 
-PROBE_SCRIPT = Path(__file__).with_name("heal_probe.py")
+PROBE_SCRIPT = Path(__file__).with_name("upgrade_probe.py")
 PROBE_URL = "http://esrs-bench.probe/"
-HEALED, LEARNED = "upgraded; ", "upgraded (learned); "
+UPGRADED, LEARNED = "upgraded; ", "upgraded (learned); "
 TIMEOUT = 30.0
 MIXED_CONCURRENCY = 64
 LOAD_CONCURRENCY = 16
 HOT = 8  # learned targets in the mixed and memory loads
-#: The goals of issue 9, as ratios to stock mitmproxy: a first, healed request vs stock https:// plus one plaintext
+#: The goals of issue 9, as ratios to stock mitmproxy: a first, upgraded request vs stock https:// plus one plaintext
 #: round trip; a learned request vs stock https://.
 FIRST_GOAL = 1.5
 LEARNED_GOAL = 1.05
@@ -68,7 +68,7 @@ class Peers:
     origin: int
     keep: int
     pool: list[int]
-    #: crowd case (healpeers.CROWD_CASES) -> the port its clients' requests go to (a relay's, for the far one)
+    #: crowd case (upgradepeers.CROWD_CASES) -> the port its clients' requests go to (a relay's, for the far one)
     crowd: dict[str, int]
     process: Any
     pipe: Any
@@ -77,11 +77,11 @@ class Peers:
     def start(cls, workdir: Path, count: int) -> Peers:
         context = multiprocessing.get_context("spawn")  # a fresh interpreter: the bench's threads do not matter
         pipe, child = context.Pipe()
-        process = context.Process(target=healpeers.serve, args=(child, str(workdir), count), daemon=True)
+        process = context.Process(target=upgradepeers.serve, args=(child, str(workdir), count), daemon=True)
         process.start()
         if not pipe.poll(120):
             process.terminate()
-            raise RuntimeError("the heal bench's servers did not start")
+            raise RuntimeError("the upgrade bench's servers did not start")
         cert, origin, keep, pool, crowd = pipe.recv()
         return cls(cert, origin, keep, pool, crowd, process, pipe)
 
@@ -89,7 +89,7 @@ class Peers:
         """What the crowd case's stand-in saw since the last call (counted at the server), and reset."""
         self.pipe.send(("counts", case))
         if not self.pipe.poll(30):
-            raise RuntimeError("the heal bench's servers did not answer")
+            raise RuntimeError("the upgrade bench's servers did not answer")
         counts: dict[str, int] = self.pipe.recv()
         return counts
 
@@ -133,7 +133,7 @@ def start_proxy(
         args += ["--set", "esrs_upgrade=true"]
     if probe:
         args += ["-s", str(PROBE_SCRIPT)]
-    m = Mitmdump(args, workdir / f"heal-{name}.log", addon=addon)
+    m = Mitmdump(args, workdir / f"upgrade-{name}.log", addon=addon)
     m.start()
     return Proxy(m, port)
 
@@ -148,7 +148,7 @@ def target(port: int, path: str = "", scheme: str = "http") -> str:
 
 
 def expected(headers: dict[str, str], body: bytes, status: int, kind: str, url: str) -> bool:
-    """Is this the right answer? kind: healed, learned (the stand-in's bytes, labelled), stock (unlabelled), clean."""
+    """Is this the right answer? kind: upgraded, learned (the stand-in's bytes, labelled), stock (unlabelled), clean."""
     label = headers.get(LABEL)
     if kind == "clean":
         return status == 200 and body == echo_body(url) and label is None
@@ -156,7 +156,7 @@ def expected(headers: dict[str, str], body: bytes, status: int, kind: str, url: 
         return False
     if kind == "stock":
         return label is None
-    prefix = HEALED if kind == "healed" else LEARNED
+    prefix = UPGRADED if kind == "upgraded" else LEARNED
     return label is not None and label.startswith(prefix)
 
 
@@ -186,22 +186,22 @@ async def plaintext_round_trip(port: int) -> tuple[float, bytes]:
 def check(wrong: Wrong, what: str, got: Got, kind: str, url: str) -> None:
     status, headers, body = got
     ok = expected(headers, body, status, kind, url)
-    wrong.check(ok, f"heal {what} {url}: {status} {headers.get(LABEL)!r} {body[:40]!r}")
+    wrong.check(ok, f"upgrade {what} {url}: {status} {headers.get(LABEL)!r} {body[:40]!r}")
 
 
-# -- 1. the first, healed request
+# -- 1. the first, upgraded request
 
 
 async def _first(addon: Proxy, stock: Proxy, targets: list[int], wrong: Wrong) -> dict[str, list[float]]:
-    times: dict[str, list[float]] = {"addon_healed": [], "addon_learned": [], "stock_https": [], "plaintext_rt": []}
+    times: dict[str, list[float]] = {"addon_upgraded": [], "addon_learned": [], "stock_https": [], "plaintext_rt": []}
     steps = ["addon", "stock", "plaintext"]
     for i, port in enumerate(targets):
         for step in steps[i % 3 :] + steps[: i % 3]:  # the three rotate, so that drift hits each alike
             if step == "addon":
                 url = target(port, f"first{i}")
                 t, got = await fresh(addon.port, url)
-                check(wrong, "first request", got, "healed", url)
-                times["addon_healed"].append(t)
+                check(wrong, "first request", got, "upgraded", url)
+                times["addon_upgraded"].append(t)
                 t, got = await fresh(addon.port, url)  # the same target, now learned
                 check(wrong, "second request", got, "learned", url)
                 times["addon_learned"].append(t)
@@ -212,12 +212,12 @@ async def _first(addon: Proxy, stock: Proxy, targets: list[int], wrong: Wrong) -
                 times["stock_https"].append(t)
             else:
                 t, data = await plaintext_round_trip(port)
-                wrong.check(data == servers.ALERT_TLS10, f"heal plaintext round trip to {port}: {data[:20]!r}")
+                wrong.check(data == servers.ALERT_TLS10, f"upgrade plaintext round trip to {port}: {data[:20]!r}")
                 times["plaintext_rt"].append(t)
     return times
 
 
-def first_heal(setup: Setup, peers: Peers, wrong: Wrong) -> dict[str, Any]:
+def first_upgrade(setup: Setup, peers: Peers, wrong: Wrong) -> dict[str, Any]:
     samples = 10 if setup.quick else 40
     addon = start_proxy(setup.workdir, peers, "first-addon", addon=True)
     stock = start_proxy(setup.workdir, peers, "first-stock", addon=False)
@@ -230,20 +230,20 @@ def first_heal(setup: Setup, peers: Peers, wrong: Wrong) -> dict[str, Any]:
     ms = {k: [t * 1e3 for t in v] for k, v in times.items()}
     baseline = statistics.median(ms["stock_https"]) + statistics.median(ms["plaintext_rt"])
     per_sample = [
-        h / (s + p) for h, s, p in zip(ms["addon_healed"], ms["stock_https"], ms["plaintext_rt"], strict=True)
+        h / (s + p) for h, s, p in zip(ms["addon_upgraded"], ms["stock_https"], ms["plaintext_rt"], strict=True)
     ]
     data: dict[str, Any] = {
         "samples": samples,
         **{f"{k}_ms": summary(v) for k, v in ms.items()},
         "baseline_ms": baseline,
-        "ratio": statistics.median(ms["addon_healed"]) / baseline,
+        "ratio": statistics.median(ms["addon_upgraded"]) / baseline,
         "per_sample_ratio": summary(per_sample),
         "goal": f"<= {FIRST_GOAL}",
         "raw_ms": ms,
     }
     data["goal_met"] = data["ratio"] <= FIRST_GOAL
     log(
-        f"heal first request: healed {data['addon_healed_ms']['median']:.2f} ms vs stock https "
+        f"upgrade first request: upgraded {data['addon_upgraded_ms']['median']:.2f} ms vs stock https "
         f"{data['stock_https_ms']['median']:.2f} + plaintext {data['plaintext_rt_ms']['median']:.2f} ms: "
         f"ratio {data['ratio']:.2f} {verdict(data['ratio'], FIRST_GOAL)} (goal <= {FIRST_GOAL})"
     )
@@ -314,7 +314,7 @@ def _learned_case(
     try:
         asyncio.run(_warm(stock, addon, peers))
         _, got = asyncio.run(fresh(addon.port, target(port)))
-        check(wrong, "learning", got, "healed", target(port))  # now it is learned
+        check(wrong, "learning", got, "upgraded", target(port))  # now it is learned
         medians: dict[str, list[float]] = {"stock": [], "addon": []}
         p99: dict[str, list[float]] = {"stock": [], "addon": []}
         cpu: dict[str, list[float]] = {"stock": [], "addon": []}  # CPU seconds per 1,000 requests, per round
@@ -343,7 +343,7 @@ def _learned_case(
         }
         result["goal_met"] = result["cpu_ratio"] <= LEARNED_GOAL
         log(
-            f"heal learned vs stock https ({case}): CPU {statistics.median(cpu['addon']):.3f} vs "
+            f"upgrade learned vs stock https ({case}): CPU {statistics.median(cpu['addon']):.3f} vs "
             f"{statistics.median(cpu['stock']):.3f} s per 1,000 requests: paired ratio {result['cpu_ratio']:.3f} "
             f"{verdict(result['cpu_ratio'], LEARNED_GOAL)} (goal <= {LEARNED_GOAL}); latency "
             f"{statistics.median(medians['addon']):.2f} vs {statistics.median(medians['stock']):.2f} ms: "
@@ -393,10 +393,10 @@ def crowd(setup: Setup, peers: Peers, wrong: Wrong) -> dict[str, Any]:
         "requests": CROWD,
         "gap_s": CROWD_GAP,
         "cases": {
-            case: {"handshake_delay_s": h, "each_way_delay_s": d} for case, (h, d) in healpeers.CROWD_CASES.items()
+            case: {"handshake_delay_s": h, "each_way_delay_s": d} for case, (h, d) in upgradepeers.CROWD_CASES.items()
         },
     }
-    for i, case in enumerate(healpeers.CROWD_CASES):
+    for i, case in enumerate(upgradepeers.CROWD_CASES):
         port = peers.crowd[case]
         for name in order(i):
             is_addon = name == "addon"
@@ -421,7 +421,7 @@ def crowd(setup: Setup, peers: Peers, wrong: Wrong) -> dict[str, Any]:
                 else:
                     ok = ok and label is None
                 right += ok
-                wrong.check(ok, f"heal crowd {case} ({name}) {url}: {status} {label!r} {body[:40]!r}")
+                wrong.check(ok, f"upgrade crowd {case} ({name}) {url}: {status} {label!r} {body[:40]!r}")
             seconds = [t for t, _ in answers]
             side: dict[str, Any] = {
                 **saw,
@@ -435,7 +435,7 @@ def crowd(setup: Setup, peers: Peers, wrong: Wrong) -> dict[str, Any]:
                 side["goals_met"] = all(side["goals"].values())
             data["cases"][case][name] = side
             log(
-                f"heal crowd {case} ({name}): {right}/{CROWD} right; the server saw {saw['plaintext_requests']} "
+                f"upgrade crowd {case} ({name}): {right}/{CROWD} right; the server saw {saw['plaintext_requests']} "
                 f"plaintext requests, {saw['handshakes']} handshakes ({saw['handshakes_before_first_answer']} before "
                 f"its first answer over TLS); last answer after {wall:.2f} s"
             )
@@ -443,13 +443,13 @@ def crowd(setup: Setup, peers: Peers, wrong: Wrong) -> dict[str, Any]:
 
 
 async def _warm_one(proxy: Proxy, peers: Peers, is_addon: bool, wrong: Wrong) -> None:
-    """Clean requests, then one request to another stand-in (healed through esrs-fix, https:// through stock): the
-    crowd meets a mitmdump that has healed before (a cold one's first heal takes far longer: imports, first TLS)."""
+    """Clean requests, then one request to another stand-in (upgraded through esrs-fix, https:// through stock): the
+    crowd meets a mitmdump that has upgraded before (a cold one's first upgrade is far slower: imports, first TLS)."""
     for _ in range(3):
         await fresh(proxy.port, target(peers.origin, "warm"))
     url = target(peers.pool[0], "warm", "http" if is_addon else "https")
     _, got = await fresh(proxy.port, url)
-    check(wrong, "crowd warm-up", got, "healed" if is_addon else "stock", url)
+    check(wrong, "crowd warm-up", got, "upgraded" if is_addon else "stock", url)
 
 
 # -- 4. mixed load
@@ -458,7 +458,7 @@ async def _warm_one(proxy: Proxy, peers: Peers, is_addon: bool, wrong: Wrong) ->
 def _learn(proxy: Proxy, ports: list[int], wrong: Wrong) -> None:
     for port in ports:
         _, got = asyncio.run(fresh(proxy.port, target(port, "learn")))
-        check(wrong, "learning", got, "healed", target(port, "learn"))
+        check(wrong, "learning", got, "upgraded", target(port, "learn"))
 
 
 def mixed(setup: Setup, peers: Peers, wrong: Wrong) -> dict[str, Any]:
@@ -467,7 +467,7 @@ def mixed(setup: Setup, peers: Peers, wrong: Wrong) -> dict[str, Any]:
     hot = peers.pool[-HOT:]
     cold = iter(peers.pool)
     proxy = start_proxy(setup.workdir, peers, "mixed", addon=True)
-    kinds: dict[str, list[float]] = {"healed": [], "learned": [], "clean": []}
+    kinds: dict[str, list[float]] = {"upgraded": [], "learned": [], "clean": []}
     per_round: list[dict[str, Any]] = []
     wrong_before = wrong.count
     try:
@@ -476,13 +476,13 @@ def mixed(setup: Setup, peers: Peers, wrong: Wrong) -> dict[str, Any]:
             urls: dict[str, str] = {}
             for i in range(count):
                 if i % 5 == 0:
-                    urls[target(next(cold), f"x{r}-{i}")] = "healed"
+                    urls[target(next(cold), f"x{r}-{i}")] = "upgraded"
                 elif i % 5 in (1, 3):
                     urls[target(hot[i % HOT], f"x{r}-{i}")] = "learned"
                 else:
                     urls[target(peers.origin, f"x{r}-{i}")] = "clean"
             wall, lat, answers = load(proxy.port, list(urls), MIXED_CONCURRENCY, TIMEOUT)
-            wrong.check(len(answers) == count, f"heal mixed: {len(answers)} answers to {count}")
+            wrong.check(len(answers) == count, f"upgrade mixed: {len(answers)} answers to {count}")
             this: dict[str, list[float]] = {k: [] for k in kinds}
             for (url, status, headers, body), t in zip(answers, lat, strict=True):
                 check(wrong, f"mixed ({urls[url]})", (status, headers, body), urls[url], url)
@@ -490,7 +490,9 @@ def mixed(setup: Setup, peers: Peers, wrong: Wrong) -> dict[str, Any]:
             for k, v in this.items():
                 kinds[k] += v
             per_round.append({"wall_s": wall, **{f"{k}_p99_ms": pct(v, 99) for k, v in this.items()}})
-            log(f"heal mixed round {r + 1}/{rounds}: {wall:.2f} s, wrong answers so far {wrong.count - wrong_before}")
+            log(
+                f"upgrade mixed round {r + 1}/{rounds}: {wall:.2f} s, wrong answers so far {wrong.count - wrong_before}"
+            )
     finally:
         proxy.mitmdump.stop()
     return {
@@ -505,7 +507,7 @@ def mixed(setup: Setup, peers: Peers, wrong: Wrong) -> dict[str, Any]:
 
 
 def _kind(i: int) -> str:
-    return "healed" if i % 5 == 0 else "learned" if i % 5 in (1, 3) else "clean"
+    return "upgraded" if i % 5 == 0 else "learned" if i % 5 in (1, 3) else "clean"
 
 
 # -- 5. memory, 6. the bound
@@ -533,7 +535,7 @@ def slope(xs: list[float], ys: list[float]) -> float:
 def memory(setup: Setup, peers: Peers, wrong: Wrong) -> dict[str, Any]:
     chunk, chunks = (500, 4) if setup.quick else (1000, 20)
     hot, cold = peers.pool[-HOT:], peers.pool[:-HOT]
-    always_heals = len(cold) + HOT > CAPACITY  # each cold target is evicted before it comes round again
+    always_upgrades = len(cold) + HOT > CAPACITY  # each cold target is evicted before it comes round again
     proxy = start_proxy(setup.workdir, peers, "memory", addon=True, probe=True)
     done, rss, counts = [0], [0.0], [0]
     wrong_before = wrong.count
@@ -549,16 +551,16 @@ def memory(setup: Setup, peers: Peers, wrong: Wrong) -> dict[str, Any]:
                     urls[target(hot[(g // 2) % HOT], f"mem{g}")] = "learned"
                 else:
                     visit, k = divmod(g // 2, len(cold))
-                    urls[target(cold[k], f"mem{g}")] = "healed" if visit == 0 or always_heals else "learned"
+                    urls[target(cold[k], f"mem{g}")] = "upgraded" if visit == 0 or always_upgrades else "learned"
                 g += 1
             _, _, answers = load(proxy.port, list(urls), LOAD_CONCURRENCY, TIMEOUT)
-            wrong.check(len(answers) == chunk, f"heal memory: {len(answers)} answers to {chunk}")
+            wrong.check(len(answers) == chunk, f"upgrade memory: {len(answers)} answers to {chunk}")
             for url, status, headers, body in answers:
                 check(wrong, f"memory ({urls[url]})", (status, headers, body), urls[url], url)
             done.append(g)
             rss.append(proxy.status_kib("VmRSS") / 1024)
             counts.append(learned_count(proxy))
-            log(f"heal memory: {g} requests, RSS {rss[-1]:.1f} MiB, {counts[-1]} learned")
+            log(f"upgrade memory: {g} requests, RSS {rss[-1]:.1f} MiB, {counts[-1]} learned")
         peak = proxy.status_kib("VmHWM") / 1024
     finally:
         proxy.mitmdump.stop()
@@ -569,7 +571,7 @@ def memory(setup: Setup, peers: Peers, wrong: Wrong) -> dict[str, Any]:
         "concurrency": LOAD_CONCURRENCY,
         "cold_targets": len(cold),
         "hot_targets": HOT,
-        "cold_always_heal": always_heals,
+        "cold_always_upgrade": always_upgrades,
         "rss_mib": {"start": rss[0], "end": rss[-1], "max_sampled": max(rss), "peak_vmhwm": peak},
         "slope_mib_per_1000": slope(thousands, rss),
         "slope_mib_per_1000_second_half": slope(thousands[half:], rss[half:]),
@@ -588,30 +590,30 @@ def bound(setup: Setup, peers: Peers, wrong: Wrong) -> dict[str, Any]:
         for start in range(0, len(targets), step):
             urls = [target(p, "bound") for p in targets[start : start + step]]
             _, _, answers = load(proxy.port, urls, LOAD_CONCURRENCY, TIMEOUT)
-            wrong.check(len(answers) == len(urls), f"heal bound: {len(answers)} answers to {len(urls)}")
+            wrong.check(len(answers) == len(urls), f"upgrade bound: {len(answers)} answers to {len(urls)}")
             for url, status, headers, body in answers:
-                check(wrong, "bound (healed)", (status, headers, body), "healed", url)
+                check(wrong, "bound (upgraded)", (status, headers, body), "upgraded", url)
             seen.append(start + len(urls))
             counts.append(learned_count(proxy))
             rss.append(proxy.status_kib("VmRSS") / 1024)
-            log(f"heal bound: {seen[-1]} distinct targets healed, {counts[-1]} learned")
-        # the least recently used went first: the first target heals again (when over the bound), the last is learned
-        first_kind = "healed" if len(targets) > CAPACITY else "learned"
+            log(f"upgrade bound: {seen[-1]} distinct targets upgraded, {counts[-1]} learned")
+        # the least recently used went first: the first target upgrades again (when over the bound), the last is learned
+        first_kind = "upgraded" if len(targets) > CAPACITY else "learned"
         _, got = asyncio.run(fresh(proxy.port, target(targets[0], "again")))
         first_ok = expected(got[1], got[2], got[0], first_kind, "")
-        wrong.check(first_ok, f"heal bound: the first target again: {got[1].get(LABEL)!r}")
+        wrong.check(first_ok, f"upgrade bound: the first target again: {got[1].get(LABEL)!r}")
         _, got = asyncio.run(fresh(proxy.port, target(targets[-1], "again")))
         last_ok = expected(got[1], got[2], got[0], "learned", "")
-        wrong.check(last_ok, f"heal bound: the last target again: {got[1].get(LABEL)!r}")
+        wrong.check(last_ok, f"upgrade bound: the last target again: {got[1].get(LABEL)!r}")
         final = learned_count(proxy)
     finally:
         proxy.mitmdump.stop()
     want = [min(s, CAPACITY) for s in seen]
-    wrong.check(counts == want, f"heal bound: learned counts {counts}, expected {want}")
+    wrong.check(counts == want, f"upgrade bound: learned counts {counts}, expected {want}")
     return {
         "distinct_targets": len(targets),
         "capacity": CAPACITY,
-        "samples": {"healed": seen, "learned": counts, "rss_mib": rss},
+        "samples": {"upgraded": seen, "learned": counts, "rss_mib": rss},
         "max_learned": max(counts),
         "first_target_again": first_kind if first_ok else "wrong",
         "last_target_again_learned": last_ok,
@@ -622,13 +624,13 @@ def bound(setup: Setup, peers: Peers, wrong: Wrong) -> dict[str, Any]:
 def run(setup: Setup) -> Outcome:
     wrong = Wrong()
     pool = 300 if setup.quick else 1200
-    log(f"heal: starting {pool} TLS stand-ins")
+    log(f"upgrade: starting {pool} TLS stand-ins")
     peers = Peers.start(setup.workdir, pool)
     try:
         data: dict[str, Any] = {
             "mode": "regular (GET http://127.0.0.1:PORT/ through the addon, GET https://... through stock)",
             "stand_ins": pool,
-            "first_request": first_heal(setup, peers, wrong),
+            "first_request": first_upgrade(setup, peers, wrong),
             "learned": learned_vs_stock(setup, peers, wrong),
             "crowd": crowd(setup, peers, wrong),
             "mixed": mixed(setup, peers, wrong),
@@ -659,10 +661,10 @@ def _saw(side: dict[str, Any]) -> str:
 def lines(data: dict[str, Any]) -> list[str]:
     f, le, mx, mem, b = (data[k] for k in ("first_request", "learned", "mixed", "memory", "bound"))
     rows = [
-        f"6. heal (esrs_upgrade), {data['mode']}; {data['stand_ins']} TLS stand-ins; "
+        f"6. upgrade (esrs_upgrade), {data['mode']}; {data['stand_ins']} TLS stand-ins; "
         f"wrong answers: {data['wrong_answers']}",
-        f"   first request to a new target, healed (median ms [min-max] of {f['samples']}, fresh connections): "
-        f"{_ms(f['addon_healed_ms'])}",
+        f"   first request to a new target, upgraded (median ms [min-max] of {f['samples']}, fresh connections): "
+        f"{_ms(f['addon_upgraded_ms'])}",
         f"     vs stock https:// {_ms(f['stock_https_ms'])} + plaintext round trip {_ms(f['plaintext_rt_ms'])} "
         f"= {f['baseline_ms']:.2f}: ratio {f['ratio']:.2f} {verdict(f['ratio'], FIRST_GOAL)} (goal <= {FIRST_GOAL}; "
         f"per-sample median {f['per_sample_ratio']['median']:.2f})",
@@ -690,22 +692,24 @@ def lines(data: dict[str, Any]) -> list[str]:
     lat = mx["latency_ms"]
     each = mx["per_round_of_each_kind"]
     rows.append(
-        f"   mixed: {mx['requests']} requests at concurrency {mx['concurrency']} ({each['healed']} healed first time, "
+        f"   mixed: {mx['requests']} requests at concurrency {mx['concurrency']} "
+        f"({each['upgraded']} upgraded first time, "
         f"{each['learned']} learned, {each['clean']} clean) x {mx['rounds']} rounds: wrong answers "
         f"{mx['wrong_answers']} {verdict(mx['wrong_answers'], 0)} (goal 0); p50/p99 ms: "
         + ", ".join(f"{k} {v['p50']:.1f}/{v['p99']:.1f}" for k, v in lat.items())
     )
     r = mem["rss_mib"]
     rows.append(
-        f"   memory: mitmdump RSS over {mem['requests']:,} requests (half learned, half healed; {mem['cold_targets']} "
-        f"cold targets{'' if mem['cold_always_heal'] else ', learned after their first visit'}): start "
+        f"   memory: mitmdump RSS over {mem['requests']:,} requests "
+        f"(half learned, half upgraded; {mem['cold_targets']} "
+        f"cold targets{'' if mem['cold_always_upgrade'] else ', learned after their first visit'}): start "
         f"{r['start']:.1f}, end {r['end']:.1f}, max {r['max_sampled']:.1f} MiB (VmHWM {r['peak_vmhwm']:.1f}); "
         f"slope {mem['slope_mib_per_1000']:+.2f} MiB per 1,000 requests "
         f"({mem['slope_mib_per_1000_second_half']:+.2f} over the second half)"
     )
     rows.append(
-        f"   bound: {b['distinct_targets']} distinct targets healed; learned count read from mitmdump: "
-        + ", ".join(f"{s}->{n}" for s, n in zip(b["samples"]["healed"][1:], b["samples"]["learned"][1:], strict=True))
+        f"   bound: {b['distinct_targets']} distinct targets upgraded; learned count read from mitmdump: "
+        + ", ".join(f"{s}->{n}" for s, n in zip(b["samples"]["upgraded"][1:], b["samples"]["learned"][1:], strict=True))
         + f" {verdict(b['max_learned'], b['capacity'])} (goal: at most {b['capacity']}); the first target again: "
         + b["first_target_again"]
         + ("" if b["distinct_targets"] > b["capacity"] else " (--quick: fewer targets than the bound)")
