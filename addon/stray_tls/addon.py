@@ -43,12 +43,12 @@ from .names import (
     UPGRADE_METADATA_KEY,
     UPSTREAM_LABEL_HEADER,
 )
-from .upgrade import ADDRESS_MODES, SUSPECT_WAIT, Outcome, Upgrade, server_name, strip_proxy_headers, target_of
-
-__all__ = ["EsrsFix", "error_response", "rewritten_response", "upgrade_failed_response"]
 from .pasted import PasteError, parse_pasted
 from .record import Failure, Record, annotate, finding_of, iso, log_detection
 from .report import ReportWriter
+from .upgrade import ADDRESS_MODES, SUSPECT_WAIT, Outcome, Upgrade, server_name, target_of
+
+__all__ = ["EsrsFix", "error_response", "rewritten_response", "upgrade_failed_response"]
 
 log = logging.getLogger("esrs_fix")
 
@@ -314,8 +314,10 @@ class EsrsFix:
         self._route_known(flow, target)
         return None
 
-    async def _after_attempt(self, flow: http.HTTPFlow, target: Target, pending: Awaitable[Failure | None]) -> None:
-        await self.upgrade.wait(pending)  # type: ignore[arg-type]
+    async def _after_attempt(
+        self, flow: http.HTTPFlow, target: Target, pending: asyncio.Future[Failure | None]
+    ) -> None:
+        await self.upgrade.wait(pending)
         if flow.live:
             self._route_known(flow, target)
 
@@ -337,7 +339,7 @@ class EsrsFix:
             flow.request.scheme = "https"
             if flow.request.http_version.startswith("HTTP/1"):
                 flow.request.authority = ""  # origin-form inside TLS, as for mitmproxy's own https flows
-            strip_proxy_headers(flow.request)  # upstream_auth's header goes to the CONNECT, never to the origin
+            compat.strip_proxy_headers(flow.request)  # upstream_auth's header goes to the CONNECT, never to the origin
             if getattr(flow.client_conn.proxy_mode, "type_name", "") in ADDRESS_MODES:
                 flow.server_conn.sni = server_name(flow)  # the name the client asked for, not the address
             self._learned_flows[flow.id] = (target, entry, time.monotonic())

@@ -11,7 +11,8 @@ The addon decides *whether* a flow is upgraded; this room does it and remembers 
   unbounded connections), and one attempt holds at most `body_size_limit` bytes, or `BODY_CAP` when that is unset.
 
 The network is slow: an attempt has `timeout` seconds in all (the `esrs_upgrade_timeout` option) for connect,
-CONNECT, handshake and answer. Nothing meant for a proxy (`Proxy-*` headers) goes to the origin (`strip_proxy_headers`).
+CONNECT, handshake and answer. Nothing meant for a proxy (`Proxy-*` headers) goes to the origin
+(`compat.strip_proxy_headers`).
 """
 
 from __future__ import annotations
@@ -40,8 +41,6 @@ MAX_ATTEMPTS = 32
 BODY_CAP = 64 * 1024 * 1024
 #: Seconds a stray answer's address stays suspect at most while its flow decides whether to upgrade (see `suspect`).
 SUSPECT_WAIT = 2.0
-
-strip_proxy_headers = compat.strip_proxy_headers
 
 #: Modes in which the request's host is where the client's connection went (often an address), not a name the
 #: client asked for: there the Host header says which name the server's certificate must carry.
@@ -99,7 +98,7 @@ class Upgrade:
 
     def __bool__(self) -> bool:
         """Whether any target is learned, suspect, pending or failed: clean traffic pays this test and nothing more."""
-        if self._next_expiry <= self._clock():
+        if self._next_expiry != math.inf and self._next_expiry <= self._clock():  # no clock read when nothing expires
             self._drop_expired()
         return bool(self.learned or self._suspects or self._in_flight or self._failed)
 
@@ -147,10 +146,6 @@ class Upgrade:
             self.clear_suspect(host, port)
             return None
         return suspicion[0]
-
-    @property
-    def in_flight(self) -> int:
-        return len(self._in_flight)
 
     def pending(self, target: Target) -> asyncio.Future[Failure | None] | None:
         """The outcome of the attempt to `target` in flight (a failure to share, or None), or None if there is none."""
