@@ -19,7 +19,9 @@ class MitmError(RuntimeError):
 class Mitmdump:
     """`mitmdump` with the esrs-fix script, its output in a log file.
 
-    `listeners` is how many "listening at" lines to wait for (one per `--mode`).
+    `listeners` is how many "listening at" lines to wait for (one per `--mode`). `prefix` goes in front of the
+    command (`ip netns exec NAME`: the mode tests run mitmdump in network namespaces); it must exec mitmdump or pass
+    SIGINT on to it (`timeout` does), as `stop` signals the process it started.
     """
 
     tool = "mitmdump"
@@ -33,8 +35,10 @@ class Mitmdump:
         listeners: int = 1,
         startup_timeout: float = 30.0,
         env: dict[str, str] | None = None,
+        prefix: list[str] | None = None,
     ) -> None:
         self.args = args
+        self.prefix = prefix or []
         self.log_path = log_path
         self.addon = addon
         self.listeners = listeners
@@ -43,7 +47,7 @@ class Mitmdump:
         self.process: subprocess.Popen[bytes] | None = None
 
     def command(self) -> list[str]:
-        return mitmproxy_command(self.tool, addon=self.addon) + self.args
+        return self.prefix + mitmproxy_command(self.tool, addon=self.addon) + self.args
 
     def start(self) -> Mitmdump:
         env = dict(os.environ if self.env is None else self.env)
