@@ -36,6 +36,8 @@ from stray_tls.lab.mitm import Mitmdump
 from . import netns
 from .netns import Cgroup, Network, Process, WireGuardClient
 
+pytestmark = pytest.mark.e2e
+
 #: The name the server's certificate carries, and one it does not.
 NAME = "esrs.netns.test"
 WRONG_NAME = "wrong.netns.test"
