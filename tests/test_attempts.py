@@ -21,11 +21,11 @@ from mitmproxy.test import tflow
 
 from stray_tls import findings, upgrade
 from stray_tls.compat import AttemptCause
-from stray_tls.learned import Target
 from stray_tls.lab import servers
+from stray_tls.learned import Target
 from stray_tls.record import Failure
 from stray_tls.upgrade import Outcome, Slots, Upgrade
-from stray_tls.wire import Answer, exchange, send_and_read
+from stray_tls.wire import Answer, send_and_read
 
 from .conftest import FIELD_ALERT, reverse_modes
 
