@@ -30,7 +30,9 @@ from stray_tls.wire import Answer, send_and_read
 from .conftest import FIELD_ALERT, reverse_modes
 
 TIMEOUT = 30.0  # a bound on each client, not a speed claim
-ALERT = findings.from_response_head(FIELD_ALERT)
+_ALERT = findings.from_response_head(FIELD_ALERT)
+assert _ALERT is not None
+ALERT: findings.Finding = _ALERT
 
 
 def post(port: int, source: str = "127.0.0.1", target: str | None = None) -> Answer:
@@ -185,7 +187,6 @@ def test_waiters_take_turns_each_with_what_is_left_of_its_own_time() -> None:
         flows = [tflow.tflow() for _ in range(5)]
         return await asyncio.gather(*(up.attempt(f, target, ALERT, None, lambda r: False) for f in flows))
 
-    assert ALERT is not None
     outcomes = asyncio.run(run())
     budget = upgrade.SLOT_WAIT + 10  # 13 s from t=0 for every flow
     assert given == [10, budget - 4, budget - 8, budget - 12]  # at t=0, 4, 8 and 12 of 13 s
@@ -213,7 +214,6 @@ def test_a_hold_and_another_listener_are_not_about_the_target() -> None:
     for cause in (AttemptCause.HELD, AttemptCause.NOT_RESENDABLE):
         assert not cause.about_the_target
     up = Upgrade(Clock())
-    assert ALERT is not None
     for cause in (AttemptCause.HELD, AttemptCause.NOT_RESENDABLE):
         failure = upgrade._failure(cause, "x", ALERT)
         assert up._conclude(Target("h", 443), tflow.tflow(), ALERT, Outcome(None, failure=failure)) is None
