@@ -35,11 +35,12 @@ assert _ALERT is not None
 ALERT: findings.Finding = _ALERT
 
 
-def post(port: int, source: str = "127.0.0.1", target: str | None = None) -> Answer:
-    """A plaintext POST to mitmdump on `port` (absolute-form to `target` in regular mode), from `source`."""
-    line = f"POST http://{target}/ HTTP/1.1" if target else "POST / HTTP/1.1"
-    host = target or "localhost"
-    request = f"{line}\r\nHost: {host}\r\nContent-Length: 3\r\nConnection: close\r\n\r\nx=1".encode()
+def post(port: int, source: str = "127.0.0.1", target: str | None = None, method: str = "POST") -> Answer:
+    """A plaintext POST (or GET) to mitmdump on `port` (absolute-form to `target` in regular mode), from `source`."""
+    line = f"{method} http://{target}/ HTTP/1.1" if target else f"{method} / HTTP/1.1"
+    body = "x=1" if method == "POST" else ""
+    head = f"{line}\r\nHost: {target or 'localhost'}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    request = (head + body).encode()
     with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT, source_address=(source, 0)) as sock:
         return send_and_read(sock, request, time.monotonic() + TIMEOUT)
 
@@ -130,13 +131,13 @@ def test_one_clients_tarpit_targets_leave_slots_to_another_client(cert, esrs, st
               "--set", f"ssl_verify_upstream_trusted_ca={cert[0]}"])  # fmt: skip
     answers: list[Answer] = []
     threads = [
-        threading.Thread(target=lambda t=t: answers.append(post(port, "127.0.0.1", f"127.0.0.1:{t.port}")))
+        threading.Thread(target=lambda t=t: answers.append(post(port, "127.0.0.1", f"127.0.0.1:{t.port}", "GET")))
         for t in tarpits
     ]
     for thread in threads:
         thread.start()
     assert eventually(lambda: sum(t.hellos for t in tarpits) >= upgrade.PER_CLIENT)  # the first client's share
-    other = post(port, "127.0.0.2", f"127.0.0.1:{healthy.port}")
+    other = post(port, "127.0.0.2", f"127.0.0.1:{healthy.port}", "GET")
     assert other.status == 200 and other.body == servers.OK_BODY and (other.label or "").startswith("upgraded; ")
     for thread in threads:
         thread.join(TIMEOUT + 5)
