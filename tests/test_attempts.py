@@ -219,3 +219,11 @@ def test_a_hold_and_another_listener_are_not_about_the_target() -> None:
         failure = upgrade._failure(cause, "x", ALERT)
         assert up._conclude(Target("h", 443), tflow.tflow(), ALERT, Outcome(None, failure=failure)) is None
     assert not up._failed
+
+
+def test_the_tls_version_advice_does_not_read_the_alerts_record_version() -> None:
+    """Modern servers send their alerts as TLS 1.0 records too: the record's version says nothing about the server's
+    TLS versions, so the advice does not hint at it."""
+    failure = upgrade._failure(AttemptCause.TLS_VERSION, "cannot agree on a TLS version", ALERT)
+    assert ALERT.records and ALERT.records[0].version_name == "TLS 1.0"
+    assert "TLS 1.0" not in failure.advice and "tls_version_server_min" in failure.advice
