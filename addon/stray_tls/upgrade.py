@@ -7,12 +7,21 @@ The addon decides *whether* a flow is upgraded; this room does it and remembers 
   making plaintext or TLS attempts of their own: a crowd costs the far server one attempt, not one per client;
 - a failed attempt is remembered for `failure_ttl` seconds (`failed`; the `esrs_upgrade_retry_after` option), and
   flows to its target within that time get the same labelled failure at once;
-- at most `MAX_ATTEMPTS` attempts are in flight at once, whatever the number of targets (a scan cannot open
-  unbounded connections), and one attempt holds at most `body_size_limit` bytes, or `BODY_CAP` when that is unset.
+- one attempt holds at most `body_size_limit` bytes, or `BODY_CAP` when that is unset.
 
 The network is slow: an attempt has `timeout` seconds in all (the `esrs_upgrade_timeout` option) for connect,
-CONNECT, handshake and answer. Nothing meant for a proxy (`Proxy-*` headers) goes to the origin
-(`compat.strip_proxy_headers`).
+CONNECT, handshake and answer. A flow's own time counts from when it asked for an upgrade: a flow that waited for
+another flow's attempt and then makes its own (that failure was not the target's: `busy`, `too_large`, ...) has what
+is left of its time, not a fresh timeout; waiters take turns, one attempt per target at a time, so that N clients
+never make the last one wait N timeouts. When the client has its answer the attempt is over: it can never reach
+the server later (`compat.resend_over_tls`). Nothing meant for a proxy (`Proxy-*` headers) goes to the origin.
+
+Attempt slots, the fairness policy: at most `MAX_ATTEMPTS` attempts are in flight at once, whatever the number of
+targets (a scan cannot open unbounded connections), and at most `PER_CLIENT` of them for one client address, so
+that one client's slow targets (a tarpit that takes the handshake and never answers) leave the other slots to
+other clients. A flow waits at most `SLOT_WAIT` seconds for a slot (not its whole timeout): when the proxy is that
+busy, its client gets the labelled `busy` failure in seconds, and nothing is remembered against the target.
+Slots are handed out first come, first served among the clients under their cap.
 """
 
 from __future__ import annotations
@@ -35,8 +44,12 @@ from .learned import LearnedTargets, Target
 from .names import DEFAULT_UPGRADE_RETRY, DEFAULT_UPGRADE_TIMEOUT, OPT_UPGRADE_TIMEOUT, UPGRADE_METADATA_KEY
 from .record import Failure, upstream_proxy
 
-#: TLS attempts in flight at once, all targets together; more wait for a free slot (within their own time limit).
+#: TLS attempts in flight at once, all targets and clients together; more wait for a slot (`SLOT_WAIT` at most).
 MAX_ATTEMPTS = 32
+#: TLS attempts in flight at once for one client address: a quarter of the slots, so that three more clients fit.
+PER_CLIENT = 8
+#: Seconds a flow waits at most for an attempt slot before its client gets the `busy` failure.
+SLOT_WAIT = 3.0
 #: The most one attempt's answer body may hold when `body_size_limit` is unset (64 MiB).
 BODY_CAP = 64 * 1024 * 1024
 #: Seconds a stray answer's address stays suspect at most while its flow decides whether to upgrade (see `suspect`).
@@ -93,7 +106,7 @@ class Upgrade:
         self._suspects: dict[tuple[str, int], tuple[asyncio.Future[None], float]] = {}
         #: When the next remembered failure or suspicion runs out: the moment to drop what expired.
         self._next_expiry = math.inf
-        self._slots = asyncio.Semaphore(MAX_ATTEMPTS)
+        self.slots = Slots()
         self._bodies: dict[str, _Body] = {}
 
     def __bool__(self) -> bool:
@@ -165,11 +178,12 @@ class Upgrade:
         """Options that decide an attempt's fate changed (trust, TLS versions, the time limit): try again."""
         self._failed.clear()
 
-    async def wait(self, pending: asyncio.Future[Failure | None]) -> None:
-        """Wait for another flow's attempt (shielded: a waiter that goes away does not cancel it), as long as that
-        attempt may take: a free slot, then the attempt itself."""
+    async def wait(self, pending: asyncio.Future[Failure | None], deadline: float | None = None) -> None:
+        """Wait for another flow's attempt (shielded: a waiter that goes away does not cancel it), until `deadline`
+        (this clock's time) at most, or as long as that attempt may take (a slot, then the attempt itself)."""
+        seconds = self.timeout + SLOT_WAIT if deadline is None else deadline - self._clock()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(pending), 2 * self.timeout + 1)
+            await asyncio.wait_for(asyncio.shield(pending), max(0.0, seconds))
 
     def failure_of(self, attempt: http.HTTPFlow, finding: Finding, seconds: float) -> Failure:
         """Why a TLS attempt (an upgrade's copy, or a flow sent as learned) failed, with advice that fits."""
@@ -190,24 +204,30 @@ class Upgrade:
     ) -> Outcome:
         """Upgrade `flow` (its plaintext attempt got `finding`): its request again over TLS, or another flow's outcome.
 
-        `not_http(response)`: whether the answer over TLS is esrs-fix's own 502 (it was TLS records again).
+        `not_http(response)`: whether the answer over TLS is esrs-fix's own 502 (it was TLS records again). The flow
+        has `SLOT_WAIT` plus `timeout` seconds from now in all, waiting for other flows' attempts included.
         """
-        if (pending := self._in_flight.get(target)) is not None:
-            await self.wait(pending)
-            shared = pending.result() if pending.done() else None
+        deadline = self._clock() + SLOT_WAIT + self.timeout
+        while (pending := self._in_flight.get(target)) is not None:
+            await self.wait(pending, deadline)
+            if not pending.done():  # this flow's time ran out while another flow's attempt went on
+                return Outcome(None, failure=_turn_expired(self.timeout))
+            shared = pending.result()
             if self.learned.lookup(target) is None and shared is not None:
                 return Outcome(None, failure=shared, shared=True)
-            return await self.attempt(flow, target, finding, options, not_http)  # learned, or nothing to share
+            # learned, or a failure that was that request's own: this flow's turn (unless another waiter took it)
         if (remembered := self.failed(target)) is not None:
             return Outcome(None, failure=remembered[0], shared=True)
+        if deadline - self._clock() <= 0:
+            return Outcome(None, failure=_turn_expired(self.timeout))
         if self.learned.lookup(target) is not None:
-            return await self._send_in_a_slot(flow, options, not_http, finding)  # proven: nothing to coalesce
+            return await self._send_in_a_slot(flow, options, not_http, finding, deadline)  # proven: nothing to share
         future: asyncio.Future[Failure | None] = asyncio.get_running_loop().create_future()
         self._in_flight[target] = future
         self.clear_suspect(target.host, target.port)  # those waiting on the suspicion now find this attempt
         outcome: Outcome | None = None
         try:
-            outcome = await self._send_in_a_slot(flow, options, not_http, finding)
+            outcome = await self._send_in_a_slot(flow, options, not_http, finding, deadline)
         finally:
             del self._in_flight[target]
             future.set_result(self._conclude(target, flow, finding, outcome))
@@ -237,26 +257,30 @@ class Upgrade:
         return failure
 
     async def _send_in_a_slot(
-        self, flow: http.HTTPFlow, options: Any, not_http: Callable[[http.Response], bool], finding: Finding
+        self,
+        flow: http.HTTPFlow,
+        options: Any,
+        not_http: Callable[[http.Response], bool],
+        finding: Finding,
+        deadline: float,
     ) -> Outcome:
+        client = client_of(flow)
+        wait = min(SLOT_WAIT, deadline - self._clock())
+        if not await self.slots.acquire(client, wait):
+            return Outcome(None, failure=self.slots.busy(client, wait))
         try:
-            await asyncio.wait_for(self._slots.acquire(), self.timeout)
-        except TimeoutError:
-            return Outcome(
-                None,
-                failure=Failure(
-                    AttemptCause.BUSY,
-                    f"no TLS attempt could start within {self.timeout:g} s ({MAX_ATTEMPTS} were in flight)",
-                    f"Too many new targets at once; raise {OPT_UPGRADE_TIMEOUT}, or try again.",
-                ),
-            )
-        try:
-            return await self._send(flow, options, not_http, finding)
+            seconds = min(self.timeout, deadline - self._clock())
+            return await self._send(flow, options, not_http, finding, max(seconds, 0.001))
         finally:
-            self._slots.release()
+            self.slots.release(client)
 
     async def _send(
-        self, flow: http.HTTPFlow, options: Any, not_http: Callable[[http.Response], bool], finding: Finding
+        self,
+        flow: http.HTTPFlow,
+        options: Any,
+        not_http: Callable[[http.Response], bool],
+        finding: Finding,
+        seconds: float,
     ) -> Outcome:
         started = self._clock()
         limit = compat.body_size_limit(options)
@@ -265,7 +289,7 @@ class Upgrade:
             self._bodies[copy.id] = _Body(BODY_CAP if limit is None else limit)
 
         attempt = await compat.resend_over_tls(
-            flow, options, self.timeout, UPGRADE_METADATA_KEY, server_name(flow), keep_body
+            flow, options, seconds, UPGRADE_METADATA_KEY, server_name(flow), keep_body
         )
         body = self._bodies.pop(attempt.id, None)
         failure: Failure | None = None
@@ -289,6 +313,86 @@ class Upgrade:
         return Outcome(attempt, answer=answer)
 
 
+def client_of(flow: http.HTTPFlow) -> str:
+    """The client address whose share of the attempt slots `flow`'s attempt takes ("" when there is none)."""
+    peername = flow.client_conn.peername
+    return str(peername[0]) if peername else ""
+
+
+class Slots:
+    """Attempt slots: `total` in flight at once, `per_client` of them for one client address; first come, first
+    served among the clients under their cap (a client at its cap does not hold up the others behind it)."""
+
+    def __init__(self, total: int = MAX_ATTEMPTS, per_client: int = PER_CLIENT) -> None:
+        self.total = total
+        self.per_client = per_client
+        self.in_flight: dict[str, int] = {}
+        self._taken = 0
+        self._waiting: list[tuple[str, asyncio.Future[None]]] = []
+
+    def _free_for(self, client: str) -> bool:
+        return self._taken < self.total and self.in_flight.get(client, 0) < self.per_client
+
+    def _take(self, client: str) -> None:
+        self._taken += 1
+        self.in_flight[client] = self.in_flight.get(client, 0) + 1
+
+    async def acquire(self, client: str, seconds: float) -> bool:
+        """Take a slot for `client`, waiting `seconds` at most; whether one was taken.
+
+        A waiter is handed a slot the moment one frees that it may take, so none that could take a free slot is
+        waiting: a newcomer that finds one free jumps nobody."""
+        if self._free_for(client):
+            self._take(client)
+            return True
+        entry = (client, asyncio.get_running_loop().create_future())
+        self._waiting.append(entry)
+        try:
+            await asyncio.wait({entry[1]}, timeout=max(0.0, seconds))
+        except BaseException:  # cancelled (the client went away, shutdown): a slot handed out meanwhile goes back
+            if entry[1].done():
+                self.release(client)
+            else:
+                self._waiting.remove(entry)
+            raise
+        if entry[1].done():
+            return True
+        self._waiting.remove(entry)
+        return False
+
+    def release(self, client: str) -> None:
+        """An attempt ended: its slot goes to the longest waiter that may take it."""
+        self._taken -= 1
+        if (left := self.in_flight.get(client, 0) - 1) > 0:
+            self.in_flight[client] = left
+        else:
+            self.in_flight.pop(client, None)
+        self._hand_out()
+
+    def _hand_out(self) -> None:
+        for entry in list(self._waiting):
+            waiter, granted = entry
+            if self._free_for(waiter):
+                self._waiting.remove(entry)
+                self._take(waiter)
+                granted.set_result(None)
+
+    def busy(self, client: str, seconds: float) -> Failure:
+        """The failure for a flow that got no slot within `seconds`."""
+        mine = self.in_flight.get(client, 0)
+        whose = (
+            f"this client's {mine} (at most {self.per_client} per client)"
+            if mine >= self.per_client
+            else f"{self._taken} in all (at most {self.total})"
+        )
+        return Failure(
+            AttemptCause.BUSY,
+            f"no TLS attempt could start within {seconds:g} s: {whose} were in flight",
+            "Too many TLS attempts at once; try again in a moment. Attempts to slow targets hold their slots for "
+            f"up to {OPT_UPGRADE_TIMEOUT}: lower it if the targets that need it answer faster.",
+        )
+
+
 def _evidence(finding: Finding, flow: http.HTTPFlow) -> dict[str, Any]:
     return {**finding.to_dict(), "taught_by": flow.id}
 
@@ -302,6 +406,16 @@ def _failure_of(attempt: http.HTTPFlow, finding: Finding, seconds: float) -> Fai
     return _failure(cause, detail, finding)
 
 
+def _turn_expired(timeout: float) -> Failure:
+    """The failure for a flow whose time ran out while other flows' attempts to its target went on, one at a time."""
+    return Failure(
+        AttemptCause.BUSY,
+        f"no turn for a TLS attempt within {SLOT_WAIT + timeout:g} s: other requests' attempts to this target took it",
+        "One TLS attempt per target at a time, and this request's time ran out waiting for the others; try again, "
+        f"or raise {OPT_UPGRADE_TIMEOUT} if the server is only slow.",
+    )
+
+
 def _failure(cause: AttemptCause, detail: str, finding: Finding) -> Failure:
     """The failure in one line, with the advice that fits its cause."""
     if cause is AttemptCause.CERTIFICATE:
@@ -312,12 +426,10 @@ def _failure(cause: AttemptCause, detail: str, finding: Finding) -> Failure:
             "(ssl_verify_upstream_trusted_ca or ssl_verify_upstream_trusted_confdir) or fix its certificate.",
         )
     if cause is AttemptCause.TLS_VERSION:
-        record = finding.records[0].version_name if finding.records else ""
-        hint = f" (its plaintext answer was a {record} record)" if record else ""
         return Failure(
             cause,
             f"no TLS version in common with the server: {detail}",
-            f"The server speaks only TLS versions that mitmproxy refuses by default{hint}. If that is acceptable, "
+            "The server speaks only TLS versions that mitmproxy refuses by default. If that is acceptable, "
             "lower tls_version_server_min (for example --set tls_version_server_min=TLS1); better, upgrade the "
             "server's TLS.",
         )
@@ -327,6 +439,22 @@ def _failure(cause: AttemptCause, detail: str, finding: Finding) -> Failure:
             detail,
             "The server, or the path to it, did not complete the handshake and the answer in time: raise "
             f"{OPT_UPGRADE_TIMEOUT} if it is only far away, or check that it answers over TLS at all.",
+        )
+    if cause is AttemptCause.HELD:
+        return Failure(
+            cause,
+            detail,
+            "Another addon (a script's request hook) or an intercept held the TLS attempt's request until its time "
+            "was up: the server was never asked, and the held request will not be sent. Release intercepted "
+            f"replays sooner, exempt esrs-fix's attempts from the hold, or raise {OPT_UPGRADE_TIMEOUT}.",
+        )
+    if cause is AttemptCause.NOT_RESENDABLE:
+        return Failure(
+            cause,
+            detail,
+            "With several --modes, mitmproxy's replay (which makes the TLS attempt) follows the first mode only; "
+            "this flow came through another listener, so it was not sent again. Nothing is remembered against the "
+            "target. Give this listener a mitmproxy of its own, or put its mode first.",
         )
     if cause is AttemptCause.ROUTE:
         return Failure(

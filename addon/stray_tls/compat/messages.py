@@ -81,6 +81,10 @@ def certificate_problem(message: str) -> str | None:
 #: mitmproxy has no error of its own, and `attempt_cause` reads them back.
 ENDED_UNANSWERED = "the TLS connection ended without an answer"
 NO_ANSWER_WITHIN = "no complete answer over TLS within"
+#: The words of a TLS attempt whose request a hook (another addon, an intercept) held until the deadline, unsent.
+HELD_BEFORE_SENDING = "the TLS attempt was held before it went out"
+#: The words of a flow whose listener is not the one mitmproxy's replay follows (the first --mode).
+NOT_RESENDABLE = "not sent again: this flow came through a listener other than the first --mode"
 
 
 class AttemptCause(enum.StrEnum):
@@ -98,13 +102,22 @@ class AttemptCause(enum.StrEnum):
     TOO_LARGE = "too_large"
     #: Too many attempts to other targets were in flight for this one to start in time.
     BUSY = "busy"
+    #: A hook (another addon, an intercept) held the attempt's request until its time was up: never sent.
+    HELD = "held"
+    #: The flow's listener is not the one mitmproxy's replay follows (several --modes): this flow cannot be re-sent.
+    NOT_RESENDABLE = "not_resendable"
     OTHER = "other"
 
     @property
     def about_the_target(self) -> bool:
         """Whether this cause says something about the target (any request to it would fail the same way now), so
         that other requests may share the failure; otherwise it was this request's, or this moment's."""
-        return self not in (AttemptCause.TOO_LARGE, AttemptCause.BUSY, AttemptCause.OTHER)
+        return self not in _NOT_ABOUT_THE_TARGET
+
+
+_NOT_ABOUT_THE_TARGET = frozenset(
+    {AttemptCause.TOO_LARGE, AttemptCause.BUSY, AttemptCause.HELD, AttemptCause.NOT_RESENDABLE, AttemptCause.OTHER}
+)
 
 
 #: OpenSSL's and the TLS layer's words for "no TLS version in common", whichever side found out.
@@ -125,7 +138,6 @@ _ROUTE_WORDS = (
     "no route to host",
     "refused http connect",
     "upstream proxy",
-    "not sent again",
 )
 
 
@@ -143,6 +155,10 @@ def attempt_cause(message: str) -> tuple[AttemptCause, str]:
         return AttemptCause.TOO_LARGE, message
     if any(word in lowered for word in _VERSION_WORDS):
         return AttemptCause.TLS_VERSION, message
+    if message.startswith(NOT_RESENDABLE):
+        return AttemptCause.NOT_RESENDABLE, message
+    if message.startswith(HELD_BEFORE_SENDING):
+        return AttemptCause.HELD, message
     if message.startswith(NO_ANSWER_WITHIN):
         return AttemptCause.TIMEOUT, message
     if "reset by peer" in lowered or "connection reset" in lowered:

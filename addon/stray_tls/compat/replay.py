@@ -10,7 +10,7 @@ from typing import Any
 from mitmproxy import http
 from mitmproxy.connection import ConnectionState
 
-from .messages import ENDED_UNANSWERED, NO_ANSWER_WITHIN
+from .messages import ENDED_UNANSWERED, HELD_BEFORE_SENDING, NO_ANSWER_WITHIN, NOT_RESENDABLE
 
 
 async def resend_over_tls(
@@ -34,7 +34,13 @@ async def resend_over_tls(
     The copy is answered only when its response is complete (`handler.done`). `timeout` bounds the whole attempt:
     connect, CONNECT, handshake and answer, however slow each is. A server that closes the TLS connection without
     an answer and without an error hook, a route that differs from the flow's own (ReplayHandler follows the first
-    `--mode` only), or the timeout set `copy.error` instead.
+    `--mode` only), the timeout, or a hook that held the copy's request past it (another addon, an intercept) set
+    `copy.error` instead.
+
+    When this returns unanswered, the attempt is over for good: the client gets its answer from what this returns,
+    so nothing of the copy may reach the server later. Its hooks run as tasks of their own that cancelling the
+    replay does not stop (a held `request` hook would send the request when it returns), so the replay's layers
+    get no further event, and the copy is killed (an intercepted one resumed first, so that its hook ends).
     """
     from mitmproxy import flow as mflow
     from mitmproxy.addons.clientplayback import ReplayHandler
@@ -61,24 +67,35 @@ async def resend_over_tls(
     mode = flow.client_conn.proxy_mode
     route = (mode.scheme, mode.address) if getattr(mode, "type_name", "") == "upstream" else None  # type: ignore[attr-defined]
     if server.via != route:
-        copy.error = mflow.Error("not sent again: mitmproxy's replay would take another route than this flow's mode")
+        copy.error = mflow.Error(f"{NOT_RESENDABLE}: mitmproxy's replay follows the first --mode only")
         return copy
+    close_gate = _gate(handler)
     replay = asyncio.ensure_future(handler.replay())
-    ended = False
+    ended, opened, intercepted = False, False, False
+    error: mflow.Error | None = None
     try:
-        ended = await _until_answered(replay, handler, copy, timeout)
+        ended, opened = await _until_answered(replay, handler, copy, timeout)
     finally:
         replay.cancel()
-        if not handler.done.is_set():  # timed out, or cancelled (shutdown): end the connection it opened
+        if not handler.done.is_set():  # timed out, ended, or cancelled (shutdown): the attempt is over for good
+            close_gate()
             for transport in list(handler.transports.values()):
                 if transport.handler:
                     transport.handler.cancel()
-    if copy.error is None and not handler.done.is_set():
-        copy.error = mflow.Error(
-            f"{ENDED_UNANSWERED} ({copy.server_conn.error or 'closed by the server'})"
-            if ended
-            else f"{NO_ANSWER_WITHIN} {timeout:g} s"
-        )
+            intercepted = copy.intercepted
+            error = copy.error
+            _kill(copy)
+    if not handler.done.is_set():
+        if error is None and ended:
+            error = mflow.Error(f"{ENDED_UNANSWERED} ({copy.server_conn.error or 'closed by the server'})")
+        elif error is None and not opened:
+            # No connection was asked for by the deadline: a hook held the request (the request hook runs before
+            # the replay connects); the server was never reached, and never will be.
+            by = "an intercept" if intercepted else "another addon's hook"
+            error = mflow.Error(f"{HELD_BEFORE_SENDING} by {by} for {timeout:g} s; not sent")
+        elif error is None:
+            error = mflow.Error(f"{NO_ANSWER_WITHIN} {timeout:g} s")
+        copy.error = error
     return copy
 
 
@@ -110,9 +127,13 @@ def _ended_unanswered(opened: set[Any], copy: http.HTTPFlow) -> bool:
     return any(conn.timestamp_tcp_setup is not None and not (conn.state & ConnectionState.CAN_READ) for conn in opened)
 
 
-async def _until_answered(replay: asyncio.Future[None], handler: Any, copy: http.HTTPFlow, timeout: float) -> bool:
-    """Wait for the replay to finish, for `timeout` at most, or until its connection ended without an answer;
-    True in that last case."""
+async def _until_answered(
+    replay: asyncio.Future[None], handler: Any, copy: http.HTTPFlow, timeout: float
+) -> tuple[bool, bool]:
+    """Wait for the replay to finish, for `timeout` at most, or until its connection ended without an answer.
+
+    Returns whether it ended so, and whether the replay asked for any connection at all (none: a hook still held
+    the request at the deadline)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     opened: set[Any] = set()
@@ -125,5 +146,33 @@ async def _until_answered(replay: asyncio.Future[None], handler: Any, copy: http
         elif ended_since is None:
             ended_since = loop.time()
         elif loop.time() - ended_since >= _ENDED_GRACE:
-            return True
-    return False
+            return True, True
+    opened.update(handler.transports)
+    return False, bool(opened)
+
+
+def _gate(handler: Any) -> Callable[[], None]:
+    """Put a gate before the replay's layers (every event reaches them through `server_event`: the start, hook
+    completions, connection data); returns what closes it. Once closed, the attempt takes no further step: a hook
+    that held the request and returns later sends nothing."""
+    forward = handler.server_event
+    closed = False
+
+    async def server_event(event: Any) -> None:
+        if not closed:
+            await forward(event)
+
+    def close() -> None:
+        nonlocal closed
+        closed = True
+
+    handler.server_event = server_event
+    return close
+
+
+def _kill(copy: http.HTTPFlow) -> None:
+    """Mark the copy as killed for the UIs and the addons that still hold it (an intercepted copy is resumed first,
+    so that the intercept's wait ends; the closed gate keeps it from going on)."""
+    copy.resume()
+    if copy.killable:
+        copy.kill()

@@ -235,6 +235,31 @@ class EsrsServer(TCPServer):
         answer_plaintext(conn, self.behaviour)
 
 
+class TarpitServer(TCPServer):
+    """A TLS port that answers plaintext with the alert, but takes a TLS connection and never answers it: every
+    TLS attempt to it lasts its whole time limit (a hostile or broken target). Counts the ClientHellos it got."""
+
+    def __init__(self, hold: float = 60.0, **kw: Any) -> None:
+        super().__init__(timeout=hold, **kw)
+        self.plaintext_requests = 0
+        self.hellos = 0
+
+    def handle(self, conn: socket.socket) -> None:
+        first = conn.recv(1, socket.MSG_PEEK)
+        if not first:
+            return
+        if first[0] == 0x16:
+            with self._lock:
+                self.hellos += 1
+            while conn.recv(4096):  # read and never answer, until the client gives up (or `hold` runs out)
+                pass
+            return
+        read_head(conn)
+        with self._lock:
+            self.plaintext_requests += 1
+        conn.sendall(ALERT_TLS10)
+
+
 def answer_plaintext(conn: socket.socket, b: EsrsBehaviour) -> None:
     """What a TLS port does with a plaintext request, by behaviour."""
     if b.plaintext is Plaintext.ALERT:
