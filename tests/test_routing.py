@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+import threading
 import time
 import types
 from pathlib import Path
@@ -22,7 +23,7 @@ from stray_tls.lab import servers
 from stray_tls.lab.mitm import Mitmdump
 from stray_tls.wire import Answer, send_and_read
 
-from .test_upgrade import RecordingServer, plaintext
+from .test_upgrade import RecordingServer, eventually, plaintext
 
 pytestmark = pytest.mark.e2e
 
@@ -139,6 +140,21 @@ def test_a_body_filter_sends_a_learned_target_s_matching_posts_over_tls(
     assert server.plaintext_bodies == [b"buy", b"sell"]
 
 
+def test_a_streamed_body_is_decided_in_requestheaders_without_it(
+    mitmdump, cert: tuple[Path, Path], start_server
+) -> None:
+    """As documented: mitmproxy sends a streamed request (stream_large_bodies) before the request hook, so a body
+    filter is evaluated in requestheaders, without the body: `!~bq sell` matches a streamed POST of 'sell...'."""
+    server = start_server(RecordingServer(cert, BODY))
+    extra = ("--set", "esrs_filter=!~bq sell", "--set", "stream_large_bodies=10k")
+    m, port = reverse(mitmdump, f"http://127.0.0.1:{server.port}", cert, *extra)
+    assert (plaintext(port).label or "").startswith("upgraded; "), m.log_tail()  # a GET, no body: learned
+    large = b"sell" + b"x" * 20_000  # over stream_large_bodies: streamed (the answers above were not)
+    streamed = plaintext(port, "POST", body=large)
+    assert streamed.body == BODY and (streamed.label or "").startswith("upgraded (learned); "), streamed.label
+    assert server.plaintext_bodies == [b""] and server.tls_requests[-1] == ("POST", large)
+
+
 # -- kept learned through answers that are not its own
 
 KILL_AND_ANSWER = """
@@ -156,8 +172,8 @@ def request(flow: http.HTTPFlow) -> None:
 def test_answers_that_are_not_the_target_s_leave_it_learned(
     mitmdump, cert: tuple[Path, Path], start_server, tmp_path: Path
 ) -> None:
-    """block_list, map_local, a script's answer, a script's kill: none says anything about the target's TLS, so the
-    next request still goes over TLS at once (these once made the target forgotten: plaintext first again)."""
+    """block_list, map_local, a script's answer, a script's kill, mitmproxy's body_size_limit: none says anything about
+    the target's TLS, so the next request still goes over TLS at once (these once made the target forgotten)."""
     server = start_server(RecordingServer(cert, BODY))
     mapped = tmp_path / "mapped.txt"
     mapped.write_bytes(b"a local file")
@@ -171,6 +187,8 @@ def test_answers_that_are_not_the_target_s_leave_it_learned(
         "block_list=/~u blocked/403",
         "--set",
         f"map_local=|~u mapped|mapped|{mapped}",
+        "--set",
+        "body_size_limit=1k",
         "-s",
         str(script),
     )
@@ -183,7 +201,11 @@ def test_answers_that_are_not_the_target_s_leave_it_learned(
         after = plaintext(port)
         assert after.body == BODY and (after.label or "").startswith("upgraded (learned); "), (path, after.label)
         assert len(server.plaintext_bodies) == 1, f"{path}: the target was forgotten ({m.log_tail()})"
-    assert server.tls_count == 1 + len(local)  # the upgrade, then one learned request after each local answer
+    # mitmproxy's own limit: a request body over body_size_limit gets its 413, and says nothing about the target
+    assert plaintext(port, "POST", body=b"x" * 2048).status == 413, m.log_tail()
+    after = plaintext(port)
+    assert (after.label or "").startswith("upgraded (learned); ") and len(server.plaintext_bodies) == 1, after.label
+    assert server.tls_count == 2 + len(local)  # the upgrade, one learned request after each local answer, the last
     assert "forgotten" not in m.log()
 
 
@@ -191,3 +213,39 @@ def send_local(port: int, head: bytes) -> Answer:
     from stray_tls.wire import exchange
 
     return exchange(("127.0.0.1", port), head, TIMEOUT)
+
+
+class HeldServer(RecordingServer):
+    """A RecordingServer that, while `hold` is set, keeps each TLS connection waiting before its handshake until
+    `release` (5 s at most); `held` says one is waiting."""
+
+    def __init__(self, cert: tuple[Path, Path], body: bytes) -> None:
+        super().__init__(cert, body)
+        self.hold, self.held, self.release = threading.Event(), threading.Event(), threading.Event()
+
+    def handle(self, conn: socket.socket) -> None:
+        if self.hold.is_set() and conn.recv(1, socket.MSG_PEEK) == b"\x16":
+            self.held.set()
+            self.release.wait(5.0)
+        super().handle(conn)
+
+
+def test_a_client_that_goes_away_during_the_handshake_leaves_the_target_learned(
+    mitmdump, cert: tuple[Path, Path], start_server
+) -> None:
+    """The client closes while mitmproxy waits for the learned target's handshake: nothing about the target's TLS,
+    so the next request still goes over TLS at once."""
+    server = start_server(HeldServer(cert, BODY))
+    m, port = reverse(mitmdump, f"http://127.0.0.1:{server.port}", cert, "--set", "connection_strategy=lazy")
+    assert (plaintext(port).label or "").startswith("upgraded; "), m.log_tail()
+    server.hold.set()
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as client:
+        client.sendall(b"GET /away HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        assert server.held.wait(TIMEOUT), m.log_tail()  # mitmproxy is in the handshake with the target
+        gone = f"127.0.0.1:{client.getsockname()[1]}] client disconnect"
+    assert eventually(lambda: gone in m.log()), m.log_tail()
+    server.hold.clear()
+    server.release.set()
+    after = plaintext(port)
+    assert after.body == BODY and (after.label or "").startswith("upgraded (learned); "), (after.label, m.log_tail())
+    assert len(server.plaintext_bodies) == 1 and "forgotten" not in m.log()
