@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import socket
 import ssl
-import threading
 import time
 import types
 from pathlib import Path
@@ -23,7 +22,7 @@ from stray_tls.lab import servers
 from stray_tls.lab.mitm import Mitmdump
 from stray_tls.wire import Answer, send_and_read
 
-from .test_upgrade import RecordingServer, eventually, plaintext
+from .test_upgrade import RecordingServer, plaintext
 
 pytestmark = pytest.mark.e2e
 
@@ -213,39 +212,3 @@ def send_local(port: int, head: bytes) -> Answer:
     from stray_tls.wire import exchange
 
     return exchange(("127.0.0.1", port), head, TIMEOUT)
-
-
-class HeldServer(RecordingServer):
-    """A RecordingServer that, while `hold` is set, keeps each TLS connection waiting before its handshake until
-    `release` (5 s at most); `held` says one is waiting."""
-
-    def __init__(self, cert: tuple[Path, Path], body: bytes) -> None:
-        super().__init__(cert, body)
-        self.hold, self.held, self.release = threading.Event(), threading.Event(), threading.Event()
-
-    def handle(self, conn: socket.socket) -> None:
-        if self.hold.is_set() and conn.recv(1, socket.MSG_PEEK) == b"\x16":
-            self.held.set()
-            self.release.wait(5.0)
-        super().handle(conn)
-
-
-def test_a_client_that_goes_away_during_the_handshake_leaves_the_target_learned(
-    mitmdump, cert: tuple[Path, Path], start_server
-) -> None:
-    """The client closes while mitmproxy waits for the learned target's handshake: nothing about the target's TLS,
-    so the next request still goes over TLS at once."""
-    server = start_server(HeldServer(cert, BODY))
-    m, port = reverse(mitmdump, f"http://127.0.0.1:{server.port}", cert, "--set", "connection_strategy=lazy")
-    assert (plaintext(port).label or "").startswith("upgraded; "), m.log_tail()
-    server.hold.set()
-    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as client:
-        client.sendall(b"GET /away HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        assert server.held.wait(TIMEOUT), m.log_tail()  # mitmproxy is in the handshake with the target
-        gone = f"127.0.0.1:{client.getsockname()[1]}] client disconnect"
-    assert eventually(lambda: gone in m.log()), m.log_tail()
-    server.hold.clear()
-    server.release.set()
-    after = plaintext(port)
-    assert after.body == BODY and (after.label or "").startswith("upgraded (learned); "), (after.label, m.log_tail())
-    assert len(server.plaintext_bodies) == 1 and "forgotten" not in m.log()
