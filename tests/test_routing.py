@@ -20,7 +20,7 @@ from mitmproxy.test import tflow
 
 from stray_tls.lab import servers
 from stray_tls.lab.mitm import Mitmdump
-from stray_tls.wire import Answer, send_and_read
+from stray_tls.wire import Answer, exchange, send_and_read
 
 from .test_upgrade import RecordingServer, plaintext
 
@@ -195,7 +195,7 @@ def test_answers_that_are_not_the_target_s_leave_it_learned(
     local = {"/blocked": 403, "/mapped": 200, "/script-answer": 203, "/kill": None}
     for path, status in local.items():
         head = f"GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".encode()
-        answer = send_local(port, head)
+        answer = exchange(("127.0.0.1", port), head, TIMEOUT)
         assert answer.status == status, (path, answer.label, m.log_tail())
         after = plaintext(port)
         assert after.body == BODY and (after.label or "").startswith("upgraded (learned); "), (path, after.label)
@@ -206,9 +206,3 @@ def test_answers_that_are_not_the_target_s_leave_it_learned(
     assert (after.label or "").startswith("upgraded (learned); ") and len(server.plaintext_bodies) == 1, after.label
     assert server.tls_count == 2 + len(local)  # the upgrade, one learned request after each local answer, the last
     assert "forgotten" not in m.log()
-
-
-def send_local(port: int, head: bytes) -> Answer:
-    from stray_tls.wire import exchange
-
-    return exchange(("127.0.0.1", port), head, TIMEOUT)
