@@ -235,13 +235,19 @@ def test_the_upgraded_command_lists_learned_targets(addon: EsrsFix) -> None:
 
 @pytest.mark.parametrize(
     ("mode", "sni"),
-    [("transparent", "esrs.example"), ("wireguard", "esrs.example"), ("regular", None), ("reverse:http://x", None)],
+    [
+        ("transparent", "esrs.example"),
+        ("wireguard", "esrs.example"),
+        ("regular", "10.0.0.7"),
+        ("reverse:http://x", "10.0.0.7"),
+    ],
 )
 def test_a_learned_request_in_an_address_mode_verifies_the_name_the_client_asked_for(
-    addon: EsrsFix, mode: str, sni: str | None
+    addon: EsrsFix, mode: str, sni: str
 ) -> None:
     """Transparent, WireGuard, local, TUN, SOCKS5: the request's host is the address the client connected to, and the
-    certificate must carry the name of its Host header; elsewhere mitmproxy's own choice (the request's host) stands."""
+    certificate must carry the name of its Host header; elsewhere the request's host, as mitmproxy's own https://
+    choice. The route's name is set on the connection in every mode (reverse mode once took the client's SNI)."""
     from mitmproxy.proxy.mode_specs import ProxyMode
 
     from stray_tls.learned import Target
@@ -278,13 +284,13 @@ def test_the_tls_attempt_verifies_the_name_the_mode_gives(mode: str, name: str) 
     """The upgrade's TLS attempt (SNI and certificate check) uses the name the learned path uses."""
     from mitmproxy.proxy.mode_specs import ProxyMode
 
-    from stray_tls.upgrade import server_name
+    from stray_tls.route import tls_route
 
     f = tflow.tflow()
     f.client_conn.proxy_mode = ProxyMode.parse(mode)
     f.request.host = "10.0.0.7"
     f.request.headers["Host"] = "esrs.example"
-    assert server_name(f) == name
+    assert tls_route(f).sni == name
 
 
 def test_upgrading_without_early_detection_says_what_it_cannot_upgrade(addon: EsrsFix, caplog) -> None:

@@ -78,6 +78,7 @@ LAYERS = (
     "compat.replay",
     "compat",
     "record",
+    "route",
     "upgrade",
     "answers",
     "contentview",

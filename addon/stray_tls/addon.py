@@ -46,7 +46,8 @@ from .names import (
 from .pasted import PasteError, parse_pasted
 from .record import Failure, Record, annotate, finding_of, iso, log_detection
 from .report import ReportWriter
-from .upgrade import ADDRESS_MODES, SUSPECT_WAIT, Outcome, Upgrade, server_name, target_of
+from .route import tls_route
+from .upgrade import SUSPECT_WAIT, Outcome, Upgrade, target_of
 
 __all__ = ["EsrsFix", "error_response", "rewritten_response", "upgrade_failed_response"]
 
@@ -70,10 +71,24 @@ _ATTEMPT_OPTIONS = frozenset(
 
 _LABEL_BYTES = LABEL_HEADER.lower().encode()
 
+#: mitmproxy's filters that read a message body: false in `requestheaders`, where the request's body is not there yet.
+_BODY_FILTERS = (flowfilter.FBod, flowfilter.FBodRequest, flowfilter.FBodResponse)
+
+
+def needs_body(node: object) -> bool:
+    """Whether the parsed filter `node` (mitmproxy's `flowfilter` tree: `~b`, `~bq`, `~bs` anywhere in it, under
+    `&`, `|` and `!`) reads a body, and so can only be evaluated once the request has been read."""
+    if isinstance(node, _BODY_FILTERS):
+        return True
+    children = getattr(node, "lst", None) or ([node.itm] if isinstance(node, flowfilter.FNot) else [])
+    return any(needs_body(child) for child in children)
+
 
 class EsrsFix:
     def __init__(self) -> None:
         self.filter: flowfilter.TFilter | None = None
+        # esrs_filter reads the request's body: learned routing is decided in `request`, not in `requestheaders`.
+        self._filter_needs_body = False
         # Synthetic responses made by the early detection, until their flow's response hook claims them.
         self._made: weakref.WeakKeyDictionary[http.Response, Finding] = weakref.WeakKeyDictionary()
         # Answers for flows that mitmproxy fails before any response exists, claimed by the early detection.
@@ -150,7 +165,12 @@ class EsrsFix:
             None,
             "A mitmproxy filter expression limiting which flows esrs-fix may change: those esrs_upgrade may send "
             "again over TLS (a learned target's flows outside it go out in plaintext, as if nothing was learned) "
-            "and those esrs_rewrite may rewrite; empty means all. Detection and logging apply to every flow.",
+            "and those esrs_rewrite may rewrite; empty means all. Detection and logging apply to every flow. "
+            "Whether a learned target's request goes over TLS at once is decided in the requestheaders hook, or, "
+            "when the filter reads a body (~b, ~bq, ~bs), in the request hook, once the body has been read; a "
+            "request whose body mitmproxy streams (stream_large_bodies) is sent before that hook, so it is decided "
+            "in requestheaders, without its body. Response filters see no response there. The upgrade after a "
+            "stray answer is decided with the whole flow.",
         )
         loader.add_option(
             OPT_EARLY,
@@ -229,6 +249,7 @@ class EsrsFix:
                     raise exceptions.OptionsError(f"esrs_filter: invalid filter expression {expr!r}: {e}") from None
             else:
                 self.filter = None
+            self._filter_needs_body = needs_body(self.filter)
         if OPT_REPORT in updated:
             if self.report is not None:
                 self.report.close()
@@ -302,8 +323,23 @@ class EsrsFix:
 
     def requestheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         # Here, not in `request`: a request whose body mitmproxy streams is connected and sent before `request` runs.
+        # Only a filter that reads the body waits for `request` (a streamed body is never there: decided here).
         if not self.upgrade or not ctx.options.esrs_upgrade or not flow.live or flow.request.scheme != "http":
             return None  # clean traffic with nothing learned, pending or failed pays one length test
+        if self._filter_needs_body and not flow.request.stream:
+            return None
+        return self._route(flow)
+
+    def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        # The body is here: esrs_filter's ~b, ~bq, ~bs see it (mitmproxy has not connected yet, the body not streamed).
+        if not self._filter_needs_body or not self.upgrade or not ctx.options.esrs_upgrade or flow.request.stream:
+            return None
+        if not flow.live or flow.request.scheme != "http":
+            return None
+        return self._route(flow)
+
+    def _route(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        """Decide how a plaintext request to a known target goes: after its pending attempt, over TLS, or answered."""
         if UPGRADE_METADATA_KEY in flow.metadata or flow.response is not None or not self._in_scope(flow):
             return None
         target = target_of(flow)
@@ -335,13 +371,12 @@ class EsrsFix:
         """Over TLS at once to a learned target; the remembered failure for a failed one; else plaintext, as sent."""
         if (entry := self.upgrade.learned.lookup(target)) is not None:
             # mitmproxy's own connection from here on: TLS to the same host and port (CONNECT through the upstream
-            # proxy in upstream mode), verified as any upstream, the body streamed as mitmproxy streams it.
-            flow.request.scheme = "https"
-            if flow.request.http_version.startswith("HTTP/1"):
-                flow.request.authority = ""  # origin-form inside TLS, as for mitmproxy's own https flows
-            compat.strip_proxy_headers(flow.request)  # upstream_auth's header goes to the CONNECT, never to the origin
-            if getattr(flow.client_conn.proxy_mode, "type_name", "") in ADDRESS_MODES:
-                flow.server_conn.sni = server_name(flow)  # the name the client asked for, not the address
+            # proxy in upstream mode), verified as any upstream, the body streamed as mitmproxy streams it. The route
+            # is the upgrade's: its SNI goes on the connection the flow dials (in reverse and the address modes
+            # mitmproxy takes it from there, before the client's own SNI; elsewhere it sends the request's host).
+            route = tls_route(flow, ctx.options)
+            route.prepare(flow.request)
+            flow.server_conn.sni = route.sni
             self._learned_flows[flow.id] = (target, entry, time.monotonic())
         elif (failed := self.upgrade.failed(target)) is not None:
             # Answered before it goes out, by the one decision, as if its own attempt had failed the same way.
@@ -386,11 +421,13 @@ class EsrsFix:
         if self._answered and flow.id in self._answered:
             self._answered.discard(flow.id)  # answered before it went out (a remembered failure): recorded then
             return None
-        if (learned := self._learned_flows.pop(flow.id, None)) is not None:
-            if flow.server_conn.tls_established and flow.response in self._ours:
-                self._served_learned(flow, *learned)
-                return None
-            self.learned.forget(learned[0])  # it did not go over TLS after all: judge the answer as any other
+        learned = self._learned_flows.pop(flow.id, None) if self._learned_flows else None
+        if learned is not None and flow.server_conn.tls_established and flow.response in self._ours:
+            self._served_learned(flow, *learned)
+            return None
+        # A learned flow answered otherwise: another addon answered it (block_list, map_local, server-side replay, a
+        # script), or sent it another way. Nothing about the target's TLS: it stays learned; the answer is judged as
+        # any other.
         finding = self._made.pop(flow.response, None) if self._made else None
         if finding is None:
             # Late faces: a server's "plain HTTP to HTTPS port" page, or TLS records relayed as a body.
@@ -412,10 +449,10 @@ class EsrsFix:
     def error(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         self._answered.discard(flow.id)  # answered before it went out, then failed (the client went away)
         if (learned := self._learned_flows.pop(flow.id, None)) is not None:
-            # The client went away (mitmproxy then ends the handshake it waited for: "connection closed"), or a user
-            # killed the flow: no sign of the target's TLS failing, and the target stays learned.
-            gone = not flow.client_conn.connected or (flow.error is not None and compat.client_gone(flow.error.msg))
-            if not flow.server_conn.tls_established and not gone:  # TLS itself failed
+            # Forgotten only when TLS to the target failed: not when the client went away (mitmproxy then ends the
+            # handshake it waited for: "connection closed"), a user or an addon killed the flow, or the flow failed
+            # on mitmproxy's side (a body over body_size_limit): none of that says anything about the target.
+            if not flow.server_conn.tls_established and self._tls_failed(flow):
                 self._learned_failed(flow, *learned)
             return None
         if flow.error is None or flow.response is not None or not flow.live or UPGRADE_METADATA_KEY in flow.metadata:
@@ -426,6 +463,15 @@ class EsrsFix:
         # Only the early detection's send wrapper (HTTP/1 clients) can put an answer in place of mitmproxy's error page.
         may_replace = self.early.active and flow.request.http_version.startswith("HTTP/1")
         return self._decide(flow, finding, may_replace=may_replace, error_path=True)
+
+    @staticmethod
+    def _tls_failed(flow: http.HTTPFlow) -> bool:
+        """Whether a learned flow's error may be its TLS connection to the target failing (connect, CONNECT,
+        handshake, certificate, the server ending it, or words not known), not its client going away, a kill, or
+        mitmproxy's own body_size_limit. In doubt it is: forgetting costs one plaintext try, as stock does."""
+        if flow.error is None or not flow.client_conn.connected or compat.client_gone(flow.error.msg):
+            return False
+        return compat.attempt_cause(flow.error.msg)[0] is not compat.AttemptCause.TOO_LARGE
 
     def _claim_error_answer(self, request: http.Request) -> http.Response | None:
         return self._error_answers.pop(request, None)

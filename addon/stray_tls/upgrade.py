@@ -14,7 +14,8 @@ CONNECT, handshake and answer. A flow's own time counts from when it asked for a
 another flow's attempt and then makes its own (that failure was not the target's: `busy`, `too_large`, ...) has what
 is left of its time, not a fresh timeout; waiters take turns, one attempt per target at a time, so that N clients
 never make the last one wait N timeouts. When the client has its answer the attempt is over: it can never reach
-the server later (`compat.resend_over_tls`). Nothing meant for a proxy (`Proxy-*` headers) goes to the origin.
+the server later (`compat.resend_over_tls`). How the request goes over TLS (SNI, verified name, `Proxy-*` headers
+stripped) is `route.tls_route`'s decision, the same as for learned requests.
 
 Attempt slots, the fairness policy: at most `MAX_ATTEMPTS` attempts are in flight at once, whatever the number of
 targets (a scan cannot open unbounded connections), and at most `PER_CLIENT` of them for one client address, so
@@ -43,6 +44,7 @@ from .findings import UPGRADABLE, Finding
 from .learned import LearnedTargets, Target
 from .names import DEFAULT_UPGRADE_RETRY, DEFAULT_UPGRADE_TIMEOUT, OPT_UPGRADE_TIMEOUT, UPGRADE_METADATA_KEY
 from .record import Failure, upstream_proxy
+from .route import tls_route
 
 #: TLS attempts in flight at once, all targets and clients together; more wait for a slot (`SLOT_WAIT` at most).
 MAX_ATTEMPTS = 32
@@ -55,26 +57,10 @@ BODY_CAP = 64 * 1024 * 1024
 #: Seconds a stray answer's address stays suspect at most while its flow decides whether to upgrade (see `suspect`).
 SUSPECT_WAIT = 2.0
 
-#: Modes in which the request's host is where the client's connection went (often an address), not a name the
-#: client asked for: there the Host header says which name the server's certificate must carry.
-ADDRESS_MODES = frozenset({"transparent", "wireguard", "local", "tun", "socks5"})
-
 
 def target_of(flow: http.HTTPFlow) -> Target:
     """Where the plaintext request went: the request's host and port, and the upstream proxy in upstream mode."""
     return Target(flow.request.host, flow.request.port, upstream_proxy(flow))
-
-
-def server_name(flow: http.HTTPFlow) -> str:
-    """The name the TLS attempt sends as SNI and verifies the certificate against.
-
-    The request's host, as mitmproxy itself uses for an https:// request in regular, upstream and reverse mode; in
-    the modes where that host is only the address the client connected to (transparent, WireGuard, local, TUN,
-    SOCKS5), the name the client asked for in its Host header, when it sent one.
-    """
-    if getattr(flow.client_conn.proxy_mode, "type_name", "") in ADDRESS_MODES:
-        return flow.request.pretty_host
-    return flow.request.host
 
 
 @dataclass
@@ -289,7 +275,7 @@ class Upgrade:
             self._bodies[copy.id] = _Body(BODY_CAP if limit is None else limit)
 
         attempt = await compat.resend_over_tls(
-            flow, options, seconds, UPGRADE_METADATA_KEY, server_name(flow), keep_body
+            flow, options, seconds, UPGRADE_METADATA_KEY, tls_route(flow, options), keep_body
         )
         body = self._bodies.pop(attempt.id, None)
         failure: Failure | None = None

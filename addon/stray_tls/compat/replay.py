@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from mitmproxy import http
 from mitmproxy.connection import ConnectionState
@@ -13,12 +13,21 @@ from mitmproxy.connection import ConnectionState
 from .messages import ENDED_UNANSWERED, HELD_BEFORE_SENDING, NO_ANSWER_WITHIN, NOT_RESENDABLE
 
 
+class TlsRoute(Protocol):
+    """How a request goes over TLS (the product's `route.Route`): what to change in the request, and the SNI."""
+
+    @property
+    def sni(self) -> str: ...
+
+    def prepare(self, request: http.Request) -> None: ...
+
+
 async def resend_over_tls(
     flow: http.HTTPFlow,
     options: Any,
     timeout: float,
     marker_key: str,
-    server_name: str,
+    tls_route: TlsRoute,
     on_copy: Callable[[http.HTTPFlow], None] | None = None,
 ) -> http.HTTPFlow:
     """Send a copy of `flow`'s request over TLS to the same host and port; returns the copy, answered or failed.
@@ -26,10 +35,11 @@ async def resend_over_tls(
     mitmproxy's `ReplayHandler` (the engine of `replay.client`) opens the connection: in upstream mode it tunnels
     through the upstream proxy with CONNECT (and `upstream_auth` goes there); the TLS handshake goes through the
     `tls_start_server` hook like any other, so `ssl_insecure`, `ssl_verify_upstream_trusted_ca`/`_confdir` and client
-    certificates apply. SNI and the certificate check use `server_name` (the caller's choice: the name mitmproxy
-    itself uses when the same request goes out as https://, so that the upgrade and the learned path verify one name).
-    Every addon sees the copy as a replayed flow; `metadata[marker_key]` holds the original flow's id so that
-    esrs-fix can tell it apart. The copy carries no `Proxy-*` header: those were meant for a proxy, never the origin.
+    certificates apply. The copy is prepared by `tls_route` (the same decision as for learned requests: scheme, request
+    target, no `Proxy-*` header), and SNI and the certificate check use `tls_route.sni`: mitmproxy's replay keeps the
+    SNI of its server connection in every mode but upstream, where its HTTP layer sends the request's host, which is
+    what the route says there too. Every addon sees the copy as a replayed flow; `metadata[marker_key]` holds the
+    original flow's id so that esrs-fix can tell it apart.
 
     The copy is answered only when its response is complete (`handler.done`). `timeout` bounds the whole attempt:
     connect, CONNECT, handshake and answer, however slow each is. A server that closes the TLS connection without
@@ -46,10 +56,7 @@ async def resend_over_tls(
     from mitmproxy.addons.clientplayback import ReplayHandler
 
     copy = flow.copy()
-    copy.request.scheme = "https"
-    if copy.request.http_version.startswith("HTTP/1"):
-        copy.request.authority = ""  # origin-form inside the TLS connection, as for mitmproxy's own https flows
-    strip_proxy_headers(copy.request)
+    tls_route.prepare(copy.request)
     copy.response = None
     copy.error = None
     copy.marked = ""
@@ -60,7 +67,7 @@ async def resend_over_tls(
         on_copy(copy)  # before any hook sees the copy: the caller knows its id from the start
     handler = ReplayHandler(copy, options)
     server = handler.layer.context.server
-    server.sni = server_name
+    server.sni = tls_route.sni
     # The copy's own record of its server is the one the replay dials, not the plaintext connection it was copied
     # from (closed, with that connection's timestamps): until the TLS connection is up, it has opened nothing.
     copy.server_conn = server
