@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import difflib
 import logging
 import time
 import weakref
@@ -82,6 +83,14 @@ def needs_body(node: object) -> bool:
         return True
     children = getattr(node, "lst", None) or ([node.itm] if isinstance(node, flowfilter.FNot) else [])
     return any(needs_body(child) for child in children)
+
+
+class _BadOption(exceptions.OptionsError):
+    """A value `configure` refuses: the sentence names the option and the value."""
+
+    def __init__(self, option: str, problem: str) -> None:
+        super().__init__(f"{option}: {problem}")
+        self.option = option
 
 
 class EsrsFix:
@@ -214,29 +223,53 @@ class EsrsFix:
             try:
                 options.set(*(f"{name}={v}" for v in values))
             except exceptions.OptionsError as e:
-                log.error("esrs-fix: option %s: invalid value %s: %s", name, " ".join(values), e)
+                log.error("esrs-fix: %s: invalid value %r (%s)", name, " ".join(values), e)
 
     def configure(self, updated: set[str]) -> None:
+        """Apply changed options. A bad value refused at run time (`:set`, mitmweb's options editor) raises, and
+        mitmproxy keeps the old value; at start-up (the script loader configures every option at once) it is one
+        error line instead of a traceback, the option keeps its default, and mitmdump's start-up check exits 1."""
+        if not updated.issuperset(OPTION_NAMES):
+            self._configure(updated)
+            return
+        self._warn_unknown_options()
+        pending = set(updated)
+        while True:
+            try:
+                self._configure(pending)
+                return
+            except _BadOption as e:
+                log.error("esrs-fix: %s", e)
+                pending.discard(e.option)
+                ctx.options.update(**{e.option: ctx.options.default(e.option)})
+
+    def _warn_unknown_options(self) -> None:
+        """A misspelt `--set esrs_...` is kept by mitmproxy as an option nobody declared, and silently ignored."""
+        for name in compat.deferred_names(ctx.options):
+            if name.startswith("esrs") and name not in OPTION_NAMES:
+                near = difflib.get_close_matches(name, OPTION_NAMES, n=1)
+                hint = f"; did you mean {near[0]}?" if near else f"; esrs-fix's options: {', '.join(OPTION_NAMES)}"
+                log.warning("esrs-fix: unknown option %s is ignored%s", name, hint)
+
+    def _configure(self, updated: set[str]) -> None:
         if OPT_STATUS in updated:
             status = ctx.options.esrs_status
             if not 100 <= status <= 599:
-                raise exceptions.OptionsError(f"esrs_status: {status} is not an HTTP status code (100-599)")
+                raise _BadOption(OPT_STATUS, f"{status} is not an HTTP status code (100-599)")
         if OPT_HOLD_TIMEOUT in updated:
             hold = ctx.options.esrs_hold_timeout
             if not 1 <= hold <= 3600:
-                raise exceptions.OptionsError(f"esrs_hold_timeout: {hold} is not a number of seconds from 1 to 3600")
+                raise _BadOption(OPT_HOLD_TIMEOUT, f"{hold} is not a number of seconds from 1 to 3600")
             self.early.hold_timeout = hold
         if OPT_UPGRADE_TIMEOUT in updated:
             limit = ctx.options.esrs_upgrade_timeout
             if not 1 <= limit <= 3600:
-                raise exceptions.OptionsError(
-                    f"{OPT_UPGRADE_TIMEOUT}: {limit} is not a number of seconds from 1 to 3600"
-                )
+                raise _BadOption(OPT_UPGRADE_TIMEOUT, f"{limit} is not a number of seconds from 1 to 3600")
             self.upgrade.timeout = limit
         if OPT_UPGRADE_RETRY in updated:
             retry = ctx.options.esrs_upgrade_retry_after
             if not 0 <= retry <= 3600:
-                raise exceptions.OptionsError(f"{OPT_UPGRADE_RETRY}: {retry} is not a number of seconds from 0 to 3600")
+                raise _BadOption(OPT_UPGRADE_RETRY, f"{retry} is not a number of seconds from 0 to 3600")
             self.upgrade.failure_ttl = retry
         if updated & _ATTEMPT_OPTIONS:
             self.upgrade.forget_failures()  # what made an attempt fail may be fixed now (a CA trusted, a version)
@@ -246,7 +279,7 @@ class EsrsFix:
                 try:
                     self.filter = flowfilter.parse(expr)
                 except ValueError as e:
-                    raise exceptions.OptionsError(f"esrs_filter: invalid filter expression {expr!r}: {e}") from None
+                    raise _BadOption(OPT_FILTER, f"{expr!r} is not a mitmproxy filter expression ({e})") from None
             else:
                 self.filter = None
             self._filter_needs_body = needs_body(self.filter)
@@ -255,7 +288,11 @@ class EsrsFix:
                 self.report.close()
                 self.report = None
             if ctx.options.esrs_report:
-                self.report = ReportWriter.open(ctx.options.esrs_report)
+                try:
+                    self.report = ReportWriter.open(ctx.options.esrs_report)
+                except OSError as e:
+                    path = ctx.options.esrs_report
+                    raise _BadOption(OPT_REPORT, f"cannot open {path!r} for appending: {e.strerror or e}") from None
         if OPT_EARLY in updated:
             if ctx.options.esrs_early:
                 if not self.early.install():

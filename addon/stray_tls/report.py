@@ -7,10 +7,6 @@ import json
 import logging
 from typing import TextIO
 
-from mitmproxy import exceptions
-
-from .names import OPT_REPORT
-
 log = logging.getLogger("esrs_fix")
 
 
@@ -24,12 +20,8 @@ class ReportWriter:
 
     @classmethod
     def open(cls, path: str) -> ReportWriter:
-        try:
-            return cls(path, open(path, "a", encoding="utf-8"))
-        except OSError as e:
-            raise exceptions.OptionsError(
-                f"{OPT_REPORT}: cannot open {path!r} for appending: {e.strerror or e}"
-            ) from None
+        """The report at `path`, opened for appending; OSError when it cannot be (the option's error says so)."""
+        return cls(path, open(path, "a", encoding="utf-8"))
 
     def write(self, entry: dict[str, object]) -> None:
         try:

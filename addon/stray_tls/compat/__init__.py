@@ -29,7 +29,7 @@ from .messages import (
     finding_from_error,
     finding_from_tls_error,
 )
-from .options import deferred_values
+from .options import deferred_names, deferred_values
 from .replay import resend_over_tls, strip_proxy_headers
 from .versions import SUPPORTED_MAJORS, body_size_limit, mitmproxy_major, mitmproxy_version, mitmweb_wants_a_password
 from .views import Priority, Render, register_view, unregister_view
@@ -51,6 +51,7 @@ __all__ = [
     "body_size_limit",
     "certificate_problem",
     "client_gone",
+    "deferred_names",
     "deferred_values",
     "finding_from_error",
     "finding_from_tls_error",

@@ -16,3 +16,8 @@ def deferred_values(options: Any, name: str) -> list[str] | None:
         return None
     values = getattr(pending, "val", pending)
     return [str(v) for v in (values if isinstance(values, list) else [values])]
+
+
+def deferred_names(options: Any) -> list[str]:
+    """The names of `--set` options no addon has declared (yet): mitmproxy keeps them aside and ignores them."""
+    return sorted(getattr(options, "deferred", {}))
