@@ -37,7 +37,7 @@ FINDING_KEYS = (
     "raw_truncated",
 )
 #: What a report line has besides the record.
-REPORT_KEYS = ("time", "client", "method", "url")
+REPORT_KEYS = ("time", "flow", "client", "method", "url")
 #: Characters of a URL (the client's to choose) that a report line keeps.
 URL_CHARS = 2048
 
@@ -159,6 +159,7 @@ def annotate(flow: http.HTTPFlow, record: Record, report: ReportWriter | None) -
         report.write(
             {
                 "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds"),
+                "flow": flow.id,  # what a remembered failure's `same_as` names
                 "client": address(flow.client_conn.peername),
                 "method": clip(flow.request.method, 64),
                 "url": clip(flow.request.pretty_url, URL_CHARS),
