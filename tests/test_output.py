@@ -136,3 +136,18 @@ def test_a_host_that_is_not_utf8_is_reported_in_valid_json(esrs, mitmdump, tmp_p
     assert "cannot write the report" not in m.log()
     logged = esrs_lines(m.log_path.read_bytes())
     assert any(b"bad\\xffhost" in line for line in logged)
+
+
+def test_an_upstreams_own_label_is_logged_escaped_and_short(start_server, mitmdump) -> None:
+    """The rename warning quotes the upstream's header value: escaped, cut short, beside where the connection went."""
+    value = b"a\x1b[2Kb" + b"x" * 20_000
+    answer = b"HTTP/1.1 200 OK\r\nX-ESRS-Fix: " + value + b"\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+    server = start_server(servers.ScriptedServer(lambda head: answer, keep_alive=False))
+    args, (port,) = reverse_modes([f"http://127.0.0.1:{server.port}"])
+    m = mitmdump(args)
+    got = request(port)
+    assert got.status == 200 and got.body == b"ok" and got.label is None
+    m.stop()
+    (line,) = [x for x in esrs_lines(m.log_path.read_bytes()) if b"its own X-ESRS-Fix header" in x]
+    assert len(line) < LOG_LINE_MAX and b"\x1b" not in line and b"\\x1b[2Kb" in line
+    assert f"(127.0.0.1:{server.port})".encode() in line
