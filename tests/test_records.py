@@ -280,3 +280,11 @@ def test_the_fuzz_run_reports_a_violation_under_python_O_too() -> None:
     p = subprocess.run([sys.executable, "-O", "-c", program], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
     assert "violation: NeedMore(buffered=2, needed=5), then 7 bytes: still NeedMore(buffered=7, needed=5)" in p.stdout
+
+
+def test_a_decode_of_pasted_bytes_shows_every_record() -> None:
+    """`esrs-fix decode` is the user's own request: not capped as what the proxy says about traffic is."""
+    from stray_tls import text
+
+    rendered, is_tls = text.decode_text(bytes.fromhex("15 03 01 00 02 02 0a") * 100)
+    assert is_tls and rendered.count("record at offset") == 100 and "record at offset 693:" in rendered
