@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stray_tls import compat, findings
+from stray_tls import compat, findings, names, report
 from stray_tls.findings import Confidence, Kind
 from stray_tls.lab.servers import NGINX_400_BODY
 
@@ -138,3 +140,71 @@ def test_rewritable_kinds_are_an_explicit_allow_list() -> None:
 def test_every_kind_outside_the_allow_list_is_not_rewritable(kind: Kind) -> None:
     finding = findings.Finding(kind, Confidence.HIGH, "explanation")
     assert finding.rewritable is (kind in EXPECTED_REWRITABLE)
+
+
+# -- caps: what a finding says is bounded whatever the upstream sent (issue 22, item 8)
+
+FLOOD = FIELD_ALERT * 9000
+
+
+def test_a_flood_of_records_makes_a_bounded_summary_and_dict() -> None:
+    f = findings.from_response_head(FLOOD)
+    assert f is not None and len(f.records) == 9000 and f.raw == FLOOD  # the finding keeps all; what it says does not
+    assert len(f.summary) <= findings.SUMMARY_CHARS and f.summary.endswith("and 8996 more records (9000 in all)")
+    d = f.to_dict()
+    assert len(d["records"]) == findings.LISTED_RECORDS and d["records_omitted"] == 9000 - findings.LISTED_RECORDS
+    assert d["raw_hex"] == FLOOD[: findings.RAW_BYTES].hex() and d["raw_truncated"] == len(FLOOD) - findings.RAW_BYTES
+    assert len(report.json_line(d)) < 8 * 1024
+    small = findings.from_response_head(FIELD_ALERT)
+    assert small is not None and (small.to_dict()["records_omitted"], small.to_dict()["raw_truncated"]) == (0, 0)
+
+
+def test_a_finding_unlisted_counts_everything_it_leaves_out() -> None:
+    f = findings.from_response_head(FLOOD + b"\x00" * 5000)  # trailing bytes that are no record
+    assert f is not None
+    listed = f.to_dict()
+    assert len(listed["trailing_hex"]) == 2 * findings.RAW_BYTES and listed["trailing_truncated"] == 5000 - 1024
+    d = f.to_dict(listed=False)
+    assert (d["records"], d["records_omitted"], d["raw_hex"], d["raw_truncated"]) == ([], 9000, "", len(f.raw))
+    assert (d["trailing_hex"], d["trailing_truncated"]) == ("", 5000) and d["summary"] == f.summary
+
+
+def test_a_long_detail_is_cut_in_the_summary() -> None:
+    f = findings.Finding(Kind.TLS_HANDSHAKE_ALERT, Confidence.HIGH, "", detail="x" * 10_000)
+    assert f.summary == "x" * findings.SUMMARY_CHARS + f"... ({10_000 - findings.SUMMARY_CHARS} more chars)"
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        ("http://example.com/a b", "http://example.com/a b"),  # clean text as it is
+        ("x\x1b[2K\r[00:00:00.000] esrs-fix: learned", "x\\x1b[2K\\x0d[00:00:00.000] esrs-fix: learned"),
+        ("a\nb\x7fc\x9bd", "a\\x0ab\\x7fc\\x9bd"),  # LF, DEL, C1 CSI
+        ("bad\udcffhost", "bad\\xffhost"),  # a byte that was not UTF-8, as mitmproxy decodes it
+        ("\u202egnp.exe", "\\u202egnp.exe"),  # a bidi override
+        ("caf\u00e9", "caf\u00e9"),  # printable text that is not ASCII stays
+        (b"x\xff\x1b", "x\\xff\\x1b"),  # bytes: invalid UTF-8 and controls alike
+    ],
+)
+def test_printable_escapes_what_a_terminal_would_act_on(value: str | bytes, shown: str) -> None:
+    assert names.printable(value) == shown
+
+
+def test_printable_and_clip_bound_their_output() -> None:
+    assert names.printable("a" * 1000, 10) == "a" * 10 + "... (990 more chars)"
+    cut = names.printable("\x1b" * 100, 10)  # never half an escape
+    assert cut == "\\x1b" * 2 + "... (98 more chars)"
+    assert names.printable("a" * 1000, None) == "a" * 1000
+    assert names.clip("abc", 3) == "abc" and names.clip("abcd", 3) == "abc... (1 more chars)"
+
+
+#: Any text, lone surrogates often (hypothesis leaves them out of `characters()` unless asked for their range).
+ANY_TEXT = st.text(st.characters() | st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF))
+
+
+@given(ANY_TEXT)
+def test_every_report_line_is_valid_utf8_json_that_gives_back_what_went_in(text: str) -> None:
+    """Lone surrogates included (a Host with 0xff): the line encodes as UTF-8 and parses back to the same value."""
+    line = report.json_line({"url": text, "n": 1})
+    assert line.endswith("\n") and "\n" not in line[:-1]
+    assert json.loads(line.encode("utf-8").decode("utf-8")) == {"url": text, "n": 1}

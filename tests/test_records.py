@@ -114,6 +114,19 @@ def test_several_records_in_one_buffer() -> None:
     )
 
 
+def test_describe_all_names_the_first_records_then_counts_the_rest() -> None:
+    """An upstream may answer with thousands of records: the one-line summary stays one short line."""
+    flood = decode(bytes.fromhex("15 03 01 00 02 02 0a") * 9000)
+    assert isinstance(flood, Records)
+    line = records.describe_all(flood.records)
+    assert line.count("TLS alert: ") == records.DESCRIBED_RECORDS
+    assert line.endswith(f"; and {9000 - records.DESCRIBED_RECORDS} more records (9000 in all)") and len(line) < 400
+    five = flood.records[: records.DESCRIBED_RECORDS + 1]
+    assert records.describe_all(five).endswith("; and 1 more record (5 in all)")
+    assert records.describe_all(flood.records[:2]).count("TLS alert: ") == 2  # under the cap: no count
+    assert records.describe_all(flood.records, limit=None).count("TLS alert: ") == 9000  # a decode asks for all
+
+
 def test_record_followed_by_http_text_or_an_incomplete_record() -> None:
     decoded = decode(FIELD_ALERT + b"HTTP/1.1 200 OK\r\n")
     assert isinstance(decoded, Records)
@@ -267,3 +280,11 @@ def test_the_fuzz_run_reports_a_violation_under_python_O_too() -> None:
     p = subprocess.run([sys.executable, "-O", "-c", program], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
     assert "violation: NeedMore(buffered=2, needed=5), then 7 bytes: still NeedMore(buffered=7, needed=5)" in p.stdout
+
+
+def test_a_decode_of_pasted_bytes_shows_every_record() -> None:
+    """`esrs-fix decode` is the user's own request: not capped as what the proxy says about traffic is."""
+    from stray_tls import text
+
+    rendered, is_tls = text.decode_text(bytes.fromhex("15 03 01 00 02 02 0a") * 100)
+    assert is_tls and rendered.count("record at offset") == 100 and "record at offset 693:" in rendered

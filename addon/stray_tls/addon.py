@@ -43,9 +43,10 @@ from .names import (
     OPTION_NAMES,
     UPGRADE_METADATA_KEY,
     UPSTREAM_LABEL_HEADER,
+    printable,
 )
 from .pasted import PasteError, parse_pasted
-from .record import Failure, Record, annotate, finding_of, iso, log_detection
+from .record import Failure, Record, address, annotate, finding_of, iso, log_detection
 from .report import ReportWriter
 from .route import tls_route
 from .upgrade import SUSPECT_WAIT, Outcome, Upgrade, target_of
@@ -110,6 +111,9 @@ class EsrsFix:
         self._learned_flows: dict[str, tuple[Target, Entry, float]] = {}
         # Flows answered before their request went out (a remembered failed upgrade), by id, until their response hook.
         self._answered: set[str] = set()
+        # The flow whose plaintext attempt got what a remembered failure answers with, by that failure (kept while the
+        # failure is remembered): the unsent flows' report lines name it instead of repeating its records.
+        self._failed_by: weakref.WeakKeyDictionary[Failure, str] = weakref.WeakKeyDictionary()
         self.early = EarlyDetection(self._on_records, self._claim_error_answer)
         # Failed TLS handshakes with an upstream, by server connection id, for the flow's error hook.
         self._tls_failures: dict[str, Finding] = {}
@@ -420,7 +424,8 @@ class EsrsFix:
             failure, finding = failed
             flow.request.stream = False  # the answer is given when the request has been read
             self._answered.add(flow.id)
-            self._settle(flow, finding, True, Outcome(None, failure=failure, shared=True), False, remembered=True)
+            outcome = Outcome(None, failure=failure, shared=True)
+            self._settle(flow, finding, True, outcome, False, remembered=self._failed_by.get(failure, ""))
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         # Only the addon may label an answer: an upstream's own X-ESRS-Fix is renamed before the client sees it
@@ -436,11 +441,12 @@ class EsrsFix:
             response.headers.set_all(UPSTREAM_LABEL_HEADER, values)
             flow.metadata[f"{METADATA_KEY}_upstream_label"] = values
             log.warning(
-                "esrs-fix: %s: the upstream sent its own %s header %r; renamed to %s so that it is not taken for "
-                "this addon's label",
-                flow.request.pretty_url,
+                "esrs-fix: %s (%s): the upstream sent its own %s header %s; renamed to %s so that it is not taken "
+                "for this addon's label",
+                printable(flow.request.pretty_url),
+                address(flow.server_conn.peername or flow.server_conn.address),
                 LABEL_HEADER,
-                values,
+                printable(repr(values)),
                 UPSTREAM_LABEL_HEADER,
             )
 
@@ -537,11 +543,12 @@ class EsrsFix:
         finding = finding_of(entry)
         failure = self.upgrade.failure_of(flow, finding, time.monotonic() - started)
         log.warning(
-            "esrs-fix: %s: TLS to learned target %s failed (%s); it is forgotten, and the next request tries "
+            "esrs-fix: %s (%s): TLS to learned target %s failed (%s); it is forgotten, and the next request tries "
             "plaintext first",
-            flow.request.pretty_url,
-            target,
-            failure,
+            printable(flow.request.pretty_url),
+            address(flow.server_conn.peername or flow.server_conn.address),
+            printable(str(target)),
+            printable(str(failure)),
         )
         if flow.live and self.early.active and flow.response is None:
             self._error_answers[flow.request] = self._labelled(upgrade_failed_response(finding, failure))
@@ -587,11 +594,12 @@ class EsrsFix:
         outcome: Outcome | None,
         error_path: bool,
         *,
-        remembered: bool = False,
+        remembered: str | None = None,
     ) -> None:
         """Give the client its answer after the upgrade (if any), then log, mark and record.
 
-        `remembered`: the flow did not go out: its target's last TLS attempt failed moments ago (the outcome's failure).
+        `remembered`: the flow did not go out: its target's last TLS attempt failed moments ago (the outcome's
+        failure); the id of the flow whose plaintext attempt got `finding` (its report line lists it, this one not).
         """
         self.upgrade.clear_suspect(flow.request.host, flow.request.port)  # decided: nobody waits on this flow any more
         upgraded = outcome is not None and outcome.answer is not None
@@ -614,7 +622,11 @@ class EsrsFix:
             attempt=outcome.attempt if outcome is not None else None,
             upgrade_error=failure,
             shared=outcome is not None and outcome.shared,
+            remembered=remembered is not None,
+            same_as=remembered or None,
         )
+        if failure is not None and outcome is not None and not outcome.shared:
+            self._failed_by[failure] = flow.id  # this flow's answer is what a remembered failure repeats
         if upgraded:
             action = (
                 f"upgraded to TLS: the client got the server's HTTP {flow.response.status_code if flow.response else 0}"
@@ -625,13 +637,13 @@ class EsrsFix:
             action = "not rewritten"
         if failure is not None:
             action += f"; the TLS attempt failed: {failure}"
-        if remembered:  # no detection of its own: one quiet line, not a warning per request of a crowd
+        if remembered is not None:  # no detection of its own: one quiet line, not a warning per request of a crowd
             log.info(
                 "esrs-fix: %s: not sent: the TLS attempt to %s failed moments ago (%s) [%s]",
-                flow.request.pretty_url,
-                target_of(flow),
-                outcome.failure if outcome else "",
-                action,
+                printable(flow.request.pretty_url),
+                printable(str(target_of(flow))),
+                printable(str(failure or "")),
+                printable(action, 600),
             )
         else:
             log_detection(flow, record, action)
@@ -640,7 +652,7 @@ class EsrsFix:
             log.warning(
                 "esrs-fix: learned %s: it speaks TLS; later plaintext requests to it go over TLS at once "
                 "(remembered for %.0f s, at most %d targets)",
-                target_of(flow),
+                printable(str(target_of(flow))),
                 self.upgrade.learned.ttl,
                 self.upgrade.learned.capacity,
             )

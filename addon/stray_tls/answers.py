@@ -1,7 +1,9 @@
 """The answers esrs-fix gives in place of the upstream's: the labelled 502, the synthetic status, the failed upgrade.
 
 Each says, in its body, what came back instead of HTTP (the one-line summary and the raw bytes) and why; each is
-labelled with the X-ESRS-Fix header, so that nobody takes it for the server's.
+labelled with the X-ESRS-Fix header, so that nobody takes it for the server's. Both are bounded whatever the upstream
+sent (the finding's summary is capped, the body shows the first 64 raw bytes): the label at LABEL_CHARS characters,
+escaped (`printable`) so that it is one header line a client reads.
 """
 
 from __future__ import annotations
@@ -13,8 +15,17 @@ from mitmproxy import http
 
 from . import records
 from .findings import Finding
-from .names import LABEL_HEADER
+from .names import LABEL_HEADER, printable
 from .record import Failure
+
+#: Characters of the X-ESRS-Fix label at most: curl, browsers and proxies refuse heads far smaller than an upstream
+#: can make a summary (9,000 records once made a 594 KB header).
+LABEL_CHARS = 1024
+
+
+def label(text: str) -> str:
+    """The X-ESRS-Fix value: control bytes escaped (no header injection), at most LABEL_CHARS characters."""
+    return printable(text, LABEL_CHARS)
 
 
 def _body(finding: Finding, headline: str) -> bytes:
@@ -37,7 +48,7 @@ def error_response(finding: Finding) -> http.Response:
         _body(finding, "esrs-fix: the upstream did not answer with HTTP (502 from the proxy, not from the server)."),
         {
             "Content-Type": "text/plain; charset=utf-8",
-            LABEL_HEADER: f"detected; {finding.summary}",
+            LABEL_HEADER: label(f"detected; {finding.summary}"),
         },
     )
 
@@ -53,7 +64,7 @@ def rewritten_response(finding: Finding, status: int, upgrade_failure: Failure |
         _body(finding, headline),
         {
             "Content-Type": "text/plain; charset=utf-8",
-            LABEL_HEADER: f"synthetic {status}; {finding.summary}",
+            LABEL_HEADER: label(f"synthetic {status}; {finding.summary}"),
         },
     )
 
@@ -77,6 +88,6 @@ def upgrade_failed_response(finding: Finding, failure: Failure) -> http.Response
         ),
         {
             "Content-Type": "text/plain; charset=utf-8",
-            LABEL_HEADER: f"upgrade failed: {failure}; {finding.summary}",
+            LABEL_HEADER: label(f"upgrade failed: {failure}; {finding.summary}"),
         },
     )

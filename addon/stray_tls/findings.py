@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import records as tls
+from .names import clip
 from .records import Record, Records
 
 CHECK_ADVICE = (
@@ -47,6 +48,14 @@ UPGRADABLE_IF_SAFE: frozenset[Kind] = frozenset({Kind.SILENT_CLOSE})
 SAFE_METHODS: frozenset[str] = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
+#: The caps on what a finding says, whatever the upstream sent (an alert repeated 9,000 times is 63 KB): the summary's
+#: characters (records: `records.DESCRIBED_RECORDS` named, then a count), the records listed and the raw bytes kept
+#: in the report line and the flow's metadata. What is left out is counted there (`records_omitted`, `raw_truncated`).
+SUMMARY_CHARS = 512
+LISTED_RECORDS = 8
+RAW_BYTES = 1024
+
+
 class Confidence(enum.StrEnum):
     HIGH = "high"  # the bytes say it: TLS records, or the server's page says it in words
     MEDIUM = "medium"  # consistent with it, but another cause is possible
@@ -66,10 +75,9 @@ class Finding:
 
     @property
     def summary(self) -> str:
-        """The one-line summary: the decoded records, or what was seen."""
-        if self.records:
-            return tls.describe_all(self.records)
-        return self.detail
+        """The one-line summary: the decoded records (the first few, then how many more), or what was seen; at most
+        SUMMARY_CHARS characters, for it goes into the label header, the log line and the report line."""
+        return clip(tls.describe_all(self.records) if self.records else self.detail, SUMMARY_CHARS)
 
     @property
     def rewritable(self) -> bool:
@@ -87,16 +95,29 @@ class Finding:
         """Whether the request may be sent again over TLS after this answer (see UPGRADABLE)."""
         return self.kind in UPGRADABLE or (self.kind in UPGRADABLE_IF_SAFE and method.upper() in SAFE_METHODS)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
+    def to_dict(self, *, listed: bool = True) -> dict[str, Any]:
+        """The finding as the report and the flow's metadata hold it, bounded whatever the upstream sent: the first
+        LISTED_RECORDS records and RAW_BYTES raw bytes, and how many of each were left out (`records_omitted`,
+        `raw_truncated`). `listed=False` lists neither (a line that refers to another flow's, which has them)."""
+        shown = self.records[:LISTED_RECORDS] if listed else ()
+        raw = self.raw[:RAW_BYTES] if listed else b""
+        d = {
             "kind": str(self.kind),
             "confidence": str(self.confidence),
             "summary": self.summary,
             "explanation": self.explanation,
-            "records": [r.to_dict() for r in self.records],
-            "raw_hex": self.raw.hex(),
+            "records": [r.to_dict() for r in shown],
+            "records_omitted": len(self.records) - len(shown),
+            "raw_hex": raw.hex(),
+            "raw_truncated": len(self.raw) - len(raw),
             **self.extra,
         }
+        trailing = d.get("trailing_hex")
+        budget = 2 * RAW_BYTES if listed else 0
+        if isinstance(trailing, str) and len(trailing) > budget:  # what followed the records: capped alike
+            d["trailing_hex"] = trailing[:budget]
+            d["trailing_truncated"] = (len(trailing) - budget) // 2
+        return d
 
 
 def _explain_records(found: tuple[Record, ...]) -> str:

@@ -62,3 +62,45 @@ def url_host(host: str) -> str:
 def hostport(host: str, port: int) -> str:
     """`host:port`, `[::1]:port` for an IPv6 address: the one spelling of an address in everything esrs-fix says."""
     return f"{url_host(host)}:{port}"
+
+
+#: Characters of one piece of network text (a URL, a header value, upstream words) that a log line shows at most.
+LOG_FIELD_CHARS = 300
+
+
+def printable(value: str | bytes, limit: int | None = LOG_FIELD_CHARS) -> str:
+    """Network text made safe for a log line: every character a terminal would act on shown as an escape.
+
+    Control characters (ESC, CR, LF, DEL, C1), format characters (bidi overrides) and invalid UTF-8 (bytes, or the
+    lone surrogates mitmproxy decodes them to) become `\\xNN` / `\\uNNNN`, so that a Host header cannot draw a line
+    of its own; then at most `limit` characters (None: all), and how many were left out. Not reversible: for eyes.
+    """
+    text = value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
+    if text.isprintable() and (limit is None or len(text) <= limit):
+        return text  # clean text, as nearly every URL is: no copy
+    out: list[str] = []
+    size = 0
+    for n, ch in enumerate(text):
+        piece = ch if ch.isprintable() else _escape(ch)
+        if limit is not None and size + len(piece) > limit:
+            out.append(f"... ({len(text) - n} more chars)")
+            break
+        out.append(piece)
+        size += len(piece)
+    return "".join(out)
+
+
+def _escape(ch: str) -> str:
+    code = ord(ch)
+    if 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8 (surrogateescape)
+        return f"\\x{code - 0xDC00:02x}"
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
+
+
+def clip(text: str, limit: int) -> str:
+    """`text` cut to its first `limit` characters, then how many were left out (a summary in a header, a report)."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit} more chars)"

@@ -20,20 +20,33 @@ from . import findings as fnd
 from .compat import AttemptCause
 from .findings import Finding
 from .learned import Entry
-from .names import MARKER, METADATA_KEY, PREFIX, UPGRADED_MARKER, hostport
+from .names import MARKER, METADATA_KEY, PREFIX, UPGRADED_MARKER, clip, hostport, printable
 from .report import ReportWriter
 
 log = logging.getLogger("esrs_fix")
 
 #: What every finding contributes (`Finding.to_dict`); a finding may add keys of its own (`http_status`, ...).
-FINDING_KEYS = ("kind", "confidence", "summary", "explanation", "records", "raw_hex")
+FINDING_KEYS = (
+    "kind",
+    "confidence",
+    "summary",
+    "explanation",
+    "records",
+    "records_omitted",
+    "raw_hex",
+    "raw_truncated",
+)
 #: What a report line has besides the record.
-REPORT_KEYS = ("time", "client", "method", "url")
+REPORT_KEYS = ("time", "flow", "client", "method", "url")
+#: Characters of a URL (the client's to choose) that a report line keeps.
+URL_CHARS = 2048
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Failure:
-    """Why a TLS attempt failed: the cause, one line for labels and logs, and what to do about it."""
+    """Why a TLS attempt failed: the cause, one line for labels and logs, and what to do about it.
+
+    Compared by identity: the remembered failure is the very one the attempt's flow got (see `Record.same_as`)."""
 
     cause: AttemptCause
     message: str
@@ -68,6 +81,11 @@ class Record:
     upgrade_cause: str | None = None
     #: The outcome was another flow's TLS attempt to the same target (this flow made none of its own).
     shared: bool = False
+    #: The flow was not sent: its target's TLS attempt failed moments ago (esrs_upgrade_retry_after). Its line lists
+    #: no records and no raw bytes (`records_omitted`, `raw_truncated` count them): `same_as` is the flow whose
+    #: plaintext attempt got them, and whose line has them.
+    remembered: bool = False
+    same_as: str | None = None
 
     @property
     def summary(self) -> str:
@@ -86,14 +104,17 @@ class Record:
         learned: bool = False,
         upgrade_error: Failure | None = None,
         shared: bool = False,
+        same_as: str | None = None,
+        remembered: bool = False,
     ) -> Record:
         """The record of `flow`: `finding` is what its own plaintext attempt got; a flow served as learned has none,
         and carries what taught esrs-fix its target (`entry`: its evidence, when and by which flow).
-        `rewritten_status`: the synthetic status it was answered with, when it was rewritten."""
+        `rewritten_status`: the synthetic status it was answered with, when it was rewritten. `remembered`: answered
+        with a remembered failure, unsent (`same_as`: the flow that got the upstream's answer)."""
         evidence = dict(entry.evidence) if entry is not None else {}
         taught_by = evidence.pop("taught_by", None)
         if finding is not None:
-            seen = finding.to_dict()
+            seen = finding.to_dict(listed=not remembered)
         else:
             seen = evidence or (finding_of(entry).to_dict() if entry is not None else {})
         return cls(
@@ -110,6 +131,8 @@ class Record:
             upgrade_error=str(upgrade_error) if upgrade_error is not None else None,
             upgrade_cause=str(upgrade_error.cause) if upgrade_error is not None else None,
             shared=shared,
+            remembered=remembered,
+            same_as=same_as,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -136,27 +159,30 @@ def annotate(flow: http.HTTPFlow, record: Record, report: ReportWriter | None) -
         report.write(
             {
                 "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds"),
+                "flow": flow.id,  # what a remembered failure's `same_as` names
                 "client": address(flow.client_conn.peername),
-                "method": flow.request.method,
-                "url": flow.request.pretty_url,
+                "method": clip(flow.request.method, 64),
+                "url": clip(flow.request.pretty_url, URL_CHARS),
                 **meta,
             }
         )
 
 
 def log_detection(flow: http.HTTPFlow, record: Record, action: str) -> None:
-    """The one warning a detection gets: where, what came back, what esrs-fix did, and why it happens."""
+    """The one warning a detection gets: where (the URL, then the address the connection went to: the URL is made
+    from the Host header), what came back, what esrs-fix did, and why it happens. Every field that came from the
+    network is escaped and cut short (`printable`): a bounded line that cannot draw on the terminal."""
     seen = record.seen
     log.warning(
         "esrs-fix: %s answered by %s%s: %s [%s, confidence %s; %s]. %s",
-        flow.request.pretty_url,
-        record.upstream,
-        f" via upstream proxy {record.upstream_proxy}" if record.upstream_proxy else "",
-        record.summary,
+        printable(flow.request.pretty_url),
+        printable(record.upstream),
+        f" via upstream proxy {printable(record.upstream_proxy)}" if record.upstream_proxy else "",
+        printable(record.summary, None),
         seen.get("kind"),
         seen.get("confidence"),
-        action,
-        seen.get("explanation", ""),
+        printable(action, 600),
+        printable(str(seen.get("explanation", "")), None),
     )
 
 
@@ -166,12 +192,12 @@ def attempt_summary(attempt: http.HTTPFlow) -> dict[str, Any]:
     response = attempt.response
     return {
         "flow": attempt.id,
-        "url": attempt.request.pretty_url,
+        "url": clip(attempt.request.pretty_url, URL_CHARS),
         "status": response.status_code if response else None,
-        "reason": response.reason if response else None,
+        "reason": clip(response.reason, 256) if response else None,
         "tls_version": conn.tls_version,
         "sni": conn.sni,
-        "error": attempt.error.msg if attempt.error else None,
+        "error": clip(attempt.error.msg, 1024) if attempt.error else None,
     }
 
 

@@ -276,9 +276,18 @@ def describe(record: Record) -> str:
     return f"TLS {record.content_type_name}: {record.length} bytes, {where}"
 
 
-def describe_all(records: tuple[Record, ...] | list[Record]) -> str:
-    """Several records in one line, in order, separated by `; `."""
-    return "; ".join(describe(r) for r in records)
+#: Records a one-line summary names at most (`describe_all`): an upstream may answer with thousands of records, and
+#: the summary goes into a header, a log line and a report line.
+DESCRIBED_RECORDS = 4
+
+
+def describe_all(records: tuple[Record, ...] | list[Record], limit: int | None = DESCRIBED_RECORDS) -> str:
+    """Several records in one line, in order, separated by `; `: the first `limit` (None: all), then how many more."""
+    shown = records if limit is None else records[:limit]
+    line = "; ".join(describe(r) for r in shown)
+    if left := len(records) - len(shown):
+        line += f"; and {left} more record{'s' if left > 1 else ''} ({len(records)} in all)"
+    return line
 
 
 def hexdump(data: bytes, limit: int | None = None) -> str:

@@ -10,6 +10,18 @@ from typing import TextIO
 log = logging.getLogger("esrs_fix")
 
 
+def json_line(entry: dict[str, object]) -> str:
+    """`entry` as one line of JSON that encodes to valid UTF-8 whatever it holds.
+
+    mitmproxy decodes bytes that are not UTF-8 (a Host header with 0xff) to lone surrogates, which UTF-8 cannot
+    encode: they are written as JSON's own escape (`\\udcff`), which `json.loads` gives back as the same string.
+    """
+    line = json.dumps(entry, ensure_ascii=False) + "\n"
+    if line.isascii():
+        return line  # nearly every line: no surrogate possible, no second pass
+    return line.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 class ReportWriter:
     """The `esrs_report` file: JSON Lines, each line flushed at once so that a killed proxy leaves whole lines."""
 
@@ -25,7 +37,7 @@ class ReportWriter:
 
     def write(self, entry: dict[str, object]) -> None:
         try:
-            self._file.write(json.dumps(entry, ensure_ascii=False) + "\n")
+            self._file.write(json_line(entry))
             self._file.flush()
         except (OSError, ValueError) as e:  # the disk filled up, the file went away: the proxy goes on
             if not self._failing:
