@@ -318,7 +318,8 @@ def _read_c_arrays(lines: list[str]) -> Paste | None:
         peer = _PEER.match(array.group(1))
         name = _SIDES[int(peer.group(1))] if peer else array.group(1)
         pieces.setdefault(name, bytearray()).extend(data)
-    return _one("C arrays", [Pasted(bytes(data), 0, name) for name, data in pieces.items()])
+    order = sorted(pieces, key=lambda name: _SIDES.index(name) if name in _SIDES else len(_SIDES))  # client first
+    return _one("C arrays", [Pasted(bytes(pieces[name]), 0, name) for name in order])
 
 
 # -- escaped strings: "\x15\x03\x01\x00\x02\x02\x0a", b'\x15\x03...', several concatenated
@@ -338,7 +339,7 @@ def _read_strings(lines: list[str]) -> Paste | None:
         m = _STRING.match(text, pos)
         if m is None:
             number = text.count("\n", 0, pos) + 1
-            raise PasteError(f"line {number}: expected a quoted string like \"\\x15\\x03\", got {_clip(text[pos:])}")
+            raise PasteError(f'line {number}: expected a quoted string like "\\x15\\x03", got {_clip(text[pos:])}')
         body, body_at = m.group(2), m.start(2)
         at = 0
         for escape in _ESCAPE.finditer(body):
