@@ -172,9 +172,12 @@ def test_bad_proxy_urls_never_repeat_the_password(text: str) -> None:
 FIXTURES = generate.HERE
 FRAMES = [f"frame {n}" for n in range(1, 11)]  # the capture: handshake, request, alert, closes
 SIDES = ["client side", "server side"]
+REASSEMBLED = "frame 10, Reassembled TCP"
 #: file -> (the form it reads as, the pieces' names, the piece with the alert)
 FORMS: dict[str, tuple[str, list[str], str]] = {
     "tshark-x.txt": ("hex dump", FRAMES, "frame 6"),
+    # the alert in two segments: tshark prints the record it reassembled after frame 10, which ends it
+    "tshark-x-reassembled.txt": ("hex dump", [*FRAMES, REASSEMBLED, "frame 11"], REASSEMBLED),
     "tcpdump-x.txt": ("tcpdump", FRAMES, "frame 6"),
     "tcpdump-xx.txt": ("tcpdump", FRAMES, "frame 6"),
     "tcpdump-X.txt": ("tcpdump", FRAMES, "frame 6"),
@@ -188,9 +191,12 @@ FORMS: dict[str, tuple[str, list[str], str]] = {
 }
 
 
-def check_form(text: str, form: str, names: list[str], alert_in: str) -> None:
+def check_form(text: str, form: str, names: list[str], alert_in: str, exact: bool = True) -> None:
+    """`exact=False`: a capture made now may hold other frames around the alert (timing: who closes first)."""
     paste = read_paste(text)
-    assert (paste.form, [p.name for p in paste.pieces]) == (form, names)
+    got = [p.name for p in paste.pieces]
+    assert paste.form == form
+    assert got == names if exact else (got[0], alert_in in got) == (names[0], True)
     assert [p.name for p in paste.pieces if holds_tls(p)] == [alert_in]
     piece = read_pasted(text)  # the one-piece reader takes the piece with TLS records
     assert piece.name == alert_in
@@ -215,7 +221,7 @@ def test_each_paste_form_from_the_tools_run_now(tmp_path: Path) -> None:
     texts = generate.generate(tmp_path)
     assert sorted(texts) == sorted(FORMS)
     for name, text in texts.items():
-        check_form(text, *FORMS[name])
+        check_form(text, *FORMS[name], exact=False)
 
 
 def test_frames_copied_one_after_another_without_blank_lines() -> None:

@@ -61,9 +61,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
 def _decode_pieces(paste: Paste) -> int:
     """Several frames or sides: one line for each, then the full decode of those that hold TLS records."""
     tls = [piece for piece in paste.pieces if holds_tls(piece)]
-    names = {piece.name.partition(" ")[0 if piece.name.startswith("frame") else 2] for piece in paste.pieces}
-    noun = {"frame": "frames", "side": "sides"}.get(names.pop() if len(names) == 1 else "", "pieces")
-    print(f"{len(paste.pieces)} {noun} read as {paste.form}:")
+    print(f"{_count(paste.pieces)} read as {paste.form}:")
     for piece in paste.pieces:
         print(f"  {_piece_name(piece)}: {_piece_line(piece)}")
     if not tls:
@@ -72,6 +70,16 @@ def _decode_pieces(paste: Paste) -> int:
         print(f"\n{_piece_name(piece)}:")
         print(text.decode_text(piece.data, piece.start)[0])
     return 0 if tls else 1
+
+
+def _count(pieces: tuple[Pasted, ...]) -> str:
+    """`10 frames`, `2 sides`, `11 frames and 1 more data source` (tshark's reassembled bytes), `3 pieces`."""
+    whole = [p for p in pieces if p.name.startswith("frame ") and "," not in p.name]
+    if whole:
+        more = len(pieces) - len(whole)
+        return f"{len(whole)} frames" + (f" and {more} more data source{'s' * (more > 1)}" if more else "")
+    sides = all(p.name.endswith(" side") for p in pieces)
+    return f"{len(pieces)} {'sides' if sides else 'pieces'}"
 
 
 def _piece_name(piece: Pasted) -> str:

@@ -60,7 +60,7 @@ def read_pasted(text: str) -> Pasted:
     is not data.
     """
     pieces = read_paste(text).pieces
-    return next((p for p in pieces if holds_tls(p)), pieces[0])
+    return pieces[0] if len(pieces) == 1 else next((p for p in pieces if holds_tls(p)), pieces[0])
 
 
 def holds_tls(piece: Pasted) -> bool:
@@ -168,6 +168,7 @@ def _read_dumps(lines: list[str]) -> Paste | None:
     if not any(_starts_frame(r) for r in rows):
         return None
     frames_: list[Pasted] = []
+    number_ = 0  # frames so far
     data = bytearray()
     start = end = 0
     note = ""
@@ -175,8 +176,17 @@ def _read_dumps(lines: list[str]) -> Paste | None:
     pending: tuple[int, str] | None = None  # a line of text since then
 
     def close() -> None:
-        if last:
-            frames_.append(Pasted(bytes(data), start, f"frame {len(frames_) + 1}", note))
+        nonlocal number_
+        if not last:
+            return
+        source = _DATA_SOURCE.match(note)
+        if frames_ and source and source.group(1) != "Frame":
+            # tshark -x prints a frame's other data sources after it (`Reassembled TCP (7 bytes):`): of that frame
+            frames_.append(Pasted(bytes(data), start, f"frame {number_}, {source.group(1)}"))
+            return
+        number_ += 1
+        said = "" if source and source.group(1) == "Frame" else note  # `Frame (71 bytes)` says nothing new
+        frames_.append(Pasted(bytes(data), start, f"frame {number_}", said))
 
     for number, line, row in parsed:
         if row is None:
@@ -224,6 +234,10 @@ def _read_one_dump(rows: list[_DumpLine]) -> Paste | None:
     return Paste("hex dump", (Pasted(b"".join(r.data for r in rows), rows[0].offset),))
 
 
+#: tshark -x's line above each data source of a frame: `Frame (74 bytes):`, `Reassembled TCP (7 bytes):`
+_DATA_SOURCE = re.compile(r"^(.+?) \(\d+ bytes\)$")
+
+
 def _note(line: str) -> str:
     """A tool's line about a frame, short: tcpdump's summary up to its first `: ` (time, protocol, addresses)."""
     head = line.strip().split(": ", 1)[0].rstrip(":")
@@ -251,8 +265,11 @@ def _read_follow(lines: list[str]) -> Paste | None:
     """
     header = next((m.group(1) for line in lines if (m := _FOLLOW.match(line.strip()))), None)
     if header is None:
-        indents = {row.indent != "" for line in lines if (row := _dump_line(line)) is not None}
-        if indents != {True, False}:
+        firsts: dict[bool, int] = {}  # indented or not -> the first such line's offset
+        for line in lines:
+            if (row := _dump_line(line)) is not None:
+                firsts.setdefault(row.indent != "", row.offset)
+        if firsts != {True: 0, False: 0}:  # both sides, each from its start
             return None
         header = "hex"
     nodes: dict[int, str] = {}
