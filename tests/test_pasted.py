@@ -258,6 +258,13 @@ def test_decode_names_the_sides_of_a_followed_stream() -> None:
     assert p.returncode == 2 and "line 12: expected offset 00000000 (the server side's" in p.stderr
 
 
+def test_decode_says_which_form_it_read_when_not_hex() -> None:
+    p = esrs_fix("decode", stdin="FQMBAAICCg==\n")
+    assert p.returncode == 0 and p.stdout.startswith("read as base64\n7 bytes: 15 03 01 00 02 02 0a\n")
+    p = esrs_fix("decode", stdin="15 03 01 00 02 02 0a")
+    assert p.returncode == 0 and p.stdout.startswith("7 bytes: 15 03")
+
+
 def test_decode_says_so_when_no_frame_holds_tls() -> None:
     text = (FIXTURES / "tshark-x.txt").read_text().split("\n\n")
     p = esrs_fix("decode", stdin="\n\n".join(text[:5]))

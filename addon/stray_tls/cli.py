@@ -53,6 +53,8 @@ def cmd_decode(args: argparse.Namespace) -> int:
         return 0 if any_tls else 1
     if len(paste.pieces) == 1:
         rendered, is_tls = text.decode_text(paste.pieces[0].data, paste.pieces[0].start)
+        if paste.form not in ("hex", "hex dump"):  # base64 above all: a mistyped word can read as base64
+            print(f"read as {paste.form}")
         print(rendered)
         return 0 if is_tls else 1
     return _decode_pieces(paste)

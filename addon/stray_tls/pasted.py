@@ -1,5 +1,6 @@
-"""Read what an engineer types or pastes: bytes (spaced hex, a hex stream, escaped strings, Wireshark hex dumps)
-and proxy or server addresses."""
+"""Read what an engineer types or pastes: bytes (hex in any spelling, escaped strings, base64, hex dumps of any
+number of frames from tshark, Wireshark, tcpdump or xxd, both sides of a followed TCP stream, C arrays) and proxy or
+server addresses."""
 
 from __future__ import annotations
 
