@@ -213,11 +213,12 @@ def test_each_paste_form_from_real_tool_output(name: str) -> None:
     check_form((FIXTURES / name).read_text(), *FORMS[name])
 
 
-@pytest.mark.skipif(bool(generate.missing_tools()), reason="tcpdump, tshark or curl missing")
 def test_each_paste_form_from_the_tools_run_now(tmp_path: Path) -> None:
     """The tools of this machine (CI installs them): a fresh capture, each form read as the kept ones are."""
-    if os.geteuid() != 0 and not os.access("/sys/class/net/lo", os.W_OK):
-        pytest.skip("capturing on lo needs root")
+    if missing := generate.missing_tools():
+        pytest.skip(f"install {', '.join(missing)} (Debian packages of the same names)")
+    if os.geteuid() != 0:
+        pytest.skip("capturing on lo with tcpdump needs root")
     texts = generate.generate(tmp_path)
     assert sorted(texts) == sorted(FORMS)
     for name, text in texts.items():
