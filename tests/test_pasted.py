@@ -184,6 +184,7 @@ FORMS: dict[str, tuple[str, list[str], str]] = {
     "tcpdump-XX.txt": ("tcpdump", FRAMES, "frame 6"),
     "follow-hex.txt": ("follow hex", SIDES, "server side"),
     "follow-raw.txt": ("follow raw", SIDES, "server side"),
+    "follow-hex-split.txt": ("follow hex", SIDES, "server side"),  # the alert in two segments, one record
     "wireshark-follow-hexdump.txt": ("follow hex", SIDES, "server side"),
     "wireshark-follow-carrays.txt": ("C arrays", SIDES, "server side"),
     "wireshark-escaped-string.txt": ("escaped string", [""], ""),
