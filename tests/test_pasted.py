@@ -319,6 +319,19 @@ def test_base64_round_trips(data: bytes) -> None:
     assert read_paste(wrapped).pieces == (Pasted(data),)
 
 
+@pytest.mark.parametrize(
+    ("text", "form", "data"),
+    [
+        ('"15 03 01 00 02 02 0a"', "hex", ALERT),  # hex in quotes
+        ("'1503010002020a'", "hex", ALERT),
+        ("b'15'", "escaped string", b"15"),  # Python's bytes: as written
+        ('"\\x15\\x03" "15"', "escaped string", b"\x15\x0315"),
+    ],
+)
+def test_quoted_hex_is_hex_and_a_string_of_bytes_is_its_bytes(text: str, form: str, data: bytes) -> None:
+    assert (read_paste(text).form, parse_pasted(text)) == (form, data)
+
+
 def escaped(data: bytes) -> str:
     return '"' + "".join(f"\\x{b:02x}" for b in data) + '"'
 

@@ -352,13 +352,15 @@ def _read_strings(lines: list[str]) -> Paste | None:
     text = "\n".join(lines)
     if not _STRING_START.match(text):
         return None
-    data, pos = bytearray(), 0
+    data, pos, bodies = bytearray(), 0, []
     while pos < len(text.rstrip()):
         m = _STRING.match(text, pos)
         if m is None:
             number = text.count("\n", 0, pos) + 1
             raise PasteError(f'line {number}: expected a quoted string like "\\x15\\x03", got {_clip(text[pos:])}')
         body, body_at = m.group(2), m.start(2)
+        python_bytes = m.group(0).lstrip()[0] in "bB"  # b'...' holds its bytes as written, never hex
+        bodies.append("\\" if python_bytes else body)
         at = 0
         for escape in _ESCAPE.finditer(body):
             data += _latin1(body[at : escape.start()], text, body_at + at)
@@ -375,6 +377,9 @@ def _read_strings(lines: list[str]) -> Paste | None:
             at = escape.end()
         data += _latin1(body[at:], text, body_at + at)
         pos = m.end()
+    compact = _SEPARATORS.sub("", "".join(bodies))
+    if "\\" not in "".join(bodies) and compact and _HEX.match(compact) and len(compact) % 2 == 0:
+        return Paste("hex", (Pasted(bytes.fromhex(compact)),))  # "15 03 01 ...": hex in quotes, no string of bytes
     return Paste("escaped string", (Pasted(bytes(data)),))
 
 
