@@ -19,13 +19,16 @@ from . import __version__, findings, records, text
 from .launch import script_path
 from .names import hostport
 from .pasted import (
+    Paste,
+    Pasted,
     PasteError,
     ProxyAddress,
     argument,
+    holds_tls,
     parse_host,
     parse_proxy,
     passwords_in,
-    read_pasted,
+    read_paste,
 )
 
 if TYPE_CHECKING:
@@ -35,24 +38,75 @@ if TYPE_CHECKING:
 def cmd_decode(args: argparse.Namespace) -> int:
     pasted = " ".join(args.hex) if args.hex else sys.stdin.read()
     try:
-        read = read_pasted(pasted)
+        paste = read_paste(pasted)
     except PasteError as e:
         print(f"esrs-fix decode: {e}", file=sys.stderr)
         return 2
-    frame = text.pasted_frame(read.data, read.start)
-    payload = read.data if frame is None else frame.payload
-    decoded = records.decode(payload)
     if args.json:
-        out = _decode_json(payload, decoded)
-        if frame is not None:
-            out = {**out, "frame": frame.to_dict()}
-        elif read.start:
-            out = {**out, "dump_offset": read.start}
-        print(json.dumps(out, indent=2))
-        return 0 if isinstance(decoded, records.Records) else 1
-    rendered, is_tls = text.decode_text(read.data, read.start)
-    print(rendered)
-    return 0 if is_tls else 1
+        outs = [_piece_json(piece) for piece in paste.pieces]
+        if len(outs) == 1:
+            print(json.dumps({**outs[0], "form": paste.form}, indent=2))
+            return 0 if outs[0]["verdict"] == "tls" else 1
+        any_tls = any(out["verdict"] == "tls" for out in outs)
+        verdict = "tls" if any_tls else "not_tls"
+        print(json.dumps({"verdict": verdict, "form": paste.form, "pieces": outs}, indent=2))
+        return 0 if any_tls else 1
+    if len(paste.pieces) == 1:
+        rendered, is_tls = text.decode_text(paste.pieces[0].data, paste.pieces[0].start)
+        if paste.form not in ("hex", "hex dump"):  # base64 above all: a mistyped word can read as base64
+            print(f"read as {paste.form}")
+        print(rendered)
+        return 0 if is_tls else 1
+    return _decode_pieces(paste)
+
+
+def _decode_pieces(paste: Paste) -> int:
+    """Several frames or sides: one line for each, then the full decode of those that hold TLS records."""
+    tls = [piece for piece in paste.pieces if holds_tls(piece)]
+    print(f"{_count(paste.pieces)} read as {paste.form}:")
+    for piece in paste.pieces:
+        print(f"  {_piece_name(piece)}: {_piece_line(piece)}")
+    if not tls:
+        print("none holds TLS records")
+    for piece in tls:
+        print(f"\n{_piece_name(piece)}:")
+        print(text.decode_text(piece.data, piece.start)[0])
+    return 0 if tls else 1
+
+
+def _count(pieces: tuple[Pasted, ...]) -> str:
+    """`10 frames`, `2 sides`, `11 frames and 1 more data source` (tshark's reassembled bytes), `3 pieces`."""
+    whole = [p for p in pieces if p.name.startswith("frame ") and "," not in p.name]
+    if whole:
+        more = len(pieces) - len(whole)
+        return f"{len(whole)} frames" + (f" and {more} more data source{'s' * (more > 1)}" if more else "")
+    sides = all(p.name.endswith(" side") for p in pieces)
+    return f"{len(pieces)} {'sides' if sides else 'pieces'}"
+
+
+def _piece_name(piece: Pasted) -> str:
+    return f"{piece.name} ({piece.note})" if piece.note else piece.name
+
+
+def _piece_line(piece: Pasted) -> str:
+    frame = text.pasted_frame(piece.data, piece.start)
+    if frame is None:
+        return f"{len(piece.data)} bytes: {text.summary(piece.data, piece.start)}"
+    what = f"{len(piece.data)} bytes, {frame.layers} [{frame.flag_names}], {frame.src} -> {frame.dst}"
+    return f"{what}: {text.summary(frame.payload, frame.offset) if frame.payload else 'no payload'}"
+
+
+def _piece_json(piece: Pasted) -> dict:
+    frame = text.pasted_frame(piece.data, piece.start)
+    payload = piece.data if frame is None else frame.payload
+    out = _decode_json(payload, records.decode(payload))
+    if piece.name:
+        out = {"name": piece.name, "note": piece.note, **out}
+    if frame is not None:
+        out = {**out, "frame": frame.to_dict()}
+    elif piece.start:
+        out = {**out, "dump_offset": piece.start}
+    return out
 
 
 def _decode_json(data: bytes, decoded: records.Decoded) -> dict:
@@ -309,8 +363,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser(
         "decode",
-        help="decode bytes pasted from Wireshark (hex, hex stream, \\x.. escapes, hex dump)",
-        description="Decode TLS records from pasted bytes. Reads standard input when no bytes are given. "
+        help="decode bytes pasted from Wireshark, tshark or tcpdump (hex, hex dumps of frames, Follow TCP Stream, "
+        "C arrays, escaped strings, base64)",
+        description="Decode TLS records from pasted bytes: hex, hex dumps of any number of frames (tshark -x, "
+        "Wireshark's Copy as Hex Dump, tcpdump -x/-xx/-X/-XX as printed), a followed stream (tshark -z "
+        "follow,tcp,hex or raw, Wireshark's Follow TCP Stream as hex dump or C arrays), escaped strings, base64. "
+        "Reads standard input when no bytes are given. "
         "Exit status: 0 TLS records, 1 not TLS or incomplete, 2 unreadable input.",
     )
     p.add_argument("hex", nargs="*", help="the bytes, e.g. 15 03 01 00 02 02 0a")
