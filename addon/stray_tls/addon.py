@@ -401,7 +401,10 @@ class EsrsFix:
                 return None
             if response.headers.get("content-encoding", "identity") != "identity":
                 return None
-            finding = fnd.from_response(response.status_code, content, response.headers.get("x-transformed-from"))
+            headers = response.headers
+            finding = fnd.from_response(
+                response.status_code, content, headers.get("x-transformed-from"), headers.get("content-type")
+            )
             if finding is None:
                 return None
         # A streamed answer is already on its way to the client: it can be reported, not replaced.
