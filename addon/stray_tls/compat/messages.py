@@ -21,6 +21,9 @@ _UNEXPECTED = re.compile(r"unexpected server response: (b(['\"]).*\2)\s*$", re.S
 _BAD_LINE = re.compile(r"Bad HTTP response line: (b(['\"]).*\2)", re.S)
 #: Http1Client, when the upstream closed without a byte.
 SERVER_CLOSED = "server closed connection"
+#: The TLS layer's words (exactly these) when the server closed the connection while the handshake was being
+#: established: had a TLS message come back (an alert, a hello, a record of the wrong kind), OpenSSL would name it.
+_CLOSED_IN_HANDSHAKE = "connection closed"
 #: The TLS layer's rewording of OpenSSL's "tlsv1 alert protocol version".
 _NO_TLS_VERSION = "cannot agree on a TLS version"
 #: The TLS layer's rewording of OpenSSL's "wrong version number" when the upstream answered in ASCII.
@@ -93,6 +96,9 @@ class AttemptCause(enum.StrEnum):
     TIMEOUT = "timeout"
     CLOSED = "closed"
     RESET = "reset"
+    #: The TLS attempt got no TLS back: the server answered the ClientHello in plaintext, or closed before any TLS
+    #: handshake message. Evidence that the port speaks plain HTTP: nothing is remembered against the target.
+    NOT_TLS = "not_tls"
     ROUTE = "route"
     #: The answer over TLS came, but was larger than esrs-fix (or mitmproxy's body_size_limit) would hold.
     TOO_LARGE = "too_large"
@@ -136,6 +142,10 @@ def attempt_cause(message: str) -> tuple[AttemptCause, str]:
     """
     if problem := certificate_problem(message):
         return AttemptCause.CERTIFICATE, problem
+    if _NOT_TLS in message:  # mitmproxy's rewording of OpenSSL's "wrong version number" for an answer in ASCII
+        return AttemptCause.NOT_TLS, "the server answered the ClientHello in plaintext"
+    if message.strip() == _CLOSED_IN_HANDSHAKE:
+        return AttemptCause.NOT_TLS, "the server closed the connection before any TLS handshake message"
     lowered = message.lower()
     if any(word in lowered for word in _CLIENT_CERTIFICATE_WORDS):
         return AttemptCause.CLIENT_CERTIFICATE, message
