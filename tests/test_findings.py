@@ -203,3 +203,14 @@ def test_rewritable_kinds_are_an_explicit_allow_list() -> None:
 def test_every_kind_outside_the_allow_list_is_not_rewritable(kind: Kind) -> None:
     finding = findings.Finding(kind, Confidence.HIGH, "explanation")
     assert finding.rewritable is (kind in EXPECTED_REWRITABLE)
+
+
+def test_a_tls_attempt_that_got_no_tls_back_is_its_own_cause() -> None:
+    """mitmproxy's words when the server answered the ClientHello in ASCII, or closed while the handshake began."""
+    assert compat.attempt_cause("The remote server does not speak TLS.")[0] is compat.AttemptCause.NOT_TLS
+    assert compat.attempt_cause("connection closed")[0] is compat.AttemptCause.NOT_TLS
+    # a close after the handshake, or one that ended an answer, is no such evidence
+    ended = f"{compat.ENDED_UNANSWERED} (closed by the server)"
+    assert compat.attempt_cause(ended)[0] is compat.AttemptCause.CLOSED
+    assert compat.attempt_cause("Connection reset by peer")[0] is compat.AttemptCause.RESET
+    assert compat.AttemptCause.NOT_TLS.about_the_target  # shared with the waiters of the one attempt
