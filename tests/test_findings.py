@@ -69,8 +69,8 @@ def test_error_message_parser_never_raises(message: str) -> None:
     compat.finding_from_error(message)
 
 
-#: The real servers' pages, as tests/realpeers.py's Debian servers sent them (Tomcat's from its source, where it is
-#: one constant): (Content-Type, body, who).
+#: The real servers' pages as tests/realpeers.py's Debian servers sent them (nginx 1.22.1, Apache 2.4.71, Tomcat
+#: 10.1.60, Go 1.19), with what varies by configuration: (Content-Type, body, who).
 APACHE_400_BODY = (
     b'<!DOCTYPE HTML PUBLIC "-//W3C//DTD HTML 4.01//EN" "http://www.w3.org/TR/html4/strict.dtd">\n<html><head>\n'
     b"<title>400 Bad Request</title>\n</head><body>\n<h1>Bad Request</h1>\n<p>Your browser sent a request that this "
