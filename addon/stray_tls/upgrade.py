@@ -229,7 +229,7 @@ class Upgrade:
         # silent close proves nothing (a plain server may close an idle connection), and a busy moment passes.
         if not (failure.cause.about_the_target and finding.kind in UPGRADABLE):
             return None
-        if failure.cause is AttemptCause.NOT_TLS:  # evidence that the port speaks plain HTTP: shared, never remembered
+        if failure.cause is AttemptCause.NOT_TLS:  # evidence against a TLS port: shared with waiters, never remembered
             return failure
         if self.failure_ttl > 0:
             self._failed[target] = (failure, finding, self._expires(self._clock() + self.failure_ttl))
@@ -355,7 +355,7 @@ def _failure(cause: AttemptCause, detail: str, finding: Finding) -> Failure:
     if cause is AttemptCause.NOT_TLS:
         return Failure(
             cause,
-            f"the TLS attempt got no TLS back ({detail}): the port speaks plain HTTP",
+            f"the TLS attempt got no TLS back: {detail}",
             "Nothing is remembered against the target. A server's page that came back to the plaintext request is "
             "passed on as it came, as without esrs-fix; TLS records get the labelled 502.",
         )

@@ -97,7 +97,7 @@ class AttemptCause(enum.StrEnum):
     CLOSED = "closed"
     RESET = "reset"
     #: The TLS attempt got no TLS back: the server answered the ClientHello in plaintext, or closed before any TLS
-    #: handshake message. Evidence that the port speaks plain HTTP: nothing is remembered against the target.
+    #: handshake message. Evidence against a TLS port: nothing is remembered against the target.
     NOT_TLS = "not_tls"
     ROUTE = "route"
     #: The answer over TLS came, but was larger than esrs-fix (or mitmproxy's body_size_limit) would hold.
@@ -143,9 +143,9 @@ def attempt_cause(message: str) -> tuple[AttemptCause, str]:
     if problem := certificate_problem(message):
         return AttemptCause.CERTIFICATE, problem
     if _NOT_TLS in message:  # mitmproxy's rewording of OpenSSL's "wrong version number" for an answer in ASCII
-        return AttemptCause.NOT_TLS, "the server answered the ClientHello in plaintext"
-    if message.strip() == _CLOSED_IN_HANDSHAKE:
-        return AttemptCause.NOT_TLS, "the server closed the connection before any TLS handshake message"
+        return AttemptCause.NOT_TLS, "the server answered the ClientHello in plaintext: the port speaks plain HTTP"
+    if message.strip() == _CLOSED_IN_HANDSHAKE:  # the server's close, or an upstream proxy's at its CONNECT
+        return AttemptCause.NOT_TLS, "the connection closed before any TLS handshake message: no sign of a TLS port"
     lowered = message.lower()
     if any(word in lowered for word in _CLIENT_CERTIFICATE_WORDS):
         return AttemptCause.CLIENT_CERTIFICATE, message
