@@ -10,6 +10,7 @@ from mitmproxy.test import taddons, tflow
 
 from stray_tls import compat, findings
 from stray_tls.addon import EsrsFix, rewritten_response
+from stray_tls.lab.servers import NGINX_400_BODY
 from stray_tls.names import LABEL_HEADER, MARKER, METADATA_KEY
 
 from .conftest import FIELD_ALERT, SUMMARY
@@ -111,7 +112,8 @@ def test_plain_http_400_page_is_rewritable_and_tls_body_only_reported(addon: Esr
         f = tflow.tflow(resp=True)
         assert f.response is not None
         f.response.status_code = 400
-        f.response.content = b"<center>The plain HTTP request was sent to HTTPS port</center>"
+        f.response.headers["content-type"] = "text/html"
+        f.response.content = NGINX_400_BODY  # nginx's whole page, as nginx sends it
         addon.response(f)
         assert f.metadata[METADATA_KEY]["kind"] == "plain_http_400"
         assert f.response.status_code == 400  # not rewritten: rewriting is off

@@ -46,7 +46,8 @@ def conversations() -> list[Conversation]:
             [
                 (
                     REQ,
-                    b"HTTP/1.1 400 Bad Request\r\nContent-Length: %d\r\n\r\n%s" % (len(NGINX_400_BODY), NGINX_400_BODY),
+                    b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/html\r\nContent-Length: %d\r\n\r\n%s"
+                    % (len(NGINX_400_BODY), NGINX_400_BODY),
                 )
             ],
         ),
@@ -455,7 +456,7 @@ def test_a_chunked_request_body_is_stepped_over(tmp_path: Path) -> None:
 
 
 def test_a_400_page_whose_phrase_comes_in_a_later_segment(tmp_path: Path) -> None:
-    page = answer("400 Bad Request", NGINX_400_BODY, "Server: nginx\r\n")
+    page = answer("400 Bad Request", NGINX_400_BODY, "Server: nginx\r\nContent-Type: text/html\r\n")
     conversation = Conversation(("10.0.0.5", 41034), PROXY, [(request("/"), page)], segment=40)
     [found] = scan_one(tmp_path, conversation).exchanges
     assert found.finding.kind is Kind.PLAIN_HTTP_400

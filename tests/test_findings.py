@@ -69,20 +69,83 @@ def test_error_message_parser_never_raises(message: str) -> None:
     compat.finding_from_error(message)
 
 
-@pytest.mark.parametrize(
-    ("body", "server"),
-    [
-        (NGINX_400_BODY, "nginx"),
-        (b"Client sent an HTTP request to an HTTPS server.\n", "Go net/http"),
-        (b"<p>Reason: You're speaking plain HTTP to an SSL-enabled server port.<br />", "Apache httpd"),
-    ],
+#: The real servers' pages as tests/realpeers.py's Debian servers sent them (nginx 1.22.1, Apache 2.4.71, Tomcat
+#: 10.1.60, Go 1.19), with what varies by configuration: (Content-Type, body, who).
+APACHE_400_BODY = (
+    b'<!DOCTYPE HTML PUBLIC "-//W3C//DTD HTML 4.01//EN" "http://www.w3.org/TR/html4/strict.dtd">\n<html><head>\n'
+    b"<title>400 Bad Request</title>\n</head><body>\n<h1>Bad Request</h1>\n<p>Your browser sent a request that this "
+    b"server could not understand.<br />\nReason: You're speaking plain HTTP to an SSL-enabled server port.<br />\n "
+    b"Instead use the HTTPS scheme to access this URL, please.<br />\n</p>\n</body></html>\n"
 )
-def test_plain_http_400_pages(body: bytes, server: str) -> None:
-    f = findings.from_response(400, body)
+REAL_PAGES = [
+    ("text/html", NGINX_400_BODY, "nginx"),
+    ("text/html", NGINX_400_BODY.replace(b"<center>nginx<", b"<center>nginx/1.22.1<"), "nginx"),
+    (
+        "text/html",
+        NGINX_400_BODY + b"<!-- a padding to disable MSIE and Chrome friendly error page -->\r\n" * 6,
+        "nginx",
+    ),
+    ("text/html; charset=iso-8859-1", APACHE_400_BODY, "Apache httpd"),
+    (
+        "text/html; charset=iso-8859-1",
+        APACHE_400_BODY.replace(
+            b"</p>\n", b"</p>\n<hr>\n<address>Apache/2.4.62 (Debian) Server at x Port 443</address>\n"
+        ).replace(b'-//W3C//DTD HTML 4.01//EN" "http://www.w3.org/TR/html4/strict.dtd', b"-//IETF//DTD HTML 2.0//EN"),
+        "Apache httpd",
+    ),
+    (
+        "text/plain;charset=UTF-8",
+        b"Bad Request\r\nThis combination of host and port requires TLS.\r\n",
+        "Apache Tomcat",
+    ),
+    (None, b"Client sent an HTTP request to an HTTPS server.\n", "Go net/http"),
+]
+
+
+@pytest.mark.parametrize(("content_type", "body", "server"), REAL_PAGES)
+def test_plain_http_400_pages(content_type: str | None, body: bytes, server: str) -> None:
+    f = findings.from_response(400, body, content_type=content_type)
     assert f is not None and f.kind is Kind.PLAIN_HTTP_400 and f.confidence is Confidence.HIGH
-    assert server in f.detail and f.rewritable
-    assert findings.from_response(200, body) is None
-    assert findings.from_response(400, b"<html>some other 400</html>") is None
+    assert f"HTTP 400 from {server}:" in f.detail and f.rewritable and f.raw == body
+    assert findings.from_response(200, body, content_type=content_type) is None  # a 200 quoting it: no page
+    assert findings.from_response(400, b"<html>some other 400</html>", content_type=content_type) is None
+
+
+@pytest.mark.parametrize(("content_type", "body", "server"), REAL_PAGES)
+def test_a_phrase_in_a_body_is_no_servers_page(content_type: str | None, body: bytes, server: str) -> None:
+    """Evidence is the page as its server makes it: the phrase reflected, quoted or wrapped proves nothing."""
+    page = findings.plain_http_page(body, content_type)
+    assert page is not None and page.server == server
+    phrase = page.phrase.decode()
+    reflected = json.dumps({"error": "bad field", "value": phrase}).encode()
+    assert findings.from_response(400, reflected, content_type="application/json") is None
+    assert findings.from_response(400, reflected, content_type=content_type) is None
+    doc = b"<html><body><h1>Errors</h1><p>nginx says: <pre>" + body + b"</pre></p></body></html>"
+    assert findings.from_response(400, doc, content_type="text/html") is None
+    assert findings.from_response(400, body + b"x", content_type=content_type) is None  # one byte more
+    assert findings.from_response(400, b"x" + body, content_type=content_type) is None
+    assert findings.from_response(400, body * 2, content_type=content_type) is None
+    # the page under another server's Content-Type (or none, or one where the server sends none) is not its page
+    other = "application/json" if content_type else "text/plain"
+    assert findings.from_response(400, body, content_type=other) is None
+    if content_type is not None:
+        assert findings.from_response(400, body) is None
+
+
+@given(st.binary(max_size=300), st.binary(max_size=300), st.sampled_from([p for _, _, p in REAL_PAGES]))
+def test_no_page_with_anything_around_its_phrase(before: bytes, after: bytes, server: str) -> None:
+    phrase = next(p.phrase for p in findings.PLAIN_HTTP_PAGES if p.server == server)
+    body = before + phrase + after
+    for content_type in ("text/html", "text/plain", None):
+        f = findings.from_response(400, body, content_type=content_type)
+        # only a body that is the page itself (which random bytes around the phrase are not, here) counts
+        assert f is None or any(body == b for _, b, _ in REAL_PAGES)
+
+
+def test_page_matching_stays_bounded() -> None:
+    long = b"<center>The plain HTTP request was sent to HTTPS port</center>" * 10_000
+    assert findings.plain_http_page(long, "text/html") is None
+    assert len(max((b for _, b, _ in REAL_PAGES), key=len)) <= findings.PLAIN_HTTP_PAGE_MAX
 
 
 def test_tls_as_a_body() -> None:
@@ -208,3 +271,14 @@ def test_every_report_line_is_valid_utf8_json_that_gives_back_what_went_in(text:
     line = report.json_line({"url": text, "n": 1})
     assert line.endswith("\n") and "\n" not in line[:-1]
     assert json.loads(line.encode("utf-8").decode("utf-8")) == {"url": text, "n": 1}
+
+
+def test_a_tls_attempt_that_got_no_tls_back_is_its_own_cause() -> None:
+    """mitmproxy's words when the server answered the ClientHello in ASCII, or closed while the handshake began."""
+    assert compat.attempt_cause("The remote server does not speak TLS.")[0] is compat.AttemptCause.NOT_TLS
+    assert compat.attempt_cause("connection closed")[0] is compat.AttemptCause.NOT_TLS
+    # a close after the handshake, or one that ended an answer, is no such evidence
+    ended = f"{compat.ENDED_UNANSWERED} (closed by the server)"
+    assert compat.attempt_cause(ended)[0] is compat.AttemptCause.CLOSED
+    assert compat.attempt_cause("Connection reset by peer")[0] is compat.AttemptCause.RESET
+    assert compat.AttemptCause.NOT_TLS.about_the_target  # shared with the waiters of the one attempt

@@ -176,7 +176,10 @@ def test_reading_saved_flows_back_keeps_what_they_recorded(esrs, start_server, m
     from stray_tls.lab.servers import NGINX_400_BODY, ScriptedServer
 
     upstream = esrs(Plaintext.ALERT)
-    page = b"HTTP/1.1 400 Bad Request\r\nContent-Length: %d\r\n\r\n%s" % (len(NGINX_400_BODY), NGINX_400_BODY)
+    page = b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/html\r\nContent-Length: %d\r\n\r\n%s" % (
+        len(NGINX_400_BODY),
+        NGINX_400_BODY,
+    )
     nginx = start_server(ScriptedServer(lambda head: page))
     saved, copy = tmp_path / "saved.flows", tmp_path / "copy.flows"
     args, (p_stray, p_page) = reverse_modes([f"http://127.0.0.1:{upstream.port}", f"http://127.0.0.1:{nginx.port}"])

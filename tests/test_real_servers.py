@@ -67,7 +67,7 @@ def test_plaintext_gets_the_plain_http_400_page(real_server: RealServers, name: 
     peer = real_server(name)
     answer, _ = plaintext_answer(peer)
     assert answer.status == 400, answer.raw
-    found = findings.from_response(answer.status, answer.body)
+    found = findings.from_response(answer.status, answer.body, content_type=answer.header("content-type"))
     assert found is not None, answer.body
     assert found.kind is Kind.PLAIN_HTTP_400
     assert found.extra["server_software"] == software

@@ -22,8 +22,8 @@ from mitmproxy.proxy import server_hooks
 from . import compat, contentview, records, text
 from . import findings as fnd
 from .answers import error_response, rewritten_response, upgrade_failed_response
-from .compat import EarlyDetection
-from .findings import Finding
+from .compat import AttemptCause, EarlyDetection
+from .findings import Finding, Kind
 from .learned import Entry, LearnedTargets, Target
 from .names import (
     DEFAULT_HOLD_TIMEOUT,
@@ -481,7 +481,10 @@ class EsrsFix:
                 return None
             if response.headers.get("content-encoding", "identity") != "identity":
                 return None
-            finding = fnd.from_response(response.status_code, content, response.headers.get("x-transformed-from"))
+            headers = response.headers
+            finding = fnd.from_response(
+                response.status_code, content, headers.get("x-transformed-from"), headers.get("content-type")
+            )
             if finding is None:
                 return None
         # A streamed answer is already on its way to the client: it can be reported, not replaced.
@@ -604,12 +607,17 @@ class EsrsFix:
         self.upgrade.clear_suspect(flow.request.host, flow.request.port)  # decided: nobody waits on this flow any more
         upgraded = outcome is not None and outcome.answer is not None
         failure = outcome.failure if outcome is not None else None
-        rewritten = not upgraded and in_scope and ctx.options.esrs_rewrite and finding.rewritable
+        # The TLS attempt got no TLS back: the port speaks plain HTTP, and the server's own page (flow.response, kept
+        # as it came) goes to the client untouched, as without esrs-fix. TLS records keep their labelled answer.
+        passed_on = (
+            failure is not None and failure.cause is AttemptCause.NOT_TLS and finding.kind is Kind.PLAIN_HTTP_400
+        )
+        rewritten = not upgraded and not passed_on and in_scope and ctx.options.esrs_rewrite and finding.rewritable
         if outcome is not None and outcome.answer is not None:
             flow.response = self._labelled(outcome.answer, f"upgraded; {finding.summary}")
         elif rewritten:
             flow.response = self._labelled(rewritten_response(finding, ctx.options.esrs_status, failure))
-        elif failure is not None and finding.kind in fnd.UPGRADABLE:
+        elif failure is not None and finding.kind in fnd.UPGRADABLE and not passed_on:
             # proven TLS port, failed TLS attempt (an untrusted certificate): say so, never fall back to insecure
             flow.response = self._labelled(upgrade_failed_response(finding, failure))
         if error_path and flow.response is not None:
@@ -633,9 +641,13 @@ class EsrsFix:
             )
         elif rewritten:
             action = f"rewritten to a synthetic {ctx.options.esrs_status}"
+        elif passed_on:
+            action = "the server's own answer passed on"
         else:
             action = "not rewritten"
-        if failure is not None:
+        if passed_on:
+            action = f"{failure}; {action}"
+        elif failure is not None:
             action += f"; the TLS attempt failed: {failure}"
         if remembered is not None:  # no detection of its own: one quiet line, not a warning per request of a crowd
             log.info(

@@ -449,7 +449,11 @@ class _Stream(reassembly.Connection):
         head = bytes(self.buf)
         if head.endswith(b"\r\n\r\n"):  # the head is complete
             code = int(status) if status.isdigit() else 0
-            self.report(findings.from_response(code, bytes(body), _header(head, b"x-transformed-from")))
+            self.report(
+                findings.from_response(
+                    code, bytes(body), _header(head, b"x-transformed-from"), _header(head, b"content-type")
+                )
+            )
 
     def report(self, finding: Finding | None) -> None:
         if finding is None:

@@ -194,13 +194,81 @@ def silent_close() -> Finding:
     )
 
 
-#: Phrases of real servers' answers to plaintext on a TLS port, and who says them.
-PLAIN_HTTP_PAGES: tuple[tuple[bytes, str], ...] = (
-    (b"The plain HTTP request was sent to HTTPS port", "nginx"),
-    (b"Client sent an HTTP request to an HTTPS server", "Go net/http"),
-    (b"speaking plain HTTP to an SSL-enabled server port", "Apache httpd"),
-    (b"This combination of host and port requires TLS", "Apache Tomcat"),  # and Spring Boot's embedded Tomcat
+@dataclass(frozen=True)
+class PlainHttpPage:
+    """A real server's whole answer to plaintext on its TLS port, as that server makes it (see tests/realpeers.py).
+
+    Evidence is the page as a whole, never a phrase somewhere in a body: a JSON error that reflects the phrase, a
+    document quoting it, a honeypot's copy are no sign of a TLS port (and a copy that matches whole is caught by the
+    TLS attempt, which then gets no TLS back).
+    """
+
+    server: str
+    #: The words that say it, quoted in the finding's detail.
+    phrase: bytes
+    #: The whole body, matched in full (the parts a configuration changes, such as a version, left open).
+    body: re.Pattern[bytes]
+    #: The media type of its Content-Type header (lower case, no parameters), or None: the server sends none.
+    media_type: str | None
+
+
+def _page(server: str, phrase: bytes, body: bytes, media_type: str | None) -> PlainHttpPage:
+    return PlainHttpPage(server, phrase, re.compile(body), media_type)
+
+
+#: Real servers' pages for plaintext on a TLS port (nginx 1.22, Apache httpd 2.4.71, Tomcat 10.1, Go 1.19 as Debian
+#: ships them; tests/test_real_servers.py meets each one).
+PLAIN_HTTP_PAGES: tuple[PlainHttpPage, ...] = (
+    _page(
+        "nginx",  # ngx_http_error_497_page, the tail naming the server (server_tokens), MSIE/Chrome padding or not
+        b"The plain HTTP request was sent to HTTPS port",
+        rb"<html>\r\n<head><title>400 The plain HTTP request was sent to HTTPS port</title></head>\r\n<body>\r\n"
+        rb"<center><h1>400 Bad Request</h1></center>\r\n<center>The plain HTTP request was sent to HTTPS port</center>"
+        rb"\r\n<hr><center>[^<\r\n]{1,64}</center>\r\n</body>\r\n</html>\r\n"
+        rb"(?:<!-- a padding to disable MSIE and Chrome friendly error page -->\r\n){0,6}",
+        "text/html",
+    ),
+    _page(
+        # the canned 400 (HTML 2.0, or 4.01 in later 2.4), mod_ssl's note, a signature (ServerSignature) or none
+        "Apache httpd",
+        b"speaking plain HTTP to an SSL-enabled server port",
+        rb'<!DOCTYPE HTML PUBLIC "[^"\n]{1,64}"(?: "[^"\n]{1,128}")?>\n<html><head>\n<title>400 Bad Request</title>\n'
+        rb"</head><body>\n<h1>Bad Request</h1>\n<p>Your browser sent a request that this server could not "
+        rb"understand.<br />\nReason: You're speaking plain HTTP to an SSL-enabled server port.<br />\n Instead use "
+        rb"the HTTPS scheme to access this URL, please.<br />\n</p>\n(?:<hr>\n<address>[^\n]{0,512}</address>\n)?"
+        rb"</body></html>\n",
+        "text/html",
+    ),
+    _page(
+        "Apache Tomcat",  # TLSClientHelloExtractor.USE_TLS_RESPONSE; Spring Boot's embedded Tomcat too
+        b"This combination of host and port requires TLS.",
+        rb"Bad Request\r?\nThis combination of host and port requires TLS\.\r?\n",
+        "text/plain",
+    ),
+    _page(
+        "Go net/http",  # written raw by the server, as HTTP/1.0 with no header at all
+        b"Client sent an HTTP request to an HTTPS server.",
+        rb"Client sent an HTTP request to an HTTPS server\.\n",
+        None,
+    ),
 )
+#: No page above is longer (nginx's with its padding is the longest): a longer body is no such page.
+PLAIN_HTTP_PAGE_MAX = 2048
+
+
+def _media_type(content_type: str | None) -> str | None:
+    return None if content_type is None else content_type.split(";", 1)[0].strip().lower()
+
+
+def plain_http_page(body: bytes, content_type: str | None) -> PlainHttpPage | None:
+    """The server whose own "plain HTTP to an HTTPS port" page a 400's body is, whole, with its Content-Type."""
+    if len(body) > PLAIN_HTTP_PAGE_MAX:
+        return None
+    media_type = _media_type(content_type)
+    for page in PLAIN_HTTP_PAGES:
+        if page.media_type == media_type and page.body.fullmatch(body):
+            return page
+    return None
 
 
 #: squid's header on an answer it could not parse as HTTP and passed on under an HTTP/0.9 head of its own.
@@ -212,25 +280,28 @@ def is_http09_wrapping(transformed_from: str | None) -> bool:
     return (transformed_from or "").strip().upper() == TRANSFORMED_FROM_HTTP09
 
 
-def from_response(status_code: int, body: bytes | None, transformed_from: str | None = None) -> Finding | None:
-    """A complete HTTP response that is really the TLS port's answer: a known 400 page, or TLS as the body.
+def from_response(
+    status_code: int, body: bytes | None, transformed_from: str | None = None, content_type: str | None = None
+) -> Finding | None:
+    """A complete HTTP response that is really the TLS port's answer: a real server's 400 page, or TLS as the body.
 
     `transformed_from` is the response's `X-Transformed-From` header: squid's mark on a head it invented.
+    `content_type` is its Content-Type header (None: it had none), part of what makes a 400 a server's own page.
     """
     if not body:
         return None
     if status_code == 400:
-        for phrase, server in PLAIN_HTTP_PAGES:
-            if phrase in body:
-                return Finding(
-                    Kind.PLAIN_HTTP_400,
-                    Confidence.HIGH,
-                    f"The upstream ({server}) says a plain HTTP request reached its HTTPS port. {CHECK_ADVICE}",
-                    raw=body[:4096],
-                    detail=f'HTTP 400 from {server}: "{phrase.decode()}"',
-                    extra={"server_software": server},
-                )
-        return None
+        page = plain_http_page(body, content_type)
+        if page is None:
+            return None
+        return Finding(
+            Kind.PLAIN_HTTP_400,
+            Confidence.HIGH,
+            f"The upstream ({page.server}) says a plain HTTP request reached its HTTPS port. {CHECK_ADVICE}",
+            raw=body,
+            detail=f'HTTP 400 from {page.server}: "{page.phrase.decode()}"',
+            extra={"server_software": page.server},
+        )
     if tls.could_start_tls(body[0]):
         decoded = tls.decode(body)
         wrapped = is_http09_wrapping(transformed_from)

@@ -235,6 +235,8 @@ class Upgrade:
         # silent close proves nothing (a plain server may close an idle connection), and a busy moment passes.
         if not (failure.cause.about_the_target and finding.kind in UPGRADABLE):
             return None
+        if failure.cause is AttemptCause.NOT_TLS:  # evidence against a TLS port: shared with waiters, never remembered
+            return failure
         if self.failure_ttl > 0:
             self._failed[target] = (failure, finding, self._expires(self._clock() + self.failure_ttl))
             self._failed.move_to_end(target)
@@ -463,6 +465,13 @@ def _failure(cause: AttemptCause, detail: str, finding: Finding) -> Failure:
             "esrs-fix holds the first answer whole before the client gets it: raise body_size_limit (its cap is "
             f"{BODY_CAP} bytes when body_size_limit is unset). The target is learned all the same: later requests "
             "go over TLS at once, their bodies streamed as mitmproxy streams them.",
+        )
+    if cause is AttemptCause.NOT_TLS:
+        return Failure(
+            cause,
+            f"the TLS attempt got no TLS back: {detail}",
+            "Nothing is remembered against the target. A server's page that came back to the plaintext request is "
+            "passed on as it came, as without esrs-fix; TLS records get the labelled 502.",
         )
     if cause in (AttemptCause.CLOSED, AttemptCause.RESET):
         return Failure(

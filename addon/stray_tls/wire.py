@@ -220,7 +220,7 @@ def describe(a: Answer) -> tuple[str, Finding | None]:
     if a.error and not a.raw:
         return a.error, None
     if a.status is not None:
-        f = findings.from_response(a.status, a.body, a.header("x-transformed-from"))
+        f = findings.from_response(a.status, a.body, a.header("x-transformed-from"), a.header("content-type"))
         label = f" [X-ESRS-Fix: {a.label}]" if a.label else ""
         if a.framing_problem:  # said with the status: the body read behind it is not to be trusted
             label += f" [framing: {a.framing_problem}]"

@@ -21,6 +21,9 @@ _UNEXPECTED = re.compile(r"unexpected server response: (b(['\"]).*\2)\s*$", re.S
 _BAD_LINE = re.compile(r"Bad HTTP response line: (b(['\"]).*\2)", re.S)
 #: Http1Client, when the upstream closed without a byte.
 SERVER_CLOSED = "server closed connection"
+#: The TLS layer's words (exactly these) when the server closed the connection while the handshake was being
+#: established: had a TLS message come back (an alert, a hello, a record of the wrong kind), OpenSSL would name it.
+_CLOSED_IN_HANDSHAKE = "connection closed"
 #: The TLS layer's rewording of OpenSSL's "tlsv1 alert protocol version".
 _NO_TLS_VERSION = "cannot agree on a TLS version"
 #: The TLS layer's rewording of OpenSSL's "wrong version number" when the upstream answered in ASCII.
@@ -97,6 +100,9 @@ class AttemptCause(enum.StrEnum):
     TIMEOUT = "timeout"
     CLOSED = "closed"
     RESET = "reset"
+    #: The TLS attempt got no TLS back: the server answered the ClientHello in plaintext, or closed before any TLS
+    #: handshake message. Evidence against a TLS port: nothing is remembered against the target.
+    NOT_TLS = "not_tls"
     ROUTE = "route"
     #: The answer over TLS came, but was larger than esrs-fix (or mitmproxy's body_size_limit) would hold.
     TOO_LARGE = "too_large"
@@ -148,6 +154,10 @@ def attempt_cause(message: str) -> tuple[AttemptCause, str]:
     """
     if problem := certificate_problem(message):
         return AttemptCause.CERTIFICATE, problem
+    if _NOT_TLS in message:  # mitmproxy's rewording of OpenSSL's "wrong version number" for an answer in ASCII
+        return AttemptCause.NOT_TLS, "the server answered the ClientHello in plaintext: the port speaks plain HTTP"
+    if message.strip() == _CLOSED_IN_HANDSHAKE:  # the server's close, or an upstream proxy's at its CONNECT
+        return AttemptCause.NOT_TLS, "the connection closed before any TLS handshake message: no sign of a TLS port"
     lowered = message.lower()
     if any(word in lowered for word in _CLIENT_CERTIFICATE_WORDS):
         return AttemptCause.CLIENT_CERTIFICATE, message
