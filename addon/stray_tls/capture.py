@@ -120,11 +120,11 @@ def _header(head: bytes, name: bytes) -> str | None:
 
 
 class _Request:
-    __slots__ = ("frame", "line", "method", "time")
+    __slots__ = ("at", "line", "method", "time")
 
-    def __init__(self, time: float, frame: int) -> None:
+    def __init__(self, time: float, at: tuple[int, int]) -> None:
         self.time = time
-        self.frame = frame  # the frame holding its first byte
+        self.at = at  # the frame holding its first byte, and its tcp.stream
         self.line = b""  # the first REQUEST_PREFIX bytes of the request, once its head is complete
         self.method: bytes | None = None  # known once its head is complete: HEAD and CONNECT frame the answer
 
@@ -142,7 +142,7 @@ class _Stream(reassembly.Connection):
 
     __slots__ = (
         "a",
-        "answer_frame",
+        "answer_at",
         "answered",
         "at_frame",
         "b",
@@ -178,7 +178,9 @@ class _Stream(reassembly.Connection):
         self.at_frame = 0  # the frame that carried the bytes being handed on
         #: per side, the frame numbers of segments held out of order, by sequence number: their bytes go on later
         self.held: tuple[dict[int, int], dict[int, int]] = ({}, {})
-        self.answer_frame = 0  # the frame holding the first byte of the answer being read
+        #: the frame holding the first byte of the answer being read, and its tcp.stream (the answer may be judged
+        #: after a SYN has begun a new conversation on the same addresses)
+        self.answer_at = (0, 0)
         self.client: int | None = None  # 0: a is the client; 1: b is (known from the SYN, else from a method)
         # the client's side
         self.req_buf = bytearray()  # the head of the request being received
@@ -313,7 +315,7 @@ class _Stream(reassembly.Connection):
 
     def begin_request(self, ts: float) -> None:
         self.result.requests += 1
-        request = _Request(ts, self.at_frame)
+        request = _Request(ts, (self.at_frame, self.tcp_stream))
         self.receiving = request
         if self.unkept or len(self.queue) >= MAX_OUTSTANDING:
             self.unkept += 1
@@ -361,7 +363,7 @@ class _Stream(reassembly.Connection):
             if state == _MAYBE_HTTP:  # as long as the answer so far could begin "HTTP/"
                 buf = self.buf
                 if not buf:  # the answer (or the final one after a 1xx) begins here
-                    self.answer_frame = self.at_frame
+                    self.answer_at = (self.at_frame, self.tcp_stream)
                 take = min(5 - len(buf), n - pos)
                 buf += data[pos : pos + take]
                 pos += take
@@ -501,13 +503,13 @@ class _Stream(reassembly.Connection):
         if finding is None:
             return
         if self.queue:
-            time, line, frame = self.queue[0].time, self._line(self.queue[0]), self.queue[0].frame
+            time, line, at = self.queue[0].time, self._line(self.queue[0]), self.queue[0].at
         else:
-            time, line, frame = self.last, UNKEPT_LINE, 0
+            time, line, at = self.last, UNKEPT_LINE, (0, self.tcp_stream)
         if self.answered:
-            frame = self.answer_frame
+            at = self.answer_at
         client, server = (self.a, self.b) if self.client == 0 else (self.b, self.a)
-        self.result.exchanges.append(Exchange(time, client, server, line, finding, frame, self.tcp_stream))
+        self.result.exchanges.append(Exchange(time, client, server, line, finding, *at))
 
     def _line(self, request: _Request) -> str:
         data = bytes(self.req_buf[:REQUEST_PREFIX]) if request is self.receiving else request.line
