@@ -41,8 +41,10 @@ MAX_OUTSTANDING = 64
 MAX_STREAMS = 50_000
 #: Capture seconds after which an idle stream is finished.
 IDLE_SECONDS = 300.0
-#: Address/port pairs remembered for Wireshark's `tcp.stream` numbering; beyond this the older half is forgotten.
-MAX_CONVERSATIONS = 1_000_000
+#: Address/port pairs remembered for Wireshark's `tcp.stream` numbering (about 150 bytes each); beyond this the older
+#: half is forgotten, and a late packet of a forgotten pair would be counted as a new conversation.
+MAX_CONVERSATIONS = 250_000
+_BASE = (1 << 33) - 1  # one base in `_Conversations`' packed int
 
 METHODS = (b"GET ", b"POST ", b"PUT ", b"HEAD ", b"DELETE ", b"OPTIONS ", b"PATCH ", b"CONNECT ", b"TRACE ")
 
@@ -594,32 +596,37 @@ class _Conversations:
     __slots__ = ("count", "known")
 
     def __init__(self) -> None:
-        # the pair as first seen (either direction's key finds it) -> [index, base of that direction, of the other]
-        self.known: dict[bytes, list[int]] = {}
+        #: the pair as first seen (either direction's key finds it) -> its index and the two bases in one int (the
+        #: smallest Python object for them: this table grows with the connections, not with what is followed):
+        #: index << 66 | (base of that direction + 1) << 33 | (base of the other + 1), 0 for a base not known yet
+        self.known: dict[bytes, int] = {}
         self.count = 0
 
-    def index(self, key: bytes, seq: int, ack: int, flags: int) -> list[int]:
-        """The conversation of a packet whose stream key is `key`: [its `tcp.stream`, the bases (-1: not yet)]."""
+    def index(self, key: bytes, seq: int, ack: int, flags: int) -> tuple[int, bool]:
+        """The `tcp.stream` of a packet whose stream key is `key`, and whether both its bases are known now."""
         known = self.known
-        side = 0
-        entry = known.get(key)
-        if entry is None:
-            entry = known.get(_reverse(key))
-            side = 1
-        if entry is None or (flags & (_SYN | _ACK) == _SYN and entry[1 + side] >= 0 and seq != entry[1 + side]):
-            if entry is not None:
-                del known[key if side == 0 else _reverse(key)]
+        mine, theirs = 33, 0  # where this packet's direction keeps its base, and where the other does
+        at = key
+        packed = known.get(key)
+        if packed is None:
+            at = _reverse(key)
+            packed = known.get(at)
+            mine, theirs = 0, 33
+        base = -1 if packed is None else (packed >> mine & _BASE) - 1
+        if packed is None or (flags & (_SYN | _ACK) == _SYN and base >= 0 and seq != base):
+            if packed is not None:
+                del known[at]
             if len(known) >= MAX_CONVERSATIONS:  # the older half goes: their pairs seldom come back
                 for old in list(known)[: MAX_CONVERSATIONS // 2]:
                     del known[old]
-            entry = known[key] = [self.count, -1, -1]
+            at, packed, mine, theirs, base = key, self.count << 66, 33, 0, -1
             self.count += 1
-            side = 0
-        if entry[1 + side] < 0:
-            entry[1 + side] = seq if flags & _SYN else (seq - 1) & _SEQ
-        if entry[2 - side] < 0 and flags & _ACK:
-            entry[2 - side] = (ack - 1) & _SEQ
-        return entry
+        if base < 0:
+            packed |= ((seq if flags & _SYN else (seq - 1) & _SEQ) + 1) << mine
+        if not packed >> theirs & _BASE and flags & _ACK:
+            packed |= (((ack - 1) & _SEQ) + 1) << theirs
+        known[at] = packed
+        return packed >> 66, bool(packed >> theirs & _BASE)
 
 
 # -- reading frames
@@ -804,7 +811,7 @@ def scan(path: Path, on_progress: Callable[[int, int], None] | None = None) -> S
             size = end - start if end > start else 0
             entry = get(key)
             if entry is None:
-                tcp_stream = conversation(key, seq, ack, flags)[0]  # Wireshark numbers every packet's pair
+                tcp_stream, settled = conversation(key, seq, ack, flags)  # Wireshark numbers every packet's pair
                 if not (size or flags & _SYN):
                     continue  # the last ACK or FIN of a stream already finished
                 half = (len(key) - 4) // 2
@@ -817,6 +824,7 @@ def scan(path: Path, on_progress: Callable[[int, int], None] | None = None) -> S
                 )
                 if flags & _SYN:  # SYN: this side connects; SYN-ACK: the other side did
                     stream.client = 1 if flags & _ACK else 0
+                stream.unsettled = not settled
                 streams[key] = (stream, 0)
                 streams[_reverse(key)] = (stream, 1)
                 result.tcp_streams += 1
@@ -829,9 +837,8 @@ def scan(path: Path, on_progress: Callable[[int, int], None] | None = None) -> S
             else:
                 stream, side = entry
                 if flags & _SYN or stream.unsettled:  # a SYN may begin a new conversation; the first packets set bases
-                    numbered = conversation(key, seq, ack, flags)
-                    stream.tcp_stream = numbered[0]
-                    stream.unsettled = min(numbered) < 0
+                    stream.tcp_stream, settled = conversation(key, seq, ack, flags)
+                    stream.unsettled = not settled
             stream.last = ts
             stream.frame = count
             if not flags & 0x07:  # no SYN, FIN or RST
