@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -73,3 +74,65 @@ def test_help_lists_every_command() -> None:
         assert esrs_fix(command, "--help").returncode == 0, command
     p = esrs_fix("lab", "--help")
     assert "serve-esrs" in p.stdout and "faulty-proxy" in p.stdout
+
+
+# -- output read only in part: `| head -1`, a pager quit early
+
+
+def test_pcap_piped_to_head_ends_quietly(tmp_path: Path) -> None:
+    """A capture whose report is far larger than a pipe holds: head takes one line and goes; the rest of the writing
+    meets the closed pipe. No traceback, and 141 as for any program cut off so (the module's docstring)."""
+    pytest.importorskip("dpkt")
+    from stray_tls.lab.servers import ALERT_TLS10
+    from tests.capgen import Conversation, write_capture
+
+    path = tmp_path / "many.pcap"
+    request = b"GET https://esrs.example:443/ HTTP/1.1\r\nHost: esrs.example:443\r\n\r\n"
+    write_capture(
+        path,
+        [
+            Conversation((f"10.1.{n // 250}.{n % 250 + 1}", 40000), ("10.0.0.1", 8080), [(request, ALERT_TLS10)])
+            for n in range(3000)
+        ],
+    )
+    script = '"$0" -m stray_tls.main pcap "$1" 2>"$2" | head -1; echo "status ${PIPESTATUS[0]}"'
+    p = subprocess.run(
+        ["bash", "-c", script, sys.executable, str(path), str(tmp_path / "stderr")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    first, status = p.stdout.splitlines()
+    assert "10.1.0.1:40000 -> 10.0.0.1:8080" in first
+    assert (tmp_path / "stderr").read_text() == ""  # no BrokenPipeError, no "Exception ignored"
+    assert status == "status 141"
+
+
+@pytest.mark.parametrize("command", [["decode", "15 03 01 00 02 02 0a"], ["path"]])
+def test_output_to_a_pipe_already_closed_ends_quietly(command: list[str]) -> None:
+    """The reader gone before a byte is written (a pager quit at once): deterministic, whatever the output's size."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        p = subprocess.run(
+            [sys.executable, "-m", "stray_tls.main", *command],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(write)
+    assert p.stderr == "" and p.returncode == 141
+
+
+def test_a_sockets_broken_pipe_is_not_taken_for_stdouts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only standard output's reader going away is quiet: a peer closing a socket mid-write stays an error."""
+    from stray_tls import cli, main
+
+    def peer_gone(*_: object) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(cli, "run", peer_gone)
+    with pytest.raises(BrokenPipeError):
+        main.main(["path"])

@@ -376,6 +376,29 @@ def test_sigterm_stops_every_process_the_lab_started(tmp_path) -> None:
     assert left == []
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_serve_esrs_stopped_by_a_signal_removes_its_private_key(sig: signal.Signals) -> None:
+    """`kill` or a closed terminal stops the stand-in server as Ctrl-C does: its temporary folder (its key) goes."""
+    server = subprocess.Popen(
+        [sys.executable, "-m", "stray_tls.main", "lab", "serve-esrs"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stderr is not None
+        said = server.stderr.readline()  # the line that says where the certificate and key are
+        folder = Path(said.split("its certificate and key in ", 1)[1].split(",", 1)[0])
+        assert (folder / "esrs-lab-key.pem").exists(), said
+        server.send_signal(sig)  # our own process, by its id
+        assert server.wait(timeout=30) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait(timeout=30)
+    assert not folder.exists()
+
+
 def test_free_ports_are_never_handed_out_twice() -> None:
     """One mitmdump with two modes on one port refuses to start (a CI run failed so): every port is new."""
     ports = [servers.free_port() for _ in range(3000)]

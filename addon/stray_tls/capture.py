@@ -9,6 +9,11 @@ and the bytes of a body already decided on are counted, not looked at, so memory
 capture and most packets cost a few header reads. dpkt reads the file formats (and decodes the rare frames the
 header reads here do not cover). A truncated or corrupt file ends the scan with a clear message, and what was
 read so far is still reported. Needs dpkt (`pip install esrs-fix[pcap]`).
+
+Every exchange carries its Wireshark coordinates, so that it can be looked at there: `frame`, the frame number
+(1-based, every frame of the file counted) of the packet holding the answer's first byte (the request's first byte
+when no answer came), and `tcp_stream`, Wireshark's `tcp.stream` index, counted as Wireshark counts it
+(`_Conversations`): independently of how long this reader follows a connection.
 """
 
 from __future__ import annotations
@@ -36,6 +41,10 @@ MAX_OUTSTANDING = 64
 MAX_STREAMS = 50_000
 #: Capture seconds after which an idle stream is finished.
 IDLE_SECONDS = 300.0
+#: Address/port pairs remembered for Wireshark's `tcp.stream` numbering (about 150 bytes each); beyond this the older
+#: half is forgotten, and a late packet of a forgotten pair would be counted as a new conversation.
+MAX_CONVERSATIONS = 250_000
+_BASE = (1 << 33) - 1  # one base in `_Conversations`' packed int
 
 METHODS = (b"GET ", b"POST ", b"PUT ", b"HEAD ", b"DELETE ", b"OPTIONS ", b"PATCH ", b"CONNECT ", b"TRACE ")
 
@@ -60,6 +69,10 @@ class Exchange:
     server: str
     request_line: str
     finding: Finding
+    #: Wireshark's frame number of the answer's first packet (of the request's when no answer came).
+    frame: int = 0
+    #: Wireshark's `tcp.stream` index of the connection.
+    tcp_stream: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -67,6 +80,8 @@ class Exchange:
             "client": self.client,
             "server": self.server,
             "request_line": self.request_line,
+            "frame": self.frame,
+            "tcp_stream": self.tcp_stream,
             **self.finding.to_dict(),
         }
 
@@ -107,10 +122,11 @@ def _header(head: bytes, name: bytes) -> str | None:
 
 
 class _Request:
-    __slots__ = ("line", "method", "time")
+    __slots__ = ("at", "line", "method", "time")
 
-    def __init__(self, time: float) -> None:
+    def __init__(self, time: float, at: tuple[int, int]) -> None:
         self.time = time
+        self.at = at  # the frame holding its first byte, and its tcp.stream
         self.line = b""  # the first REQUEST_PREFIX bytes of the request, once its head is complete
         self.method: bytes | None = None  # known once its head is complete: HEAD and CONNECT frame the answer
 
@@ -128,7 +144,9 @@ class _Stream(reassembly.Connection):
 
     __slots__ = (
         "a",
+        "answer_at",
         "answered",
+        "at_frame",
         "b",
         "body",
         "body_left",
@@ -136,6 +154,8 @@ class _Stream(reassembly.Connection):
         "chunks",
         "client",
         "decided",
+        "frame",
+        "held",
         "limit",
         "queue",
         "receiving",
@@ -145,13 +165,24 @@ class _Stream(reassembly.Connection):
         "result",
         "state",
         "status",
+        "tcp_stream",
         "unkept",
+        "unsettled",
     )
 
-    def __init__(self, a: str, b: str, result: ScanResult) -> None:
+    def __init__(self, a: str, b: str, result: ScanResult, tcp_stream: int) -> None:
         self.a, self.b = a, b  # the first packet's source and destination
         self.result = result
+        self.tcp_stream = tcp_stream  # Wireshark's index (a new one when the address pair is reused after a SYN)
+        self.unsettled = True  # Wireshark's bases of the conversation are not both known yet
         super().__init__()
+        self.frame = 0  # the frame number of the segment being handed in (set by the scan loop)
+        self.at_frame = 0  # the frame that carried the bytes being handed on
+        #: per side, the frame numbers of segments held out of order, by sequence number: their bytes go on later
+        self.held: tuple[dict[int, int], dict[int, int]] = ({}, {})
+        #: the frame holding the first byte of the answer being read, and its tcp.stream (the answer may be judged
+        #: after a SYN has begun a new conversation on the same addresses)
+        self.answer_at = (0, 0)
         self.client: int | None = None  # 0: a is the client; 1: b is (known from the SYN, else from a method)
         # the client's side
         self.req_buf = bytearray()  # the head of the request being received
@@ -172,6 +203,23 @@ class _Stream(reassembly.Connection):
         self.answered = False  # bytes of an answer to queue[0] have arrived
 
     # -- what the reassembly hands on
+
+    def hold(self, side: int, seq: int) -> None:
+        """The segment at `seq` just handed in was kept out of order: remember its frame for when it goes on."""
+        if seq in self.pending[side]:
+            self.held[side].setdefault(seq, self.frame)
+
+    def deliver(self, side: int, data: bytes, ts: float) -> None:
+        held = self.held[side]
+        if held:  # bytes kept out of order may be going on now, from an earlier frame than the current one
+            nxt = self.nxt[side]
+            assert nxt is not None
+            self.at_frame = held.pop((nxt - len(data)) & _SEQ, self.frame)
+            if not self.pending[side]:
+                held.clear()
+        else:
+            self.at_frame = self.frame
+        super().deliver(side, data, ts)
 
     def stream_bytes(self, side: int, data: bytes, ts: float) -> None:
         if self.client is None:  # no SYN seen: the first side to send an HTTP method asks
@@ -269,7 +317,7 @@ class _Stream(reassembly.Connection):
 
     def begin_request(self, ts: float) -> None:
         self.result.requests += 1
-        request = _Request(ts)
+        request = _Request(ts, (self.at_frame, self.tcp_stream))
         self.receiving = request
         if self.unkept or len(self.queue) >= MAX_OUTSTANDING:
             self.unkept += 1
@@ -316,6 +364,8 @@ class _Stream(reassembly.Connection):
                 state = self.state = _MAYBE_HTTP
             if state == _MAYBE_HTTP:  # as long as the answer so far could begin "HTTP/"
                 buf = self.buf
+                if not buf:  # the answer (or the final one after a 1xx) begins here
+                    self.answer_at = (self.at_frame, self.tcp_stream)
                 take = min(5 - len(buf), n - pos)
                 buf += data[pos : pos + take]
                 pos += take
@@ -459,11 +509,13 @@ class _Stream(reassembly.Connection):
         if finding is None:
             return
         if self.queue:
-            time, line = self.queue[0].time, self._line(self.queue[0])
+            time, line, at = self.queue[0].time, self._line(self.queue[0]), self.queue[0].at
         else:
-            time, line = self.last, UNKEPT_LINE
+            time, line, at = self.last, UNKEPT_LINE, (0, self.tcp_stream)
+        if self.answered:
+            at = self.answer_at
         client, server = (self.a, self.b) if self.client == 0 else (self.b, self.a)
-        self.result.exchanges.append(Exchange(time, client, server, line, finding))
+        self.result.exchanges.append(Exchange(time, client, server, line, finding, *at))
 
     def _line(self, request: _Request) -> str:
         data = bytes(self.req_buf[:REQUEST_PREFIX]) if request is self.receiving else request.line
@@ -531,6 +583,56 @@ class _Stream(reassembly.Connection):
                 self.decide_http(final=True)
 
 
+# -- Wireshark's tcp.stream
+
+
+class _Conversations:
+    """Wireshark's `tcp.stream` numbering (its TCP dissector, checked against tshark 4.0 in the tests).
+
+    Any TCP packet of an address/port pair not seen before begins a conversation, numbered from 0 in order of
+    appearance; so does a SYN (without ACK) whose sequence number differs from the base Wireshark keeps for that
+    direction (the port pair reused: a retransmitted SYN, same number, is not). The base of a direction is set by its
+    first packet (a SYN's own number, else the number less one) or, before that, by the other direction's first ACK
+    (the number acknowledged less one). Kept apart from the streams this reader follows: those are dropped when
+    closed or idle, while Wireshark's stay for the whole file.
+    """
+
+    __slots__ = ("count", "known")
+
+    def __init__(self) -> None:
+        #: the pair as first seen (either direction's key finds it) -> its index and the two bases in one int (the
+        #: smallest Python object for them: this table grows with the connections, not with what is followed):
+        #: index << 66 | (base of that direction + 1) << 33 | (base of the other + 1), 0 for a base not known yet
+        self.known: dict[bytes, int] = {}
+        self.count = 0
+
+    def index(self, key: bytes, seq: int, ack: int, flags: int) -> tuple[int, bool]:
+        """The `tcp.stream` of a packet whose stream key is `key`, and whether both its bases are known now."""
+        known = self.known
+        mine, theirs = 33, 0  # where this packet's direction keeps its base, and where the other does
+        at = key
+        packed = known.get(key)
+        if packed is None:
+            at = _reverse(key)
+            packed = known.get(at)
+            mine, theirs = 0, 33
+        base = -1 if packed is None else (packed >> mine & _BASE) - 1
+        if packed is None or (flags & (_SYN | _ACK) == _SYN and base >= 0 and seq != base):
+            if packed is not None:
+                del known[at]
+            if len(known) >= MAX_CONVERSATIONS:  # the older half goes: their pairs seldom come back
+                for old in list(known)[: MAX_CONVERSATIONS // 2]:
+                    del known[old]
+            at, packed, mine, theirs, base = key, self.count << 66, 33, 0, -1
+            self.count += 1
+        if base < 0:
+            packed |= ((seq if flags & _SYN else (seq - 1) & _SEQ) + 1) << mine
+        if not packed >> theirs & _BASE and flags & _ACK:
+            packed |= (((ack - 1) & _SEQ) + 1) << theirs
+        known[at] = packed
+        return packed >> 66, bool(packed >> theirs & _BASE)
+
+
 # -- reading frames
 
 
@@ -589,12 +691,12 @@ def _packets(f: BinaryIO) -> tuple[Iterator[tuple[float, bytes]], Callable[[byte
 
 
 _IP4 = struct.Struct(">BxH2xHxB").unpack_from  # version+IHL, total length, flags+fragment offset, protocol
-_TCP = struct.Struct(">4xI4xBB").unpack_from  # sequence number, data offset, flags
+_TCP = struct.Struct(">4xIIBB").unpack_from  # sequence number, acknowledgment number, data offset, flags
 _PORTS = struct.Struct(">HH")
 
 
-def _dpkt_tcp(decode: Callable[[bytes], Any], buf: bytes) -> tuple[bytes, int, int, bytes] | None:
-    """The slow way, for the frames `_at_*` leave to dpkt: (stream key, seq, flags, payload) of a TCP segment."""
+def _dpkt_tcp(decode: Callable[[bytes], Any], buf: bytes) -> tuple[bytes, int, int, int, bytes] | None:
+    """The slow way, for the frames `_at_*` leave to dpkt: (stream key, seq, ack, flags, payload) of a TCP segment."""
     import dpkt
 
     try:
@@ -613,7 +715,7 @@ def _dpkt_tcp(decode: Callable[[bytes], Any], buf: bytes) -> tuple[bytes, int, i
     if not isinstance(tcp, dpkt.tcp.TCP):
         return None
     key = bytes(layer.src) + bytes(layer.dst) + _PORTS.pack(tcp.sport, tcp.dport)
-    return key, tcp.seq, tcp.flags, bytes(tcp.data)
+    return key, tcp.seq, tcp.ack, tcp.flags, bytes(tcp.data)
 
 
 def _reason(e: BaseException) -> str:
@@ -657,6 +759,7 @@ def scan(path: Path, on_progress: Callable[[int, int], None] | None = None) -> S
             dpkt.ip6.IP6: frames.at_raw,
         }[decode]  # type: ignore[index]
         ip4, tcp_fields, get = _IP4, _TCP, streams.get
+        conversation = _Conversations().index
         count = 0
         while True:
             try:
@@ -696,7 +799,7 @@ def scan(path: Path, on_progress: Callable[[int, int], None] | None = None) -> S
                     key = buf[off + 8 : t + 4]
                 if end - t < 20:
                     continue
-                seq, doff, flags = tcp_fields(buf, t)
+                seq, ack, doff, flags = tcp_fields(buf, t)
                 doff = (doff >> 4) << 2
                 if doff < 20:
                     continue
@@ -707,20 +810,25 @@ def scan(path: Path, on_progress: Callable[[int, int], None] | None = None) -> S
                 slow = _dpkt_tcp(decode, buf)
                 if slow is None:
                     continue
-                key, seq, flags, buf = slow
+                key, seq, ack, flags, buf = slow
                 start, end = 0, len(buf)
             size = end - start if end > start else 0
             entry = get(key)
             if entry is None:
+                tcp_stream, settled = conversation(key, seq, ack, flags)  # Wireshark numbers every packet's pair
                 if not (size or flags & _SYN):
                     continue  # the last ACK or FIN of a stream already finished
                 half = (len(key) - 4) // 2
                 sport, dport = _PORTS.unpack_from(key, 2 * half)
                 stream = _Stream(
-                    frames.endpoint(key[:half], sport), frames.endpoint(key[half : 2 * half], dport), result
+                    frames.endpoint(key[:half], sport),
+                    frames.endpoint(key[half : 2 * half], dport),
+                    result,
+                    tcp_stream,
                 )
                 if flags & _SYN:  # SYN: this side connects; SYN-ACK: the other side did
                     stream.client = 1 if flags & _ACK else 0
+                stream.unsettled = not settled
                 streams[key] = (stream, 0)
                 streams[_reverse(key)] = (stream, 1)
                 result.tcp_streams += 1
@@ -732,7 +840,11 @@ def scan(path: Path, on_progress: Callable[[int, int], None] | None = None) -> S
                         close(k)
             else:
                 stream, side = entry
+                if flags & _SYN or stream.unsettled:  # a SYN may begin a new conversation; the first packets set bases
+                    stream.tcp_stream, settled = conversation(key, seq, ack, flags)
+                    stream.unsettled = not settled
             stream.last = ts
+            stream.frame = count
             if not flags & 0x07:  # no SYN, FIN or RST
                 if not size:
                     continue
@@ -743,6 +855,8 @@ def scan(path: Path, on_progress: Callable[[int, int], None] | None = None) -> S
                     stream.nxt[side] = (seq + size) & _SEQ
                     continue
                 stream.segment(side, seq, flags, buf[start:end], ts)
+                if stream.pending[side]:
+                    stream.hold(side, seq)
                 continue
             stream.segment(side, seq, flags, buf[start:end], ts)
             if flags & (_FIN | _RST) and (side != stream.client or flags & _RST):

@@ -294,6 +294,8 @@ def cmd_pcap(args: argparse.Namespace) -> int:
             print(f"    {ex.finding.summary}  [{ex.finding.kind}, confidence {ex.finding.confidence}]")
             if ex.finding.raw and ex.finding.kind is not findings.Kind.PLAIN_HTTP_400:
                 print(f"    raw: {records.hexdump(ex.finding.raw, 32)}")
+            # where to look in Wireshark: Go to Packet (Ctrl-G) for the frame, the filter pasted as it stands
+            print(f"    wireshark: frame {ex.frame}  filter: tcp.stream eq {ex.tcp_stream}")
         print(
             f"{result.packets} packets, {result.tcp_streams} TCP streams, {result.requests} HTTP requests, "
             f"{len(result.exchanges)} answered by TLS or a plain-HTTP-to-HTTPS complaint"
@@ -413,7 +415,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
         "pcap",
         help="find HTTP requests answered by TLS records in a pcap/pcapng capture",
         description="Scan a capture (pcap or pcapng; streamed, so size does not matter) for HTTP requests answered by "
-        "TLS records instead of HTTP, by a silent close, or by a 'plain HTTP sent to HTTPS port' page. Exit status: "
+        "TLS records instead of HTTP, by a silent close, or by a 'plain HTTP sent to HTTPS port' page; each with "
+        "its Wireshark frame number and tcp.stream filter. Exit status: "
         "0 read completely, 2 not readable as a capture, 3 truncated or corrupt (what was read is reported).",
     )
     p.add_argument("file", type=Path, help="the capture file")

@@ -11,6 +11,7 @@ import signal
 import sys
 import textwrap
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from .. import records
@@ -123,6 +124,19 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+@contextlib.contextmanager
+def _stopped_like_ctrl_c() -> Iterator[None]:
+    """SIGTERM (a CI timeout, `kill`) and SIGHUP (the terminal closed) unwind like Ctrl-C while the block runs, so
+    that every process the lab started is stopped and its temporary folder (the lab's private key) removed."""
+    wanted = [signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])]
+    previous = {s: signal.signal(s, _interrupt) for s in wanted}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
 def cmd_lab(args: argparse.Namespace) -> int:
     from .. import compat  # here, not at the top: the other esrs-fix commands start without importing mitmproxy
 
@@ -149,16 +163,15 @@ def cmd_lab(args: argparse.Namespace) -> int:
             f"proxy in the field: {args.proxy}, latency {args.latency:g} ms each way (proxies to servers), "
             f"check timeout {timeout:g} s"
         )
-        # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so that every process the lab started is stopped.
-        previous = signal.signal(signal.SIGTERM, _interrupt)
         try:
-            with Lab(workdir, timeout=timeout, progress=_progress, proxy=args.proxy, latency=latency) as lab:
+            with (
+                _stopped_like_ctrl_c(),
+                Lab(workdir, timeout=timeout, progress=_progress, proxy=args.proxy, latency=latency) as lab,
+            ):
                 rows = run_scenarios(lab, keys)
         except (proxies.ProxyFailed, MitmError) as e:
             print(f"esrs-fix lab: {e}", file=sys.stderr)
             return 1
-        finally:
-            signal.signal(signal.SIGTERM, previous)
     if args.json:
         out = {
             "passed": all(r.ok for r in rows),
@@ -198,8 +211,9 @@ def render_table(rows: list[Row]) -> str:
 
 
 def _wait_forever(what: str) -> int:
-    _progress(f"{what}; Ctrl-C stops it")
-    with contextlib.suppress(KeyboardInterrupt):
+    """Until Ctrl-C, SIGTERM or SIGHUP (the caller has `_stopped_like_ctrl_c` on): 0, as stopping is the way out."""
+    with contextlib.suppress(KeyboardInterrupt):  # entered before it says so: a signal right after the line is no error
+        _progress(f"{what}; Ctrl-C stops it")
         threading.Event().wait()
     return 0
 
@@ -211,13 +225,14 @@ def cmd_serve_esrs(args: argparse.Namespace) -> int:
         alert=records.encode_alert(2, args.alert, version),
         tls10_only=args.tls10_only,
     )
-    with servers.temporary_directory() as tmp:
+    with _stopped_like_ctrl_c(), servers.temporary_directory() as tmp:
         cert = servers.make_certificate(Path(tmp))
         started = [servers.EsrsServer(cert, behaviour, port=p).start() for p in (args.port or [0, 0])]
         try:
             ports = ", ".join(f"127.0.0.1:{s.port}" for s in started)
             return _wait_forever(
-                f"stand-in ESRS server on {ports}; plaintext gets {args.plaintext} ({records.hexdump(behaviour.alert)})"
+                f"stand-in ESRS server on {ports}; plaintext gets {args.plaintext} "
+                f"({records.hexdump(behaviour.alert)}); its certificate and key in {tmp}, removed when it stops"
             )
         finally:
             for s in started:
@@ -225,6 +240,11 @@ def cmd_serve_esrs(args: argparse.Namespace) -> int:
 
 
 def cmd_faulty_proxy(args: argparse.Namespace) -> int:
+    with _stopped_like_ctrl_c():
+        return _serve_faulty_proxy(args)
+
+
+def _serve_faulty_proxy(args: argparse.Namespace) -> int:
     proxy = servers.FaultyProxy(dict(args.route), well_behaved=args.well_behaved, port=args.port).start()
     try:
         kind = "well-behaved" if args.well_behaved else "faulty (plaintext for https:// URLs)"
