@@ -51,10 +51,10 @@ GUARDED_NAMES = {
 }
 _DOTTED_MITMPROXY = re.compile(r"\bmitmproxy(?:\.[A-Za-z_]\w*)+")
 #: The package's modules from the bottom up (relative names; "" is the package's own __init__): each may import
-#: only modules before it. The README's Layout lists them in this order (subpackages as one line). The package
-#: __init__s come first: importing any module runs them, so they import nothing of their own (`records` stays free
-#: of mitmproxy); compat's is the exception, after its submodules: it re-exports them, and the modules below it
-#: import none of them.
+#: only modules before it. The Layout in docs/development.md lists them in this order (subpackages as one line).
+#: The package __init__s come first: importing any module runs them, so they import nothing of their own (`records`
+#: stays free of mitmproxy); compat's is the exception, after its submodules: it re-exports them, and the modules
+#: below it import none of them.
 LAYERS = (
     "",
     "names",
@@ -377,11 +377,16 @@ def test_stray_tls_imports_have_no_cycle(package: dict[str, Module]) -> None:
 
 def test_stray_tls_imports_point_down_the_layers(package: dict[str, Module]) -> None:
     violations = upward_imports(package, "stray_tls", LAYERS)
-    assert not violations, "imports must point down LAYERS (and the README's Layout):\n" + _report(violations)
+    assert not violations, "imports must point down LAYERS (and docs/development.md's Layout):\n" + _report(violations)
+
+
+#: The documentation beside the README (docs/*.md): the README links here; what it once held in full lives here now.
+DOCS = SOURCE_ROOT.parent / "docs"
 
 
 def readme_layout_modules(readme: str) -> list[str]:
-    """The package's modules in the order the README's Layout block lists them (`  a.py, b.py   what they hold`)."""
+    """The package's modules in the order the Layout block (docs/development.md) lists them (`  a.py, b.py   what
+    they hold`)."""
     block = readme.split("## Layout", 1)[1].split("```")[1]
     names: list[str] = []
     for line in block.splitlines():
@@ -391,10 +396,10 @@ def readme_layout_modules(readme: str) -> list[str]:
     return names
 
 
-def test_the_readmes_layout_lists_the_modules_in_the_order_imports_point() -> None:
-    listed = readme_layout_modules((SOURCE_ROOT.parent / "README.md").read_text())
+def test_the_documented_layout_lists_the_modules_in_the_order_imports_point() -> None:
+    listed = readme_layout_modules((DOCS / "development.md").read_text())
     layers = [name for name in LAYERS if name and "." not in name]
-    assert listed == layers, "the README's Layout and LAYERS disagree"
+    assert listed == layers, "the Layout in docs/development.md and LAYERS disagree"
 
 
 def test_the_product_never_imports_the_lab(package: dict[str, Module]) -> None:
@@ -579,12 +584,12 @@ def _backticked(text: str) -> set[str]:
     return set(re.findall(r"`([a-z_]+)`", text))
 
 
-def test_the_readme_lists_the_records_keys() -> None:
-    """The report's keys and the metadata's keys, as the README lists them, are the record's (record.keys())."""
+def test_the_docs_list_the_records_keys() -> None:
+    """The report's keys and the metadata's keys, as docs/output.md lists them, are the record's (record.keys())."""
     from stray_tls import record
 
-    readme = (SOURCE_ROOT.parent / "README.md").read_text()
-    report = readme.split("### The report", 1)[1].split("A path that cannot be opened", 1)[0]
+    readme = (DOCS / "output.md").read_text()
+    report = readme.split("## The report", 1)[1].split("A path that cannot be opened", 1)[0]
     assert _backticked(report) - {"esrs_report"} == set(record.REPORT_KEYS) | set(record.keys())
     metadata = readme.split('`flow.metadata["esrs_fix"]`', 1)[1].split("Flows that are not live", 1)[0]
     kinds_and_levels = {"high", "medium", "low", "http_status"} | {str(k) for k in findings.Kind}
