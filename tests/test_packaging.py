@@ -105,6 +105,9 @@ def test_the_sdist_holds_what_a_user_reads(dist: Path) -> None:
         assert licence is not None
         text = licence.read().decode()
     assert {"LICENSE", "README.md", "CHANGELOG.md", "pyproject.toml", "addon/esrs_fix.py"} <= names
+    # the pages the README links to, and the screenshot it shows
+    docs = {str(p.relative_to(ROOT)) for p in (ROOT / "docs").iterdir() if p.suffix in (".md", ".png")}
+    assert docs and docs <= names, docs - names
     assert text.startswith("MIT License") and "Copyright (c) 2026 the esrs-fix authors" in text
 
 
