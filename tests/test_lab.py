@@ -321,7 +321,7 @@ def test_the_labs_table_through_pproxy_as_the_readme_shows_it(workdir: Path) -> 
     ("name", "missing", "hint"),
     [
         ("squid", "_which", "squid is not installed: apt-get install squid"),
-        ("pproxy", "_has_module", "pip install 'esrs-fix[lab]'"),
+        ("pproxy", "_has_module", f"{sys.executable} -m pip install -e '{ROOT}[lab]'"),  # in a checkout
     ],
 )
 def test_a_proxy_that_is_not_installed_gets_the_command_that_installs_it(

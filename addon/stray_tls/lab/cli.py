@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .. import records
+from ..launch import install_hint
 from ..pasted import argument, parse_hostport, parse_route
 from . import proxies, servers
 from .check import run_check
@@ -36,7 +37,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         choices=LAB_PROXIES,
         default=BUILTIN,
         help="the proxy in the field: the built-in faulty proxy (default; needs nothing installed), or a real one, "
-        "started for each scenario on a free loopback port (proxy.py, pproxy: pip install 'esrs-fix[lab]'; "
+        "started for each scenario on a free loopback port (proxy.py, pproxy: "
+        + install_hint("lab", "proxy.py", "pproxy").replace("%", "%%")
+        + "; "
         "squid: apt-get install squid, with a plaintext cache_peer where it must forward https:// itself)",
     )
     lab.add_argument(
