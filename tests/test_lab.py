@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -223,9 +225,9 @@ ROOT = Path(__file__).resolve().parent.parent
 KEYS = ("A", "B", "C", "D", "E1", "E2", "F", "G", "H")
 
 
-def _lab_script_reuses_this_venv() -> bool:
-    """Whether `scripts/lab` would run in this very virtualenv, ready as it is: it picks Python 3.11 first (else
-    3.12, 3.13), and rebuilds a virtualenv whose stamp is stale, which must not happen under a running test."""
+def _lab_script_is_ready() -> bool:
+    """Whether `scripts/lab` would run at once: it picks Python 3.11 first (else 3.12, 3.13), and rebuilds a
+    virtualenv whose stamp is stale, which must not happen under a running test (the machine may be offline)."""
     pick = subprocess.run(
         [
             "bash",
@@ -240,14 +242,14 @@ def _lab_script_reuses_this_venv() -> bool:
         check=False,
     )
     name, spec = (
-        ("py311-mitm11", "mitmproxy>=11,<12") if pick.stdout.strip() == "11" else ("py3-mitm12", "mitmproxy>=12,<13")
+        ("lab-mitm11", "mitmproxy>=11,<12") if pick.stdout.strip() == "11" else ("lab-mitm12", "mitmproxy>=12,<13")
     )
     venv = ROOT / ".venv" / name
-    want = f"{hashlib.sha256((ROOT / 'pyproject.toml').read_bytes()).hexdigest()[:16]} {spec} test"
+    want = f"{hashlib.sha256((ROOT / 'pyproject.toml').read_bytes()).hexdigest()[:16]} {spec} lab"
     stamp = venv / ".esrs-installed"
     return (
         pick.returncode == 0
-        and Path(sys.prefix).resolve() == venv.resolve()
+        and (venv / "bin" / "python").exists()
         and stamp.is_file()
         and stamp.read_text().strip() == want
     )
@@ -263,11 +265,9 @@ def test_the_labs_table_through_pproxy_as_the_readme_shows_it(workdir: Path) -> 
         proxies.find("pproxy")
     except proxies.ProxyMissing as e:
         pytest.skip(str(e))
-    # the README's command; in another virtualenv than this one, the command it runs (esrs-fix lab), here
+    # the README's command where its virtualenv is ready (the lab extra alone); else the command it runs, here
     command = (
-        [str(ROOT / "scripts" / "lab")]
-        if _lab_script_reuses_this_venv()
-        else [sys.executable, "-m", "stray_tls.main", "lab"]
+        [str(ROOT / "scripts" / "lab")] if _lab_script_is_ready() else [sys.executable, "-m", "stray_tls.main", "lab"]
     )
     p = subprocess.run(
         [*command, "--proxy", "pproxy", "--workdir", str(workdir)],
@@ -403,3 +403,50 @@ def test_free_ports_are_never_handed_out_twice() -> None:
     """One mitmdump with two modes on one port refuses to start (a CI run failed so): every port is new."""
     ports = [servers.free_port() for _ in range(3000)]
     assert len(set(ports)) == len(ports)
+
+
+#: The packages of the test extra that the lab extra lacks, by the module each is imported as.
+TEST_ONLY_MODULES = {
+    "pytest": "pytest",
+    "hypothesis": "hypothesis",
+    "ruff": "ruff",
+    "mypy": "mypy",
+    "dpkt": "dpkt",
+    "playwright": "playwright",
+    "pyspnego": "spnego",
+    "build": "build",
+    "twine": "twine",
+    "trove-classifiers": "trove_classifiers",
+}
+
+
+def _requirement_name(requirement: str) -> str:
+    return re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0]
+
+
+def test_the_lab_runs_with_the_lab_extra_alone(tmp_path: Path) -> None:
+    """What scripts/lab installs (mitmproxy and the `lab` extra) is all the lab needs: with every package of the
+    test extra hidden (None in sys.modules: its import fails as if it were not installed), an upgrade scenario
+    through a real proxy of the lab extra behaves."""
+    try:
+        proxies.find("pproxy")
+    except proxies.ProxyMissing as e:
+        pytest.skip(str(e))
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    test_only = {_requirement_name(r) for r in extras["test"]} - {_requirement_name(r) for r in extras["lab"]}
+    assert test_only == set(TEST_ONLY_MODULES), "a new test dependency: name the module it is imported as here"
+    hide = (
+        f"import sys\nfor m in {sorted(TEST_ONLY_MODULES.values())!r}:\n    sys.modules[m] = None\n"
+        "from stray_tls import main\nsys.exit(main.main(sys.argv[1:]))"
+    )
+    p = subprocess.run(
+        [sys.executable, "-c", hide, "lab", "--only", "F", "--proxy", "pproxy", "--json", "--workdir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stdout + p.stderr
+    rows = json.loads(p.stdout)["rows"]
+    assert [r["scenario"] for r in rows] == ["F", "F"] and all("upgraded to TLS" in r["logged"] for r in rows), rows

@@ -33,6 +33,11 @@ _MODULES = {"proxy.py": "proxy", "pproxy": "pproxy"}
 KNOWN = (*_MODULES, "squid", "tinyproxy", "privoxy")
 
 
+def python_packages() -> list[str]:
+    """The proxies that are Python packages: what the `lab` extra installs."""
+    return list(_MODULES)
+
+
 def install_command(name: str) -> str:
     """How proxy `name` is installed, where esrs-fix runs (a checkout's `lab` extra, or the package by name)."""
     return install_hint("lab", name) if name in _MODULES else f"apt-get install {name}"
