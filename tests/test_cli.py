@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -136,3 +137,70 @@ def test_a_sockets_broken_pipe_is_not_taken_for_stdouts(monkeypatch: pytest.Monk
     monkeypatch.setattr(cli, "run", peer_gone)
     with pytest.raises(BrokenPipeError):
         main.main(["path"])
+
+
+# -- hints for an optional dependency: the command that works where esrs-fix runs ------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: Runs the three commands that need an optional package, each package hidden (None in sys.modules makes its import
+#: fail as if it were not installed), and prints what each said.
+_WITHOUT_EXTRAS = """
+import contextlib, io, json, sys
+for name in ("dpkt", "spnego", "pproxy"):
+    sys.modules[name] = None
+from stray_tls import main, proxyauth
+said = {}
+for key, argv in (("pcap", ["pcap", sys.argv[1]]), ("lab", ["lab", "--proxy", "pproxy"])):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        said[key + " status"] = main.main(argv)
+    said[key] = err.getvalue()
+try:
+    proxyauth.Exchange(proxyauth.Scheme.NTLM, proxyauth.Credentials("u", "p"), "proxy")
+except proxyauth.AuthError as e:
+    said["ntlm"] = str(e)
+print(json.dumps(said))
+"""
+
+
+def _hints(pythonpath: Path, tmp_path: Path) -> dict[str, object]:
+    capture = tmp_path / "empty.pcap"
+    capture.write_bytes(b"")
+    env = {**os.environ, "PYTHONPATH": str(pythonpath)}
+    p = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_EXTRAS, str(capture)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert p.returncode == 0, p.stderr
+    said: dict[str, object] = json.loads(p.stdout)
+    assert said["pcap status"] == 2 and said["lab status"] == 2, said
+    assert "Traceback" not in p.stderr
+    return said
+
+
+def test_hints_in_a_checkout_install_the_checkouts_extra_into_this_python(tmp_path: Path) -> None:
+    """esrs-fix is on no package index yet: in a clone, `pip install 'esrs-fix[pcap]'` fails, the checkout's works."""
+    said = _hints(ROOT / "addon", tmp_path)
+    python = sys.executable
+    assert f"esrs-fix pcap: needs dpkt: {python} -m pip install -e '{ROOT}[pcap]'" in str(said["pcap"]), said
+    assert f"{python} -m pip install -e '{ROOT}[lab]'" in str(said["lab"]), said
+    assert said["ntlm"] == f"NTLM needs the Python package pyspnego: {python} -m pip install -e '{ROOT}[ntlm]'"
+    assert not any("'esrs-fix[" in str(text) for text in said.values()), said
+
+
+def test_hints_outside_a_checkout_name_the_package_itself(tmp_path: Path) -> None:
+    """The package alone (as in site-packages, no pyproject.toml above it): the dependency by its own name."""
+    site = tmp_path / "site"
+    shutil.copytree(ROOT / "addon" / "stray_tls", site / "stray_tls", ignore=shutil.ignore_patterns("__pycache__"))
+    said = _hints(site, tmp_path)
+    python = sys.executable
+    assert f"esrs-fix pcap: needs dpkt: {python} -m pip install dpkt\n" in str(said["pcap"]), said
+    assert f"pproxy is not installed (no Python module 'pproxy'): {python} -m pip install pproxy\n" in str(said["lab"])
+    assert said["ntlm"] == f"NTLM needs the Python package pyspnego: {python} -m pip install pyspnego"
+    assert not any("esrs-fix[" in str(text) or "-e " in str(text) for text in said.values()), said

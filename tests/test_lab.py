@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,11 +22,29 @@ import pytest
 from stray_tls import main
 from stray_tls.lab import proxies, servers
 from stray_tls.lab.check import run_check
+from stray_tls.lab.cli import render_table
+from stray_tls.lab.scenarios import SCENARIOS, Row, expected_result, rows_as_dicts
 
 pytestmark = pytest.mark.e2e
 
 
 ALERT = "TLS alert: fatal unexpected_message (10), record version TLS 1.0"
+#: A row of `lab --json`, key by key: the check's result, the result its scenario expects, whether the row behaved.
+ROW_KEYS = [
+    "scenario",
+    "title",
+    "chain",
+    "url",
+    "saw",
+    "check_result",
+    "expected_result",
+    "expectation",
+    "as_expected",
+    "logged",
+    "why_unexpected",
+    "seconds",
+    "verdict",
+]
 
 
 def test_every_lab_scenario_behaves_and_says_what_the_addon_did(tmp_path) -> None:
@@ -38,11 +58,26 @@ def test_every_lab_scenario_behaves_and_says_what_the_addon_did(tmp_path) -> Non
     assert p.returncode == 0, p.stdout + p.stderr
     result = json.loads(p.stdout)
     rows = result["rows"]
-    assert result["passed"] and {r["scenario"] for r in rows} == {"A", "B", "C", "D", "E1", "E2", "F", "G", "H"}
+    assert result["all_as_expected"] and {r["scenario"] for r in rows} == {
+        "A",
+        "B",
+        "C",
+        "D",
+        "E1",
+        "E2",
+        "F",
+        "G",
+        "H",
+    }
     assert result["latency_ms"] == 0 and result["timeout"] == 10  # no relay: the servers are reached directly
-    assert all(r["ok"] for r in rows), rows
+    assert all(r["as_expected"] for r in rows), rows
+    assert all(list(r) == ROW_KEYS for r in rows), rows[0]
     by = {(r["scenario"], r["url"]): r for r in rows}
     a = by[("A", "https://esrs.lab:443/")]
+    # the check's own result, beside the one its scenario expects: the field report's check FAILs, as it should here
+    assert (a["check_result"], a["expected_result"], a["as_expected"]) == ("FAIL", "FAIL", True)
+    d = by[("D", "https://esrs.lab:443/")]
+    assert (d["check_result"], d["expected_result"], d["as_expected"]) == ("PASS", "PASS", True)
     assert "raw bytes 15 03 01 00 02 02 0a" in a["saw"] and a["logged"] == "-"
     # the "logged" column is what the addon wrote in its JSON Lines report, in these exact words
     assert by[("B", "https://esrs.lab:8443/")]["logged"] == f"{ALERT} [not rewritten]"
@@ -80,7 +115,7 @@ def test_the_lab_at_latency_says_so_and_a_plain_scenario_pays_the_delay(lab_at_l
     assert "latency 300 ms each way (proxies to servers)" in p.stderr
     assert "latency 300 ms each way (round trip 600 ms): every server is reached through a relay" in p.stderr
     a = [r for r in result["rows"] if r["scenario"] == "A"]
-    assert len(a) == 2 and all(r["ok"] for r in a), a
+    assert len(a) == 2 and all(r["as_expected"] for r in a), a
     # the faulty proxy's plaintext GET: the connect's round trip, then the request's: 4 delays at least
     assert all(r["seconds"] >= 4 * LATENCY_MS / 1000 for r in a), a
 
@@ -88,7 +123,7 @@ def test_the_lab_at_latency_says_so_and_a_plain_scenario_pays_the_delay(lab_at_l
 def test_the_upgrade_at_latency_gets_the_servers_answer(lab_at_latency) -> None:
     p, result = lab_at_latency
     f = [r for r in result["rows"] if r["scenario"] == "F"]
-    assert len(f) == 2 and all(r["ok"] for r in f), f
+    assert len(f) == 2 and all(r["as_expected"] for r in f), f
     # plaintext (connect, request: 4 delays), then TLS (connect, handshake, request: 6 delays)
     assert all(r["seconds"] >= 10 * LATENCY_MS / 1000 for r in f), f
     assert p.returncode == 0, p.stderr
@@ -182,9 +217,9 @@ def test_every_scenario_behaves_the_same_through_a_real_proxy(name: str, workdir
     assert p.returncode == 0, p.stdout + p.stderr
     result = json.loads(p.stdout)
     rows = result["rows"]
-    assert result["passed"] and result["proxy"] == name
+    assert result["all_as_expected"] and result["proxy"] == name
     assert [r["scenario"] for r in rows] == [k for k in ("A", "B", "C", "D", "E1", "E2", "F", "G", "H") for _ in "xy"]
-    assert all(r["ok"] for r in rows), [r for r in rows if not r["ok"]]
+    assert all(r["as_expected"] for r in rows), [r for r in rows if not r["as_expected"]]
     # a real proxy resolves names itself: the check asks for 127.0.0.1 and the real ports
     assert all(r["url"].startswith(("https://127.0.0.1:", "http://127.0.0.1:")) for r in rows)
     urls = {k: [r["url"] for r in rows if r["scenario"] == k] for k in dict.fromkeys(r["scenario"] for r in rows)}
@@ -193,7 +228,7 @@ def test_every_scenario_behaves_the_same_through_a_real_proxy(name: str, workdir
     assert not set(ports["B"]) & set(ports["A"])  # mitmdump's reverse listeners
     by = {r["scenario"]: r for r in rows}  # the :8443 row of each
     a = by["A"]
-    assert not a["passed"] and a["verdict"] == "FAIL as expected" and a["logged"] == "-"
+    assert a["check_result"] == "FAIL" and a["verdict"] == "FAIL as expected" and a["logged"] == "-"
     if name == "squid":
         assert a["chain"] == "check -> squid (cache_peer) -> ESRS server"
         assert (
@@ -223,9 +258,9 @@ ROOT = Path(__file__).resolve().parent.parent
 KEYS = ("A", "B", "C", "D", "E1", "E2", "F", "G", "H")
 
 
-def _lab_script_reuses_this_venv() -> bool:
-    """Whether `scripts/lab` would run in this very virtualenv, ready as it is: it picks Python 3.11 first (else
-    3.12, 3.13), and rebuilds a virtualenv whose stamp is stale, which must not happen under a running test."""
+def _lab_script_is_ready() -> bool:
+    """Whether `scripts/lab` would run at once: it picks Python 3.11 first (else 3.12, 3.13), and rebuilds a
+    virtualenv whose stamp is stale, which must not happen under a running test (the machine may be offline)."""
     pick = subprocess.run(
         [
             "bash",
@@ -240,14 +275,14 @@ def _lab_script_reuses_this_venv() -> bool:
         check=False,
     )
     name, spec = (
-        ("py311-mitm11", "mitmproxy>=11,<12") if pick.stdout.strip() == "11" else ("py3-mitm12", "mitmproxy>=12,<13")
+        ("lab-mitm11", "mitmproxy>=11,<12") if pick.stdout.strip() == "11" else ("lab-mitm12", "mitmproxy>=12,<13")
     )
     venv = ROOT / ".venv" / name
-    want = f"{hashlib.sha256((ROOT / 'pyproject.toml').read_bytes()).hexdigest()[:16]} {spec} test"
+    want = f"{hashlib.sha256((ROOT / 'pyproject.toml').read_bytes()).hexdigest()[:16]} {spec} lab"
     stamp = venv / ".esrs-installed"
     return (
         pick.returncode == 0
-        and Path(sys.prefix).resolve() == venv.resolve()
+        and (venv / "bin" / "python").exists()
         and stamp.is_file()
         and stamp.read_text().strip() == want
     )
@@ -263,11 +298,9 @@ def test_the_labs_table_through_pproxy_as_the_readme_shows_it(workdir: Path) -> 
         proxies.find("pproxy")
     except proxies.ProxyMissing as e:
         pytest.skip(str(e))
-    # the README's command; in another virtualenv than this one, the command it runs (esrs-fix lab), here
+    # the README's command where its virtualenv is ready (the lab extra alone); else the command it runs, here
     command = (
-        [str(ROOT / "scripts" / "lab")]
-        if _lab_script_reuses_this_venv()
-        else [sys.executable, "-m", "stray_tls.main", "lab"]
+        [str(ROOT / "scripts" / "lab")] if _lab_script_is_ready() else [sys.executable, "-m", "stray_tls.main", "lab"]
     )
     p = subprocess.run(
         [*command, "--proxy", "pproxy", "--workdir", str(workdir)],
@@ -276,12 +309,16 @@ def test_the_labs_table_through_pproxy_as_the_readme_shows_it(workdir: Path) -> 
         timeout=600,
         check=False,
         stdin=subprocess.DEVNULL,
+        env={**os.environ, "COLUMNS": "80"},  # a terminal of 80 columns: the table fits it
     )
     assert p.returncode == 0, p.stdout + p.stderr
+    assert max(len(line) for line in p.stdout.splitlines()) <= 80, p.stdout
     head, *details, last = p.stdout.rstrip("\n").split("\n\n")
     assert last == "18 of 18 checks behaved as expected", p.stdout
-    # the summary: one row per check URL, each behaving as expected, the check asking for 127.0.0.1 and real ports
-    rows = [line.split()[:3] for line in head.splitlines()[2:]]
+    # the summary: one row per check URL (what the check saw under it), each behaving as expected, the check asking
+    # for 127.0.0.1 and real ports
+    summary = head.splitlines()
+    rows = [line.split()[:3] for line in summary[summary.index("-" * 80) + 1 :] if not line.startswith(" ")]
     assert [key for _, key, _ in rows] == [k for k in KEYS for _ in "xy"] and {ok for ok, _, _ in rows} == {"ok"}
     urls = {k: [url for _, key, url in rows if key == k] for k in KEYS}
     assert all(url.startswith(("https://127.0.0.1:", "http://127.0.0.1:")) for _, _, url in rows)
@@ -321,7 +358,7 @@ def test_the_labs_table_through_pproxy_as_the_readme_shows_it(workdir: Path) -> 
     ("name", "missing", "hint"),
     [
         ("squid", "_which", "squid is not installed: apt-get install squid"),
-        ("pproxy", "_has_module", "pip install 'esrs-fix[lab]'"),
+        ("pproxy", "_has_module", f"{sys.executable} -m pip install -e '{ROOT}[lab]'"),  # in a checkout
     ],
 )
 def test_a_proxy_that_is_not_installed_gets_the_command_that_installs_it(
@@ -403,3 +440,117 @@ def test_free_ports_are_never_handed_out_twice() -> None:
     """One mitmdump with two modes on one port refuses to start (a CI run failed so): every port is new."""
     ports = [servers.free_port() for _ in range(3000)]
     assert len(set(ports)) == len(ports)
+
+
+#: The packages of the test extra that the lab extra lacks, by the module each is imported as.
+TEST_ONLY_MODULES = {
+    "pytest": "pytest",
+    "hypothesis": "hypothesis",
+    "ruff": "ruff",
+    "mypy": "mypy",
+    "dpkt": "dpkt",
+    "playwright": "playwright",
+    "pyspnego": "spnego",
+    "build": "build",
+    "twine": "twine",
+    "trove-classifiers": "trove_classifiers",
+}
+
+
+def _requirement_name(requirement: str) -> str:
+    return re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0]
+
+
+def test_the_lab_runs_with_the_lab_extra_alone(tmp_path: Path) -> None:
+    """What scripts/lab installs (mitmproxy and the `lab` extra) is all the lab needs: with every package of the
+    test extra hidden (None in sys.modules: its import fails as if it were not installed), an upgrade scenario
+    through a real proxy of the lab extra behaves."""
+    try:
+        proxies.find("pproxy")
+    except proxies.ProxyMissing as e:
+        pytest.skip(str(e))
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    test_only = {_requirement_name(r) for r in extras["test"]} - {_requirement_name(r) for r in extras["lab"]}
+    assert test_only == set(TEST_ONLY_MODULES), "a new test dependency: name the module it is imported as here"
+    hide = (
+        f"import sys\nfor m in {sorted(TEST_ONLY_MODULES.values())!r}:\n    sys.modules[m] = None\n"
+        "from stray_tls import main\nsys.exit(main.main(sys.argv[1:]))"
+    )
+    p = subprocess.run(
+        [sys.executable, "-c", hide, "lab", "--only", "F", "--proxy", "pproxy", "--json", "--workdir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stdout + p.stderr
+    rows = json.loads(p.stdout)["rows"]
+    assert [r["scenario"] for r in rows] == ["F", "F"] and all("upgraded to TLS" in r["logged"] for r in rows), rows
+
+
+# -- the report: JSON names that say what they mean, a table that fits the terminal and cuts nothing ----------------
+
+LONG_LABEL = (
+    "HTTP/1.1 502 Bad Gateway [X-ESRS-Fix: upgrade failed: certificate verification failed: self-signed certificate; "
+    f"{ALERT}]"
+)
+
+
+def _rows() -> list[Row]:
+    """Rows as a lab run makes them: one as expected, one unexpected, one with a word longer than any terminal."""
+    return [
+        Row("A", "the field report", "check -> faulty proxy -> ESRS server", "https://esrs.lab:443/",
+            f"no HTTP status: raw bytes 15 03 01 00 02 02 0a, decoded {ALERT}", "FAIL",
+            "FAIL: the check gets the raw TLS alert", True, "-"),
+        Row("H", "upgrade, but the server's certificate is not trusted",
+            "check -> faulty proxy -> mitmdump (reverse, esrs_upgrade, no trusted CA) -> ESRS server",
+            "https://esrs.lab:8443/", LONG_LABEL, "PASS",
+            "FAIL closed: a 502 naming the certificate problem, never an unverified connection", False,
+            f"{ALERT} [not rewritten; TLS attempt failed: certificate verification failed: self-signed certificate]",
+            "expected a 502 whose label names the certificate problem"),
+        Row("E2", "a word longer than a line", "check -> x", "http://[2001:db8::1]:65535/",
+            "raw bytes " + "15030100020" * 30, "FAIL", "FAIL: unreadable", True, "-"),
+    ]  # fmt: skip
+
+
+def test_a_json_row_says_the_checks_result_and_the_one_expected_apart() -> None:
+    unexpected = rows_as_dicts(_rows())[1]
+    assert list(unexpected) == ROW_KEYS
+    assert unexpected["check_result"] == "PASS" and unexpected["expected_result"] == "FAIL"
+    assert unexpected["as_expected"] is False
+    assert unexpected["why_unexpected"] == "expected a 502 whose label names the certificate problem"
+    assert unexpected["verdict"] == "PASS, UNEXPECTED (expected a 502 whose label names the certificate problem)"
+
+
+def test_every_scenarios_expectation_names_the_result_it_expects() -> None:
+    for s in SCENARIOS:
+        for expectation in filter(None, (s.expected, s.squid_expected)):
+            assert expected_result(expectation) in ("PASS", "FAIL"), expectation
+    with pytest.raises(ValueError, match="starts with PASS or FAIL"):
+        expected_result("works")
+
+
+@pytest.mark.parametrize("columns", [40, 60, 80, 200])
+def test_the_table_fits_the_terminal_and_cuts_no_label(columns: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", str(columns))
+    rows = _rows()
+    table = render_table(rows)
+    assert max(len(line) for line in table.splitlines()) <= columns, table
+    summary, details = table.split("\n\n", 1)
+    for r in rows:
+        # each row's line, then what its check saw, whole, however it wrapped
+        assert _squash(f"{'ok' if r.as_expected else '!!'} {r.scenario} {r.url} {r.short_verdict} {r.saw}") in (
+            _squash(summary)
+        ), summary
+        for full in (
+            r.title,
+            r.chain,
+            r.expectation,
+            f"{r.url} -> {r.verdict}",
+            f"saw: {r.saw}",
+            f"logged: {r.logged}",
+        ):
+            assert _squash(full) in _squash(details), (full, details)
+    assert "..." not in table
+    assert _squash(table).endswith(_squash("2 of 3 checks behaved as expected: SEE ABOVE"))

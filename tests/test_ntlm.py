@@ -195,13 +195,11 @@ def test_without_pyspnego_an_ntlm_proxy_gets_a_sentence_naming_the_package(real_
         "could not test: the proxy asks for NTLM, which esrs-fix check speaks only with pyspnego installed (HTTP 407 "
         "from the proxy (squid/"
     ) in result.verdict
-    assert "NTLM needs the Python package pyspnego: pip install 'esrs-fix[ntlm]' (or pip install pyspnego)" in (
-        result.verdict
-    )
+    assert f"NTLM needs the Python package pyspnego: {proxyauth.spnego_install()}" in result.verdict
     assert result.to_dict()["auth"] == {"offered": ["NTLM"], "unsupported": ["NTLM"], "used": None, "tried": {}}
     # and without credentials: the same package named
     result = diagnose.check_port(("127.0.0.1", proxy.port), "127.0.0.1", jsse_esrs.port, 5.0)
-    assert "NTLM needs the Python package pyspnego: pip install 'esrs-fix[ntlm]'" in result.verdict
+    assert f"NTLM needs the Python package pyspnego: {proxyauth.spnego_install()}" in result.verdict
 
 
 # -- what is sent, and what is never shown ---------------------------------------------------------------------------

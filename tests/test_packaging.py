@@ -9,16 +9,19 @@ setuptools comes from PyPI (or pip's cache), not from this virtualenv.
 from __future__ import annotations
 
 import email.parser
+import re
 import shutil
 import subprocess
 import sys
 import tarfile
+import tomllib
 import zipfile
 from pathlib import Path
 
 import pytest
 
 import stray_tls
+from stray_tls.lab import proxies
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -114,3 +117,27 @@ def test_the_sdist_holds_what_a_user_reads(dist: Path) -> None:
 def test_the_changelog_names_this_version() -> None:
     changelog = (ROOT / "CHANGELOG.md").read_text()
     assert f"\n## {stray_tls.__version__} " in changelog
+
+
+def _extras() -> dict[str, list[str]]:
+    extras: dict[str, list[str]] = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    return extras
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0]
+
+
+def test_scripts_lab_installs_the_lab_extra_only() -> None:
+    """The lab runs in its own virtualenv with mitmproxy and the `lab` extra: not the test extra (playwright, mypy,
+    ruff, hypothesis, build, twine: 437 MB where the lab's is 133 MB), which stays with scripts/test."""
+    calls = [line.split() for line in (ROOT / "scripts" / "lab").read_text().splitlines() if "esrs_venv " in line]
+    assert len(calls) == 2, calls  # one per mitmproxy major
+    for call in calls:
+        _, name, _python, spec, extras, *rest = call[call.index("esrs_venv") :]
+        assert extras == "lab" and rest == [";;"], call
+        assert name.startswith("lab-") and "mitmproxy>=1" in spec, call  # its own venv, not scripts/test's
+    # the lab extra is the real proxies the lab can start from Python (`--proxy proxy.py|pproxy`), and nothing else
+    assert sorted(_name(r) for r in _extras()["lab"]) == sorted(proxies.python_packages())

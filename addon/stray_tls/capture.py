@@ -8,7 +8,7 @@ Only the first bytes of each answer are kept (enough to decide), the queue of ou
 and the bytes of a body already decided on are counted, not looked at, so memory stays flat however large the
 capture and most packets cost a few header reads. dpkt reads the file formats (and decodes the rare frames the
 header reads here do not cover). A truncated or corrupt file ends the scan with a clear message, and what was
-read so far is still reported. Needs dpkt (`pip install esrs-fix[pcap]`).
+read so far is still reported. Needs dpkt (the `pcap` extra).
 
 Every exchange carries its Wireshark coordinates, so that it can be looked at there: `frame`, the frame number
 (1-based, every frame of the file counted) of the packet holding the answer's first byte (the request's first byte

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, NoReturn
 
 from . import __version__, findings, records, text
-from .launch import script_path
+from .launch import install_hint, script_path
 from .names import hostport
 from .pasted import (
     Paste,
@@ -254,7 +254,7 @@ def cmd_pcap(args: argparse.Namespace) -> int:
     try:
         from . import capture
     except ImportError:  # pragma: no cover - dpkt is an optional extra
-        print("esrs-fix pcap: needs dpkt: pip install 'esrs-fix[pcap]'", file=sys.stderr)
+        print(f"esrs-fix pcap: needs dpkt: {install_hint('pcap', 'dpkt')}", file=sys.stderr)
         return 2
 
     def progress(packets: int, offset: int) -> None:
@@ -263,7 +263,7 @@ def cmd_pcap(args: argparse.Namespace) -> int:
     try:
         result = capture.scan(args.file, on_progress=None if args.json else progress)
     except ModuleNotFoundError:
-        print("esrs-fix pcap: needs dpkt: pip install 'esrs-fix[pcap]'", file=sys.stderr)
+        print(f"esrs-fix pcap: needs dpkt: {install_hint('pcap', 'dpkt')}", file=sys.stderr)
         return 2
     except capture.CaptureError as e:
         print(f"esrs-fix pcap: {args.file}: {e}", file=sys.stderr)

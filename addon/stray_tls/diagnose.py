@@ -623,7 +623,7 @@ def _auth_verdict(probe: Probe, auth: ProxyAuth) -> tuple[Outcome, str]:
         speaks = ", ".join(s for s in proxyauth.BROWSER_ORDER if s not in offer.need_spnego)
         text += f"; not supported by esrs-fix check: {', '.join(offer.unsupported)} (it speaks {speaks})"
     if offer.need_spnego:
-        text += f"; {install}: {proxyauth.SPNEGO_INSTALL}"
+        text += f"; {install}: {proxyauth.spnego_install()}"
     if offer.usable and (credentials is None or auth.tried):
         text += (
             "; give the right user and password: --proxy http://USER:PASSWORD@HOST:PORT (a domain user as "

@@ -3,7 +3,7 @@
 No sockets here (`diagnose.py` sends the requests): this module parses `Proxy-Authenticate`, orders the offers as a
 browser does (Negotiate, NTLM, Basic), and makes each step's `Proxy-Authorization` value.  Basic is built in; NTLM
 and Negotiate (SPNEGO: Kerberos where a ticket is at hand, NTLM inside it where none is) come from the optional
-package pyspnego (`pip install 'esrs-fix[ntlm]'`), imported only when a proxy asks for them.
+package pyspnego (the `ntlm` extra), imported only when a proxy asks for them.
 
 The password stays in `Credentials`: nothing here formats it.  Every token sent for it (the Basic token, NTLM's
 and Negotiate's answers to a challenge, which an offline attack could test passwords against) is remembered by the
@@ -26,9 +26,15 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
+from .launch import install_hint
+
 #: What to install for NTLM and Negotiate, said where a proxy asks for them and pyspnego is missing.
 SPNEGO_PACKAGE = "pyspnego"
-SPNEGO_INSTALL = "pip install 'esrs-fix[ntlm]' (or pip install pyspnego)"
+
+
+def spnego_install() -> str:
+    """The command that installs pyspnego where esrs-fix runs (a checkout's `ntlm` extra, or the package)."""
+    return install_hint("ntlm", SPNEGO_PACKAGE)
 
 
 class Scheme(enum.StrEnum):
@@ -251,7 +257,7 @@ class Exchange:
             try:
                 spnego = importlib.import_module("spnego")
             except ImportError:
-                raise AuthError(f"{scheme} needs the Python package {SPNEGO_PACKAGE}: {SPNEGO_INSTALL}") from None
+                raise AuthError(f"{scheme} needs the Python package {SPNEGO_PACKAGE}: {spnego_install()}") from None
             try:
                 self._context = spnego.client(
                     credentials.user,

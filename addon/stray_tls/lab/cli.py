@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .. import records
+from ..launch import install_hint
 from ..pasted import argument, parse_hostport, parse_route
 from . import proxies, servers
 from .check import run_check
@@ -36,7 +37,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         choices=LAB_PROXIES,
         default=BUILTIN,
         help="the proxy in the field: the built-in faulty proxy (default; needs nothing installed), or a real one, "
-        "started for each scenario on a free loopback port (proxy.py, pproxy: pip install 'esrs-fix[lab]'; "
+        "started for each scenario on a free loopback port (proxy.py, pproxy: "
+        + install_hint("lab", "proxy.py", "pproxy").replace("%", "%%")
+        + "; "
         "squid: apt-get install squid, with a plaintext cache_peer where it must forward https:// itself)",
     )
     lab.add_argument(
@@ -174,7 +177,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
             return 1
     if args.json:
         out = {
-            "passed": all(r.ok for r in rows),
+            "all_as_expected": bool(rows) and all(r.as_expected for r in rows),
             "proxy": args.proxy,
             "latency_ms": args.latency,
             "timeout": timeout,
@@ -183,31 +186,82 @@ def cmd_lab(args: argparse.Namespace) -> int:
         print(json.dumps(out, indent=2))
     else:
         print(render_table(rows))
-    return 0 if rows and all(r.ok for r in rows) else 1
+    return 0 if rows and all(r.as_expected for r in rows) else 1
 
 
-def render_table(rows: list[Row]) -> str:
-    """A summary table, then each row in full: what an engineer pastes into a ticket."""
-    lines = [f"{'':2} {'scenario':8} {'check URL':25} {'verdict':24} what the check saw", "-" * 110]
+#: The narrowest table drawn: below it, lines are as long as this.
+MIN_WIDTH = 40
+#: The saw column beside the others only where it gets this much room; else it goes under its row.
+SAW_COLUMN = 30
+
+
+def terminal_width() -> int:
+    """The width to fit: COLUMNS, else the terminal of stdout, else of stderr (`scripts/lab | tee run.txt` is still
+    read on a terminal), else 100 (a file, a CI log)."""
+    columns = os.environ.get("COLUMNS", "").strip()
+    if columns.isdigit() and int(columns) > 0:
+        return max(MIN_WIDTH, int(columns))
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, ValueError, OSError):
+            size = os.get_terminal_size(stream.fileno()).columns
+            if size > 0:
+                return max(MIN_WIDTH, size)
+    return 100
+
+
+def _wrap(text: str, width: int, indent: str = "", more: str = "") -> list[str]:
+    """`text` in lines of at most `width` columns, nothing cut: words longer than a line are split, never dropped."""
+    return textwrap.wrap(text, width=width, initial_indent=indent, subsequent_indent=more, break_on_hyphens=False) or [
+        indent.rstrip()
+    ]
+
+
+def render_table(rows: list[Row], width: int | None = None) -> str:
+    """A summary table, then each row in full: what an engineer pastes into a ticket. It fits `width` (the
+    terminal's by default): what the check saw wraps in its column, or under its row where the terminal is narrow,
+    and is never cut."""
+    width = max(MIN_WIDTH, width or terminal_width())
+    kw = max([len("scenario"), *(len(r.scenario) for r in rows)])
+    uw = max([len("check URL"), *(len(r.url) for r in rows)])
+    vw = max([len("verdict"), *(len(r.short_verdict) for r in rows)])
+    beside = 2 + 1 + kw + 1 + uw + 1 + vw  # the columns before what the check saw
+    sw = width - beside - 1
+    under = " " * 5  # what the check saw, under its row, where it gets no column
+    if sw >= SAW_COLUMN:  # what the check saw in a column of its own, wrapped there
+        lines = [f"{'':2} {'scenario':{kw}} {'check URL':{uw}} {'verdict':{vw}} what the check saw"]
+    elif beside <= width:  # the other columns on the row's line, what the check saw under it
+        lines = [f"{'':2} {'scenario':{kw}} {'check URL':{uw}} verdict", f"{under}what the check saw"]
+    else:  # narrower still: each row's fields one after the other, wrapped
+        lines = [*_wrap("scenario, check URL, verdict", width, " " * 3, under), f"{under}what the check saw"]
+    lines.append("-" * width)
     for r in rows:
-        mark = "ok" if r.ok else "!!"
-        saw = r.saw if len(r.saw) <= 48 else r.saw[:45] + "..."
-        lines.append(f"{mark:2} {r.scenario:8} {r.url:25} {r.verdict[:24]:24} {saw}")
+        mark = "ok" if r.as_expected else "!!"
+        if sw >= SAW_COLUMN:
+            saw = _wrap(r.saw, sw)
+            lines.append(f"{mark:2} {r.scenario:{kw}} {r.url:{uw}} {r.short_verdict:{vw}} {saw[0]}")
+            lines.extend(" " * (beside + 1) + more for more in saw[1:])
+            continue
+        if beside <= width:
+            lines.append(f"{mark:2} {r.scenario:{kw}} {r.url:{uw}} {r.short_verdict}")
+        else:
+            lines.extend(_wrap(f"{mark:2} {r.scenario} {r.url} {r.short_verdict}", width, "", under))
+        lines.extend(_wrap(r.saw, width, under, under))
     lines.append("")
-    wrap = textwrap.TextWrapper(width=110, initial_indent="    ", subsequent_indent="      ")
     for key in dict.fromkeys(r.scenario for r in rows):
         group = [r for r in rows if r.scenario == key]
-        lines.append(f"{key}: {group[0].title}")
-        lines.extend(wrap.wrap(f"chain:    {group[0].chain}"))
-        lines.extend(wrap.wrap(f"expected: {group[0].expected}"))
+        lines.extend(_wrap(f"{key}: {group[0].title}", width, "", "  "))
+        lines.extend(_wrap(f"chain:    {group[0].chain}", width, "    ", "      "))
+        lines.extend(_wrap(f"expected: {group[0].expectation}", width, "    ", "      "))
         for r in group:
-            lines.extend(wrap.wrap(f"{r.url} -> {r.verdict}"))
-            lines.extend(wrap.wrap(f"saw:    {r.saw}"))
-            lines.extend(wrap.wrap(f"logged: {r.logged}"))
+            lines.extend(_wrap(f"{r.url} -> {r.verdict}", width, "    ", "      "))
+            lines.extend(_wrap(f"saw:    {r.saw}", width, "    ", "      "))
+            lines.extend(_wrap(f"logged: {r.logged}", width, "    ", "      "))
         lines.append("")
-    ok = sum(r.ok for r in rows)
-    lines.append(f"{ok} of {len(rows)} checks behaved as expected" + ("" if ok == len(rows) else ": SEE ABOVE"))
-    return "\n".join(lines)
+    ok = sum(r.as_expected for r in rows)
+    lines.extend(
+        _wrap(f"{ok} of {len(rows)} checks behaved as expected" + ("" if ok == len(rows) else ": SEE ABOVE"), width)
+    )
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def _wait_forever(what: str) -> int:

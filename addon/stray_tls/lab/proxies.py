@@ -24,19 +24,24 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..launch import install_hint
+
 #: Where Debian puts squid and privoxy, for users whose PATH has no sbin directory.
 SBIN_PATH = "/usr/sbin:/usr/bin:/sbin"
-PIP_LAB = "pip install 'esrs-fix[lab]'"
-
-#: How each proxy is installed: a Python module (run as `python -m MODULE`) or a Debian binary.
-INSTALL: dict[str, str] = {
-    "proxy.py": PIP_LAB,
-    "pproxy": PIP_LAB,
-    "squid": "apt-get install squid",
-    "tinyproxy": "apt-get install tinyproxy",
-    "privoxy": "apt-get install privoxy",
-}
+#: The proxies in Python packages of the `lab` extra (run as `python -m MODULE`); the others are Debian binaries.
 _MODULES = {"proxy.py": "proxy", "pproxy": "pproxy"}
+KNOWN = (*_MODULES, "squid", "tinyproxy", "privoxy")
+
+
+def python_packages() -> list[str]:
+    """The proxies that are Python packages: what the `lab` extra installs."""
+    return list(_MODULES)
+
+
+def install_command(name: str) -> str:
+    """How proxy `name` is installed, where esrs-fix runs (a checkout's `lab` extra, or the package by name)."""
+    return install_hint("lab", name) if name in _MODULES else f"apt-get install {name}"
+
 
 STARTUP_TIMEOUT = 20.0
 #: The proxy authentication schemes squid can be set up with here (`start(..., scheme=...)`).
@@ -101,15 +106,16 @@ def _has_module(module: str) -> bool:
 
 def find(name: str) -> list[str]:
     """The command that runs proxy `name` (without its options); `ProxyMissing` with the install command if none."""
-    if name not in INSTALL:
-        raise ValueError(f"unknown proxy {name!r}; known: {', '.join(INSTALL)}")
+    if name not in KNOWN:
+        raise ValueError(f"unknown proxy {name!r}; known: {', '.join(KNOWN)}")
     if name in _MODULES:
         if not _has_module(_MODULES[name]):
-            raise ProxyMissing(f"{name} is not installed (no Python module {_MODULES[name]!r}): {INSTALL[name]}")
+            module = _MODULES[name]
+            raise ProxyMissing(f"{name} is not installed (no Python module {module!r}): {install_command(name)}")
         return [sys.executable, "-m", _MODULES[name]]
     path = _which(name)
     if path is None:
-        raise ProxyMissing(f"{name} is not installed: {INSTALL[name]}")
+        raise ProxyMissing(f"{name} is not installed: {install_command(name)}")
     return [path]
 
 

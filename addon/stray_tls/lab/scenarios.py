@@ -40,24 +40,45 @@ class Hop:
     targets: dict[int, tuple[str, int]]
 
 
+#: What the stand-in check prints for a probe, as the real one does.
+PASS, FAIL = "PASS", "FAIL"
+
+
 @dataclass
 class Row:
+    """One check URL of one scenario: what the check said, what the scenario expects, and whether it behaved."""
+
     scenario: str
     title: str
     chain: str
     url: str
     saw: str
-    passed: bool
-    expected: str
-    ok: bool
+    check_result: str  # PASS or FAIL: the stand-in check's own result (the field report's check FAILs)
+    expectation: str  # what the scenario expects, in words; it starts with the check result it expects
+    as_expected: bool  # the row behaved: the check's result and what the scenario looks at besides (its judge)
     logged: str
-    why: str = ""
+    why_unexpected: str = ""  # what the judge missed, when not as expected
     seconds: float = 0.0  # how long the check waited for its answer
 
     @property
+    def expected_result(self) -> str:
+        return expected_result(self.expectation)
+
+    @property
     def verdict(self) -> str:
-        result = "PASS" if self.passed else "FAIL"
-        return f"{result} as expected" if self.ok else f"{result}, UNEXPECTED ({self.why})"
+        return self.short_verdict + ("" if self.as_expected else f" ({self.why_unexpected})")
+
+    @property
+    def short_verdict(self) -> str:
+        return f"{self.check_result} as expected" if self.as_expected else f"{self.check_result}, UNEXPECTED"
+
+
+def expected_result(expectation: str) -> str:
+    """PASS or FAIL: the check result a scenario's expectation names first."""
+    word = expectation.split(maxsplit=1)[0].rstrip(",:")
+    if word not in (PASS, FAIL):
+        raise ValueError(f"an expectation starts with PASS or FAIL: {expectation!r}")
+    return word
 
 
 @dataclass
@@ -449,7 +470,7 @@ def run_scenarios(lab: Lab, keys: list[str] | None = None) -> list[Row]:
                     s.chain_via(lab.proxy),
                     result.url,
                     result.saw,
-                    result.passed,
+                    PASS if result.passed else FAIL,
                     s.expected_via(lab.proxy),
                     not why,
                     "; ".join(logged) or "-",
@@ -462,4 +483,11 @@ def run_scenarios(lab: Lab, keys: list[str] | None = None) -> list[Row]:
 
 
 def rows_as_dicts(rows: list[Row]) -> list[dict[str, object]]:
-    return [{**asdict(r), "verdict": r.verdict} for r in rows]
+    """The rows for `--json`: the check's result beside the result the scenario expects, then whether it behaved."""
+    out = []
+    for r in rows:
+        row = asdict(r)
+        ordered = {k: row.pop(k) for k in ("scenario", "title", "chain", "url", "saw", "check_result")}
+        ordered["expected_result"] = r.expected_result
+        out.append({**ordered, **row, "verdict": r.verdict})
+    return out
