@@ -827,7 +827,7 @@ def scan(path: Path, on_progress: Callable[[int, int], None] | None = None) -> S
                 stream, side = entry
                 if flags & _SYN or stream.unsettled:  # a SYN may begin a new conversation; the first packets set bases
                     number, settled = conversation(key, seq, ack, flags)
-                    if number != stream.tcp_stream and flags & (_SYN | _ACK) == _SYN or (
+                    if (number != stream.tcp_stream and flags & (_SYN | _ACK) == _SYN) or (
                         seq != stream.nxt[side] and stream.jumped(side, seq, ack, flags)
                     ):
                         close(key)  # the pair reused by a new connection: what the old one left is not carried on
