@@ -34,7 +34,7 @@ class Conversation:
     isn: tuple[int, int] = (1000, 5000)  # the initial sequence numbers of client and server
     syn_data: bool = False  # TCP Fast Open: the first request rides in the SYN
     handshake: bool = True  # False: the capture missed the SYN and SYN-ACK (it began later, or lost them)
-    fin_early: bool = False  # the server's FIN is captured before its last data segment (reordered)
+    fin_early: int = 0  # the server's FIN is captured before this many of its last data segments (reordered)
     client_rst: bool = False  # after the turns the client resets the connection (after the server's FIN, if any)
 
 
@@ -146,9 +146,9 @@ def frames(c: Conversation, link: str = "ethernet") -> Iterator[tuple[float, byt
     if c.server_fin:
         packet(1, fin | ack)
         seq[1] += 1
-        if c.fin_early:  # the FIN overtakes the server's last data segment
-            last = max(i for i, (side, flags, _) in enumerate(out) if side == 1 and not flags & (syn | fin))
-            out.insert(last, out.pop())
+        if c.fin_early:  # the FIN overtakes the server's last data segments
+            data = [i for i, (side, flags, _) in enumerate(out) if side == 1 and not flags & (syn | fin)]
+            out.insert(data[-min(c.fin_early, len(data))], out.pop())
         if not c.client_rst:
             packet(0, fin | ack)
     if c.client_rst:

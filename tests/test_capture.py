@@ -325,6 +325,7 @@ def test_findings_do_not_depend_on_how_the_stream_is_cut(tmp_path: Path, data: s
 
     split = keep_alive_and_pipelined(pipeline)
     split.segmenter = cut
+    split.fin_early = data.draw(st.integers(0, 12), label="segments the server's FIN overtakes")
     assert findings_of(scan_one(tmp_path, split)) == expected
 
 
@@ -532,7 +533,7 @@ def test_a_server_fin_captured_before_the_data_it_follows_waits_for_it(tmp_path:
     # the alert's last segment comes after the FIN: tshark puts the FIN after it; so must the reader
     for segment in (1400, 3):
         path = tmp_path / f"fin-early-{segment}.pcap"
-        c = Conversation(("10.0.0.5", 41040), PROXY, [(REQ, ALERT_TLS10)], segment=segment, fin_early=True)
+        c = Conversation(("10.0.0.5", 41040), PROXY, [(REQ, ALERT_TLS10)], segment=segment, fin_early=1)
         write_capture(path, [c])
         [found] = capture.scan(path).exchanges
         assert (found.finding.kind, found.finding.summary) == (Kind.TLS_RECORDS, ALERT_SUMMARY)
@@ -541,6 +542,16 @@ def test_a_server_fin_captured_before_the_data_it_follows_waits_for_it(tmp_path:
         assert found.frame == first_frame_with(rows, PROXY[1], ALERT_TLS10[:segment])[0]
         fin = next(n for n, _, port, flags, _ in rows if port == PROXY[1] and flags & 0x01)
         assert fin < max(n for n, _, port, _, payload in rows if port == PROXY[1] and payload)  # captured before it
+
+
+def test_a_retransmission_after_the_close_begins_no_stream(tmp_path: Path) -> None:
+    # the alert, its FIN, then the alert again (a retransmission the capture saw after the FIN took effect)
+    c = Conversation(("10.0.0.5", 41042), PROXY, [(REQ, ALERT_TLS10)], retransmit=True, fin_early=1)
+    result = scan_one(tmp_path, c)  # one TCP stream, as tshark counts them
+    assert [e.finding.summary for e in result.exchanges] == [ALERT_SUMMARY]
+    path = tmp_path / "late.pcap"
+    write_capture(path, [c])
+    assert {stream for _, stream, _, _, _ in tshark_frames(path)} == {0}
 
 
 def test_a_fin_whose_data_the_capture_lost_is_a_gap_not_a_silent_close(tmp_path: Path) -> None:

@@ -39,6 +39,8 @@ MAX_HEAD = 65536
 MAX_OUTSTANDING = 64
 #: Streams followed at once; the least recently active beyond this are dropped.
 MAX_STREAMS = 50_000
+#: Streams closed lately whose ends are remembered, so that a late retransmission of theirs begins no new stream.
+MAX_FINISHED = 4096
 #: Capture seconds after which an idle stream is finished.
 IDLE_SECONDS = 300.0
 #: Address/port pairs remembered for Wireshark's `tcp.stream` numbering (about 150 bytes each); beyond this the older
@@ -746,10 +748,26 @@ def scan(path: Path, on_progress: Callable[[int, int], None] | None = None) -> S
     # both directions' keys -> (stream, the side that sends with that key); insertion order is creation order
     streams: dict[bytes, tuple[_Stream, int]] = {}
 
+    #: the streams closed last (the key of their side 0) -> where each side had got to: a late retransmission of
+    #: theirs begins no new stream
+    finished: dict[bytes, tuple[int | None, int | None]] = {}
+
     def close(key: bytes, by_server: bool = False) -> None:
-        stream = streams.pop(key)[0]
+        stream, side = streams.pop(key)
         del streams[_reverse(key)]
         stream.finish(by_server)
+        if len(finished) >= MAX_FINISHED:
+            del finished[next(iter(finished))]
+        finished[_reverse(key) if side else key] = (stream.nxt[0], stream.nxt[1])
+
+    def late(key: bytes, seq: int, size: int) -> bool:
+        """The segment holds only bytes of a stream closed lately, that it had already got to (a retransmission)."""
+        ends = finished.get(key)
+        side = 0
+        if ends is None:
+            ends, side = finished.get(_reverse(key)), 1
+        end = None if ends is None else ends[side]
+        return end is not None and (end - (seq + size)) & _SEQ < reassembly.JUMP
 
     try:
         f = open(path, "rb")  # noqa: SIM115 - closed in the finally below
@@ -840,8 +858,8 @@ def scan(path: Path, on_progress: Callable[[int, int], None] | None = None) -> S
             else:
                 number, settled = conversation(key, seq, ack, flags)  # Wireshark numbers every packet's pair
             if entry is None:
-                if not (size or flags & _SYN):
-                    continue  # the last ACK or FIN of a stream already finished
+                if not (size or flags & _SYN) or (not flags & _SYN and late(key, seq, size)):
+                    continue  # the last ACK or FIN of a stream already finished, or a late retransmission of its bytes
                 half = (len(key) - 4) // 2
                 sport, dport = _PORTS.unpack_from(key, 2 * half)
                 stream = _Stream(
