@@ -1,7 +1,8 @@
 """`esrs-fix pcap`: find HTTP requests answered by TLS records (and the other faces) in a pcap or pcapng file.
 
 Streaming: packets are read one at a time (their link layers by `frames`), TCP payload is reassembled in order per
-direction (`reassembly`), and each direction is followed as HTTP/1: the client's requests (pipelined or one after
+direction (`reassembly`: a FIN counts where it stands in the stream, a SYN's payload is kept, and an address pair
+reused by a new connection, after a SYN or a jump in sequence numbers, is followed afresh), and each direction is followed as HTTP/1: the client's requests (pipelined or one after
 another on a keep-alive connection) are queued in order, and each answer is framed as `check`'s client frames it
 (`http1`, RFC 9112) so that every answer is paired with its own request line and judged (`findings`).
 Only the first bytes of each answer are kept (enough to decide), the queue of outstanding requests is bounded,
