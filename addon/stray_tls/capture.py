@@ -2,9 +2,10 @@
 
 Streaming: packets are read one at a time (their link layers by `frames`), TCP payload is reassembled in order per
 direction (`reassembly`: a FIN counts where it stands in the stream, a SYN's payload is kept, and an address pair
-reused by a new connection, after a SYN or a jump in sequence numbers, is followed afresh), and each direction is followed as HTTP/1: the client's requests (pipelined or one after
-another on a keep-alive connection) are queued in order, and each answer is framed as `check`'s client frames it
-(`http1`, RFC 9112) so that every answer is paired with its own request line and judged (`findings`).
+reused by a new connection, after a SYN or a jump in sequence numbers, is followed afresh), and each direction
+is followed as HTTP/1: the client's requests (pipelined or one after another on a keep-alive connection) are
+queued in order, and each answer is framed as `check`'s client frames it (`http1`, RFC 9112) so that every answer
+is paired with its own request line and judged (`findings`).
 Only the first bytes of each answer are kept (enough to decide), the queue of outstanding requests is bounded,
 and the bytes of a body already decided on are counted, not looked at, so memory stays flat however large the
 capture and most packets cost a few header reads. dpkt reads the file formats (and decodes the rare frames the
