@@ -31,6 +31,11 @@ class Conversation:
     #: (side, payload) sent in this order instead of `turns` (0: the client): a request in the middle of an answer
     script: list[tuple[int, bytes]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    isn: tuple[int, int] = (1000, 5000)  # the initial sequence numbers of client and server
+    syn_data: bool = False  # TCP Fast Open: the first request rides in the SYN
+    handshake: bool = True  # False: the capture missed the SYN and SYN-ACK (it began later, or lost them)
+    fin_early: int = 0  # the server's FIN is captured before this many of its last data segments (reordered)
+    client_rst: bool = False  # after the turns the client resets the connection (after the server's FIN, if any)
 
 
 #: The link types `write_capture` can wrap the IP packets in, and their pcap numbers.
@@ -100,45 +105,56 @@ def frames(c: Conversation, link: str = "ethernet") -> Iterator[tuple[float, byt
     """The frames of a conversation: handshake, turns (or pipelined groups of them), closes."""
     import dpkt
 
-    t = c.start
-    seq = {0: 1000, 1: 5000}  # 0: client, 1: server
+    seq = {0: c.isn[0], 1: c.isn[1]}  # 0: client, 1: server
     ends = {0: c.client, 1: c.server}
+    out: list[tuple[int, int, bytes]] = []  # (side, flags, frame) in capture order
 
-    def packet(side: int, flags: int, payload: bytes = b"", at: int | None = None) -> tuple[float, bytes]:
-        nonlocal t
-        t += 0.0005
+    def packet(side: int, flags: int, payload: bytes = b"", at: int | None = None) -> None:
         src, dst = ends[side], ends[1 - side]
         tcp = dpkt.tcp.TCP(
             sport=src[1], dport=dst[1], seq=seq[side] if at is None else at, ack=seq[1 - side], flags=flags, win=65535
         )
         tcp.data = payload
-        return t, _frame(*_ip(src[0], dst[0], tcp), link)
+        out.append((side, flags, _frame(*_ip(src[0], dst[0], tcp), link)))
 
-    def send(side: int, payload: bytes) -> Iterator[tuple[float, bytes]]:
+    def send(side: int, payload: bytes) -> None:
         base = seq[side]
         for offset, chunk in _segments(c, side, payload):
-            yield packet(side, psh | ack, chunk, at=(base + offset) & 0xFFFFFFFF)
+            packet(side, psh | ack, chunk, at=(base + offset) & 0xFFFFFFFF)
         seq[side] = (base + len(payload)) & 0xFFFFFFFF
 
-    syn, ack, psh, fin = dpkt.tcp.TH_SYN, dpkt.tcp.TH_ACK, dpkt.tcp.TH_PUSH, dpkt.tcp.TH_FIN
-    yield packet(0, syn)
-    seq[0] += 1
-    yield packet(1, syn | ack)
+    syn, ack, psh, fin, rst = dpkt.tcp.TH_SYN, dpkt.tcp.TH_ACK, dpkt.tcp.TH_PUSH, dpkt.tcp.TH_FIN, dpkt.tcp.TH_RST
+    turns = list(c.turns) if c.script is None else []
+    first = turns[0][0] if c.syn_data and turns else b""
+    packet(0, syn, first)
+    seq[0] += 1 + len(first)
+    packet(1, syn | ack)
     seq[1] += 1
-    yield packet(0, ack)
+    packet(0, ack)
+    if not c.handshake:
+        del out[:2]
     if c.script is not None:
         for side, payload in c.script:
-            yield from send(side, payload)
-    for first in range(0, len(c.turns) if c.script is None else 0, c.pipeline):
-        group = c.turns[first : first + c.pipeline]
-        for request, _ in group:
-            yield from send(0, request)
+            send(side, payload)
+    for at in range(0, len(turns), c.pipeline):
+        group = turns[at : at + c.pipeline]
+        for n, (request, _) in enumerate(group):
+            if not (first and at == n == 0):  # sent in the SYN
+                send(0, request)
         for _, answer in group:
-            yield from send(1, answer)
+            send(1, answer)
     if c.server_fin:
-        yield packet(1, fin | ack)
+        packet(1, fin | ack)
         seq[1] += 1
-        yield packet(0, fin | ack)
+        if c.fin_early:  # the FIN overtakes the server's last data segments
+            data = [i for i, (side, flags, _) in enumerate(out) if side == 1 and not flags & (syn | fin)]
+            out.insert(data[-min(c.fin_early, len(data))], out.pop())
+        if not c.client_rst:
+            packet(0, fin | ack)
+    if c.client_rst:
+        packet(0, rst | ack)
+    for n, (_, _, frame) in enumerate(out):
+        yield c.start + 0.0005 * (n + 1), frame
 
 
 def write_capture(path: Path, conversations: Iterable[Conversation], fmt: str = "pcap", link: str = "ethernet") -> None:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -322,6 +325,7 @@ def test_findings_do_not_depend_on_how_the_stream_is_cut(tmp_path: Path, data: s
 
     split = keep_alive_and_pipelined(pipeline)
     split.segmenter = cut
+    split.fin_early = data.draw(st.integers(0, 12), label="segments the server's FIN overtakes")
     assert findings_of(scan_one(tmp_path, split)) == expected
 
 
@@ -473,3 +477,130 @@ def test_more_segments_out_of_order_than_kept_end_in_a_counted_gap(tmp_path: Pat
     result = scan_one(tmp_path, conversation)
     # the head came last and was stepped over: nothing of this answer can be judged, and the scan says so
     assert result.exchanges == [] and result.gaps >= 1 and result.gaps_unread == 1
+
+
+# -- FIN, SYN and reused address pairs: where each stands in the stream (compared with tshark's reading)
+
+
+def tshark_frames(path: Path) -> list[tuple[int, int, int, int, bytes]]:
+    """(frame number, tcp.stream, source port, TCP flags, payload) of each TCP frame, as tshark reads the file."""
+    tshark = shutil.which("tshark")
+    if tshark is None:
+        pytest.skip("tshark is not installed (.ci/run installs it)")
+    fields = ("frame.number", "tcp.stream", "tcp.srcport", "tcp.flags", "tcp.payload")
+    p = subprocess.run(
+        [tshark, "-r", str(path), "-T", "fields", "-E", "separator=/t", *(a for f in fields for a in ("-e", f))],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    rows = [line.split("\t") for line in p.stdout.splitlines()]
+    return [
+        (int(n), int(s), int(port), int(flags, 16), bytes.fromhex(data.replace(":", "")))
+        for n, s, port, flags, data in rows
+        if s
+    ]
+
+
+def tshark_follow(path: Path, stream: int) -> tuple[bytes, bytes]:
+    """The client's and the server's bytes of `tcp.stream eq stream` as tshark's Follow TCP Stream reassembles them
+    (in sequence order: its reading of where each byte stands)."""
+    tshark = shutil.which("tshark")
+    if tshark is None:
+        pytest.skip("tshark is not installed (.ci/run installs it)")
+    p = subprocess.run(
+        [tshark, "-r", str(path), "-q", "-z", f"follow,tcp,hex,{stream}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    sides = [bytearray(), bytearray()]
+    for text in p.stdout.splitlines():
+        m = re.match(r"(\t?)[0-9A-F]{8}  ((?:[0-9a-f]{2} {1,2}){1,16})", text)
+        if m:
+            sides[bool(m.group(1))] += bytes.fromhex(m.group(2))
+    return bytes(sides[0]), bytes(sides[1])
+
+
+def first_frame_with(rows: list[tuple[int, int, int, int, bytes]], port: int, data: bytes) -> tuple[int, int]:
+    """(frame, tcp.stream) of the first frame from `port` whose payload begins with `data`."""
+    return next((n, s) for n, s, p, _, payload in rows if p == port and payload.startswith(data))
+
+
+def test_a_server_fin_captured_before_the_data_it_follows_waits_for_it(tmp_path: Path) -> None:
+    # the alert's last segment comes after the FIN: tshark puts the FIN after it; so must the reader
+    for segment in (1400, 3):
+        path = tmp_path / f"fin-early-{segment}.pcap"
+        c = Conversation(("10.0.0.5", 41040), PROXY, [(REQ, ALERT_TLS10)], segment=segment, fin_early=1)
+        write_capture(path, [c])
+        [found] = capture.scan(path).exchanges
+        assert (found.finding.kind, found.finding.summary) == (Kind.TLS_RECORDS, ALERT_SUMMARY)
+        assert tshark_follow(path, found.tcp_stream) == (REQ, found.finding.raw) == (REQ, ALERT_TLS10)
+        rows = tshark_frames(path)
+        assert found.frame == first_frame_with(rows, PROXY[1], ALERT_TLS10[:segment])[0]
+        fin = next(n for n, _, port, flags, _ in rows if port == PROXY[1] and flags & 0x01)
+        assert fin < max(n for n, _, port, _, payload in rows if port == PROXY[1] and payload)  # captured before it
+
+
+def test_a_retransmission_after_the_close_begins_no_stream(tmp_path: Path) -> None:
+    # the alert, its FIN, then the alert again (a retransmission the capture saw after the FIN took effect)
+    c = Conversation(("10.0.0.5", 41042), PROXY, [(REQ, ALERT_TLS10)], retransmit=True, fin_early=1)
+    result = scan_one(tmp_path, c)  # one TCP stream, as tshark counts them
+    assert [e.finding.summary for e in result.exchanges] == [ALERT_SUMMARY]
+    path = tmp_path / "late.pcap"
+    write_capture(path, [c])
+    assert {stream for _, stream, _, _, _ in tshark_frames(path)} == {0}
+
+
+def test_a_fin_whose_data_the_capture_lost_is_a_gap_not_a_silent_close(tmp_path: Path) -> None:
+    lost = Conversation(("10.0.0.5", 41041), PROXY, [(REQ, ALERT_TLS10)], segmenter=drop(1, 0))
+    result = scan_one(tmp_path, lost)
+    assert result.exchanges == [] and (result.gaps, result.gaps_unread) == (1, 1)
+
+
+REUSED = ("10.0.0.5", 41050)
+#: an answer whose body the first connection never finished (it vanished: no FIN or RST in the capture)
+UNFINISHED = answer("200 OK", b"x" * 100_000)[:1500]
+
+
+@pytest.mark.parametrize(
+    ("first", "again"),
+    [
+        (Conversation(REUSED, PROXY, [(REQ, OK)]), {}),  # closed by FINs
+        (Conversation(REUSED, PROXY, [(REQ, OK)], server_fin=False, client_rst=True), {}),  # reset by the client
+        # neither: a new SYN, its numbers near the old ones (Linux derives them from the clock and the addresses)
+        (Conversation(REUSED, PROXY, [(REQ, UNFINISHED)], server_fin=False), {"isn": (1000 + 2**20, 5000 + 2**21)}),
+        (Conversation(REUSED, PROXY, [(REQ, UNFINISHED)], server_fin=False), {"handshake": False}),  # no SYN seen
+    ],
+    ids=["fin", "rst", "syn-without-close", "sequence-jump"],
+)
+def test_a_reused_address_pair_starts_afresh(tmp_path: Path, first: Conversation, again: dict[str, Any]) -> None:
+    second = Conversation(REUSED, PROXY, [(REQ, ALERT_TLS10)], **{"isn": (3_000_000_000, 2_000_000_000), **again})
+    second.start = first.start + 10
+    path = tmp_path / "reused.pcap"
+    write_capture(path, [first, second])
+    result = capture.scan(path)
+    [found] = result.exchanges
+    assert (found.finding.kind, found.finding.summary) == (Kind.TLS_RECORDS, ALERT_SUMMARY)
+    assert found.time > second.start and found.request_line == line(REQ)
+    # the frame and tcp.stream tshark gives the alert; tshark's own reassembly of that stream ends with it
+    rows = tshark_frames(path)
+    assert (found.frame, found.tcp_stream) == first_frame_with(rows, PROXY[1], ALERT_TLS10)
+    assert tshark_follow(path, found.tcp_stream)[1].endswith(found.finding.raw)
+    assert found.tcp_stream == (0 if "handshake" in again else 1)  # without a SYN, Wireshark's stream goes on too
+
+
+def test_a_fast_open_syn_carries_the_request(tmp_path: Path) -> None:
+    c = Conversation(("10.0.0.5", 41060), PROXY, [(REQ, ALERT_TLS10), (request("/2"), OK)], syn_data=True)
+    result = scan_one(tmp_path, c)
+    assert result.requests == 2
+    [found] = result.exchanges
+    assert (found.request_line, found.finding.summary) == (line(REQ), ALERT_SUMMARY)
+    path = tmp_path / "tfo.pcap"
+    write_capture(path, [c])
+    rows = tshark_frames(path)
+    assert rows[0][3:] == (0x002, REQ)  # tshark, too, reads the request in the SYN
+    assert tshark_follow(path, 0)[0] == REQ + request("/2")
+    assert found.frame == first_frame_with(rows, PROXY[1], ALERT_TLS10)[0]

@@ -239,6 +239,32 @@ def test_a_frame_cut_short_says_how_much_is_missing() -> None:
     assert "10 bytes of its TCP payload were not pasted" in text.decode_text(built.frame[:-10])[0]
 
 
+@pytest.mark.parametrize("link", LINKS)
+def test_an_ipv6_frame_cut_short_reads_like_an_ipv4_one(link: str) -> None:
+    # the issue: an IPv4 frame cut short was read with `missing`, an IPv6 one was "not TLS: byte 0x00 at offset 0"
+    payload = ALERT + bytes(range(40))
+    for src, dst in ((("192.168.1.20", 443), ("192.168.1.10", 50211)), (("fd00::20", 443), ("fd00::10", 50211))):
+        built = build(payload, link, src, dst)
+        cut = built.frame[: built.offset + len(payload) - 10]
+        frame = frames.find_payload(cut)
+        assert frame is not None, (link, src)
+        assert (frame.payload, frame.missing, frame.offset) == (payload[:-10], 10, built.offset)
+        assert (frame.src, frame.dst) == (built.src, built.dst)
+        rendered, is_tls = text.decode_text(cut)
+        assert is_tls and "10 bytes of its TCP payload were not pasted" in rendered
+        assert f"{built.src} -> {built.dst}, payload at offset {built.offset}: {ALERT_SUMMARY}" in rendered
+
+
+def test_an_ipv6_frame_cut_inside_its_tcp_header_or_with_no_hop_limit_is_no_frame() -> None:
+    built = build(ALERT + bytes(40), "ethernet", ("fd00::20", 443), ("fd00::10", 50211))
+    assert frames.find_payload(built.frame[: 14 + 40 + 19]) is None  # the TCP header is not whole
+    assert frames.find_payload(built.frame[: 14 + 40 + 20]) is not None
+    zero_hops = bytearray(built.frame)
+    zero_hops[14 + 7] = 0  # a hop limit no sender sets: no evidence that this is a packet cut short
+    assert frames.find_payload(bytes(zero_hops[:-10])) is None
+    assert frames.find_payload(bytes(zero_hops)) is not None  # whole, its length is the evidence
+
+
 def test_a_payload_that_is_not_tls_is_said_with_frame_offsets() -> None:
     built = build(b"HTTP/1.1 200 OK\r\n\r\n")
     rendered, is_tls = text.decode_text(built.frame)
@@ -331,6 +357,29 @@ def test_any_built_frame_gives_back_its_payload_and_endpoints(
     assert (endpoint(frame.src), endpoint(frame.dst)) == ((addresses[0], ports[0]), (addresses[1], ports[1]))
     assert frame.src.startswith("[") == (addresses[0].version == 6)
     assert read_pasted(wireshark_hex_dump(built.frame)).data == built.frame
+
+
+@given(
+    payload=st.binary(min_size=1, max_size=300),
+    link=st.sampled_from(LINKS),
+    addresses=_addresses,
+    options=_options,
+    lost=st.integers(1, 300),
+)
+def test_any_frame_cut_short_gives_back_what_is_there_and_how_much_is_not(
+    payload: bytes,
+    link: str,
+    addresses: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...],
+    options: bytes,
+    lost: int,
+) -> None:
+    built = build(payload, link, (str(addresses[0]), 443), (str(addresses[1]), 50211), options=options)
+    lost = min(lost, len(payload))
+    end = built.offset + len(payload) - lost
+    frame = frames.find_payload(built.frame[:end])
+    assert frame is not None
+    assert (frame.payload, frame.missing, frame.offset) == (payload[: len(payload) - lost], lost, built.offset)
+    assert (endpoint(frame.src), endpoint(frame.dst)) == ((addresses[0], 443), (addresses[1], 50211))
 
 
 @given(st.binary(min_size=1, max_size=400).filter(lambda b: records.could_start_tls(b[0])))

@@ -15,7 +15,7 @@ import weakref
 from collections.abc import Awaitable
 from typing import Optional
 
-from mitmproxy import command, ctx, exceptions, flowfilter, hooks, http, tls
+from mitmproxy import command, connection, ctx, exceptions, flowfilter, hooks, http, tls
 from mitmproxy.addonmanager import Loader
 from mitmproxy.proxy import server_hooks
 
@@ -43,6 +43,7 @@ from .names import (
     OPTION_NAMES,
     UPGRADE_METADATA_KEY,
     UPSTREAM_LABEL_HEADER,
+    hostport,
     printable,
 )
 from .pasted import PasteError, parse_pasted
@@ -501,9 +502,13 @@ class EsrsFix:
             if not flow.server_conn.tls_established and self._tls_failed(flow):
                 self._learned_failed(flow, *learned)
             return None
+        failed = self._tls_failures.pop(flow.server_conn.id, None)
+        via = flow.server_conn.via
+        if via is not None:  # the TLS connection to the upstream proxy failed: kept by client (taken whatever follows)
+            failed = self._tls_failures.pop(_proxy_key(flow.client_conn.id), None) or failed
         if flow.error is None or flow.response is not None or not flow.live or UPGRADE_METADATA_KEY in flow.metadata:
             return None
-        finding = self._tls_failures.pop(flow.server_conn.id, None) or compat.finding_from_error(flow.error.msg)
+        finding = failed or compat.finding_from_error(flow.error.msg)
         if finding is None:
             return None
         # Only the early detection's send wrapper (HTTP/1 clients) can put an answer in place of mitmproxy's error page.
@@ -524,6 +529,16 @@ class EsrsFix:
 
     def tls_failed_server(self, data: tls.TlsData) -> None:
         # Remember why; the flow's error hook, which follows, reports it once with the flow's URL.
+        server = data.context.server
+        via = server.via
+        conn = data.conn
+        if via is not None and isinstance(conn, connection.Server) and conn is not server and conn.address == via[1]:
+            # the TLS connection to the upstream proxy (`--mode upstream:https://`), not to the server: the flow
+            # that waited for it has a server connection of its own, so it is kept by client for the error hook
+            finding = compat.finding_from_tls_error(data.conn.error or "", hostport(str(via[1][0]), via[1][1]))
+            if finding is not None:
+                self._tls_failures[_proxy_key(data.context.client.id)] = finding
+            return
         finding = compat.finding_from_tls_error(data.conn.error or "")
         if finding is not None:
             self._tls_failures[data.conn.id] = finding
@@ -675,3 +690,8 @@ class EsrsFix:
             response.headers[LABEL_HEADER] = label
         self._ours.add(response)
         return response
+
+
+def _proxy_key(client_id: str) -> str:
+    """Where a failed TLS connection to the upstream proxy is kept: by the client connection that waited for it."""
+    return f"{client_id} upstream proxy"

@@ -1,9 +1,11 @@
 """`esrs-fix pcap`: find HTTP requests answered by TLS records (and the other faces) in a pcap or pcapng file.
 
 Streaming: packets are read one at a time (their link layers by `frames`), TCP payload is reassembled in order per
-direction (`reassembly`), and each direction is followed as HTTP/1: the client's requests (pipelined or one after
-another on a keep-alive connection) are queued in order, and each answer is framed as `check`'s client frames it
-(`http1`, RFC 9112) so that every answer is paired with its own request line and judged (`findings`).
+direction (`reassembly`: a FIN counts where it stands in the stream, a SYN's payload is kept, and an address pair
+reused by a new connection, after a SYN or a jump in sequence numbers, is followed afresh), and each direction
+is followed as HTTP/1: the client's requests (pipelined or one after another on a keep-alive connection) are
+queued in order, and each answer is framed as `check`'s client frames it (`http1`, RFC 9112) so that every answer
+is paired with its own request line and judged (`findings`).
 Only the first bytes of each answer are kept (enough to decide), the queue of outstanding requests is bounded,
 and the bytes of a body already decided on are counted, not looked at, so memory stays flat however large the
 capture and most packets cost a few header reads. dpkt reads the file formats (and decodes the rare frames the
@@ -39,6 +41,8 @@ MAX_HEAD = 65536
 MAX_OUTSTANDING = 64
 #: Streams followed at once; the least recently active beyond this are dropped.
 MAX_STREAMS = 50_000
+#: Streams closed lately whose ends are remembered, so that a late retransmission of theirs begins no new stream.
+MAX_FINISHED = 4096
 #: Capture seconds after which an idle stream is finished.
 IDLE_SECONDS = 300.0
 #: Address/port pairs remembered for Wireshark's `tcp.stream` numbering (about 150 bytes each); beyond this the older
@@ -153,6 +157,7 @@ class _Stream(reassembly.Connection):
         "buf",
         "chunks",
         "client",
+        "closing",
         "decided",
         "frame",
         "held",
@@ -184,6 +189,7 @@ class _Stream(reassembly.Connection):
         #: after a SYN has begun a new conversation on the same addresses)
         self.answer_at = (0, 0)
         self.client: int | None = None  # 0: a is the client; 1: b is (known from the SYN, else from a method)
+        self.closing = False  # the server's FIN has taken effect (where it stands in the stream): close the stream
         # the client's side
         self.req_buf = bytearray()  # the head of the request being received
         self.req_chunks: http1.ChunkedReader | None = None  # its chunked body, being read
@@ -249,6 +255,11 @@ class _Stream(reassembly.Connection):
             else:
                 self._judge_what_arrived()
                 self.server_gone()
+
+    def closed(self, side: int) -> None:
+        """A FIN has taken effect: the server's ends the connection (the client's only half: answers may follow)."""
+        if side != self.client:
+            self.closing = True
 
     def skipped(self, side: int) -> None:
         """The counted-down body of `side` has ended."""
@@ -554,6 +565,8 @@ class _Stream(reassembly.Connection):
         """The connection closed (`closed_by_server`: a FIN or RST from the server), or the capture ended, or the
         stream was dropped."""
         self.flush()
+        # a FIN of the server's still waiting for the bytes before it (at the end of the capture) counts as well
+        closed_by_server = closed_by_server or any(self.ended[side] for side in (0, 1) if side != self.client)
         state = self.state
         if state == _GONE or not self.outstanding():
             return
@@ -737,10 +750,26 @@ def scan(path: Path, on_progress: Callable[[int, int], None] | None = None) -> S
     # both directions' keys -> (stream, the side that sends with that key); insertion order is creation order
     streams: dict[bytes, tuple[_Stream, int]] = {}
 
+    #: the streams closed last (the key of their side 0) -> where each side had got to: a late retransmission of
+    #: theirs begins no new stream
+    finished: dict[bytes, tuple[int | None, int | None]] = {}
+
     def close(key: bytes, by_server: bool = False) -> None:
-        stream = streams.pop(key)[0]
+        stream, side = streams.pop(key)
         del streams[_reverse(key)]
         stream.finish(by_server)
+        if len(finished) >= MAX_FINISHED:
+            del finished[next(iter(finished))]
+        finished[_reverse(key) if side else key] = (stream.nxt[0], stream.nxt[1])
+
+    def late(key: bytes, seq: int, size: int) -> bool:
+        """The segment holds only bytes of a stream closed lately, that it had already got to (a retransmission)."""
+        ends = finished.get(key)
+        side = 0
+        if ends is None:
+            ends, side = finished.get(_reverse(key)), 1
+        end = None if ends is None else ends[side]
+        return end is not None and (end - (seq + size)) & _SEQ < reassembly.JUMP
 
     try:
         f = open(path, "rb")  # noqa: SIM115 - closed in the finally below
@@ -814,17 +843,29 @@ def scan(path: Path, on_progress: Callable[[int, int], None] | None = None) -> S
                 start, end = 0, len(buf)
             size = end - start if end > start else 0
             entry = get(key)
+            if entry is not None:
+                stream, side = entry
+                if flags & _SYN or stream.unsettled:  # a SYN may begin a new conversation; the first packets set bases
+                    number, settled = conversation(key, seq, ack, flags)
+                    if (number != stream.tcp_stream and flags & (_SYN | _ACK) == _SYN) or (
+                        seq != stream.nxt[side] and stream.jumped(side, seq, ack, flags)
+                    ):
+                        close(key)  # the pair reused by a new connection: what the old one left is not carried on
+                        entry = None
+                    else:
+                        stream.tcp_stream, stream.unsettled = number, not settled
+                elif seq != stream.nxt[side] and stream.jumped(side, seq, ack, flags):
+                    close(key)  # a new connection whose SYN the capture missed: the same tcp.stream to Wireshark
+                    entry, number, settled = None, stream.tcp_stream, True
+            else:
+                number, settled = conversation(key, seq, ack, flags)  # Wireshark numbers every packet's pair
             if entry is None:
-                tcp_stream, settled = conversation(key, seq, ack, flags)  # Wireshark numbers every packet's pair
-                if not (size or flags & _SYN):
-                    continue  # the last ACK or FIN of a stream already finished
+                if not (size or flags & _SYN) or (not flags & _SYN and late(key, seq, size)):
+                    continue  # the last ACK or FIN of a stream already finished, or a late retransmission of its bytes
                 half = (len(key) - 4) // 2
                 sport, dport = _PORTS.unpack_from(key, 2 * half)
                 stream = _Stream(
-                    frames.endpoint(key[:half], sport),
-                    frames.endpoint(key[half : 2 * half], dport),
-                    result,
-                    tcp_stream,
+                    frames.endpoint(key[:half], sport), frames.endpoint(key[half : 2 * half], dport), result, number
                 )
                 if flags & _SYN:  # SYN: this side connects; SYN-ACK: the other side did
                     stream.client = 1 if flags & _ACK else 0
@@ -837,30 +878,26 @@ def scan(path: Path, on_progress: Callable[[int, int], None] | None = None) -> S
                 if len(streams) > 2 * MAX_STREAMS:
                     idle = sorted((s.last, k) for k, (s, d) in streams.items() if d == 0)
                     for _, k in idle[: max(1, MAX_STREAMS // 16)]:
-                        close(k)
-            else:
-                stream, side = entry
-                if flags & _SYN or stream.unsettled:  # a SYN may begin a new conversation; the first packets set bases
-                    stream.tcp_stream, settled = conversation(key, seq, ack, flags)
-                    stream.unsettled = not settled
+                        if k != key:
+                            close(k)
             stream.last = ts
             stream.frame = count
             if not flags & 0x07:  # no SYN, FIN or RST
                 if not size:
                     continue
                 skip = stream.skip[side]
-                # in order, nothing in it to look at, and no later segment waiting for it
-                if skip > size and seq == stream.nxt[side] and not stream.pending[side]:
+                # in order, nothing in it to look at, no later segment waiting for it, no FIN waiting for it
+                if skip > size and seq == stream.nxt[side] and not stream.pending[side] and stream.fin[side] is None:
                     stream.skip[side] = skip - size
                     stream.nxt[side] = (seq + size) & _SEQ
                     continue
-                stream.segment(side, seq, flags, buf[start:end], ts)
-                if stream.pending[side]:
-                    stream.hold(side, seq)
-                continue
             stream.segment(side, seq, flags, buf[start:end], ts)
-            if flags & (_FIN | _RST) and (side != stream.client or flags & _RST):
+            if stream.pending[side]:
+                stream.hold(side, (seq + 1) & _SEQ if flags & _SYN else seq)
+            if flags & _RST:  # a reset ends the connection where it stands in the capture
                 close(key, by_server=side != stream.client)
+            elif stream.closing:  # the server's FIN, and every byte before it, have gone on
+                close(key, by_server=True)
         result.packets = count
         if cut.cut and not result.damaged:
             # inside the last packet, or inside a block after it (pcapng's statistics): the reader cannot tell

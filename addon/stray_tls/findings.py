@@ -382,8 +382,22 @@ def tls_alert(code: int, message: str) -> Finding:
     )
 
 
-def upstream_not_tls(message: str) -> Finding:
-    """The opposite fault: TLS was sent to a port that answered in plaintext (`message`: the TLS stack's words)."""
+def upstream_not_tls(message: str, proxy: str | None = None) -> Finding:
+    """The opposite fault: TLS was sent to a port that answered in plaintext (`message`: the TLS stack's words).
+
+    `proxy` (`host:port`): the port was the upstream proxy's, given as `--mode upstream:https://`: the request's URL
+    is not at fault, the proxy's scheme is (mitmproxy issues 5399 and 6900)."""
+    if proxy is not None:
+        return Finding(
+            Kind.UPSTREAM_NOT_TLS,
+            Confidence.HIGH,
+            f"mitmproxy was told to speak TLS to its upstream proxy (`--mode upstream:https://{proxy}`), and the "
+            "proxy answered in plaintext: it speaks plain HTTP, not TLS. The request's URL is not at fault, and no "
+            "request reached the proxy. Give the proxy as it speaks: `--mode "
+            f"upstream:http://{proxy}` (https:// URLs still go to it through CONNECT, then TLS to the server).",
+            detail=f"TLS sent to the upstream proxy {proxy}, which speaks plain HTTP: {message.strip()}",
+            extra={"tls_error": message.strip(), "upstream_proxy_spec": f"upstream:http://{proxy}"},
+        )
     return Finding(
         Kind.UPSTREAM_NOT_TLS,
         Confidence.HIGH,

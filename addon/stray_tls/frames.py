@@ -6,7 +6,8 @@ matter. `find_payload` reads those headers and says where the payload starts and
 
 It answers only on evidence, so that a bare payload is never taken for a frame: an IPv4 header with a right
 checksum (or, where checksum offload left it zero, lengths that end exactly where the frame does), an IPv6
-header whose payload length ends where the frame does, a TCP header whose data offset and options fit. A TLS
+header whose payload length ends where the frame does (or, in a frame cut short, goes beyond it), a TCP header
+whose data offset and options fit. A frame cut short says how many payload bytes it lacks (`missing`). A TLS
 payload cannot pass for raw IP at all: its first byte (0x14-0x18, or >= 0x80) has no IP version 4 or 6.
 
 The link-layer readers (`at_ethernet`, ...) are also the capture reader's: one place knows where IP starts.
@@ -184,10 +185,13 @@ def _ip_tcp(data: bytes, link: str, off: int, version: int) -> Frame | None:
         if data[off] >> 4 != 6 or off + 40 > n:
             return None
         total = 40 + int.from_bytes(data[off + 4 : off + 6], "big")
-        if not _ends_here(data, off + total, link):  # no checksum: the length is the evidence
+        # no checksum: the length is the evidence, that the packet ends where the frame does, or (a frame cut
+        # short, as IPv4's checksum allows) that it announces more than is there, with a hop limit a sender sets
+        cut = off + total > n and data[off + 7] > 0
+        if not (cut or _ends_here(data, off + total, link)):
             return None
         nxt, t = data[off + 6], off + 40
-        while nxt in IPV6_EXTENSIONS and t + 8 <= off + total:
+        while nxt in IPV6_EXTENSIONS and t + 8 <= min(off + total, n):
             nxt, t = data[t], t + (data[t + 1] + 1) * 8
         if nxt != TCP:
             return None

@@ -6,12 +6,21 @@ and hands on in-order bytes through `stream_bytes`; a subclass says what they me
 counted down, or `IGNORE`): such bytes are counted, never handed on, and the capture's scan loop passes in-order
 segments inside them by without calling in at all. A gap that will not fill (more than `MAX_PENDING` segments
 wait behind it, or the connection ends) is stepped over and said through `gap`.
+
+A FIN takes its place in the stream too: it counts where its sequence number stands, so a FIN captured before the
+bytes it follows (reordering, a retransmission) ends the direction only once those bytes have gone on (`closed`).
+A SYN's payload (TCP Fast Open) is stream bytes like any other. `jumped` tells a segment that cannot belong to this
+connection (the address pair reused by a new one whose SYN the capture missed): the reader starts afresh.
 """
 
 from __future__ import annotations
 
 #: Out-of-order segments kept per direction before the gap in front of them is given up.
 MAX_PENDING = 64
+#: How far (in sequence numbers, either way) a segment may stand from where its direction is and still belong to the
+#: same connection: far beyond what reordering can hold here (MAX_PENDING segments of at most 64 KiB), while a new
+#: connection's random numbers land this near the old ones (in both directions at once) about once in 16,000 times.
+JUMP = 1 << 24
 #: A direction's `skip` when nothing more it sends matters.
 IGNORE = 1 << 62
 SEQ_MASK = 0xFFFFFFFF
@@ -21,13 +30,15 @@ SYN, FIN, RST, ACK = 0x02, 0x01, 0x04, 0x10
 class Connection:
     """Both directions (side 0 and 1) of one TCP connection, reassembled; subclasses implement the three hooks."""
 
-    __slots__ = ("last", "nxt", "pending", "skip")
+    __slots__ = ("ended", "fin", "last", "nxt", "pending", "skip")
 
     def __init__(self) -> None:
         self.nxt: list[int | None] = [None, None]  # the next sequence number expected from each side
         self.pending: tuple[dict[int, bytes], dict[int, bytes]] = ({}, {})
         self.skip = [0, 0]
         self.last = 0.0  # capture time of the latest segment
+        self.fin: list[int | None] = [None, None]  # where each side's FIN stands in its stream, once seen
+        self.ended = [False, False]  # each side's stream has gone on up to its FIN
 
     # -- the hooks
 
@@ -44,15 +55,40 @@ class Connection:
         `skip[side]` (nothing that needed a look was lost)."""
         raise NotImplementedError
 
+    def closed(self, side: int) -> None:
+        """Every byte `side` sent before its FIN has gone on (or was stepped over): that direction has ended."""
+
     # -- segments in, bytes out
 
+    def jumped(self, side: int, seq: int, ack: int, flags: int) -> bool:
+        """The segment cannot belong to this connection: its sequence number is more than `JUMP` away from where
+        `side` is, and so is its acknowledgment from where the other side is (when that is known)."""
+        nxt, theirs = self.nxt[side], self.nxt[1 - side]
+        if nxt is None or not _far((seq + (flags & SYN)) & SEQ_MASK, nxt):
+            return False
+        return theirs is None or not flags & ACK or _far(ack, theirs)
+
     def segment(self, side: int, seq: int, flags: int, payload: bytes, ts: float) -> None:
-        """One segment of `side`, in any order; in-order bytes go on."""
-        if flags & SYN:
-            self.nxt[side] = (seq + 1) & SEQ_MASK
-            return
-        if not payload:
-            return
+        """One segment of `side`, in any order; in-order bytes go on, and a FIN once they reach it."""
+        if flags & SYN:  # its payload, if any (TCP Fast Open), begins after it
+            seq = (seq + 1) & SEQ_MASK
+            if self.nxt[side] is None:
+                self.nxt[side] = seq
+        if flags & FIN and self.fin[side] is None:
+            self.fin[side] = (seq + len(payload)) & SEQ_MASK
+        if payload:
+            self.take(side, seq, payload, ts)
+        self.at_fin(side)
+
+    def at_fin(self, side: int) -> None:
+        """Say `closed` once `side`'s stream has reached its FIN (or passed it: bytes after a FIN are bogus)."""
+        fin, nxt = self.fin[side], self.nxt[side]
+        if fin is not None and nxt is not None and not self.ended[side] and (nxt - fin) & SEQ_MASK < 0x80000000:
+            self.ended[side] = True
+            self.closed(side)
+
+    def take(self, side: int, seq: int, payload: bytes, ts: float) -> None:
+        """The payload of one segment at `seq`: on now if in order, kept if ahead, trimmed if partly old."""
         nxt = self.nxt[side]
         if nxt is None:  # the capture began mid-stream
             nxt = seq
@@ -100,7 +136,12 @@ class Connection:
         pending, nxt = self.pending[side], self.nxt[side]
         if not pending or nxt is None:
             return
-        at = min(pending, key=lambda seq: (seq - nxt) & SEQ_MASK)
+        self.step_to(side, min(pending, key=lambda seq: (seq - nxt) & SEQ_MASK), ts)
+
+    def step_to(self, side: int, at: int, ts: float) -> None:
+        """Step over the bytes of `side` from `nxt` to `at`, which the capture lacks, and say so."""
+        nxt = self.nxt[side]
+        assert nxt is not None
         size = (at - nxt) & SEQ_MASK
         self.nxt[side] = at
         skip = self.skip[side]
@@ -134,7 +175,19 @@ class Connection:
         self.stream_bytes(side, data, ts)
 
     def flush(self) -> None:
-        """The connection is over: step over every gap still waiting for its bytes."""
+        """The connection is over: step over every gap still waiting for its bytes, up to a FIN waiting for them."""
         for side in (0, 1):
             while self.pending[side]:
                 self.give_up_gap(side, self.last)
+            fin, nxt = self.fin[side], self.nxt[side]
+            if fin is not None and not self.ended[side]:
+                if nxt is None:
+                    self.nxt[side] = fin
+                elif 0 < (fin - nxt) & SEQ_MASK < 0x80000000:  # bytes before the FIN the capture lacks
+                    self.step_to(side, fin, self.last)
+                self.at_fin(side)
+
+
+def _far(a: int, b: int) -> bool:
+    """Sequence numbers `a` and `b` are more than `JUMP` apart, either way round."""
+    return JUMP <= (a - b) & SEQ_MASK <= SEQ_MASK + 1 - JUMP

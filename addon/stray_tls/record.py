@@ -173,10 +173,14 @@ def log_detection(flow: http.HTTPFlow, record: Record, action: str) -> None:
     from the Host header), what came back, what esrs-fix did, and why it happens. Every field that came from the
     network is escaped and cut short (`printable`): a bounded line that cannot draw on the terminal."""
     seen = record.seen
+    # nothing answered when the TLS connection to the upstream proxy failed (the server has no address, or one never
+    # reached): no "answered by" then, the upstream proxy is named
+    reached = record.upstream != UNKNOWN and "upstream_proxy_spec" not in seen
+    answered = f" answered by {printable(record.upstream)}" if reached else ""
     log.warning(
-        "esrs-fix: %s answered by %s%s: %s [%s, confidence %s; %s]. %s",
+        "esrs-fix: %s%s%s: %s [%s, confidence %s; %s]. %s",
         printable(flow.request.pretty_url),
-        printable(record.upstream),
+        answered,
         f" via upstream proxy {printable(record.upstream_proxy)}" if record.upstream_proxy else "",
         printable(record.summary, None),
         seen.get("kind"),
@@ -203,7 +207,11 @@ def attempt_summary(attempt: http.HTTPFlow) -> dict[str, Any]:
 
 def address(peer: tuple | None) -> str:
     """A connection's address as esrs-fix writes it (`unknown` when there is none)."""
-    return hostport(str(peer[0]), peer[1]) if peer else "unknown"
+    return hostport(str(peer[0]), peer[1]) if peer else UNKNOWN
+
+
+#: The address of a connection that has none (it was never made).
+UNKNOWN = "unknown"
 
 
 def upstream_proxy(flow: http.HTTPFlow) -> str | None:

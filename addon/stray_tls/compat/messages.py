@@ -64,13 +64,18 @@ def finding_from_error(message: str) -> Finding | None:
     return finding_from_tls_error(message)
 
 
-def finding_from_tls_error(message: str) -> Finding | None:
-    """A finding from a failed TLS handshake with the upstream, in mitmproxy's words or OpenSSL's."""
+def finding_from_tls_error(message: str, proxy: str | None = None) -> Finding | None:
+    """A finding from a failed TLS handshake with the upstream, in mitmproxy's words or OpenSSL's; `proxy`
+    (`host:port`) when the handshake was with the upstream proxy of `--mode upstream:https://`, not the server."""
     if _NOT_TLS in message:
-        return findings.upstream_not_tls(message.strip())
-    if _NO_TLS_VERSION in message:
-        return findings.tls_alert(70, message.strip())
-    return findings.from_tls_error(message)
+        finding: Finding | None = findings.upstream_not_tls(message.strip())
+    elif _NO_TLS_VERSION in message:
+        finding = findings.tls_alert(70, message.strip())
+    else:
+        finding = findings.from_tls_error(message)
+    if proxy is not None and finding is not None and finding.kind is findings.Kind.UPSTREAM_NOT_TLS:
+        return findings.upstream_not_tls(message.strip(), proxy)
+    return finding
 
 
 def certificate_problem(message: str) -> str | None:
