@@ -122,7 +122,8 @@ def test_a_listener_that_cannot_resend_says_so_and_remembers_nothing(cert, esrs,
 @pytest.mark.e2e
 def test_one_clients_tarpit_targets_leave_slots_to_another_client(cert, esrs, start_server, mitmdump) -> None:
     """Client 127.0.0.1 asks for more tarpit targets than there are slots in all; 127.0.0.2's first request to a
-    healthy TLS server is upgraded all the same, and the tarpits got no more than one client's share."""
+    healthy TLS server is upgraded while every tarpit attempt is still waiting for its answer (none has ended), and
+    every tarpit attempt starts in the end: a stalled attempt gives its slot back instead of holding it."""
     count = upgrade.MAX_ATTEMPTS + upgrade.PER_CLIENT
     tarpits = [start_server(servers.TarpitServer()) for _ in range(count)]
     healthy = esrs()
@@ -138,14 +139,16 @@ def test_one_clients_tarpit_targets_leave_slots_to_another_client(cert, esrs, st
         thread.start()
     assert eventually(lambda: sum(t.hellos for t in tarpits) >= upgrade.PER_CLIENT)  # the first client's share
     other = post(port, "127.0.0.2", f"127.0.0.1:{healthy.port}", "GET")
+    tarpit_answers_then = len(answers)
     assert other.status == 200 and other.body == servers.OK_BODY and (other.label or "").startswith("upgraded; ")
+    assert tarpit_answers_then == 0  # it waited for no tarpit attempt to end (each lasts its 20 s)
     for thread in threads:
-        thread.join(TIMEOUT + 5)
+        thread.join(TIMEOUT + 30)
     assert sum(t.plaintext_requests for t in tarpits) == count
-    assert sum(t.hellos for t in tarpits) == upgrade.PER_CLIENT  # one client never held more than its share
-    busy = [a for a in answers if "no TLS attempt could start" in (a.label or "")]
-    assert len(answers) == count and len(busy) == count - upgrade.PER_CLIENT
-    assert all("this client's" in (a.label or "") for a in busy)
+    assert sum(t.hellos for t in tarpits) == count  # every attempt started: no stalled one kept its slot
+    assert len(answers) == count
+    assert not [a for a in answers if "no TLS attempt could start" in (a.label or "")]
+    assert all((a.label or "").startswith("upgrade failed: no complete answer over TLS") for a in answers), answers[0]
 
 
 # -- pure logic: Upgrade with a fake clock
@@ -227,3 +230,23 @@ def test_the_tls_version_advice_does_not_read_the_alerts_record_version() -> Non
     failure = upgrade._failure(AttemptCause.TLS_VERSION, "cannot agree on a TLS version", ALERT)
     assert ALERT.records and ALERT.records[0].version_name == "TLS 1.0"
     assert "TLS 1.0" not in failure.advice and "tls_version_server_min" in failure.advice
+
+
+def test_a_learned_targets_resend_takes_no_slot() -> None:
+    """A flow that got a stray answer before its target was learned is sent over TLS as a learned request is: even
+    when every slot is taken (by stalled attempts to other targets), it does not wait for one."""
+    up = Upgrade(Clock())
+    up.slots = Slots(total=1, per_client=1)
+    client = upgrade.client_of(tflow.tflow())
+    assert asyncio.run(up.slots.acquire(client, 0))  # every slot taken
+    target = Target("t", 443)
+    up.learned.remember(target, ALERT.summary, str(ALERT.kind))
+    sent: list[float] = []
+
+    async def fake_send(flow: http.HTTPFlow, options: object, not_http: object, finding: object, seconds: float):
+        sent.append(seconds)
+        return Outcome(None, answer=http.Response.make(200))
+
+    up._send = fake_send  # type: ignore[method-assign]
+    outcome = asyncio.run(up.attempt(tflow.tflow(), target, ALERT, None, lambda r: False))
+    assert outcome.answer is not None and outcome.failure is None and sent == [up.timeout]

@@ -17,12 +17,16 @@ never make the last one wait N timeouts. When the client has its answer the atte
 the server later (`compat.resend_over_tls`). How the request goes over TLS (SNI, verified name, `Proxy-*` headers
 stripped) is `route.tls_route`'s decision, the same as for learned requests.
 
-Attempt slots, the fairness policy: at most `MAX_ATTEMPTS` attempts are in flight at once, whatever the number of
-targets (a scan cannot open unbounded connections), and at most `PER_CLIENT` of them for one client address, so
-that one client's slow targets (a tarpit that takes the handshake and never answers) leave the other slots to
-other clients. A flow waits at most `SLOT_WAIT` seconds for a slot (not its whole timeout): when the proxy is that
-busy, its client gets the labelled `busy` failure in seconds, and nothing is remembered against the target.
-Slots are handed out first come, first served among the clients under their cap.
+Attempt slots, the fairness policy: a slot is what a new target's attempt holds while it starts (connect, CONNECT,
+handshake, answer), for `SLOT_HOLD` seconds at most: an attempt that takes longer goes on within its own time, and
+its slot goes to the next one. At most `MAX_ATTEMPTS` attempts start at once, whatever the number of targets (a
+scan cannot open a burst of connections), and at most `PER_CLIENT` of them for one client address; slots are handed
+out first come, first served among the clients under their cap. So one client's slow targets (tarpits that take the
+handshake and never answer) cannot keep another client's first upgrade waiting more than about `SLOT_HOLD`
+seconds, nor a burst of one client's new targets the others'. A flow waits for a slot within its own time; when
+that runs out its client gets the labelled `busy` failure, and nothing is remembered against the target. Requests
+to a learned target take no slot: each is its client's own request over TLS, as a learned request is (and as
+stock mitmproxy would send it), so a crowd that got stray answers before the target was learned is not held up.
 """
 
 from __future__ import annotations
@@ -46,11 +50,13 @@ from .names import DEFAULT_UPGRADE_RETRY, DEFAULT_UPGRADE_TIMEOUT, OPT_UPGRADE_T
 from .record import Failure, upstream_proxy
 from .route import tls_route
 
-#: TLS attempts in flight at once, all targets and clients together; more wait for a slot (`SLOT_WAIT` at most).
+#: TLS attempts to new targets starting at once, all clients together; more wait for a slot (within their own time).
 MAX_ATTEMPTS = 32
-#: TLS attempts in flight at once for one client address: a quarter of the slots, so that three more clients fit.
-PER_CLIENT = 8
-#: Seconds a flow waits at most for an attempt slot before its client gets the `busy` failure.
+#: TLS attempts starting at once for one client address: half the slots, so that another client always finds one.
+PER_CLIENT = 16
+#: Seconds an attempt holds its slot at most: then it goes on without one (a stalled target holds no slot).
+SLOT_HOLD = 2.0
+#: Seconds a flow may spend waiting (for another flow's attempt, for a slot) on top of its attempt's own timeout.
 SLOT_WAIT = 3.0
 #: The most one attempt's answer body may hold when `body_size_limit` is unset (64 MiB).
 BODY_CAP = 64 * 1024 * 1024
@@ -206,8 +212,10 @@ class Upgrade:
             return Outcome(None, failure=remembered[0], shared=True)
         if deadline - self._clock() <= 0:
             return Outcome(None, failure=_turn_expired(self.timeout))
-        if self.learned.lookup(target) is not None:
-            return await self._send_in_a_slot(flow, options, not_http, finding, deadline)  # proven: nothing to share
+        if self.learned.lookup(target) is not None:  # proven: nothing to share, and no slot (a learned request's)
+            return await self._send(
+                flow, options, not_http, finding, max(min(self.timeout, deadline - self._clock()), 0.001)
+            )
         future: asyncio.Future[Failure | None] = asyncio.get_running_loop().create_future()
         self._in_flight[target] = future
         self.clear_suspect(target.host, target.port)  # those waiting on the suspicion now find this attempt
@@ -253,14 +261,20 @@ class Upgrade:
         deadline: float,
     ) -> Outcome:
         client = client_of(flow)
-        wait = min(SLOT_WAIT, deadline - self._clock())
+        wait = deadline - self._clock()
         if not await self.slots.acquire(client, wait):
             return Outcome(None, failure=self.slots.busy(client, wait))
+        seconds = max(min(self.timeout, deadline - self._clock()), 0.001)
+        send = asyncio.ensure_future(self._send(flow, options, not_http, finding, seconds))
         try:
-            seconds = min(self.timeout, deadline - self._clock())
-            return await self._send(flow, options, not_http, finding, max(seconds, 0.001))
+            try:
+                await asyncio.wait({send}, timeout=SLOT_HOLD)
+            finally:
+                self.slots.release(client)  # done, or stalled: the attempt goes on without its slot
+            return await send
         finally:
-            self.slots.release(client)
+            if not send.done():  # cancelled (the flow's client went away, shutdown): the attempt ends with it
+                send.cancel()
 
     async def _send(
         self,
@@ -376,8 +390,8 @@ class Slots:
         return Failure(
             AttemptCause.BUSY,
             f"no TLS attempt could start within {seconds:g} s: {whose} were in flight",
-            "Too many TLS attempts at once; try again in a moment. Attempts to slow targets hold their slots for "
-            f"up to {OPT_UPGRADE_TIMEOUT}: lower it if the targets that need it answer faster.",
+            "Too many new targets at once: each slot is held while an attempt starts (a few seconds at most); try "
+            f"again in a moment, or raise {OPT_UPGRADE_TIMEOUT} for a burst this large.",
         )
 
 
