@@ -40,7 +40,7 @@ PACKAGES = {
     "nft": "nftables",
     "wg": "wireguard-tools",
     "wireguard-go": "wireguard-go",
-    "sudo": "sudo",  # mitmproxy 12 starts its local-mode redirector with sudo, root too
+    "sudo": "sudo",  # mitmproxy (11.1 and later) starts its local-mode redirector with sudo, root too
     "unshare": "util-linux",
     "nsenter": "util-linux",
     "timeout": "coreutils",
@@ -231,9 +231,10 @@ class WireGuardClient:
 class Cgroup:
     """A private cgroup2 child for local mode.
 
-    mitmproxy 12's Linux redirector attaches its eBPF program to /sys/fs/cgroup, which must be cgroup2, and sees only
-    the processes below it. So mitmdump runs in a private mount namespace with this child bind-mounted over
-    /sys/fs/cgroup, and the client joins the child: the redirector sees exactly the test's own processes.
+    mitmproxy's Linux redirector (11.1 and later) attaches its eBPF program to /sys/fs/cgroup, which must be
+    cgroup2, and sees only the processes below it. So mitmdump runs in a private mount namespace with this child
+    bind-mounted over /sys/fs/cgroup, and the client joins the child: the redirector sees exactly the test's own
+    processes.
     """
 
     def __init__(self, root: Path) -> None:

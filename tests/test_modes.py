@@ -7,7 +7,7 @@ and nothing in the client knows about mitmproxy: each mode's own interception br
 
 - transparent: nft redirects the router's client-side TCP port 443 to mitmdump's listener;
 - WireGuard: wireguard-go in the client namespace, keyed from mitmdump's printed client configuration;
-- local (mitmproxy 12 only: 11's local mode exists only on Windows and macOS, so the mode is not collected there):
+- local (mitmproxy 11.1 and later; 11.0 has local mode on Windows and macOS only, so it is not collected there):
   the redirector intercepts a copy of curl named for this process, in a private cgroup2 child.
 
 One mitmdump per mode (`esrs_upgrade` on), started once for the module; flows whose URL has `/stray` are outside
@@ -42,8 +42,9 @@ pytestmark = pytest.mark.e2e
 NAME = "esrs.netns.test"
 WRONG_NAME = "wrong.netns.test"
 DETECTED = "detected; TLS alert: fatal unexpected_message (10), record version TLS 1.0"
-#: mitmproxy 11 refuses `--mode local` on Linux ("only available on Windows and macOS"): not collected there.
-MODES = ["transparent", "wireguard"] + (["local"] if compat.mitmproxy_major() >= 12 else [])
+#: mitmproxy 11.0 refuses `--mode local` on Linux ("only available on Windows and macOS"): not collected there.
+#: 11.1 brought the Linux redirector, so the question is mitmproxy's, not the major's.
+MODES = ["transparent", "wireguard"] + (["local"] if compat.versions.has_local_mode() else [])
 PROGRAMS = {
     "transparent": ["ip", "nft", "timeout", "curl"],
     "wireguard": ["ip", "nft", "timeout", "curl", "wg", "wireguard-go"],

@@ -48,6 +48,19 @@ def mitmweb_wants_a_password() -> bool:
     return "web_password" in registered
 
 
+def has_local_mode() -> bool:
+    """Whether this mitmproxy has a `--mode local` redirector for this platform: asked of mitmproxy_rs, as mitmweb
+    asks it (`unavailable_reason`, which came with the Linux redirector in 11.1); 11.0 has one on Windows and macOS
+    only, and refuses the mode on Linux."""
+    import sys
+
+    from mitmproxy_rs import local
+
+    if hasattr(local.LocalRedirector, "unavailable_reason"):
+        return True
+    return sys.platform in ("win32", "darwin")
+
+
 def body_size_limit(options: Any) -> int | None:
     """mitmproxy's `body_size_limit` option in bytes (`"100k"` is 102400), or None when there is no limit."""
     from mitmproxy.utils import human

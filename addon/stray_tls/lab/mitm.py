@@ -105,7 +105,8 @@ class Mitmdump:
 class Mitmweb(Mitmdump):
     """`mitmweb` with the addon, its web UI on `web_port`; no browser is opened.
 
-    mitmproxy 12 protects the UI with a token; `password` is set as `web_password`, sent as a Bearer token.
+    mitmproxy 11.1.2 and later protect the UI with a token; `password` is set as `web_password`, sent as `?token=`
+    (11.1 reads no `Authorization: Bearer` header, 12 reads both).
     """
 
     tool = "mitmweb"
@@ -125,10 +126,11 @@ class Mitmweb(Mitmdump):
     def api(self, path: str, timeout: float = 10.0) -> bytes:
         """GET an API path of the web UI, authenticated where mitmproxy asks for it."""
         import http.client
+        from urllib.parse import quote
 
         conn = http.client.HTTPConnection("127.0.0.1", self.web_port, timeout=timeout)
-        headers = {"Authorization": f"Bearer {self.password}"} if self.password else {}
-        conn.request("GET", path, headers=headers)
+        token = f"{'&' if '?' in path else '?'}token={quote(self.password, safe='')}" if self.password else ""
+        conn.request("GET", path + token)
         response = conn.getresponse()
         body = response.read()
         conn.close()
