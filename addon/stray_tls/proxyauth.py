@@ -3,7 +3,13 @@
 No sockets here (`diagnose.py` sends the requests): this module parses `Proxy-Authenticate`, orders the offers as a
 browser does (Negotiate, NTLM, Basic), and makes each step's `Proxy-Authorization` value.  Basic is built in; NTLM
 and Negotiate (SPNEGO: Kerberos where a ticket is at hand, NTLM inside it where none is) come from the optional
-package pyspnego (`pip install 'esrs-fix[ntlm]'`), imported only when a proxy asks for them.
+package pyspnego (`pip install 'esrs-fix[ntlm]'`), imported only when a proxy asks for them; its Kerberos side needs
+the packages gssapi and krb5 (in the same extra), which build against the system's Kerberos (libkrb5-dev).
+
+Single sign-on: without a user and password, a proxy that offers Negotiate gets the Kerberos ticket in the user's
+cache (`kinit USER`, or the domain logon), as browsers and `curl --proxy-negotiate -U :` send it
+(`Credentials.TICKET`). With a user and password, pyspnego gets a ticket with the password where it can (a realm it
+finds a KDC for), and falls back to NTLM inside Negotiate where it cannot (`DOMAIN\\USER`).
 
 The password stays in `Credentials`: nothing here formats it.  Every token sent for it (the Basic token, NTLM's
 and Negotiate's answers to a challenge, which an offline attack could test passwords against) is remembered by the
@@ -29,6 +35,8 @@ from typing import Any
 #: What to install for NTLM and Negotiate, said where a proxy asks for them and pyspnego is missing.
 SPNEGO_PACKAGE = "pyspnego"
 SPNEGO_INSTALL = "pip install 'esrs-fix[ntlm]' (or pip install pyspnego)"
+#: What to install for Kerberos (single sign-on with a ticket, or a ticket got with the password).
+KERBEROS_INSTALL = "pip install 'esrs-fix[ntlm]' (or pip install 'pyspnego[kerberos]'; it builds against libkrb5-dev)"
 
 
 class Scheme(enum.StrEnum):
@@ -53,6 +61,36 @@ def spnego_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+def kerberos_available() -> bool:
+    """Whether pyspnego can speak Kerberos here: its GSSAPI side needs the packages gssapi and krb5."""
+    try:
+        for module in ("spnego", "gssapi", "krb5"):
+            importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
+
+
+def cached_ticket() -> tuple[str | None, str]:
+    """The principal whose Kerberos ticket (a TGT) is in the default cache (`KRB5CCNAME`), or None and why not: no
+    ticket, an expired one, the Kerberos packages missing."""
+    if not kerberos_available():
+        return None, f"Kerberos needs the Python packages gssapi and krb5: {KERBEROS_INSTALL}"
+    gssapi = importlib.import_module("gssapi")
+    try:
+        creds = gssapi.Credentials(usage="initiate")
+        name, lifetime = str(creds.name), creds.lifetime
+    except gssapi.exceptions.ExpiredCredentialsError:
+        return None, "the Kerberos ticket in the cache has expired"
+    except gssapi.exceptions.GSSError as e:  # GSSAPI's words: the minor status names the cache
+        said = " ".join(str(e).split())
+        minor = re.search(r"Minor \(\d+\): (.+)$", said)
+        return None, "no Kerberos ticket in the cache: " + (minor.group(1) if minor else said)
+    if lifetime is not None and lifetime <= 0:
+        return None, f"the Kerberos ticket of {name} in the cache has expired"
+    return name, ""
 
 
 # -- what the proxy offers ---------------------------------------------------------------------------------------
@@ -137,6 +175,17 @@ class Credentials:
     #: The tokens sent for these credentials (besides the Basic one): scrubbed from what is shown like the password.
     sent: list[str] = field(default_factory=list, repr=False, compare=False)
 
+    @property
+    def from_cache(self) -> bool:
+        """No user, no password: the Kerberos ticket in the cache (`TICKET`), whose tokens alone are scrubbed."""
+        return not self.user and not self.password
+
+    @classmethod
+    def ticket(cls) -> Credentials:
+        """Single sign-on: the ticket in the cache, and the tokens sent for it (a Kerberos AP-REQ could be replayed
+        for a few minutes: a page that echoes it shows `***`)."""
+        return cls("", "")
+
     def header(self) -> str:
         return f"Proxy-Authorization: Basic {self._token().decode('ascii')}\r\n"
 
@@ -167,6 +216,8 @@ class Credentials:
 
     @functools.cached_property
     def _secrets(self) -> re.Pattern[bytes]:
+        if self.from_cache:
+            return re.compile(b"(?!)")  # nothing but the tokens sent
         secrets = [self._token().decode("ascii"), f"{self.user}:{self.password}", self.password]
         # longest first: the pair before the password inside it
         patterns = [_secret_pattern(s) for s in sorted(filter(None, secrets), key=len, reverse=True)]
@@ -202,6 +253,15 @@ def _secret_pattern(secret: str) -> bytes:
         longest_first: list[bytes] = sorted(forms, key=len, reverse=True)
         parts.append(b"(?:" + b"|".join(longest_first) + b")")
     return b"".join(parts)
+
+
+def who(credentials: Credentials) -> str:
+    """Whose credentials, for a sentence: `for user 'bob'`, or `with the Kerberos ticket in the cache`."""
+    return (
+        "with the Kerberos ticket in the cache"
+        if credentials.from_cache
+        else f"for user {shown_user(credentials.user)}"
+    )
 
 
 # -- one connection's exchange -----------------------------------------------------------------------------------
@@ -254,8 +314,8 @@ class Exchange:
                 raise AuthError(f"{scheme} needs the Python package {SPNEGO_PACKAGE}: {SPNEGO_INSTALL}") from None
             try:
                 self._context = spnego.client(
-                    credentials.user,
-                    credentials.password,
+                    credentials.user or None,  # none: the ticket in the cache (single sign-on)
+                    credentials.password or None,
                     hostname=proxy_host,
                     service="HTTP",
                     protocol=scheme.lower(),
@@ -265,8 +325,17 @@ class Exchange:
 
     def _said(self, what: str, e: Exception) -> str:
         text = " ".join(str(e).split()) or type(e).__name__
-        user = shown_user(self.credentials.user)
-        return f"{what} {self.scheme} for user {user}: {self.credentials.redact_text(text)}"
+        return f"{what} {self.scheme} {who(self.credentials)}: {self.credentials.redact_text(text)}"
+
+    @property
+    def mechanism(self) -> str | None:
+        """What Negotiate carried: `Kerberos`, or `NTLM` (inside it); None for the other schemes."""
+        if self.scheme is not Scheme.NEGOTIATE or self._context is None:
+            return None
+        with contextlib.suppress(Exception):  # pyspnego's own errors: the mechanism is then not known
+            protocol = str(self._context.negotiated_protocol or "")
+            return {"kerberos": "Kerberos", "ntlm": "NTLM"}.get(protocol.lower(), protocol or None)
+        return None
 
     def first(self) -> str:
         if not self.scheme.connection_bound:
