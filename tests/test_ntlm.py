@@ -280,3 +280,83 @@ def test_the_offers_are_ordered_as_a_browser_orders_them() -> None:
     offer = proxyauth.Offer.of(['Basic realm="x"', "NTLM", "Negotiate"], spnego=False)
     assert offer.usable == [proxyauth.Scheme.BASIC]
     assert offer.need_spnego == [proxyauth.Scheme.NEGOTIATE, proxyauth.Scheme.NTLM]
+
+
+# -- a challenge in a chunked 407 (issue 25, part 2) ---------------------------------------------------------------
+
+
+def _chunked_407(challenge: bytes) -> bytes:
+    """A 407 whose page comes in chunks: bytes after the head that a reader of the head alone leaves on the wire."""
+    page = b"<html><title>407</title><p>Cache Access Denied</p></html>"
+    chunks = b"%x\r\n%s\r\n%x\r\n%s\r\n0\r\n\r\n" % (20, page[:20], len(page) - 20, page[20:])
+    return (
+        b"HTTP/1.1 407 Proxy Authentication Required\r\nServer: chunky\r\nProxy-Authenticate: " + challenge + b"\r\n"
+        b"Content-Type: text/html\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks
+    )
+
+
+class ChunkedNtlmProxy(servers.FaultyProxy):
+    """NTLM as squid runs it, every 407 chunked (the challenge's too), the AUTHENTICATE checked for real by pyspnego's
+    NTLM server against `NTLM_USER_FILE`; once through, it tunnels (CONNECT) and answers GET https:// with a 200."""
+
+    def __init__(self, routes: dict[tuple[str, int], tuple[str, int]]) -> None:
+        super().__init__(routes)
+        #: per connection, the NTLM message each request carried: 0 (none), 1 (NEGOTIATE), 3 (AUTHENTICATE)
+        self.messages: list[list[int]] = []
+
+    def handle(self, conn) -> None:
+        import spnego
+
+        seen: list[int] = []
+        self.messages.append(seen)
+        server = spnego.server(protocol="ntlm")
+        while head := servers.read_head(conn):
+            m = re.search(rb"Proxy-Authorization: NTLM (\S+)", head)
+            token = base64.b64decode(m.group(1)) if m else b""
+            seen.append(token[8] if len(token) > 8 else 0)
+            if not token:
+                conn.sendall(_chunked_407(b"NTLM"))
+                continue
+            if token[8] == 1:
+                conn.sendall(_chunked_407(b"NTLM " + base64.b64encode(server.step(token) or b"")))
+                continue
+            try:
+                server.step(token)
+            except Exception:  # a wrong password, or bytes that are no AUTHENTICATE: refused as squid refuses
+                conn.sendall(_chunked_407(b"NTLM"))
+                return
+            method, target = head.split(b" ")[:2]
+            if method != b"CONNECT":
+                conn.sendall(b"HTTP/1.1 200 OK\r\nServer: chunky\r\nContent-Length: 2\r\n\r\nok")
+                continue
+            host, _, port = target.decode().rpartition(":")
+            with self._dial(host, int(port)) as upstream:
+                conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                servers._pipe(conn, upstream, self.idle)
+            return
+
+
+def test_a_chunked_407_challenge_on_connect_keeps_the_exchange_in_step(esrs, start_server, tmp_path, monkeypatch):
+    """The challenge in a chunked 407 to CONNECT: its chunks are read with it, so the proxy's answer to the
+    AUTHENTICATE is read as that (not the chunks left over): both CONNECT probes get through, on the connection of
+    their NEGOTIATE."""
+    from spnego._ntlm_raw.crypto import lmowfv1, ntowfv1
+
+    users = tmp_path / "ntlm-users"  # smbpasswd's form: the password (which holds a colon) as its hashes
+    users.write_text(f"CORP\\{USER}:1000:{lmowfv1(PASSWORD).hex()}:{ntowfv1(PASSWORD).hex()}:[U]:LCT-00000000\n")
+    monkeypatch.setenv("NTLM_USER_FILE", str(users))
+    server = esrs()
+    proxy = start_server(ChunkedNtlmProxy({("esrs.lab", 443): ("127.0.0.1", server.port)}))
+    result = diagnose.check_port(
+        ("127.0.0.1", proxy.port), "esrs.lab", 443, 5.0, credentials=Credentials(DOMAIN_USER, PASSWORD)
+    )
+    shapes = [(p.name, p.shape, p.scheme) for p in result.probes]
+    assert shapes == [
+        ("GET https:// (as the check)", diagnose.Shape.HTTP_OK, proxyauth.Scheme.NTLM),
+        ("CONNECT, then TLS", diagnose.Shape.TLS_OK, proxyauth.Scheme.NTLM),
+        ("CONNECT, then plaintext", diagnose.Shape.RAW_TLS, proxyauth.Scheme.NTLM),
+    ], [p.what for p in result.probes]
+    assert all(p.ok for p in result.probes), [p.what for p in result.probes]
+    # the first request bare, then each probe's NEGOTIATE and AUTHENTICATE on one connection
+    assert proxy.messages == [[0], [1, 3], [1, 3], [1, 3]]
+    assert result.outcome is diagnose.Outcome.PASS and result.to_dict()["auth"]["tried"] == {}
