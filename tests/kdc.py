@@ -30,7 +30,7 @@ import pytest
 
 from stray_tls.lab import servers
 
-__all__ = ["PASSWORD", "REALM", "SERVICE", "USER", "Kdc", "kdc"]
+__all__ = ["PASSWORD", "REALM", "SERVICE", "USER", "Kdc", "kdc_fixture"]
 
 REALM = "LAB.TEST"
 USER, PASSWORD = "esrsuser", "kerb-s3cr%t:pw"
@@ -212,8 +212,8 @@ def _readable_by_proxy_user(keytab: Path, rcache: Path) -> None:
     os.chown(rcache, entry.pw_uid, entry.pw_gid)
 
 
-@pytest.fixture(scope="session")
-def kdc() -> Iterator[Kdc]:
+@pytest.fixture(scope="session", name="kdc")
+def kdc_fixture() -> Iterator[Kdc]:
     """The session's KDC for LAB.TEST, stopped by its pid at the end; skips (naming the packages) without them."""
     directory = Path(tempfile.mkdtemp(prefix="esrs-kdc-"))
     os.chmod(directory, 0o755)  # squid's helper (user proxy) reads krb5.conf and the keytab here

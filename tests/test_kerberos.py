@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from stray_tls.lab import proxies, servers
-from tests.kdc import PASSWORD, REALM, SERVICE, USER, Kdc, kdc  # noqa: F401  (kdc: the session's KDC)
+from tests.kdc import PASSWORD, REALM, SERVICE, USER, Kdc, kdc_fixture  # noqa: F401  (`kdc`: the session's KDC)
 
 pytestmark = pytest.mark.e2e
 
@@ -81,8 +81,10 @@ def _curl_connect(kdc: Kdc, ccache: Path, proxy: proxies.RealProxy, port: int) -
     if curl is None:
         pytest.skip("curl is not installed: apt-get install curl")
     done = subprocess.run(
-        [curl, "-sk", "-o", "/dev/null", "-w", "%{http_connect}", "--proxy-negotiate", "-U", ":"]
-        + ["-x", f"http://localhost:{proxy.port}", f"https://127.0.0.1:{port}/", "--max-time", "20"],
+        [
+            *(curl, "-sk", "-o", "/dev/null", "-w", "%{http_connect}", "--proxy-negotiate", "-U", ":"),
+            *("-x", f"http://localhost:{proxy.port}", f"https://127.0.0.1:{port}/", "--max-time", "20"),
+        ],
         capture_output=True,
         text=True,
         env=kdc.env(ccache),

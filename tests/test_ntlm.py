@@ -36,7 +36,9 @@ AUTHENTICATED = f"(authenticated to the proxy with NTLM as user 'CORP\\{USER}')"
 def _env(**extra: str) -> dict[str, str]:
     import os
 
-    return {**{k: v for k, v in os.environ.items() if k != "ESRS_FIX_PROXY_PASSWORD"}, **extra}
+    # no Kerberos ticket of the caller's: Negotiate's single sign-on finds an empty cache, whoever runs the tests
+    no_ticket = {"KRB5CCNAME": "FILE:/nonexistent/esrs-fix-no-ticket"}
+    return {**{k: v for k, v in os.environ.items() if k != "ESRS_FIX_PROXY_PASSWORD"}, **no_ticket, **extra}
 
 
 def run(proxy: str, port: int, *extra: str, timeout: str | None = None) -> tuple[subprocess.CompletedProcess, dict]:
@@ -97,7 +99,14 @@ def test_a_good_proxy_with_ntlm_passes_and_names_ntlm(real_proxies, real_server)
     assert p.returncode == 0 and "the check would pass" in p.stdout, p.stdout + p.stderr
     assert _verdict_without_auth(out) == re.sub(r"squid/[\d.]+", "squid", _port(plain_out)["verdict"])
     port = _port(out)
-    assert port["auth"] == {"offered": ["NTLM"], "unsupported": [], "used": "NTLM", "tried": {}}
+    assert port["auth"] == {
+        "offered": ["NTLM"],
+        "unsupported": [],
+        "used": "NTLM",
+        "mechanism": None,  # NTLM by itself: what Negotiate carried is said for Negotiate alone
+        "ticket": None,
+        "tried": {},
+    }
     assert [probe["auth_scheme"] for probe in port["probes"]] == ["NTLM", "NTLM", "NTLM"]
     assert [probe["shape"] for probe in port["probes"]] == [p["shape"] for p in _port(plain_out)["probes"]]
     assert f"as user 'CORP\\{USER}'" in p.stderr
@@ -125,7 +134,14 @@ def test_missing_or_wrong_credentials_get_a_407_verdict_naming_ntlm(real_proxies
     assert p.returncode == 3, p.stdout + p.stderr
     assert "could not test: the proxy requires authentication and no credentials were given" in p.stdout
     assert "it offers: NTLM; give the right user and password" in p.stdout
-    assert _port(out)["auth"] == {"offered": ["NTLM"], "unsupported": [], "used": None, "tried": {}}
+    assert _port(out)["auth"] == {
+        "offered": ["NTLM"],
+        "unsupported": [],
+        "used": None,
+        "mechanism": None,
+        "ticket": None,
+        "tried": {},
+    }
     # a user the proxy does not let through (the fake helper takes any password: a wrong user is wrong credentials)
     p, out = run(f"http://CORP%5Cintruder:{quote(PASSWORD, safe='')}@127.0.0.1:{proxy.port}", jsse_esrs.port)
     assert p.returncode == 3, p.stdout + p.stderr
@@ -149,9 +165,11 @@ def test_a_proxy_offering_negotiate_and_ntlm_gets_a_verdict(real_proxies, jsse_e
     assert port["auth"]["offered"] == ["Negotiate", "NTLM"] and port["auth"]["used"] == "NTLM"
     assert list(port["auth"]["tried"]) == ["Negotiate"]
     assert "as user 'CORP\\esrsuser'; tried first: Negotiate (refused: " in port["verdict"]
-    # without credentials: what is offered, and how to give them
+    # without credentials: what is offered, the Kerberos ticket looked for (there is none in this cache), and how to
+    # get one or give credentials
     p, out = run(proxy.url, jsse_esrs.port)
-    assert p.returncode == 3 and "it offers: Negotiate; NTLM; give the right user and password" in p.stdout
+    assert p.returncode == 3 and "it offers: Negotiate; NTLM; tried: Negotiate (" in p.stdout, p.stdout
+    assert "get a ticket first: kinit USER" in p.stdout and "; or give the right user and password" in p.stdout
 
 
 # -- at field latency: 300 ms between the proxy and the server, default timeouts -------------------------------------
@@ -198,7 +216,14 @@ def test_without_pyspnego_an_ntlm_proxy_gets_a_sentence_naming_the_package(real_
     assert "NTLM needs the Python package pyspnego: pip install 'esrs-fix[ntlm]' (or pip install pyspnego)" in (
         result.verdict
     )
-    assert result.to_dict()["auth"] == {"offered": ["NTLM"], "unsupported": ["NTLM"], "used": None, "tried": {}}
+    assert result.to_dict()["auth"] == {
+        "offered": ["NTLM"],
+        "unsupported": ["NTLM"],
+        "used": None,
+        "mechanism": None,
+        "ticket": None,
+        "tried": {},
+    }
     # and without credentials: the same package named
     result = diagnose.check_port(("127.0.0.1", proxy.port), "127.0.0.1", jsse_esrs.port, 5.0)
     assert "NTLM needs the Python package pyspnego: pip install 'esrs-fix[ntlm]'" in result.verdict
