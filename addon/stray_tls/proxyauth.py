@@ -4,7 +4,8 @@ No sockets here (`diagnose.py` sends the requests): this module parses `Proxy-Au
 browser does (Negotiate, NTLM, Basic), and makes each step's `Proxy-Authorization` value.  Basic is built in; NTLM
 and Negotiate (SPNEGO: Kerberos where a ticket is at hand, NTLM inside it where none is) come from the optional
 package pyspnego (`pip install 'esrs-fix[ntlm]'`), imported only when a proxy asks for them; its Kerberos side needs
-the packages gssapi and krb5 (in the same extra), which build against the system's Kerberos (libkrb5-dev).
+the packages gssapi and krb5 (`pip install 'esrs-fix[auth]'`), which build against the system's Kerberos
+(libkrb5-dev).
 
 Single sign-on: without a user and password, a proxy that offers Negotiate gets the Kerberos ticket in the user's
 cache (`kinit USER`, or the domain logon), as browsers and `curl --proxy-negotiate -U :` send it
@@ -36,7 +37,7 @@ from typing import Any
 SPNEGO_PACKAGE = "pyspnego"
 SPNEGO_INSTALL = "pip install 'esrs-fix[ntlm]' (or pip install pyspnego)"
 #: What to install for Kerberos (single sign-on with a ticket, or a ticket got with the password).
-KERBEROS_INSTALL = "pip install 'esrs-fix[ntlm]' (or pip install 'pyspnego[kerberos]'; it builds against libkrb5-dev)"
+KERBEROS_INSTALL = "pip install 'esrs-fix[auth]' (or pip install 'pyspnego[kerberos]'; it builds against libkrb5-dev)"
 
 
 class Scheme(enum.StrEnum):
