@@ -385,3 +385,49 @@ def test_a_chunked_407_challenge_on_connect_keeps_the_exchange_in_step(esrs, sta
     # the first request bare, then each probe's NEGOTIATE and AUTHENTICATE on one connection
     assert proxy.messages == [[0], [1, 3], [1, 3], [1, 3]]
     assert result.outcome is diagnose.Outcome.PASS and result.to_dict()["auth"]["tried"] == {}
+
+
+class NegotiateNtlmProxy(ChunkedNtlmProxy):
+    """Negotiate alone, answered by pyspnego's SPNEGO server with NTLM inside (as a domain proxy answers a client that
+    has no Kerberos ticket for it): the verdict names NTLM inside Negotiate."""
+
+    def handle(self, conn) -> None:
+        import spnego
+
+        seen: list[int] = []
+        self.messages.append(seen)
+        server = spnego.server(protocol="negotiate")
+        while head := servers.read_head(conn):
+            m = re.search(rb"Proxy-Authorization: Negotiate (\S+)", head)
+            seen.append(1 if m else 0)
+            if m is None:
+                conn.sendall(_chunked_407(b"Negotiate"))
+                continue
+            try:
+                out = server.step(base64.b64decode(m.group(1)))
+            except Exception:
+                conn.sendall(_chunked_407(b"Negotiate"))
+                return
+            if not server.complete:
+                conn.sendall(_chunked_407(b"Negotiate " + base64.b64encode(out or b"")))
+                continue
+            if head.startswith(b"CONNECT "):  # a tunnel to nowhere: it closes at once
+                conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                return
+            conn.sendall(b"HTTP/1.1 200 OK\r\nServer: chunky\r\nContent-Length: 2\r\n\r\nok")
+
+
+def test_ntlm_inside_negotiate_is_named_so(start_server, tmp_path, monkeypatch) -> None:
+    from spnego._ntlm_raw.crypto import lmowfv1, ntowfv1
+
+    users = tmp_path / "ntlm-users"
+    users.write_text(f"CORP\\{USER}:1000:{lmowfv1(PASSWORD).hex()}:{ntowfv1(PASSWORD).hex()}:[U]:LCT-00000000\n")
+    monkeypatch.setenv("NTLM_USER_FILE", str(users))
+    proxy = start_server(NegotiateNtlmProxy({}))
+    result = diagnose.check_port(
+        ("127.0.0.1", proxy.port), "esrs.lab", 443, 5.0, credentials=Credentials(DOMAIN_USER, PASSWORD)
+    )
+    assert result.probes[0].shape is diagnose.Shape.HTTP_OK, result.verdict
+    assert result.verdict.endswith(f" (authenticated to the proxy with NTLM inside Negotiate as user 'CORP\\{USER}')")
+    assert result.to_dict()["auth"]["mechanism"] == "NTLM" and result.to_dict()["auth"]["used"] == "Negotiate"
+    assert proxy.messages[:2] == [[0], [1, 1]]  # bare, then the SPNEGO token and its answer on one connection

@@ -529,7 +529,7 @@ def _authenticated(auth: ProxyAuth, probes: list[Probe]) -> str:
     used = list(dict.fromkeys(p.scheme for p in probes if p.scheme is not None))
     if not used or auth.using is None:
         return ""
-    schemes = [f"{s} ({_inside(auth.mechanism)})" if s is Scheme.NEGOTIATE and auth.mechanism else s for s in used]
+    schemes = [_scheme_words(s, auth.mechanism) for s in used]
     if auth.principal is not None:
         whom = f"as {auth.principal}, single sign-on with the Kerberos ticket in the cache"
     else:
@@ -540,9 +540,11 @@ def _authenticated(auth: ProxyAuth, probes: list[Probe]) -> str:
     return text + ")"
 
 
-def _inside(mechanism: str) -> str:
-    """What Negotiate carried, in words: `Kerberos`, or `NTLM inside Negotiate`."""
-    return mechanism if mechanism == "Kerberos" else f"{mechanism} inside Negotiate"
+def _scheme_words(scheme: Scheme, mechanism: str | None) -> str:
+    """A scheme that got through, with what Negotiate carried: `Negotiate (Kerberos)`, `NTLM inside Negotiate`."""
+    if scheme is not Scheme.NEGOTIATE or not mechanism:
+        return str(scheme)
+    return f"{mechanism} inside Negotiate" if mechanism == "NTLM" else f"Negotiate ({mechanism})"
 
 
 # -- who answered, and what their page says ---------------------------------------------------------------------
