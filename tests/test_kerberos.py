@@ -193,3 +193,21 @@ def test_a_page_that_echoes_the_ticket_never_shows_it(kdc, start_server, tmp_pat
             assert piece not in p.stdout + p.stderr + json.dumps(out)
     assert '(page: "you sent ***")' in _port(out)["verdict"], _port(out)["verdict"]
     assert _port(out)["auth"]["ticket"] == PRINCIPAL
+
+
+def test_a_proxy_given_by_address_is_told_to_be_given_by_name(kdc, squid_kerberos, jsse_esrs, tmp_path) -> None:
+    """A ticket is for the proxy's name: `http://127.0.0.1:PORT` asks the KDC for HTTP/127.0.0.1, which it does not
+    know; the verdict says so in the KDC's words, and what to give instead."""
+    ccache = tmp_path / "ccache"
+    assert kdc.kinit(ccache).returncode == 0
+    p, out = run(kdc, ccache, f"http://127.0.0.1:{squid_kerberos.port}", jsse_esrs.port)
+    assert p.returncode == 3, p.stdout + p.stderr
+    verdict = _port(out)["verdict"]
+    assert verdict.startswith(
+        "could not test: the Kerberos ticket in the cache did not get through, and no credentials were given"
+    ), verdict
+    assert (
+        f"tried: Negotiate (the Kerberos ticket of {PRINCIPAL}: could not start Negotiate "
+        f"with the Kerberos ticket in the cache: Server HTTP/127.0.0.1@{REALM} not found in Kerberos database; a "
+        "Kerberos ticket is for the proxy's name (HTTP/NAME): give --proxy by its name, not 127.0.0.1)"
+    ) in verdict

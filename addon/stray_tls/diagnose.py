@@ -11,7 +11,8 @@ each probe on its own connection: NTLM's and Negotiate's steps (the first token,
 answer with the request) on one kept-alive connection, which then carries the request or becomes the tunnel. The
 scheme that worked is used at once by the next probes. The password never appears in anything this module returns:
 every answer is scrubbed as it is read (`_read`), before any text, hex or JSON is made of it, of the password and of
-every token sent for it, and no sentence here formats the password.
+every token sent for it, and no sentence here formats the password. Without credentials, a proxy that offers
+Negotiate gets the Kerberos ticket in the cache (single sign-on, as a browser); its tokens are scrubbed the same way.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import contextlib
 import enum
 import functools
 import html
+import ipaddress
 import re
 import socket
 import ssl
@@ -327,7 +329,12 @@ def _single_sign_on(
     if attempt.scheme is not None:
         auth.principal = principal
     elif Scheme.NEGOTIATE in auth.tried:
-        auth.tried[Scheme.NEGOTIATE] = f"the Kerberos ticket of {principal}: {auth.tried[Scheme.NEGOTIATE]}"
+        how = f"the Kerberos ticket of {principal}: {auth.tried[Scheme.NEGOTIATE]}"
+        with contextlib.suppress(ValueError):
+            ipaddress.ip_address(proxy[0])
+            # the service ticket is asked for HTTP/<the name the proxy was given by>: an address names no service
+            how += f"; a Kerberos ticket is for the proxy's name (HTTP/NAME): give --proxy by its name, not {proxy[0]}"
+        auth.tried[Scheme.NEGOTIATE] = how
     return attempt if attempt.unreachable or attempt.read is not None else None
 
 
@@ -626,7 +633,7 @@ def _auth_verdict(probe: Probe, auth: ProxyAuth) -> tuple[Outcome, str]:
     negotiate = any(proxyauth.known(proxyauth.scheme_of(c)) is Scheme.NEGOTIATE for c in offer.offered)
     ticket_refused = credentials is None and auth.tried.get(Scheme.NEGOTIATE, "").startswith("the Kerberos ticket of ")
     if ticket_refused:
-        said = "the proxy rejected the Kerberos ticket in the cache, and no credentials were given"
+        said = "the Kerberos ticket in the cache did not get through, and no credentials were given"
     elif credentials is None:
         said = "the proxy requires authentication and no credentials were given" + (
             " (nor a Kerberos ticket for its Negotiate)" if negotiate else ""

@@ -74,6 +74,14 @@ def kerberos_available() -> bool:
     return True
 
 
+def gss_words(text: str) -> str:
+    """A GSSAPI error in the words that say what failed: its minor status (`Server HTTP/x@R not found in Kerberos
+    database`), without the major status's boilerplate and pyspnego's contexts; the text as it is otherwise."""
+    said = " ".join(text.split())
+    minor = re.search(r"Minor \(\d+\): (.+?)(?:, Context: .*)?$", said)
+    return minor.group(1) if minor else said
+
+
 def cached_ticket() -> tuple[str | None, str]:
     """The principal whose Kerberos ticket (a TGT) is in the default cache (`KRB5CCNAME`), or None and why not: no
     ticket, an expired one, the Kerberos packages missing."""
@@ -86,9 +94,7 @@ def cached_ticket() -> tuple[str | None, str]:
     except gssapi.exceptions.ExpiredCredentialsError:
         return None, "the Kerberos ticket in the cache has expired"
     except gssapi.exceptions.GSSError as e:  # GSSAPI's words: the minor status names the cache
-        said = " ".join(str(e).split())
-        minor = re.search(r"Minor \(\d+\): (.+)$", said)
-        return None, "no Kerberos ticket in the cache: " + (minor.group(1) if minor else said)
+        return None, "no Kerberos ticket in the cache: " + gss_words(str(e))
     if lifetime is not None and lifetime <= 0:
         return None, f"the Kerberos ticket of {name} in the cache has expired"
     return name, ""
@@ -325,7 +331,7 @@ class Exchange:
                 raise AuthError(self._said("could not start", e)) from None
 
     def _said(self, what: str, e: Exception) -> str:
-        text = " ".join(str(e).split()) or type(e).__name__
+        text = gss_words(str(e)) or type(e).__name__
         return f"{what} {self.scheme} {who(self.credentials)}: {self.credentials.redact_text(text)}"
 
     @property
@@ -352,7 +358,8 @@ class Exchange:
         try:
             token = self._context.step(challenge)
         except Exception as e:  # a challenge pyspnego cannot read, or a Kerberos failure: a sentence
-            raise AuthError(self._said("could not answer the proxy's challenge in", e)) from None
+            what = "could not start" if challenge is None else "could not answer the proxy's challenge in"
+            raise AuthError(self._said(what, e)) from None
         if not token:
             raise AuthError(f"{self.scheme}: nothing to send in answer to the proxy's challenge")
         value = base64.b64encode(token).decode("ascii")
