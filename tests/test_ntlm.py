@@ -36,7 +36,9 @@ AUTHENTICATED = f"(authenticated to the proxy with NTLM as user 'CORP\\{USER}')"
 def _env(**extra: str) -> dict[str, str]:
     import os
 
-    return {**{k: v for k, v in os.environ.items() if k != "ESRS_FIX_PROXY_PASSWORD"}, **extra}
+    # no Kerberos ticket of the caller's: Negotiate's single sign-on finds an empty cache, whoever runs the tests
+    no_ticket = {"KRB5CCNAME": "FILE:/nonexistent/esrs-fix-no-ticket"}
+    return {**{k: v for k, v in os.environ.items() if k != "ESRS_FIX_PROXY_PASSWORD"}, **no_ticket, **extra}
 
 
 def run(proxy: str, port: int, *extra: str, timeout: str | None = None) -> tuple[subprocess.CompletedProcess, dict]:
@@ -97,7 +99,14 @@ def test_a_good_proxy_with_ntlm_passes_and_names_ntlm(real_proxies, real_server)
     assert p.returncode == 0 and "the check would pass" in p.stdout, p.stdout + p.stderr
     assert _verdict_without_auth(out) == re.sub(r"squid/[\d.]+", "squid", _port(plain_out)["verdict"])
     port = _port(out)
-    assert port["auth"] == {"offered": ["NTLM"], "unsupported": [], "used": "NTLM", "tried": {}}
+    assert port["auth"] == {
+        "offered": ["NTLM"],
+        "unsupported": [],
+        "used": "NTLM",
+        "mechanism": None,  # NTLM by itself: what Negotiate carried is said for Negotiate alone
+        "ticket": None,
+        "tried": {},
+    }
     assert [probe["auth_scheme"] for probe in port["probes"]] == ["NTLM", "NTLM", "NTLM"]
     assert [probe["shape"] for probe in port["probes"]] == [p["shape"] for p in _port(plain_out)["probes"]]
     assert f"as user 'CORP\\{USER}'" in p.stderr
@@ -125,7 +134,14 @@ def test_missing_or_wrong_credentials_get_a_407_verdict_naming_ntlm(real_proxies
     assert p.returncode == 3, p.stdout + p.stderr
     assert "could not test: the proxy requires authentication and no credentials were given" in p.stdout
     assert "it offers: NTLM; give the right user and password" in p.stdout
-    assert _port(out)["auth"] == {"offered": ["NTLM"], "unsupported": [], "used": None, "tried": {}}
+    assert _port(out)["auth"] == {
+        "offered": ["NTLM"],
+        "unsupported": [],
+        "used": None,
+        "mechanism": None,
+        "ticket": None,
+        "tried": {},
+    }
     # a user the proxy does not let through (the fake helper takes any password: a wrong user is wrong credentials)
     p, out = run(f"http://CORP%5Cintruder:{quote(PASSWORD, safe='')}@127.0.0.1:{proxy.port}", jsse_esrs.port)
     assert p.returncode == 3, p.stdout + p.stderr
@@ -149,9 +165,11 @@ def test_a_proxy_offering_negotiate_and_ntlm_gets_a_verdict(real_proxies, jsse_e
     assert port["auth"]["offered"] == ["Negotiate", "NTLM"] and port["auth"]["used"] == "NTLM"
     assert list(port["auth"]["tried"]) == ["Negotiate"]
     assert "as user 'CORP\\esrsuser'; tried first: Negotiate (refused: " in port["verdict"]
-    # without credentials: what is offered, and how to give them
+    # without credentials: what is offered, the Kerberos ticket looked for (there is none in this cache), and how to
+    # get one or give credentials
     p, out = run(proxy.url, jsse_esrs.port)
-    assert p.returncode == 3 and "it offers: Negotiate; NTLM; give the right user and password" in p.stdout
+    assert p.returncode == 3 and "it offers: Negotiate; NTLM; tried: Negotiate (" in p.stdout, p.stdout
+    assert "get a ticket first: kinit USER" in p.stdout and "; or give the right user and password" in p.stdout
 
 
 # -- at field latency: 300 ms between the proxy and the server, default timeouts -------------------------------------
@@ -196,7 +214,14 @@ def test_without_pyspnego_an_ntlm_proxy_gets_a_sentence_naming_the_package(real_
         "from the proxy (squid/"
     ) in result.verdict
     assert f"NTLM needs the Python package pyspnego: {proxyauth.spnego_install()}" in result.verdict
-    assert result.to_dict()["auth"] == {"offered": ["NTLM"], "unsupported": ["NTLM"], "used": None, "tried": {}}
+    assert result.to_dict()["auth"] == {
+        "offered": ["NTLM"],
+        "unsupported": ["NTLM"],
+        "used": None,
+        "mechanism": None,
+        "ticket": None,
+        "tried": {},
+    }
     # and without credentials: the same package named
     result = diagnose.check_port(("127.0.0.1", proxy.port), "127.0.0.1", jsse_esrs.port, 5.0)
     assert f"NTLM needs the Python package pyspnego: {proxyauth.spnego_install()}" in result.verdict
@@ -278,3 +303,129 @@ def test_the_offers_are_ordered_as_a_browser_orders_them() -> None:
     offer = proxyauth.Offer.of(['Basic realm="x"', "NTLM", "Negotiate"], spnego=False)
     assert offer.usable == [proxyauth.Scheme.BASIC]
     assert offer.need_spnego == [proxyauth.Scheme.NEGOTIATE, proxyauth.Scheme.NTLM]
+
+
+# -- a challenge in a chunked 407 (issue 25, part 2) ---------------------------------------------------------------
+
+
+def _chunked_407(challenge: bytes) -> bytes:
+    """A 407 whose page comes in chunks: bytes after the head that a reader of the head alone leaves on the wire."""
+    page = b"<html><title>407</title><p>Cache Access Denied</p></html>"
+    chunks = b"%x\r\n%s\r\n%x\r\n%s\r\n0\r\n\r\n" % (20, page[:20], len(page) - 20, page[20:])
+    return (
+        b"HTTP/1.1 407 Proxy Authentication Required\r\nServer: chunky\r\nProxy-Authenticate: " + challenge + b"\r\n"
+        b"Content-Type: text/html\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks
+    )
+
+
+class ChunkedNtlmProxy(servers.FaultyProxy):
+    """NTLM as squid runs it, every 407 chunked (the challenge's too), the AUTHENTICATE checked for real by pyspnego's
+    NTLM server against `NTLM_USER_FILE`; once through, it tunnels (CONNECT) and answers GET https:// with a 200."""
+
+    def __init__(self, routes: dict[tuple[str, int], tuple[str, int]]) -> None:
+        super().__init__(routes)
+        #: per connection, the NTLM message each request carried: 0 (none), 1 (NEGOTIATE), 3 (AUTHENTICATE)
+        self.messages: list[list[int]] = []
+
+    def handle(self, conn) -> None:
+        import spnego
+
+        seen: list[int] = []
+        self.messages.append(seen)
+        server = spnego.server(protocol="ntlm")
+        while head := servers.read_head(conn):
+            m = re.search(rb"Proxy-Authorization: NTLM (\S+)", head)
+            token = base64.b64decode(m.group(1)) if m else b""
+            seen.append(token[8] if len(token) > 8 else 0)
+            if not token:
+                conn.sendall(_chunked_407(b"NTLM"))
+                continue
+            if token[8] == 1:
+                conn.sendall(_chunked_407(b"NTLM " + base64.b64encode(server.step(token) or b"")))
+                continue
+            try:
+                server.step(token)
+            except Exception:  # a wrong password, or bytes that are no AUTHENTICATE: refused as squid refuses
+                conn.sendall(_chunked_407(b"NTLM"))
+                return
+            method, target = head.split(b" ")[:2]
+            if method != b"CONNECT":
+                conn.sendall(b"HTTP/1.1 200 OK\r\nServer: chunky\r\nContent-Length: 2\r\n\r\nok")
+                continue
+            host, _, port = target.decode().rpartition(":")
+            with self._dial(host, int(port)) as upstream:
+                conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                servers._pipe(conn, upstream, self.idle)
+            return
+
+
+def test_a_chunked_407_challenge_on_connect_keeps_the_exchange_in_step(esrs, start_server, tmp_path, monkeypatch):
+    """The challenge in a chunked 407 to CONNECT: its chunks are read with it, so the proxy's answer to the
+    AUTHENTICATE is read as that (not the chunks left over): both CONNECT probes get through, on the connection of
+    their NEGOTIATE."""
+    from spnego._ntlm_raw.crypto import lmowfv1, ntowfv1
+
+    users = tmp_path / "ntlm-users"  # smbpasswd's form: the password (which holds a colon) as its hashes
+    users.write_text(f"CORP\\{USER}:1000:{lmowfv1(PASSWORD).hex()}:{ntowfv1(PASSWORD).hex()}:[U]:LCT-00000000\n")
+    monkeypatch.setenv("NTLM_USER_FILE", str(users))
+    server = esrs()
+    proxy = start_server(ChunkedNtlmProxy({("esrs.lab", 443): ("127.0.0.1", server.port)}))
+    result = diagnose.check_port(
+        ("127.0.0.1", proxy.port), "esrs.lab", 443, 5.0, credentials=Credentials(DOMAIN_USER, PASSWORD)
+    )
+    shapes = [(p.name, p.shape, p.scheme) for p in result.probes]
+    assert shapes == [
+        ("GET https:// (as the check)", diagnose.Shape.HTTP_OK, proxyauth.Scheme.NTLM),
+        ("CONNECT, then TLS", diagnose.Shape.TLS_OK, proxyauth.Scheme.NTLM),
+        ("CONNECT, then plaintext", diagnose.Shape.RAW_TLS, proxyauth.Scheme.NTLM),
+    ], [p.what for p in result.probes]
+    assert all(p.ok for p in result.probes), [p.what for p in result.probes]
+    # the first request bare, then each probe's NEGOTIATE and AUTHENTICATE on one connection
+    assert proxy.messages == [[0], [1, 3], [1, 3], [1, 3]]
+    assert result.outcome is diagnose.Outcome.PASS and result.to_dict()["auth"]["tried"] == {}
+
+
+class NegotiateNtlmProxy(ChunkedNtlmProxy):
+    """Negotiate alone, answered by pyspnego's SPNEGO server with NTLM inside (as a domain proxy answers a client that
+    has no Kerberos ticket for it): the verdict names NTLM inside Negotiate."""
+
+    def handle(self, conn) -> None:
+        import spnego
+
+        seen: list[int] = []
+        self.messages.append(seen)
+        server = spnego.server(protocol="negotiate")
+        while head := servers.read_head(conn):
+            m = re.search(rb"Proxy-Authorization: Negotiate (\S+)", head)
+            seen.append(1 if m else 0)
+            if m is None:
+                conn.sendall(_chunked_407(b"Negotiate"))
+                continue
+            try:
+                out = server.step(base64.b64decode(m.group(1)))
+            except Exception:
+                conn.sendall(_chunked_407(b"Negotiate"))
+                return
+            if not server.complete:
+                conn.sendall(_chunked_407(b"Negotiate " + base64.b64encode(out or b"")))
+                continue
+            if head.startswith(b"CONNECT "):  # a tunnel to nowhere: it closes at once
+                conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                return
+            conn.sendall(b"HTTP/1.1 200 OK\r\nServer: chunky\r\nContent-Length: 2\r\n\r\nok")
+
+
+def test_ntlm_inside_negotiate_is_named_so(start_server, tmp_path, monkeypatch) -> None:
+    from spnego._ntlm_raw.crypto import lmowfv1, ntowfv1
+
+    users = tmp_path / "ntlm-users"
+    users.write_text(f"CORP\\{USER}:1000:{lmowfv1(PASSWORD).hex()}:{ntowfv1(PASSWORD).hex()}:[U]:LCT-00000000\n")
+    monkeypatch.setenv("NTLM_USER_FILE", str(users))
+    proxy = start_server(NegotiateNtlmProxy({}))
+    result = diagnose.check_port(
+        ("127.0.0.1", proxy.port), "esrs.lab", 443, 5.0, credentials=Credentials(DOMAIN_USER, PASSWORD)
+    )
+    assert result.probes[0].shape is diagnose.Shape.HTTP_OK, result.verdict
+    assert result.verdict.endswith(f" (authenticated to the proxy with NTLM inside Negotiate as user 'CORP\\{USER}')")
+    assert result.to_dict()["auth"]["mechanism"] == "NTLM" and result.to_dict()["auth"]["used"] == "Negotiate"
+    assert proxy.messages[:2] == [[0], [1, 1]]  # bare, then the SPNEGO token and its answer on one connection

@@ -11,7 +11,8 @@ each probe on its own connection: NTLM's and Negotiate's steps (the first token,
 answer with the request) on one kept-alive connection, which then carries the request or becomes the tunnel. The
 scheme that worked is used at once by the next probes. The password never appears in anything this module returns:
 every answer is scrubbed as it is read (`_read`), before any text, hex or JSON is made of it, of the password and of
-every token sent for it, and no sentence here formats the password.
+every token sent for it, and no sentence here formats the password. Without credentials, a proxy that offers
+Negotiate gets the Kerberos ticket in the cache (single sign-on, as a browser); its tokens are scrubbed the same way.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import contextlib
 import enum
 import functools
 import html
+import ipaddress
 import re
 import socket
 import ssl
@@ -107,6 +109,24 @@ class ProxyAuth:
     offer: Offer | None = None
     scheme: Scheme | None = None
     tried: dict[Scheme, str] = field(default_factory=dict)
+    #: Single sign-on, without credentials given: the Kerberos ticket in the cache, and the tokens sent for it.
+    ticket: Credentials = field(default_factory=Credentials.ticket)
+    #: Whose ticket got through (single sign-on), as its principal names it (`esrsuser@LAB.TEST`).
+    principal: str | None = None
+    #: What Negotiate carried when it got through: `Kerberos`, or `NTLM` inside it.
+    mechanism: str | None = None
+
+    @property
+    def using(self) -> Credentials | None:
+        """What the scheme that got through was given: the credentials, or the ticket (single sign-on)."""
+        if self.scheme is None:
+            return None
+        return self.ticket if self.principal is not None else self.credentials
+
+    @property
+    def hide(self) -> Credentials | None:
+        """What every answer is scrubbed of: the credentials given, else the tokens sent for the ticket, if any."""
+        return self.credentials or (self.ticket if self.ticket.sent else None)
 
     def saw(self, r: _Read) -> None:
         """A 407 without a challenge token: what the proxy offers (judged on the answer as it came, shown scrubbed:
@@ -125,6 +145,8 @@ class ProxyAuth:
             "offered": offer.offered,
             "unsupported": offer.unsupported,
             "used": str(self.scheme) if self.scheme else None,
+            "mechanism": self.mechanism,
+            "ticket": self.principal,
             "tried": {str(s): how for s, how in self.tried.items()},
         }
 
@@ -221,12 +243,12 @@ class _Read:
         return what, f, shape_of(self.seen, self.seen_finding)
 
 
-def _read(
-    sock: socket.socket, request: bytes, timeout: float, credentials: Credentials | None, *, head_only: bool = False
-) -> _Read:
-    """Send `request` and read the answer: the one place where the password is taken out of what is shown."""
-    a = send_and_read(sock, request, time.monotonic() + timeout, head_only=head_only)
-    return _Read(a, a.redacted(credentials.redact) if credentials else a)
+def _read(sock: socket.socket, request: bytes, timeout: float, hide: Credentials | None) -> _Read:
+    """Send `request` and read the answer (to a CONNECT: its whole body but for a 2xx, as its framing says, so that
+    the connection stays in step for the next message): the one place where the password (and the tokens sent) are
+    taken out of what is shown."""
+    a = send_and_read(sock, request, time.monotonic() + timeout)
+    return _Read(a, a.redacted(hide.redact) if hide else a)
 
 
 # -- a request to the proxy, authenticated the way it asks ----------------------------------------------------------
@@ -248,77 +270,72 @@ class _Asked:
             self.sock = None
 
 
-def _drain(sock: socket.socket, a: Answer, timeout: float) -> bool:
-    """After a head read alone (a CONNECT's answer), read the body its Content-Length announces, so that the
-    connection can carry the next request; whether it can (the whole body came, the proxy keeps the connection)."""
-    try:
-        length = int(a.header("content-length") or "0")
-    except ValueError:
-        return False
-    deadline = time.monotonic() + timeout
-    try:
-        while length > 0 and (remaining := deadline - time.monotonic()) > 0:
-            sock.settimeout(remaining)
-            chunk = sock.recv(min(length, 65536))
-            if not chunk:
-                return False
-            length -= len(chunk)
-    except OSError:
-        return False
-    return length == 0 and _kept_open(a, body_read=True)
-
-
-def _kept_open(a: Answer, *, body_read: bool = False) -> bool:
-    """Whether the connection that brought answer `a` may carry another request: a whole answer of known length
-    (or chunked, read to its end), and no `Connection: close`; HTTP/1.0 only with `keep-alive`."""
-    if a.status is None or a.timed_out or a.error:
+def _kept_open(a: Answer) -> bool:
+    """Whether the connection that brought answer `a` may carry another request: the whole answer read as its framing
+    says (Content-Length, chunked to its end), and no `Connection: close`; HTTP/1.0 only with `keep-alive`."""
+    if a.status is None or a.timed_out or a.error or not a.complete or a.framing_problem:
         return False
     tokens = {t.strip().lower() for n in ("connection", "proxy-connection") for t in (a.header(n) or "").split(",")}
-    if "close" in tokens or (a.status_line.startswith("HTTP/1.0") and "keep-alive" not in tokens):
-        return False
-    if body_read or "chunked" in (a.header("transfer-encoding") or "").lower():
-        return True
-    try:
-        return len(a.body) == int(a.header("content-length") or "")
-    except ValueError:
-        return False
+    return "close" not in tokens and (not a.status_line.startswith("HTTP/1.0") or "keep-alive" in tokens)
 
 
-def _ask(
-    proxy: tuple[str, int],
-    build: Callable[[str], bytes],
-    timeout: float,
-    auth: ProxyAuth,
-    *,
-    tunnel: bool = False,
-) -> _Asked:
+def _ask(proxy: tuple[str, int], build: Callable[[str], bytes], timeout: float, auth: ProxyAuth) -> _Asked:
     """Send the request `build(proxy_authorization_lines)` makes to the proxy and read its answer, authenticating as
     the proxy asks: first without credentials (or at once in the scheme that got through before); after a 407, in
-    each scheme it offers that esrs-fix speaks, in a browser's order, until one gets through. `tunnel`: a CONNECT,
-    whose answer is read as far as its head (a 200 leaves the connection open for the tunnel)."""
-    credentials = auth.credentials
-    if credentials is not None and auth.scheme is not None:
-        return _authenticate(proxy, build, timeout, auth, auth.scheme, tunnel=tunnel)
+    each scheme it offers that esrs-fix speaks, in a browser's order, until one gets through; without credentials,
+    in Negotiate with the Kerberos ticket in the cache, as a browser signs on (a 2xx to a CONNECT leaves the
+    connection open for the tunnel)."""
+    if (using := auth.using) is not None and auth.scheme is not None:
+        return _authenticate(proxy, build, timeout, auth, auth.scheme, using)
     sock = _connect(proxy, timeout)
     if isinstance(sock, str):
         return _Asked(None, None, unreachable=sock)
-    r = _read(sock, build(""), timeout, credentials, head_only=tunnel)
+    r = _read(sock, build(""), timeout, auth.hide)
     asked = _Asked(sock, r)
     if r.seen.status != 407:
         return asked
     asked.close()
     auth.saw(r)
-    if credentials is None or auth.offer is None:
+    if auth.offer is None:
         return asked
+    if auth.credentials is None:
+        return _single_sign_on(proxy, build, timeout, auth) or asked
     for scheme in auth.offer.usable:
         if scheme in auth.tried:
             continue
-        attempt = _authenticate(proxy, build, timeout, auth, scheme, tunnel=tunnel)
+        attempt = _authenticate(proxy, build, timeout, auth, scheme, auth.credentials)
         if attempt.unreachable or attempt.scheme is not None:
             return attempt  # through, or the proxy could not be reached again
         if attempt.read is not None:
             asked = attempt  # refused: the 407 to show, unless a scheme later in the order gets through
     return asked
+
+
+def _single_sign_on(
+    proxy: tuple[str, int], build: Callable[[str], bytes], timeout: float, auth: ProxyAuth
+) -> _Asked | None:
+    """Negotiate with the Kerberos ticket in the cache, when the proxy offers it and no credentials were given; once
+    per port: `auth.tried` says why there was no ticket to send, or how the proxy took it. None: nothing to show but
+    the first 407."""
+    assert auth.offer is not None
+    offered = {proxyauth.known(proxyauth.scheme_of(c)) for c in auth.offer.offered}
+    if Scheme.NEGOTIATE not in offered or Scheme.NEGOTIATE in auth.tried:
+        return None
+    principal, why = proxyauth.cached_ticket()
+    if principal is None:
+        auth.tried[Scheme.NEGOTIATE] = why
+        return None
+    attempt = _authenticate(proxy, build, timeout, auth, Scheme.NEGOTIATE, auth.ticket)
+    if attempt.scheme is not None:
+        auth.principal = principal
+    elif Scheme.NEGOTIATE in auth.tried:
+        how = f"the Kerberos ticket of {principal}: {auth.tried[Scheme.NEGOTIATE]}"
+        with contextlib.suppress(ValueError):
+            ipaddress.ip_address(proxy[0])
+            # the service ticket is asked for HTTP/<the name the proxy was given by>: an address names no service
+            how += f"; a Kerberos ticket is for the proxy's name (HTTP/NAME): give --proxy by its name, not {proxy[0]}"
+        auth.tried[Scheme.NEGOTIATE] = how
+    return attempt if attempt.unreachable or attempt.read is not None else None
 
 
 def _authenticate(
@@ -327,14 +344,12 @@ def _authenticate(
     timeout: float,
     auth: ProxyAuth,
     scheme: Scheme,
-    *,
-    tunnel: bool,
+    credentials: Credentials,
 ) -> _Asked:
     """One attempt in `scheme` on a connection of its own: Basic in one request; NTLM and Negotiate in two on the one
     kept-alive connection (the first token, the 407 with the proxy's challenge, the answer to it with the request
-    again). `scheme` is set in the result when the request got through; otherwise `auth.tried` says how it ended."""
-    credentials = auth.credentials
-    assert credentials is not None
+    again; Kerberos in one, its ticket in the first token). `scheme` is set in the result when the request got
+    through; otherwise `auth.tried` says how it ended."""
     sock = _connect(proxy, timeout)
     if isinstance(sock, str):
         return _Asked(None, None, unreachable=sock)
@@ -345,7 +360,7 @@ def _authenticate(
         return _Asked(None, r)
 
     def send(value: str) -> _Read:
-        return _read(sock, build(f"Proxy-Authorization: {value}\r\n"), timeout, credentials, head_only=tunnel)
+        return _read(sock, build(f"Proxy-Authorization: {value}\r\n"), timeout, credentials)
 
     try:
         exchange = Exchange(scheme, credentials, proxy[0])
@@ -354,7 +369,7 @@ def _authenticate(
             challenge = token_of(challenges(r.seen.all("proxy-authenticate")), scheme)
             if challenge is None:
                 return refused(r, f"refused: the proxy answered its first {scheme} message with a 407 and no challenge")
-            if not (_drain(sock, r.seen, timeout) if tunnel else _kept_open(r.seen)):
+            if not _kept_open(r.seen):
                 return refused(
                     r,
                     f"the proxy did not keep the connection open after its challenge ({scheme} needs one connection "
@@ -371,6 +386,7 @@ def _authenticate(
     if r.seen.status == 407:
         return refused(r, "refused: the proxy answered the credentials with a 407")
     auth.scheme = scheme
+    auth.mechanism = exchange.mechanism
     auth.tried.pop(scheme, None)
     return _Asked(sock, r, scheme)
 
@@ -414,7 +430,7 @@ def _tunnel(proxy: tuple[str, int], host: str, port: int, timeout: float, auth: 
     def request(authorization: str) -> bytes:
         return f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{authorization}\r\n".encode()
 
-    asked = _ask(proxy, request, timeout, auth, tunnel=True)
+    asked = _ask(proxy, request, timeout, auth)
     if asked.read is None:
         return _Tunnel(None, _no_answer(asked, auth), Shape.UNREACHABLE)
     r = asked.read
@@ -454,7 +470,7 @@ def probe_connect_tls(proxy: tuple[str, int], host: str, port: int, timeout: flo
     if t.sock is None:
         return Probe(name, t.said, False, shape=t.shape, answer=t.answer)
     with t.sock:
-        r, tls_said = _tls_get(t.sock, host, timeout, auth.credentials)
+        r, tls_said = _tls_get(t.sock, host, timeout, auth.hide)
     if r is None:
         return Probe(name, f"{t.said}; {tls_said}", False, shape=Shape.TLS_FAILED, scheme=t.scheme)
     what, f, shape = r.judged()
@@ -470,7 +486,7 @@ def probe_connect_plain(proxy: tuple[str, int], host: str, port: int, timeout: f
         return Probe(name, t.said, False, shape=t.shape, answer=t.answer)
     with t.sock:
         request = f"GET / HTTP/1.1\r\nHost: {url_host(host)}\r\n\r\n".encode()
-        r = _read(t.sock, request, timeout, auth.credentials)
+        r = _read(t.sock, request, timeout, auth.hide)
     what, f, shape = r.judged()
     # "ok" here means: the port answered plaintext the way a TLS port does (judged on the answer as it came)
     seen = r.seen_finding
@@ -518,12 +534,24 @@ def check_port(
 def _authenticated(auth: ProxyAuth, probes: list[Probe]) -> str:
     """The verdict's last words when the probes authenticated: the scheme, the user, what was tried before it."""
     used = list(dict.fromkeys(p.scheme for p in probes if p.scheme is not None))
-    if not used or auth.credentials is None:
+    if not used or auth.using is None:
         return ""
-    text = f" (authenticated to the proxy with {' and '.join(used)} as user {shown_user(auth.credentials.user)}"
+    schemes = [_scheme_words(s, auth.mechanism) for s in used]
+    if auth.principal is not None:
+        whom = f"as {auth.principal}, single sign-on with the Kerberos ticket in the cache"
+    else:
+        whom = f"as user {shown_user(auth.using.user)}"
+    text = f" (authenticated to the proxy with {' and '.join(schemes)} {whom}"
     if others := [f"{s} ({how})" for s, how in auth.tried.items() if s not in used]:
         text += f"; tried first: {'; '.join(others)}"
     return text + ")"
+
+
+def _scheme_words(scheme: Scheme, mechanism: str | None) -> str:
+    """A scheme that got through, with what Negotiate carried: `Negotiate (Kerberos)`, `NTLM inside Negotiate`."""
+    if scheme is not Scheme.NEGOTIATE or not mechanism:
+        return str(scheme)
+    return f"{mechanism} inside Negotiate" if mechanism == "NTLM" else f"Negotiate ({mechanism})"
 
 
 # -- who answered, and what their page says ---------------------------------------------------------------------
@@ -602,8 +630,14 @@ def _auth_verdict(probe: Probe, auth: ProxyAuth) -> tuple[Outcome, str]:
     install = (
         f"{missing} need{'s' if len(offer.need_spnego) == 1 else ''} the Python package {proxyauth.SPNEGO_PACKAGE}"
     )
-    if credentials is None:
-        said = "the proxy requires authentication and no credentials were given"
+    negotiate = any(proxyauth.known(proxyauth.scheme_of(c)) is Scheme.NEGOTIATE for c in offer.offered)
+    ticket_refused = credentials is None and auth.tried.get(Scheme.NEGOTIATE, "").startswith("the Kerberos ticket of ")
+    if ticket_refused:
+        said = "the Kerberos ticket in the cache did not get through, and no credentials were given"
+    elif credentials is None:
+        said = "the proxy requires authentication and no credentials were given" + (
+            " (nor a Kerberos ticket for its Negotiate)" if negotiate else ""
+        )
     elif auth.tried:
         said = f"the proxy rejected the credentials given for user {shown_user(credentials.user)}"
     elif offer.need_spnego:
@@ -624,12 +658,21 @@ def _auth_verdict(probe: Probe, auth: ProxyAuth) -> tuple[Outcome, str]:
         text += f"; not supported by esrs-fix check: {', '.join(offer.unsupported)} (it speaks {speaks})"
     if offer.need_spnego:
         text += f"; {install}: {proxyauth.spnego_install()}"
+    how = []
+    if credentials is None and negotiate and not ticket_refused:
+        how.append(
+            "for Negotiate (Kerberos single sign-on, as a browser signs on), get a ticket first: kinit USER "
+            "(USER@REALM for a realm other than the default one), then run the check again with the same KRB5CCNAME"
+            + ("" if proxyauth.kerberos_available() else f" ({proxyauth.kerberos_install()})")
+        )
     if offer.usable and (credentials is None or auth.tried):
-        text += (
-            "; give the right user and password: --proxy http://USER:PASSWORD@HOST:PORT (a domain user as "
+        how.append(
+            "give the right user and password: --proxy http://USER:PASSWORD@HOST:PORT (a domain user as "
             "DOMAIN%5CUSER), or --proxy-user USER (or 'DOMAIN\\USER') with the password in ESRS_FIX_PROXY_PASSWORD, "
             "in --proxy-password-file or at the prompt"
         )
+    if how:
+        text += "; " + "; or ".join(how)
     elif not offer.need_spnego:
         text += "; test from a host the proxy lets through without authentication"
     return Outcome.UNTESTED, text

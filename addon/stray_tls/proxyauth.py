@@ -3,7 +3,14 @@
 No sockets here (`diagnose.py` sends the requests): this module parses `Proxy-Authenticate`, orders the offers as a
 browser does (Negotiate, NTLM, Basic), and makes each step's `Proxy-Authorization` value.  Basic is built in; NTLM
 and Negotiate (SPNEGO: Kerberos where a ticket is at hand, NTLM inside it where none is) come from the optional
-package pyspnego (the `ntlm` extra), imported only when a proxy asks for them.
+package pyspnego (the `ntlm` extra), imported only when a proxy asks for them; its Kerberos side needs
+the packages gssapi and krb5 (the `auth` extra), which build against the system's Kerberos
+(libkrb5-dev).
+
+Single sign-on: without a user and password, a proxy that offers Negotiate gets the Kerberos ticket in the user's
+cache (`kinit USER`, or the domain logon), as browsers and `curl --proxy-negotiate -U :` send it
+(`Credentials.TICKET`). With a user and password, pyspnego gets a ticket with the password where it can (a realm it
+finds a KDC for), and falls back to NTLM inside Negotiate where it cannot (`DOMAIN\\USER`).
 
 The password stays in `Credentials`: nothing here formats it.  Every token sent for it (the Basic token, NTLM's
 and Negotiate's answers to a challenge, which an offline attack could test passwords against) is remembered by the
@@ -37,6 +44,12 @@ def spnego_install() -> str:
     return install_hint("ntlm", SPNEGO_PACKAGE)
 
 
+def kerberos_install() -> str:
+    """The command that installs Kerberos for pyspnego (gssapi and krb5, built against libkrb5-dev) where esrs-fix
+    runs (a checkout's `auth` extra, or the packages)."""
+    return install_hint("auth", "pyspnego[kerberos]")
+
+
 class Scheme(enum.StrEnum):
     NEGOTIATE = "Negotiate"
     NTLM = "NTLM"
@@ -59,6 +72,42 @@ def spnego_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+def kerberos_available() -> bool:
+    """Whether pyspnego can speak Kerberos here: its GSSAPI side needs the packages gssapi and krb5."""
+    try:
+        for module in ("spnego", "gssapi", "krb5"):
+            importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
+
+
+def gss_words(text: str) -> str:
+    """A GSSAPI error in the words that say what failed: its minor status (`Server HTTP/x@R not found in Kerberos
+    database`), without the major status's boilerplate and pyspnego's contexts; the text as it is otherwise."""
+    said = " ".join(text.split())
+    minor = re.search(r"Minor \(\d+\): (.+?)(?:, Context: .*)?$", said)
+    return minor.group(1) if minor else said
+
+
+def cached_ticket() -> tuple[str | None, str]:
+    """The principal whose Kerberos ticket (a TGT) is in the default cache (`KRB5CCNAME`), or None and why not: no
+    ticket, an expired one, the Kerberos packages missing."""
+    if not kerberos_available():
+        return None, f"Kerberos needs the Python packages gssapi and krb5: {kerberos_install()}"
+    gssapi = importlib.import_module("gssapi")
+    try:
+        creds = gssapi.Credentials(usage="initiate")
+        name, lifetime = str(creds.name), creds.lifetime
+    except gssapi.exceptions.ExpiredCredentialsError:
+        return None, "the Kerberos ticket in the cache has expired"
+    except gssapi.exceptions.GSSError as e:  # GSSAPI's words: the minor status names the cache
+        return None, "no Kerberos ticket in the cache: " + gss_words(str(e))
+    if lifetime is not None and lifetime <= 0:
+        return None, f"the Kerberos ticket of {name} in the cache has expired"
+    return name, ""
 
 
 # -- what the proxy offers ---------------------------------------------------------------------------------------
@@ -143,6 +192,17 @@ class Credentials:
     #: The tokens sent for these credentials (besides the Basic one): scrubbed from what is shown like the password.
     sent: list[str] = field(default_factory=list, repr=False, compare=False)
 
+    @property
+    def from_cache(self) -> bool:
+        """No user, no password: the Kerberos ticket in the cache (`TICKET`), whose tokens alone are scrubbed."""
+        return not self.user and not self.password
+
+    @classmethod
+    def ticket(cls) -> Credentials:
+        """Single sign-on: the ticket in the cache, and the tokens sent for it (a Kerberos AP-REQ could be replayed
+        for a few minutes: a page that echoes it shows `***`)."""
+        return cls("", "")
+
     def header(self) -> str:
         return f"Proxy-Authorization: Basic {self._token().decode('ascii')}\r\n"
 
@@ -173,6 +233,8 @@ class Credentials:
 
     @functools.cached_property
     def _secrets(self) -> re.Pattern[bytes]:
+        if self.from_cache:
+            return re.compile(b"(?!)")  # nothing but the tokens sent
         secrets = [self._token().decode("ascii"), f"{self.user}:{self.password}", self.password]
         # longest first: the pair before the password inside it
         patterns = [_secret_pattern(s) for s in sorted(filter(None, secrets), key=len, reverse=True)]
@@ -208,6 +270,15 @@ def _secret_pattern(secret: str) -> bytes:
         longest_first: list[bytes] = sorted(forms, key=len, reverse=True)
         parts.append(b"(?:" + b"|".join(longest_first) + b")")
     return b"".join(parts)
+
+
+def who(credentials: Credentials) -> str:
+    """Whose credentials, for a sentence: `for user 'bob'`, or `with the Kerberos ticket in the cache`."""
+    return (
+        "with the Kerberos ticket in the cache"
+        if credentials.from_cache
+        else f"for user {shown_user(credentials.user)}"
+    )
 
 
 # -- one connection's exchange -----------------------------------------------------------------------------------
@@ -260,8 +331,8 @@ class Exchange:
                 raise AuthError(f"{scheme} needs the Python package {SPNEGO_PACKAGE}: {spnego_install()}") from None
             try:
                 self._context = spnego.client(
-                    credentials.user,
-                    credentials.password,
+                    credentials.user or None,  # none: the ticket in the cache (single sign-on)
+                    credentials.password or None,
                     hostname=proxy_host,
                     service="HTTP",
                     protocol=scheme.lower(),
@@ -270,9 +341,18 @@ class Exchange:
                 raise AuthError(self._said("could not start", e)) from None
 
     def _said(self, what: str, e: Exception) -> str:
-        text = " ".join(str(e).split()) or type(e).__name__
-        user = shown_user(self.credentials.user)
-        return f"{what} {self.scheme} for user {user}: {self.credentials.redact_text(text)}"
+        text = gss_words(str(e)) or type(e).__name__
+        return f"{what} {self.scheme} {who(self.credentials)}: {self.credentials.redact_text(text)}"
+
+    @property
+    def mechanism(self) -> str | None:
+        """What Negotiate carried: `Kerberos`, or `NTLM` (inside it); None for the other schemes."""
+        if self.scheme is not Scheme.NEGOTIATE or self._context is None:
+            return None
+        with contextlib.suppress(Exception):  # pyspnego's own errors: the mechanism is then not known
+            protocol = str(self._context.negotiated_protocol or "")
+            return {"kerberos": "Kerberos", "ntlm": "NTLM"}.get(protocol.lower(), protocol or None)
+        return None
 
     def first(self) -> str:
         if not self.scheme.connection_bound:
@@ -288,7 +368,8 @@ class Exchange:
         try:
             token = self._context.step(challenge)
         except Exception as e:  # a challenge pyspnego cannot read, or a Kerberos failure: a sentence
-            raise AuthError(self._said("could not answer the proxy's challenge in", e)) from None
+            what = "could not start" if challenge is None else "could not answer the proxy's challenge in"
+            raise AuthError(self._said(what, e)) from None
         if not token:
             raise AuthError(f"{self.scheme}: nothing to send in answer to the proxy's challenge")
         value = base64.b64encode(token).decode("ascii")

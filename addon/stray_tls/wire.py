@@ -35,6 +35,8 @@ class Answer:
     #: Why the body's framing is not to be trusted (both Transfer-Encoding and Content-Length, a chunk size that
     #: is none, a Content-Length that is no number); empty when it is sound.
     framing_problem: str = ""
+    #: The whole answer came, as its framing says (its body to the end): the connection may carry the next message.
+    complete: bool = False
 
     @property
     def label(self) -> str | None:
@@ -86,10 +88,14 @@ MAX_ANSWER = 1 << 20
 def send_and_read(sock: socket.socket, request: bytes, deadline: float, *, head_only: bool = False) -> Answer:
     """Send `request` on a connected socket (plain or TLS) and read one answer before `deadline`.
 
-    `head_only` stops at the end of the head (a CONNECT answer, after which the tunnel begins). At most
-    `MAX_ANSWER` bytes are read.
+    `head_only` stops at the end of the head. An answer to CONNECT is read a byte at a time up to the end of its head,
+    so that a 2xx eats no tunnel byte; any other answer to it (a 407 with its challenge) is read to the end of its
+    body as its framing says, so that the connection stays in step for the next request. At most `MAX_ANSWER` bytes
+    are read.
     """
-    reader = AnswerReader(request.split(b" ", 1)[0], head_only=head_only)
+    method = request.split(b" ", 1)[0]
+    reader = AnswerReader(method, head_only=head_only)
+    connect = method == b"CONNECT"
     timed_out = False
     try:
         sock.sendall(request)
@@ -99,7 +105,8 @@ def send_and_read(sock: socket.socket, request: bytes, deadline: float, *, head_
                 timed_out = True
                 break
             sock.settimeout(remaining)
-            chunk = sock.recv(1 if head_only else 65536)  # a CONNECT answer must not eat tunnel bytes
+            # a CONNECT answer must not eat tunnel bytes: a byte at a time until its head tells its framing
+            chunk = sock.recv(1 if head_only or (connect and reader.framing is None) else 65536)
             if not chunk or reader.feed(chunk) or len(reader.data) >= MAX_ANSWER:
                 break
     except TimeoutError:
@@ -174,7 +181,7 @@ class AnswerReader:
     def answer(self, timed_out: bool, error: str = "") -> Answer:
         """What arrived, parsed as far as it is HTTP."""
         data = bytes(self.data)
-        answer = Answer(data, timed_out=timed_out, error=error)
+        answer = Answer(data, timed_out=timed_out, error=error, complete=self.done)
         if not data.startswith(b"HTTP/"):
             return answer
         final = data[self.start :]

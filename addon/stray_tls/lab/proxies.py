@@ -20,7 +20,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,7 +45,7 @@ def install_command(name: str) -> str:
 
 STARTUP_TIMEOUT = 20.0
 #: The proxy authentication schemes squid can be set up with here (`start(..., scheme=...)`).
-SCHEMES = ("basic", "ntlm", "negotiate+ntlm")
+SCHEMES = ("basic", "ntlm", "negotiate+ntlm", "kerberos")
 SQUID_HELPERS = Path("/usr/lib/squid")
 
 
@@ -127,6 +127,8 @@ def start(
     peers: Sequence[tuple[str, int]] = (),
     auth: tuple[str, str] | None = None,
     scheme: str = "basic",
+    kerberos: tuple[Path, str] | None = None,
+    env: Mapping[str, str] | None = None,
     startup_timeout: float = STARTUP_TIMEOUT,
 ) -> RealProxy:
     """Start proxy `name` on 127.0.0.1:`port` with its configuration in `work` (created), and wait until it listens.
@@ -139,6 +141,10 @@ def start(
     only `auth`'s user through, whatever its domain); `negotiate+ntlm` (both offered, Negotiate first, as Windows
     proxies do; Negotiate through `negotiate_wrapper_auth`, whose Kerberos side has no keytab: only a raw NTLM
     token inside Negotiate gets through, a SPNEGO one is refused and the client must fall back to NTLM).
+    `kerberos` (squid only, with `scheme="kerberos"`, without `auth`): (keytab, service principal): Negotiate alone,
+    through `negotiate_kerberos_auth -k KEYTAB -s SERVICE`; any ticket for the service gets through. The keytab must
+    be readable by the user squid's helpers run as (`proxy`, as root). `env`: the proxy's environment (its helpers
+    inherit it: `KRB5_CONFIG` for a realm of the caller's).
     """
     command = find(name)
     if peers and name != "squid":
@@ -147,6 +153,8 @@ def start(
         raise ValueError("only proxy.py and squid take credentials here")
     if scheme not in SCHEMES or (scheme != "basic" and name != "squid"):
         raise ValueError(f"unknown scheme {scheme!r} for {name}: squid takes {', '.join(SCHEMES)}, others basic")
+    if (scheme == "kerberos") != (kerberos is not None) or (kerberos and auth):
+        raise ValueError("scheme 'kerberos' takes a keytab and a service principal (kerberos=...), and no auth")
     work.mkdir(parents=True, exist_ok=True)
     if name in ("squid", "tinyproxy"):
         _hand_to_proxy_user(work)
@@ -158,16 +166,18 @@ def start(
     elif name == "pproxy":
         argv = [*command, "-l", f"http://127.0.0.1:{port}"]
     elif name == "squid":
-        argv = [*command, "-N", "-f", str(_squid_config(work, port, peers, auth, scheme))]
+        argv = [*command, "-N", "-f", str(_squid_config(work, port, peers, auth, scheme, kerberos))]
     elif name == "tinyproxy":
         argv = [*command, "-d", "-c", str(_tinyproxy_config(work, port))]
     else:
         argv = [*command, "--no-daemon", str(_privoxy_config(work, port))]
-    label = name + (" (cache_peer)" if peers else "") + (f" ({scheme} auth)" if auth else "")
+    label = name + (" (cache_peer)" if peers else "") + (f" ({scheme} auth)" if auth or kerberos else "")
     log = work / "stdout.log"
     with log.open("wb") as out:
-        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=work)
-    proxy = RealProxy(label, port, process, log, auth is not None)
+        process = subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=work, env=env
+        )
+    proxy = RealProxy(label, port, process, log, auth is not None or kerberos is not None)
     try:
         _wait_listening(proxy, startup_timeout)
     except BaseException:  # not up, or interrupted while waiting: it is not on anybody's stop list yet
@@ -194,6 +204,7 @@ def _squid_config(
     peers: Sequence[tuple[str, int]],
     auth: tuple[str, str] | None,
     scheme: str = "basic",
+    kerberos: tuple[Path, str] | None = None,
 ) -> Path:
     conf = [
         f"http_port 127.0.0.1:{port}",
@@ -222,7 +233,9 @@ def _squid_config(
         ]
     if peers:
         conf.append("never_direct allow all")
-    if auth and scheme == "basic":
+    if kerberos is not None:
+        conf += _squid_kerberos(*kerberos)
+    elif auth and scheme == "basic":
         conf += _squid_basic(work, auth)
     elif auth:
         conf += _squid_ntlm(auth, negotiate=scheme == "negotiate+ntlm")
@@ -280,6 +293,19 @@ def _squid_ntlm(auth: tuple[str, str], *, negotiate: bool) -> list[str]:
         "http_access deny !authenticated",
     ]
     return conf
+
+
+def _squid_kerberos(keytab: Path, service: str) -> list[str]:
+    """Negotiate with Kerberos alone, as a domain's proxy offers it: `negotiate_kerberos_auth` checks the ticket
+    against the service's key in `keytab`."""
+    helper = _squid_helper("negotiate_kerberos_auth")
+    return [
+        f"auth_param negotiate program {helper} -k {keytab} -s {service}",
+        "auth_param negotiate children 1 startup=1 idle=1",
+        "auth_param negotiate keep_alive on",
+        "acl authenticated proxy_auth REQUIRED",
+        "http_access deny !authenticated",
+    ]
 
 
 def _tinyproxy_config(work: Path, port: int) -> Path:
