@@ -199,3 +199,30 @@ def test_http2_clients_get_the_label_lowercase_with_no_log_line(h2_nginx, cert, 
     assert len(labels) == 2 and all(label.startswith("x-esrs-fix: ") for label in labels), labels
     log = m.log()
     assert log.count(LOWERCASED) == 0 and log.count(CONTENT_MISSING) == 0, log
+
+
+def _rendered_with(**meta: object) -> str:
+    from mitmproxy.test import tflow
+
+    from stray_tls import contentview
+    from stray_tls.names import METADATA_KEY
+
+    f = tflow.tflow(resp=True)
+    assert f.response is not None
+    f.metadata[METADATA_KEY] = {"summary": SUMMARY, "kind": "tls_records", "confidence": "high", **meta}
+    return contentview.render(b"esrs-fix's answer", f, f.response) or ""
+
+
+def test_the_view_says_when_the_record_kept_only_part_of_the_bytes_or_none() -> None:
+    """A record keeps the first RAW_BYTES of the plaintext attempt's answer, and none for a flow answered with a
+    remembered failure: the view says how many there were, not the kept count as if it were all."""
+    whole = _rendered_with(raw_hex="1503010002020a", raw_truncated=0)
+    assert "what the plaintext attempt got (7 bytes):\n  15 03 01 00 02 02 0a\n" in whole
+    cut = _rendered_with(raw_hex="1503010002020a", raw_truncated=1100)
+    assert "what the plaintext attempt got (1107 bytes; the record keeps the first 7):\n  15 03 01" in cut
+    remembered = _rendered_with(
+        raw_hex="", raw_truncated=7, same_as="f-1", upgrade_error="certificate verification failed: x"
+    )
+    assert "what the plaintext attempt got (7 bytes; flow f-1's record has them):" in remembered
+    assert "(not kept in this flow's record)" in remembered and "(no bytes)" not in remembered
+    assert "; upgrade failed\n" in remembered  # the action line: not "not rewritten"
