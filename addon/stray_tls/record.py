@@ -273,7 +273,12 @@ def attempt_ended(attempt: http.HTTPFlow, failure: Failure | None) -> None:
         response = attempt.response
         status = f"{response.status_code} {response.reason}".rstrip() if response is not None else "?"
         line = f"{PREFIX}: answered {status}; flow {served}'s client got this answer"
-    attempt.comment = f"{attempt.comment}\n{line}" if attempt.comment else line
+    # Said once: a later word on the outcome (the answer was too large, or not HTTP after all) replaces an earlier one.
+    lines = [s for s in attempt.comment.splitlines() if not s.startswith(_ATTEMPT_OUTCOMES)]
+    attempt.comment = "\n".join([*lines, line])
+
+
+_ATTEMPT_OUTCOMES = (f"{PREFIX}: failed: ", f"{PREFIX}: answered ")
 
 
 def log_detection(flow: http.HTTPFlow, record: Record, action: str) -> None:

@@ -181,6 +181,9 @@ class Upgrade:
         body = self._bodies.get(attempt.id)
         if body is not None:
             body.response = attempt.response
+            # Its answer, said now, before the built-in addons' response hook (which runs before any script's: `-w`
+            # saves the flow there); `_send` says otherwise if the answer turns out too large or not HTTP.
+            attempt_ended(attempt, None)
         return body
 
     async def attempt(
@@ -491,8 +494,9 @@ class _Body:
     """A TLS attempt's response body, kept chunk by chunk (mitmproxy's stream callable), up to `limit` bytes.
 
     At the end of the body (mitmproxy calls the stream with b"" then, before the response hook) the attempt's own
-    response gets what was kept: the attempt's flow then carries the body it received when mitmdump prints it and
-    mitmweb lists it, instead of a streamed response's missing content. An answer over the limit keeps none (its
+    response gets what was kept: the attempt's flow then carries the body it received when mitmdump prints it, `-w`
+    saves it and mitmweb lists it (the built-in addons' response hooks run before any script's), instead of a
+    streamed response's missing content. An answer over the limit keeps none (its
     flow says "content missing", and its comment why)."""
 
     def __init__(self, limit: int) -> None:
