@@ -61,7 +61,7 @@ def test_stray_alert_is_annotated_and_answered_with_a_labelled_502(addon: EsrsFi
         content = f.response.content or b""
         assert SUMMARY.encode() in content and b"15 03 01 00 02 02 0a" in content
         assert f.marked == MARKER
-        assert f.comment == f"esrs-fix: {SUMMARY}"
+        assert f.comment == f"esrs-fix: detected {SUMMARY}; the client got esrs-fix's labelled 502"
         meta = f.metadata[METADATA_KEY]
         assert meta["kind"] == "tls_records" and meta["raw_hex"] == "1503010002020a" and meta["rewritten"] is False
         assert meta["records"][0]["alert"]["description_name"] == "unexpected_message"
@@ -140,7 +140,8 @@ def test_error_hook_fallback_recovers_the_bytes(addon: EsrsFix) -> None:
         assert f.error is not None
         f.error.msg = "Cannot parse HTTP response: Bad HTTP response line: b'\\x15\\x03\\x01\\x00\\x02\\x02'"
         addon.error(f)
-        assert f.comment == f"esrs-fix: {SUMMARY}" and f.marked == MARKER
+        assert f.comment == f"esrs-fix: detected {SUMMARY}; the client got mitmproxy's own error"
+        assert f.marked == MARKER
         assert f.metadata[METADATA_KEY]["raw_hex"] == "1503010002020a"
         g = tflow.tflow(err=True)
         assert g.error is not None
@@ -204,7 +205,10 @@ def test_a_users_comment_and_marker_are_kept(addon: EsrsFix) -> None:
         f.comment = "ticket 4711: customer's proxy"
         f.marked = ":star:"
         addon.response(f)
-        assert f.comment == f"ticket 4711: customer's proxy\nesrs-fix: {SUMMARY}"
+        assert (
+            f.comment
+            == f"ticket 4711: customer's proxy\nesrs-fix: detected {SUMMARY}; the client got esrs-fix's labelled 502"
+        )
         assert f.marked == ":star:"
         assert f.metadata[METADATA_KEY]["kind"] == "tls_records"
 

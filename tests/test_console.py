@@ -14,9 +14,18 @@ import pytest
 from stray_tls.lab import servers
 from stray_tls.lab.servers import Plaintext
 from stray_tls.launch import mitmproxy_command
+from stray_tls.names import ATTEMPT_MARKER, LEARNED_MARKER, UPGRADED_MARKER
 from stray_tls.wire import exchange
 
 from .conftest import SUMMARY
+
+
+def glyph(marker: str) -> str:
+    """The glyph the console draws for a marker (mitmproxy's list; its first character)."""
+    from mitmproxy.utils import emoji
+
+    return emoji.emoji[marker][0]
+
 
 pytestmark = pytest.mark.e2e
 
@@ -26,27 +35,32 @@ Send = Callable[..., None]
 
 
 @pytest.fixture
-def console(esrs) -> Iterator[tuple[Send, Screen, int]]:
-    """mitmproxy's console in a tmux session of its own, reverse-proxying to a stray-alert upstream."""
+def console_with(esrs, cert) -> Iterator[Callable[..., tuple[Send, Screen, int]]]:
+    """mitmproxy's console in a tmux session of its own, reverse-proxying to a stray-alert upstream, with the given
+    extra arguments (`trusted=True`: mitmproxy trusts the upstream's certificate, for esrs_upgrade)."""
     tmux = shutil.which("tmux")
     if tmux is None:
         pytest.skip("tmux is not installed (.ci/run installs it)")
-    upstream = esrs(Plaintext.ALERT)
-    port = servers.free_port()
-    session = f"esrs-fix-test-{port}"
-    command = shlex.join(
-        [*mitmproxy_command("mitmproxy"), "--mode", f"reverse:http://127.0.0.1:{upstream.port}@{port}"]
-    )
-    subprocess.run([tmux, "new-session", "-d", "-s", session, "-x", "160", "-y", "45", command], check=True)
+    sessions: list[str] = []
 
-    def send(*typed: str, literal: bool = False) -> None:
-        """Type; the console reads the keys in order, so the next wait is for the screen they lead to."""
-        subprocess.run([tmux, "send-keys", "-t", session, *(["-l"] if literal else []), *typed], check=True)
+    def start(*args: str, trusted: bool = False) -> tuple[Send, Screen, int]:
+        upstream = esrs(Plaintext.ALERT)
+        port = servers.free_port()
+        session = f"esrs-fix-test-{port}"
+        extra = [*args, *(["--set", f"ssl_verify_upstream_trusted_ca={cert[0]}"] if trusted else [])]
+        command = shlex.join(
+            [*mitmproxy_command("mitmproxy"), "--mode", f"reverse:http://127.0.0.1:{upstream.port}@{port}", *extra]
+        )
+        subprocess.run([tmux, "new-session", "-d", "-s", session, "-x", "160", "-y", "45", command], check=True)
+        sessions.append(session)
 
-    def screen() -> str:
-        return subprocess.run([tmux, "capture-pane", "-p", "-t", session], capture_output=True, text=True).stdout
+        def send(*typed: str, literal: bool = False) -> None:
+            """Type; the console reads the keys in order, so the next wait is for the screen they lead to."""
+            subprocess.run([tmux, "send-keys", "-t", session, *(["-l"] if literal else []), *typed], check=True)
 
-    try:
+        def screen() -> str:
+            return subprocess.run([tmux, "capture-pane", "-p", "-t", session], capture_output=True, text=True).stdout
+
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
@@ -54,9 +68,19 @@ def console(esrs) -> Iterator[tuple[Send, Screen, int]]:
                 break
             except OSError:
                 time.sleep(0.1)
-        yield send, screen, port
+        return send, screen, port
+
+    try:
+        yield start
     finally:
-        subprocess.run([tmux, "kill-session", "-t", session], check=False)  # our own session, by its name
+        for session in sessions:
+            subprocess.run([tmux, "kill-session", "-t", session], check=False)  # our own session, by its name
+
+
+@pytest.fixture
+def console(console_with) -> tuple[Send, Screen, int]:
+    """The console without esrs_upgrade."""
+    return console_with()
 
 
 def wait_until(screen: Screen, shows: Callable[[str], bool], what: str, seconds: float = 15) -> str:
@@ -104,3 +128,24 @@ def test_console_shows_the_marker_the_tls_records_view_and_runs_esrs_decode(cons
     send("esrs.upgraded", literal=True)
     send("Enter")
     wait_for(screen, "esrs-fix: no learned targets")  # esrs_upgrade is off here: nothing was learned
+
+
+def test_console_lists_an_upgrade_its_attempt_and_a_learned_flow_by_their_markers(console_with) -> None:
+    """The flow list tells what esrs-fix did: the upgraded flow, its TLS attempt and the learned flow each have their
+    marker (glyphs a terminal font has)."""
+    _, screen, port = console_with("--set", "esrs_upgrade=true", trusted=True)
+    for path in (b"/upgraded", b"/learned"):
+        assert exchange(("127.0.0.1", port), b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n", 20).status == 200
+
+    def rows(shown: str, path: str) -> list[str]:
+        return [line for line in shown.splitlines() if " GET " in line and path in line and "200" in line]
+
+    shown = wait_until(
+        screen, lambda s: len(rows(s, "/upgraded")) == 2 and len(rows(s, "/learned")) == 1, "the three flows"
+    )
+    upgraded = [row for row in rows(shown, "/upgraded") if " HTTP " in row]
+    attempt = [row for row in rows(shown, "/upgraded") if " HTTPS " in row]
+    assert len(upgraded) == 1 and glyph(UPGRADED_MARKER) in upgraded[0], shown
+    assert len(attempt) == 1 and glyph(ATTEMPT_MARKER) in attempt[0], shown
+    (learned,) = rows(shown, "/learned")
+    assert glyph(LEARNED_MARKER) in learned and " HTTPS " in learned, shown

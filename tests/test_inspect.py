@@ -155,7 +155,10 @@ def test_saved_flows_keep_the_decode_and_render_again(esrs, mitmdump, tmp_path) 
     with open(saved, "rb") as f:
         (flow,) = list(io.FlowReader(f).stream())
     assert isinstance(flow, http.HTTPFlow)
-    assert flow.marked == ":warning:" and flow.comment == f"esrs-fix: {SUMMARY}"
+    assert (
+        flow.marked == ":warning:"
+        and flow.comment == f"esrs-fix: detected {SUMMARY}; the client got esrs-fix's labelled 502"
+    )
     assert flow.metadata[METADATA_KEY]["raw_hex"] == "1503010002020a"
     # read back by a colleague's mitmdump with the addon: the view renders the decode again
     from stray_tls.launch import mitmproxy_command
@@ -207,7 +210,9 @@ def test_reading_saved_flows_back_keeps_what_they_recorded(esrs, start_server, m
     assert len(before) == 2 and after == before  # byte for byte what was recorded, label and 400 page included
     stray = next(s for s in after if s["response"]["status_code"] == 502)
     assert (b"X-ESRS-Fix", f"detected; {SUMMARY}".encode()) in stray["response"]["headers"]
-    assert stray["comment"] == f"esrs-fix: {SUMMARY}"  # one annotation, not two
+    assert (
+        stray["comment"] == f"esrs-fix: detected {SUMMARY}; the client got esrs-fix's labelled 502"
+    )  # one annotation, not two
 
 
 def test_view_of_a_upgraded_flow_shows_both_answers_and_leaves_the_body_to_its_own_view(addon: EsrsFix) -> None:

@@ -21,7 +21,7 @@ from mitmproxy.proxy import server_hooks
 
 from . import compat, contentview, records, text
 from . import findings as fnd
-from .answers import error_response, rewritten_response, upgrade_failed_response
+from .answers import error_response, lowercase_label, rewritten_response, upgrade_failed_response
 from .compat import AttemptCause, EarlyDetection
 from .findings import Finding, Kind
 from .learned import Entry, LearnedTargets, Target
@@ -351,9 +351,8 @@ class EsrsFix:
         finding = fnd.from_response_head(head) if complete else fnd.from_incomplete_head(head)
         if finding is None:
             return None
-        response = error_response(finding)
+        response = self._labelled(error_response(finding), to=request)
         self._made[response] = finding
-        self._ours.add(response)
         if ctx.options.esrs_upgrade and request.scheme == "http" and finding.kind in fnd.UPGRADABLE:
             self.upgrade.suspect(request.host, request.port)  # a crowd's next requests wait for this flow's upgrade
         return response
@@ -457,7 +456,9 @@ class EsrsFix:
             if (sink := self.upgrade.sink(flow)) is not None:
                 response.stream = sink
         elif (learned := self._learned_flows.get(flow.id)) is not None and flow.server_conn.tls_established:
-            self._labelled(response, f"upgraded (learned); {learned[1].plaintext_answer}")  # before a streamed body
+            self._labelled(
+                response, f"upgraded (learned); {learned[1].plaintext_answer}", to=flow.request
+            )  # before a streamed body
 
     def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         if flow.response is None or not flow.live or UPGRADE_METADATA_KEY in flow.metadata:
@@ -569,7 +570,9 @@ class EsrsFix:
             printable(str(failure)),
         )
         if flow.live and self.early.active and flow.response is None:
-            self._error_answers[flow.request] = self._labelled(upgrade_failed_response(finding, failure))
+            self._error_answers[flow.request] = self._labelled(
+                upgrade_failed_response(finding, failure), to=flow.request
+            )
         record = Record.of(flow, None, entry=entry, attempt=flow, learned=True, upgrade_error=failure)
         annotate(flow, record, self.report)
 
@@ -599,8 +602,9 @@ class EsrsFix:
 
     async def _upgrade(self, flow: http.HTTPFlow, finding: Finding, in_scope: bool, error_path: bool) -> None:
         outcome = await self.upgrade.attempt(flow, target_of(flow), finding, ctx.options, self._ours.__contains__)
-        if outcome.answer is not None and outcome.attempt is not None:
-            # the attempt's own flow now holds the body it received (its stream went to the client): tell the UIs
+        if outcome.attempt is not None:
+            # the attempt's own flow now says how it ended (a failed one its error too, set after its last hook): tell
+            # the UIs, or mitmweb and the console keep showing it as they last saw it, pending
             ctx.master.addons.trigger(hooks.UpdateHook([outcome.attempt]))
         self._settle(flow, finding, in_scope, outcome, error_path)
 
@@ -629,12 +633,14 @@ class EsrsFix:
         )
         rewritten = not upgraded and not passed_on and in_scope and ctx.options.esrs_rewrite and finding.rewritable
         if outcome is not None and outcome.answer is not None:
-            flow.response = self._labelled(outcome.answer, f"upgraded; {finding.summary}")
+            flow.response = self._labelled(outcome.answer, f"upgraded; {finding.summary}", to=flow.request)
         elif rewritten:
-            flow.response = self._labelled(rewritten_response(finding, ctx.options.esrs_status, failure))
+            flow.response = self._labelled(
+                rewritten_response(finding, ctx.options.esrs_status, failure), to=flow.request
+            )
         elif failure is not None and finding.kind in fnd.UPGRADABLE and not passed_on:
             # proven TLS port, failed TLS attempt (an untrusted certificate): say so, never fall back to insecure
-            flow.response = self._labelled(upgrade_failed_response(finding, failure))
+            flow.response = self._labelled(upgrade_failed_response(finding, failure), to=flow.request)
         if error_path and flow.response is not None:
             self._error_answers[flow.request] = flow.response  # for the send wrapper, in place of mitmproxy's 502
         record = Record.of(
@@ -684,10 +690,15 @@ class EsrsFix:
                 self.upgrade.learned.capacity,
             )
 
-    def _labelled(self, response: http.Response, label: str | None = None) -> http.Response:
-        """Mark `response` as this addon's answer (it keeps a label it already has when `label` is None)."""
+    def _labelled(self, response: http.Response, label: str | None = None, *, to: http.Request) -> http.Response:
+        """Mark `response` as this addon's answer to `to` (it keeps a label it already has when `label` is None).
+
+        An HTTP/2 or HTTP/3 client gets the label's name in lower case, as those protocols want it: mitmproxy would
+        lowercase it anyway, with a log line for every labelled answer."""
         if label is not None:
             response.headers[LABEL_HEADER] = label
+        if not to.http_version.startswith("HTTP/1"):
+            lowercase_label(response)
         self._ours.add(response)
         return response
 

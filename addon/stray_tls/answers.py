@@ -18,6 +18,8 @@ from .findings import Finding
 from .names import LABEL_HEADER, printable
 from .record import Failure
 
+_LABEL_NAME = LABEL_HEADER.lower().encode()
+
 #: Characters of the X-ESRS-Fix label at most: curl, browsers and proxies refuse heads far smaller than an upstream
 #: can make a summary (9,000 records once made a 594 KB header).
 LABEL_CHARS = 1024
@@ -26,6 +28,16 @@ LABEL_CHARS = 1024
 def label(text: str) -> str:
     """The X-ESRS-Fix value: control bytes escaped (no header injection), at most LABEL_CHARS characters."""
     return printable(text, LABEL_CHARS)
+
+
+def lowercase_label(response: http.Response) -> None:
+    """Give the label header its lower-case name (`x-esrs-fix`), for an HTTP/2 or HTTP/3 client: header names
+    are lower case there, and mitmproxy logs a line for every upper-case name it has to lowercase itself."""
+    fields = response.headers.fields
+    if any(name.lower() == _LABEL_NAME and name != _LABEL_NAME for name, _ in fields):
+        response.headers.fields = tuple(
+            (_LABEL_NAME if name.lower() == _LABEL_NAME else name, value) for name, value in fields
+        )
 
 
 def _body(finding: Finding, headline: str) -> bytes:

@@ -92,6 +92,8 @@ def render(data: bytes, flow: Any = None, message: Any = None) -> str | None:
         action = f"rewritten to a synthetic {meta.get('rewritten_status')}"
     elif meta.get("upgraded"):
         action = "upgraded over TLS" + (" (learned target)" if meta.get("learned") else "")
+    elif meta.get("upgrade_error"):
+        action = "upgrade failed" + (" (learned target)" if meta.get("learned") else "")
     else:
         action = "not rewritten"
     lines = [
@@ -108,13 +110,31 @@ def render(data: bytes, flow: Any = None, message: Any = None) -> str | None:
         ]
     elif meta.get("upgrade_error"):
         lines += ["", f"the TLS attempt failed: {meta['upgrade_error']}"]
-    lines += ["", f"what the plaintext attempt got ({len(raw)} bytes):" if raw else "what the plaintext attempt got:"]
-    lines += _hex_lines(raw) if raw else ["  (no bytes)"]
+    lines += ["", f"what the plaintext attempt got {_size(len(raw), meta)}".rstrip() + ":"]
+    lines += _hex_lines(raw) if raw else ["  (no bytes)" if not _cut(meta) else "  (not kept in this flow's record)"]
     if isinstance(decoded, records.Records):
         for r in decoded.records:
             lines += _record_lines(r)
     lines += ["", *textwrap.wrap(str(meta.get("explanation", "")), WRAP)]
     return _fit(lines)
+
+
+def _cut(meta: dict[str, Any]) -> int:
+    """How many of the plaintext attempt's bytes the record left out (`raw_truncated`; 0 in an older record)."""
+    cut = meta.get("raw_truncated")
+    return cut if isinstance(cut, int) and cut > 0 else 0
+
+
+def _size(kept: int, meta: dict[str, Any]) -> str:
+    """How much of the plaintext attempt's answer the record holds: all of it, or the first bytes of how many, or
+    none (a flow answered with a remembered failure: `same_as` is the flow whose record has them)."""
+    cut = _cut(meta)
+    if not cut:
+        return f"({kept} bytes)" if kept else ""
+    if kept:
+        return f"({kept + cut} bytes; the record keeps the first {kept})"
+    same_as = meta.get("same_as")
+    return f"({cut} bytes" + (f"; flow {same_as}'s record has them)" if same_as else ")")
 
 
 def priority(data: bytes, flow: Any = None, message: Any = None) -> float:

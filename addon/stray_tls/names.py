@@ -11,10 +11,23 @@ LABEL_HEADER = "X-ESRS-Fix"
 UPSTREAM_LABEL_HEADER = "X-ESRS-Fix-Upstream"
 #: The key of the structured finding in `flow.metadata`.
 METADATA_KEY = "esrs_fix"
-#: The marker a reported flow gets (mitmweb and the console show it as an emoji).
+# The markers, one per thing esrs-fix did to a flow: names from mitmproxy's own marker list (mitmweb shows a name it
+# does not know as a red circle), each a glyph that DejaVu Sans draws (Debian's default desktop font: an emoji only
+# a colour-emoji font has, such as the adhesive bandage, is an empty box there). Checked in chromium by
+# tests/test_mitmweb.py's screenshots.
+#: Detected: the upstream answered plaintext HTTP as a TLS port does; the client got the labelled 502 (or the
+#: upstream's answer, when it could no longer be replaced).
 MARKER = ":warning:"
-#: The marker of a flow upgraded over TLS: the client got the server's real answer.
-UPGRADED_MARKER = ":adhesive_bandage:"
+#: Rewritten: the client got esrs_rewrite's synthetic status.
+REWRITTEN_MARKER = ":pencil2:"
+#: Upgraded over TLS: the client got the server's own answer.
+UPGRADED_MARKER = ":heavy_check_mark:"
+#: Learned: sent over TLS at once (its target was learned), although the client asked for http://.
+LEARNED_MARKER = ":arrow_right_hook:"
+#: Upgrade failed: the TLS attempt (or TLS to a learned target) failed; the comment says why.
+FAILED_MARKER = ":heavy_multiplication_x:"
+#: esrs-fix's own TLS attempt for another flow (a replayed copy of its request).
+ATTEMPT_MARKER = ":gear:"
 #: The metadata key of the flow esrs-fix sent over TLS in place of a plaintext one (it holds the upgraded flow's id).
 UPGRADE_METADATA_KEY = "esrs_fix_upgrade"
 #: The prefix of every log line, comment and answer body the addon writes.

@@ -20,7 +20,21 @@ from . import findings as fnd
 from .compat import AttemptCause
 from .findings import Finding
 from .learned import Entry
-from .names import MARKER, METADATA_KEY, PREFIX, UPGRADED_MARKER, clip, hostport, printable
+from .names import (
+    ATTEMPT_MARKER,
+    FAILED_MARKER,
+    LABEL_HEADER,
+    LEARNED_MARKER,
+    MARKER,
+    METADATA_KEY,
+    PREFIX,
+    REWRITTEN_MARKER,
+    UPGRADE_METADATA_KEY,
+    UPGRADED_MARKER,
+    clip,
+    hostport,
+    printable,
+)
 from .report import ReportWriter
 
 log = logging.getLogger("esrs_fix")
@@ -148,10 +162,9 @@ def keys() -> tuple[str, ...]:
 
 def annotate(flow: http.HTTPFlow, record: Record, report: ReportWriter | None) -> None:
     """Mark, comment, record and report one flow (the log line is the caller's: only detections are news)."""
-    upgraded = record.upgraded
     if not flow.marked:  # a marker the user set stays
-        flow.marked = UPGRADED_MARKER if upgraded else MARKER
-    note = f"{PREFIX}: " + (f"upgraded over TLS; plaintext got {record.summary}" if upgraded else record.summary)
+        flow.marked = marker(record)
+    note = comment(flow, record)
     flow.comment = f"{flow.comment}\n{note}" if flow.comment else note  # what the user typed stays
     meta = record.to_dict()
     flow.metadata[METADATA_KEY] = meta
@@ -166,6 +179,106 @@ def annotate(flow: http.HTTPFlow, record: Record, report: ReportWriter | None) -
                 **meta,
             }
         )
+
+
+def marker(record: Record) -> str:
+    """The flow list's marker: what esrs-fix did, at a glance (a failed upgrade is not a plain detection)."""
+    if record.upgrade_error is not None:
+        return FAILED_MARKER
+    if record.learned:
+        return LEARNED_MARKER
+    if record.upgraded:
+        return UPGRADED_MARKER
+    if record.rewritten:
+        return REWRITTEN_MARKER
+    return MARKER
+
+
+def comment(flow: http.HTTPFlow, record: Record) -> str:
+    """The flow's comment: what esrs-fix did first (detected, rewritten, upgraded, learned, upgrade failed and why),
+    then what the plaintext attempt got, then what the client got."""
+    seen = record.summary
+    attempt = record.upgrade or {}
+    if record.learned:
+        asked = asked_url(flow)
+        target = hostport(flow.request.host, flow.request.port)
+        origin = f"{target} was learned {record.learned_at or ''}".rstrip()
+        if record.taught_by:
+            origin += f" by flow {record.taught_by}"
+        if record.upgrade_error is not None:
+            return (
+                f"{PREFIX}: upgrade failed (learned target): {record.upgrade_error}; the client asked for {asked}, "
+                f"sent over TLS as {origin} (its plaintext attempt got {seen}); the target is forgotten"
+            )
+        return (
+            f"{PREFIX}: learned: the client asked for {asked}, sent over TLS at once as {origin} "
+            f"(its plaintext attempt got {seen})"
+        )
+    if record.upgrade_error is not None:
+        if record.remembered:
+            how = "not sent: the TLS attempt to this target failed moments ago" + (
+                f" (flow {record.same_as})" if record.same_as else ""
+            )
+        elif record.shared:
+            how = "the TLS attempt was another request's to the same target, in flight at the same time"
+        else:
+            how = f"TLS attempt: flow {attempt.get('flow')}"
+        got = _client_got(flow, record)
+        return f"{PREFIX}: upgrade failed: {record.upgrade_error} ({how}); plaintext got {seen}; {got}"
+    if record.upgraded:
+        return (
+            f"{PREFIX}: upgraded over TLS; plaintext got {seen}; the client got the server's own answer "
+            f"(TLS attempt: flow {attempt.get('flow')})"
+        )
+    if record.rewritten:
+        return f"{PREFIX}: rewritten to a synthetic {record.rewritten_status}; plaintext got {seen}"
+    return f"{PREFIX}: detected {seen}; {_client_got(flow, record)}"
+
+
+def _client_got(flow: http.HTTPFlow, record: Record) -> str:
+    """What the client was answered with, for a flow that was not upgraded."""
+    response = flow.response
+    if record.rewritten:
+        return f"the client got a synthetic {record.rewritten_status}"
+    if response is None:
+        return "the client got mitmproxy's own error"
+    if LABEL_HEADER in response.headers:
+        return f"the client got esrs-fix's labelled {response.status_code}"
+    return f"the client got the upstream's own {response.status_code}, as it came"
+
+
+def asked_url(flow: http.HTTPFlow) -> str:
+    """The URL a learned flow's client asked for: the flow now shows it as https:// (it went over TLS)."""
+    url = flow.request.pretty_url
+    return clip("http" + url[len("https") :] if url.startswith("https:") else url, URL_CHARS)
+
+
+def label_attempt(attempt: http.HTTPFlow, flow: http.HTTPFlow) -> None:
+    """Say on a TLS attempt's own flow (a copy of `flow`'s request, listed by mitmweb and the console as a replay)
+    whose attempt it is, before any hook or UI sees it: its marker, and a comment naming the flow and its URL."""
+    attempt.marked = ATTEMPT_MARKER
+    attempt.comment = (
+        f"{PREFIX}: TLS attempt for flow {flow.id} ({clip(flow.request.pretty_url, URL_CHARS)}): "
+        "its request sent again over TLS"
+    )
+
+
+def attempt_ended(attempt: http.HTTPFlow, failure: Failure | None) -> None:
+    """Add how a TLS attempt ended to its flow's comment: answered (the client of the flow it serves got this
+    answer), or failed and why."""
+    served = attempt.metadata.get(UPGRADE_METADATA_KEY, "?")
+    if failure is not None:
+        line = f"{PREFIX}: failed: {failure}; flow {served}'s client did not get an answer over TLS"
+    else:
+        response = attempt.response
+        status = f"{response.status_code} {response.reason}".rstrip() if response is not None else "?"
+        line = f"{PREFIX}: answered {status}; flow {served}'s client got this answer"
+    # Said once: a later word on the outcome (the answer was too large, or not HTTP after all) replaces an earlier one.
+    lines = [s for s in attempt.comment.splitlines() if not s.startswith(_ATTEMPT_OUTCOMES)]
+    attempt.comment = "\n".join([*lines, line])
+
+
+_ATTEMPT_OUTCOMES = (f"{PREFIX}: failed: ", f"{PREFIX}: answered ")
 
 
 def log_detection(flow: http.HTTPFlow, record: Record, action: str) -> None:

@@ -47,7 +47,7 @@ from .compat import AttemptCause
 from .findings import UPGRADABLE, Finding
 from .learned import LearnedTargets, Target
 from .names import DEFAULT_UPGRADE_RETRY, DEFAULT_UPGRADE_TIMEOUT, OPT_UPGRADE_TIMEOUT, UPGRADE_METADATA_KEY
-from .record import Failure, upstream_proxy
+from .record import Failure, attempt_ended, label_attempt, upstream_proxy
 from .route import tls_route
 
 #: TLS attempts to new targets starting at once, all clients together; more wait for a slot (within their own time).
@@ -184,7 +184,13 @@ class Upgrade:
     def sink(self, attempt: http.HTTPFlow) -> _Body | None:
         """Where a TLS attempt's answer body goes as it streams in (mitmproxy's `response.stream` callable): only an
         attempt this upgrade made has one (a user's replay of an attempt's flow carries its marker too)."""
-        return self._bodies.get(attempt.id)
+        body = self._bodies.get(attempt.id)
+        if body is not None:
+            body.response = attempt.response
+            # Its answer, said now, before the built-in addons' response hook (which runs before any script's: `-w`
+            # saves the flow there); `_send` says otherwise if the answer turns out too large or not HTTP.
+            attempt_ended(attempt, None)
+        return body
 
     async def attempt(
         self,
@@ -289,6 +295,7 @@ class Upgrade:
 
         def keep_body(copy: http.HTTPFlow) -> None:
             self._bodies[copy.id] = _Body(BODY_CAP if limit is None else limit)
+            label_attempt(copy, flow)  # whose attempt it is, before any hook or UI sees it
 
         attempt = await compat.resend_over_tls(
             flow, options, seconds, UPGRADE_METADATA_KEY, tls_route(flow, options), keep_body
@@ -305,13 +312,13 @@ class Upgrade:
             failure = _failure(
                 AttemptCause.TOO_LARGE, f"the answer over TLS is larger than {body.limit} bytes", finding
             )
+        attempt_ended(attempt, failure)
         if failure is not None:
             return Outcome(attempt, failure=failure)
         assert attempt.response is not None
         answer = attempt.response.copy()
         if body is not None:
             answer.raw_content = bytes(body.kept)
-            attempt.response.raw_content = answer.raw_content  # the attempt's own flow shows what it received
         return Outcome(attempt, answer=answer)
 
 
@@ -498,15 +505,26 @@ def _failure(cause: AttemptCause, detail: str, finding: Finding) -> Failure:
 
 
 class _Body:
-    """A TLS attempt's response body, kept chunk by chunk (mitmproxy's stream callable), up to `limit` bytes."""
+    """A TLS attempt's response body, kept chunk by chunk (mitmproxy's stream callable), up to `limit` bytes.
+
+    At the end of the body (mitmproxy calls the stream with b"" then, before the response hook) the attempt's own
+    response gets what was kept: the attempt's flow then carries the body it received when mitmdump prints it, `-w`
+    saves it and mitmweb lists it (the built-in addons' response hooks run before any script's), instead of a
+    streamed response's missing content. An answer over the limit keeps none (its
+    flow says "content missing", and its comment why)."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.kept = bytearray()
         self.too_large = False
+        #: The attempt's response that the body belongs to (set when the stream starts, in `Upgrade.sink`).
+        self.response: http.Response | None = None
 
     def __call__(self, chunk: bytes) -> bytes:
-        if not self.too_large:
+        if not chunk:  # the end of the body
+            if self.response is not None and not self.too_large:
+                self.response.raw_content = bytes(self.kept)
+        elif not self.too_large:
             if len(self.kept) + len(chunk) > self.limit:
                 self.too_large, self.kept = True, bytearray()
             else:
