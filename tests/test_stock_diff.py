@@ -36,7 +36,7 @@ PHRASES = [
 ]
 TOMCAT_BODY = b"Bad Request\r\nThis combination of host and port requires TLS.\r\n"
 GO_BODY = b"Client sent an HTTP request to an HTTPS server.\n"
-#: Real servers' whole pages: (Content-Type, body). Only these, as a 400 under that Content-Type, are evidence.
+#: Real servers' whole pages: (Content-Type, body). Only these, as a 400 under that media type, are evidence.
 REAL_PAGES = [
     ("text/html", NGINX_400_BODY),
     ("text/html; charset=iso-8859-1", APACHE_400_BODY),
@@ -113,6 +113,16 @@ def sides(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Side, Side
     stock.stop()
 
 
+def media_type(content_type: str | None) -> str | None:
+    """The Content-Type without its parameters: a proxy on the way may add or change a charset."""
+    return None if content_type is None else content_type.split(";", 1)[0].strip().lower()
+
+
+def is_real_page(status: int, body: bytes, content_type: str | None) -> bool:
+    """Whether the answer is a real server's whole page under its media type: the only evidence a plain server gives."""
+    return status == 400 and any(b == body and media_type(c) == media_type(content_type) for c, b in REAL_PAGES)
+
+
 def compare(sides: tuple[Side, Side], raw_answer: bytes, method: str, evidence: bool) -> None:
     stock, esrs = sides
     got_stock, requests_stock, hellos_stock = stock.send(raw_answer, method)
@@ -154,7 +164,7 @@ NAMED = [
 def test_named_shapes_are_answered_as_stock_answers_them(
     sides: tuple[Side, Side], method: str, status: int, body: bytes, content_type: str | None, framing: str
 ) -> None:
-    evidence = status == 400 and (content_type, body) in REAL_PAGES
+    evidence = is_real_page(status, body, content_type)
     compare(sides, answer(status, body, content_type, framing), method, evidence)
 
 
@@ -194,5 +204,5 @@ CONTENT_TYPES = st.sampled_from(
 def test_generated_shapes_are_answered_as_stock_answers_them(
     sides: tuple[Side, Side], method: str, status: int, body: bytes, content_type: str | None, framing: str
 ) -> None:
-    evidence = status == 400 and (content_type, body) in REAL_PAGES
+    evidence = is_real_page(status, body, content_type)
     compare(sides, answer(status, body, content_type, framing), method, evidence)
