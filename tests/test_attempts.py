@@ -96,6 +96,36 @@ def test_a_held_attempt_fails_as_held_and_never_reaches_the_server(
     assert post(port).status == 502 and server.plaintext_requests == 2
 
 
+RESPONSE_HOLDER = f"""
+import asyncio
+
+class HoldAnswer:
+    def response(self, flow):
+        if flow.is_replay == "request":
+            flow.intercept()  # as mitmweb's intercept on ~s does; "resumed" by hand a while later
+            asyncio.get_running_loop().call_later({HOLD}, flow.resume)
+
+addons = [HoldAnswer()]
+"""
+
+
+@pytest.mark.e2e
+def test_an_intercepted_answer_is_a_hold_not_the_servers_timeout(cert, esrs, mitmdump, tmp_path: Path) -> None:
+    """The attempt reached the server and an intercept held its answer past the deadline: the client's failure says
+    the answer was held (`held`), not that the server did not answer in time."""
+    server = esrs()
+    script = tmp_path / "hold_answer.py"
+    script.write_text(RESPONSE_HOLDER)
+    args, (port,) = reverse_modes([f"http://127.0.0.1:{server.port}"])
+    m = mitmdump([*args, "-s", str(script), "--set", "esrs_upgrade=true", "--set", "esrs_upgrade_timeout=1",
+                  "--set", f"ssl_verify_upstream_trusted_ca={cert[0]}"])  # fmt: skip
+    answer = post(port, method="GET")
+    assert answer.status == 502, m.log_tail()
+    assert (answer.label or "").startswith("upgrade failed: the TLS attempt's answer was held by an intercept")
+    assert b"held the TLS attempt's answer" in answer.body and b"did not complete the handshake" not in answer.body
+    assert (server.plaintext_requests, server.tls_requests) == (1, 1)
+
+
 # -- several --modes: a listener that cannot re-send remembers nothing
 
 

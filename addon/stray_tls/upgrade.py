@@ -453,9 +453,14 @@ def _failure(cause: AttemptCause, detail: str, finding: Finding) -> Failure:
         return Failure(
             cause,
             detail,
-            "Another addon (a script's request hook) or an intercept held the TLS attempt's request until its time "
-            "was up: the server was never asked, and the held request will not be sent. Release intercepted "
-            f"replays sooner, exempt esrs-fix's attempts from the hold, or raise {OPT_UPGRADE_TIMEOUT}.",
+            (
+                "An intercept held the TLS attempt's answer until its time was up (the server had answered): "
+                if detail.startswith(compat.HELD_AFTER_SENDING)
+                else "Another addon (a script's request hook) or an intercept held the TLS attempt's request until "
+                "its time was up: the server was never asked, and the held request will not be sent. "
+            )
+            + f"Release intercepted replays sooner, exempt esrs-fix's attempts from the hold, or raise "
+            f"{OPT_UPGRADE_TIMEOUT}.",
         )
     if cause is AttemptCause.NOT_RESENDABLE:
         return Failure(

@@ -20,6 +20,7 @@ from .early import EarlyDetection, ErrorAnswer, OnRecords
 from .http1 import _Internals as _Internals  # for the tests that reach mitmproxy's HTTP/1 layer through compat
 from .messages import (
     ENDED_UNANSWERED,
+    HELD_AFTER_SENDING,
     NO_ANSWER_WITHIN,
     SERVER_CLOSED,
     AttemptCause,
@@ -36,6 +37,7 @@ from .views import Priority, Render, register_view, unregister_view
 
 __all__ = [
     "ENDED_UNANSWERED",
+    "HELD_AFTER_SENDING",
     "NO_ANSWER_WITHIN",
     "SERVER_CLOSED",
     "SUPPORTED_MAJORS",

@@ -91,6 +91,8 @@ ENDED_UNANSWERED = "the TLS connection ended without an answer"
 NO_ANSWER_WITHIN = "no complete answer over TLS within"
 #: The words of a TLS attempt whose request a hook (another addon, an intercept) held until the deadline, unsent.
 HELD_BEFORE_SENDING = "the TLS attempt was held before it went out"
+#: ... and of one whose answer an intercept held until the deadline (the request had reached the server).
+HELD_AFTER_SENDING = "the TLS attempt's answer was held"
 #: The words of a flow whose listener is not the one mitmproxy's replay follows (the first --mode).
 NOT_RESENDABLE = "not sent again: this flow came through a listener other than the first --mode"
 
@@ -172,7 +174,7 @@ def attempt_cause(message: str) -> tuple[AttemptCause, str]:
         return AttemptCause.TLS_VERSION, message
     if message.startswith(NOT_RESENDABLE):
         return AttemptCause.NOT_RESENDABLE, message
-    if message.startswith(HELD_BEFORE_SENDING):
+    if message.startswith((HELD_BEFORE_SENDING, HELD_AFTER_SENDING)):
         return AttemptCause.HELD, message
     if message.startswith(NO_ANSWER_WITHIN):
         return AttemptCause.TIMEOUT, message

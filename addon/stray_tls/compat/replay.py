@@ -10,7 +10,7 @@ from typing import Any, Protocol
 from mitmproxy import http
 from mitmproxy.connection import ConnectionState
 
-from .messages import ENDED_UNANSWERED, HELD_BEFORE_SENDING, NO_ANSWER_WITHIN, NOT_RESENDABLE
+from .messages import ENDED_UNANSWERED, HELD_AFTER_SENDING, HELD_BEFORE_SENDING, NO_ANSWER_WITHIN, NOT_RESENDABLE
 
 
 class TlsRoute(Protocol):
@@ -95,6 +95,10 @@ async def resend_over_tls(
     if not handler.done.is_set():
         if error is None and ended:
             error = mflow.Error(f"{ENDED_UNANSWERED} ({copy.server_conn.error or 'closed by the server'})")
+        elif error is None and intercepted and copy.response is not None:
+            # The server answered, and an intercept held the answer (the response hook) past the deadline: a hold on
+            # this side, not the server's timeout. (Its connection may have come and gone between two polls.)
+            error = mflow.Error(f"{HELD_AFTER_SENDING} by an intercept past {timeout:g} s; the request had been sent")
         elif error is None and not opened:
             # No connection was asked for by the deadline: a hook held the request (the request hook runs before
             # the replay connects); the server was never reached, and never will be.
