@@ -68,6 +68,7 @@ LAYERS = (
     "pasted",
     "text",
     "report",
+    "ticket",
     "compat.versions",
     "compat.messages",
     "compat.options",

@@ -28,7 +28,20 @@ from .names import OPTION_NAMES
 #: The package's modules the single file leaves out (relative to the package; a name covers its submodules):
 #: the lab, the commands and what only they use. Every other module is shipped.
 LEFT_OUT = frozenset(
-    {"lab", "main", "cli", "bundle", "launch", "wire", "diagnose", "capture", "http1", "reassembly", "proxyauth"}
+    {
+        "lab",
+        "main",
+        "cli",
+        "bundle",
+        "launch",
+        "wire",
+        "diagnose",
+        "capture",
+        "http1",
+        "reassembly",
+        "proxyauth",
+        "ticket",
+    }
 )
 #: What the single file imports; everything these reach must be shipped.
 ENTRY_POINTS = ("", "addon")

@@ -33,6 +33,7 @@ from .pasted import (
 
 if TYPE_CHECKING:
     from . import diagnose
+    from .capture import ScanResult
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
@@ -330,10 +331,31 @@ def cmd_pcap(args: argparse.Namespace) -> int:
                     else ", each inside a body of known length: no answer lost"
                 )
             )
+    if args.html:
+        _write_pcap_page(args, result)
     if result.damaged:
         print(f"esrs-fix pcap: {args.file}: {result.damaged}; the streams read so far are reported", file=sys.stderr)
         return 3
     return 0
+
+
+def _write_pcap_page(args: argparse.Namespace, result: ScanResult) -> None:
+    """`pcap --html OUT`: the page for the ticket (`ticket`), one section per stray exchange."""
+    from . import ticket
+
+    strays = [
+        ticket.Stray(ex.to_dict()["time"], ex.client, ex.server, ex.request_line, ex.finding, ex.frame, ex.tcp_stream)
+        for ex in result.exchanges
+    ]
+    counts = [
+        f"{result.packets} packets, {result.tcp_streams} TCP streams, {result.requests} HTTP requests, "
+        f"{len(result.exchanges)} answered by TLS or a plain-HTTP-to-HTTPS complaint"
+    ]
+    if result.damaged:
+        counts.append(f"the capture is damaged: {result.damaged}; the streams read so far are reported")
+    page = ticket.page(f"esrs-fix: {len(strays)} stray exchanges", str(args.file), strays, counts)
+    Path(args.html).write_text(page, encoding="utf-8")
+    print(f"esrs-fix pcap: the page for the ticket written to {args.html}", file=sys.stderr)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -421,6 +443,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     )
     p.add_argument("file", type=Path, help="the capture file")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument(
+        "--html",
+        metavar="OUT",
+        type=Path,
+        help="also write one self-contained HTML page for a ticket: each stray exchange as a ladder diagram, its "
+        "decode, verdict and advice",
+    )
     p.set_defaults(func=cmd_pcap)
     p = sub.add_parser("path", help='print the path of the addon script, for mitmdump -s "$(esrs-fix path)"')
     p.set_defaults(func=cmd_path)

@@ -1,0 +1,156 @@
+"""The page for the ticket (`esrs-fix pcap FILE --html OUT`): the pure renderer, and the page as a user makes it,
+rendered by a real browser (Debian's chromium, driven by Playwright) with no request leaving the page."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+
+from stray_tls import findings, ticket
+from stray_tls.lab.servers import ALERT_TLS10
+from tests.capgen import Conversation, write_capture
+from tests.test_mitmweb import ARTIFACTS, BROWSER_ARGS, chromium
+
+REQ = b"GET https://esrs.example:443/ HTTP/1.1\r\nHost: esrs.example:443\r\n\r\n"
+HOSTILE_LINE = 'GET /<script>alert("x")</script><img src=x onerror=y> HTTP/1.1'
+PROXY = ("10.0.0.1", 8080)
+
+
+def alert_finding() -> findings.Finding:
+    finding = findings.from_response_head(ALERT_TLS10)
+    assert finding is not None
+    return finding
+
+
+def strays() -> list[ticket.Stray]:
+    alert = alert_finding()
+    return [
+        ticket.Stray(
+            "2017-03-20T08:53:20Z", "10.0.0.5:40002", "10.0.0.1:8080", REQ.split(b"\r\n")[0].decode(), alert, 7, 1
+        ),
+        ticket.Stray(
+            "2017-03-20T08:53:30Z", "10.0.0.7:40004", "10.0.0.1:8080", HOSTILE_LINE, findings.silent_close(), 12, 3
+        ),
+    ]
+
+
+class _Tags(HTMLParser):
+    """Every start tag with its attributes; errors surface as exceptions or unclosed tags."""
+
+    VOID: ClassVar[set[str]] = {"meta", "br", "img", "line", "polygon", "input", "link"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, list[tuple[str, str | None]]]] = []
+        self.open: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, attrs))
+        if tag not in self.VOID:
+            self.open.append(tag)
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, attrs))
+
+    def handle_endtag(self, tag: str) -> None:
+        assert self.open and self.open[-1] == tag, f"</{tag}> closes {self.open[-1:]}"
+        self.open.pop()
+
+
+def parsed(page: str) -> _Tags:
+    p = _Tags()
+    p.feed(page)
+    p.close()
+    assert not p.open, f"unclosed: {p.open}"
+    return p
+
+
+def test_one_ladder_per_stray_exchange_with_frame_filter_decode_and_advice() -> None:
+    made = strays()
+    page = ticket.page("esrs-fix: 2 stray exchanges", "field.pcap", made, ["5 packets"])
+    tags = parsed(page)
+    assert [t for t, _ in tags.tags].count("svg") == len(made)
+    for s in made:
+        assert f"tcp.stream eq {s.tcp_stream}" in page and f"frame {s.frame}" in page
+        # the findings' own words, escaped as the page escapes every text
+        assert ticket._t(s.finding.summary) in page and ticket._t(s.finding.explanation) in page
+    assert "15 03 01 00 02 02 0a" in page  # the answer's first bytes on its arrow
+
+
+def test_hostile_capture_text_is_escaped_and_nothing_external_is_referenced() -> None:
+    page = ticket.page("t", "<b>evil.pcap</b>", strays())
+    tags = parsed(page)
+    names = [t for t, _ in tags.tags]
+    assert "script" not in names and "img" not in names and "b" not in names
+    assert "&lt;script&gt;" in page
+    for _, attrs in tags.tags:
+        for name, value in attrs:
+            assert not name.startswith("on"), name
+            if name in ("src", "href", "xlink:href", "action"):
+                assert not re.match(r"\s*(https?:|//)", value or ""), value
+    assert "http://" not in page.split("<body>")[0]  # no stylesheet or font fetched from anywhere
+
+
+def test_control_bytes_from_the_capture_do_not_reach_the_page_raw() -> None:
+    s = strays()[0]
+    page = ticket.page(
+        "t", "f", [ticket.Stray(s.time, s.client, s.server, "GET /\x00\x1b[31m HTTP/1.1", s.finding, 1, 0)]
+    )
+    assert "\x00" not in page and "\x1b" not in page and "\\x00\\x1b[31m" in page
+
+
+def test_the_page_from_a_capture_renders_in_chromium_with_no_request_leaving_it(tmp_path: Path) -> None:
+    """As a user makes it: a capture with the field report's alert and a hostile request line, `esrs-fix pcap F
+    --html out.html`, then the page opened in Debian's chromium: it loads, every request it makes is the file itself,
+    no script ran, and the ladder's text is on the screen."""
+    cap = tmp_path / "field.pcap"
+    hostile = HOSTILE_LINE.encode() + b"\r\nHost: x\r\n\r\n"
+    write_capture(
+        cap,
+        [
+            Conversation(("10.0.0.5", 40002), PROXY, [(REQ, ALERT_TLS10)]),
+            Conversation(("10.0.0.7", 40004), PROXY, [(hostile, ALERT_TLS10)], start=1_490_000_010.0),
+        ],
+    )
+    out = tmp_path / "out.html"
+    p = subprocess.run(
+        [sys.executable, "-m", "stray_tls.main", "pcap", str(cap), "--html", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert p.returncode == 0, p.stderr
+    assert "tcp.stream eq 1" in p.stdout  # the text output is unchanged beside the page
+    parsed(out.read_text())
+
+    browser_path = chromium()
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    ARTIFACTS.mkdir(exist_ok=True)
+    requests: list[str] = []
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=browser_path, args=BROWSER_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 900, "height": 1000})
+            page.on("request", lambda r: requests.append(r.url))
+            dialogs: list[str] = []
+            page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+            page.goto(out.as_uri(), timeout=30_000)
+            page.wait_for_load_state("load")
+            text = page.inner_text("body")
+            ladder_text = " ".join(page.locator("svg").first.locator("text").all_text_contents())
+            assert page.locator("svg").count() == 2
+            assert page.locator("svg text", has_text="tcp.stream eq 0").first.is_visible()
+            assert page.locator("script").count() == 0 and not dialogs
+            page.screenshot(path=str(ARTIFACTS / "ticket-page.png"), full_page=True)
+        finally:
+            browser.close()
+    assert requests == [out.as_uri()], requests
+    assert "unexpected_message" in text and "tcp.stream eq 1" in text
+    assert "<script>" in text  # shown as text, not run
+    assert "GET https://esrs.example:443/ HTTP/1.1" in ladder_text and "15 03 01 00 02 02 0a" in ladder_text
