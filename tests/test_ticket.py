@@ -8,7 +8,7 @@ import subprocess
 import sys
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pytest
 
@@ -76,8 +76,10 @@ def test_one_ladder_per_stray_exchange_with_frame_filter_decode_and_advice() -> 
     page = ticket.page("esrs-fix: 2 stray exchanges", "field.pcap", made, ["5 packets"])
     tags = parsed(page)
     assert [t for t, _ in tags.tags].count("svg") == len(made)
-    for s in made:
-        assert f"tcp.stream eq {s.tcp_stream}" in page and f"frame {s.frame}" in page
+    ladders = re.findall(r"<svg.*?</svg>", page, re.S)
+    for s, svg in zip(made, ladders, strict=True):
+        assert f"frame {s.frame}" in svg and f"tcp.stream eq {s.tcp_stream}" in svg  # on the answer's arrow
+        assert s.client in svg and s.server in svg  # the lanes
         # the findings' own words, escaped as the page escapes every text
         assert ticket._t(s.finding.summary) in page and ticket._t(s.finding.explanation) in page
     assert "15 03 01 00 02 02 0a" in page  # the answer's first bytes on its arrow
@@ -139,7 +141,12 @@ def test_the_page_from_a_capture_renders_in_chromium_with_no_request_leaving_it(
             page = browser.new_page(viewport={"width": 900, "height": 1000})
             page.on("request", lambda r: requests.append(r.url))
             dialogs: list[str] = []
-            page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+
+            def dialog(d: Any) -> None:  # an alert() would mean the hostile line ran as script
+                dialogs.append(d.message)
+                d.dismiss()
+
+            page.on("dialog", dialog)
             page.goto(out.as_uri(), timeout=30_000)
             page.wait_for_load_state("load")
             text = page.inner_text("body")
