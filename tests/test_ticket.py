@@ -20,6 +20,7 @@ from tests.test_mitmweb import ARTIFACTS, BROWSER_ARGS, chromium
 REQ = b"GET https://esrs.example:443/ HTTP/1.1\r\nHost: esrs.example:443\r\n\r\n"
 HOSTILE_LINE = 'GET /<script>alert("x")</script><img src=x onerror=y> HTTP/1.1'
 PROXY = ("10.0.0.1", 8080)
+CHECK = [sys.executable, "-m", "stray_tls.main", "check", "--timeout", "5"]
 
 
 def alert_finding() -> findings.Finding:
@@ -161,3 +162,76 @@ def test_the_page_from_a_capture_renders_in_chromium_with_no_request_leaving_it(
     assert "unexpected_message" in text and "tcp.stream eq 1" in text
     assert "<script>" in text  # shown as text, not run
     assert "GET https://esrs.example:443/ HTTP/1.1" in ladder_text and "15 03 01 00 02 02 0a" in ladder_text
+
+
+# -- `esrs-fix check --html`
+
+
+def test_check_page_has_a_ladder_per_probe_with_its_words_and_the_verdict() -> None:
+    alert = alert_finding()
+    hostile = "<script>alert(1)</script>"
+    ports = [
+        ticket.PortCheck(
+            "https://esrs.lab:443/",
+            "FAIL",
+            "tls_records",
+            "the proxy forwarded the request in plaintext " + hostile,
+            [
+                ticket.ProbeStep(
+                    "GET https:// (as the check)", "TLS records " + hostile, False, False, alert, ALERT_TLS10
+                ),
+                ticket.ProbeStep("CONNECT, then TLS", "HTTP/1.1 200; TLSv1.3 handshake done", True, False),
+                ticket.ProbeStep("direct TLS (no proxy)", "TLSv1.3 handshake done", True, True),
+            ],
+        )
+    ]
+    page = ticket.check_page("esrs-fix check", "127.0.0.1:3128", "esrs.lab", ports)
+    tags = parsed(page)
+    assert [t for t, _ in tags.tags].count("svg") == 3 and "script" not in [t for t, _ in tags.tags]
+    ladders = re.findall(r"<svg.*?</svg>", page, re.S)
+    assert "GET https:// (as the check)" in ladders[0] and "15 03 01 00 02 02 0a" in ladders[0]
+    assert alert.summary in ladders[0] and "proxy 127.0.0.1:3128" in ladders[0]
+    # the direct probe's arrow ends on the server's lane, the others on the proxy's
+    assert 'points="700,' in ladders[2] and 'points="700,' not in ladders[1]
+    assert ticket._t(ports[0].verdict) in page
+
+
+def test_check_page_from_a_real_check_renders_in_chromium(cert, start_server, tmp_path: Path) -> None:
+    """`esrs-fix check --html` against the lab's faulty proxy (the field report's Blue Coat behaviour): the page
+    holds each probe's ladder and the verdict, and chromium shows it with no request leaving the page."""
+    from stray_tls.lab import servers
+
+    a, b = start_server(servers.EsrsServer(cert)), start_server(servers.EsrsServer(cert))
+    routes = {("esrs.lab", 443): ("127.0.0.1", a.port), ("esrs.lab", 8443): ("127.0.0.1", b.port)}
+    proxy = start_server(servers.FaultyProxy(routes))
+    out = tmp_path / "check.html"
+    p = subprocess.run(
+        [*CHECK, "--proxy", f"http://127.0.0.1:{proxy.port}", "esrs.lab", "--port", "443", "--html", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert p.returncode == 1, p.stdout + p.stderr
+    verdict = p.stdout.split("verdict: ", 1)[1].strip()
+    html_text = out.read_text()
+    parsed(html_text)
+    assert ticket._t(verdict) in html_text
+
+    browser_path = chromium()
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    ARTIFACTS.mkdir(exist_ok=True)
+    requests: list[str] = []
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=browser_path, args=BROWSER_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 900, "height": 1000})
+            page.on("request", lambda r: requests.append(r.url))
+            page.goto(out.as_uri(), timeout=30_000)
+            assert page.locator("svg").count() == 3  # the check's three probes through the proxy
+            assert page.locator("svg text", has_text="GET https:// (as the check)").first.is_visible()
+            text = page.inner_text("body")
+            page.screenshot(path=str(ARTIFACTS / "ticket-check-page.png"), full_page=True)
+        finally:
+            browser.close()
+    assert requests == [out.as_uri()], requests
+    assert "unexpected_message" in text and "fix the proxy's handling of https:// URLs" in text

@@ -198,6 +198,8 @@ def cmd_check(args: argparse.Namespace) -> int:
             diagnose.check_port(proxy.address, host, port, args.timeout, direct=args.direct, credentials=credentials)
         )
     outcome = diagnose.overall(results)
+    if args.html:
+        _write_check_page(args, hostport(*proxy.address), host, results)
     if args.json:
         print(json.dumps({"outcome": outcome.name.lower(), "ports": [r.to_dict() for r in results]}, indent=2))
         return int(outcome)
@@ -339,6 +341,30 @@ def cmd_pcap(args: argparse.Namespace) -> int:
     return 0
 
 
+def _write_check_page(args: argparse.Namespace, proxy: str, host: str, results: list[diagnose.PortResult]) -> None:
+    """`check --html OUT`: the page for the ticket (`ticket`), each probe as a ladder, then the verdict."""
+    from . import ticket
+
+    ports = [
+        ticket.PortCheck(
+            f"https://{hostport(r.host, r.port)}/",
+            r.outcome.name,
+            str(r.shape),
+            r.verdict,
+            [
+                ticket.ProbeStep(
+                    p.name, p.what, p.ok, p.name.startswith("direct"), p.finding, p.answer.raw if p.answer else b""
+                )
+                for p in r.probes
+            ],
+        )
+        for r in results
+    ]
+    outcomes = ", ".join(f"{p.url} {p.outcome}" for p in ports)
+    Path(args.html).write_text(ticket.check_page(f"esrs-fix check: {outcomes}", proxy, host, ports), encoding="utf-8")
+    print(f"esrs-fix check: the page for the ticket written to {args.html}", file=sys.stderr)
+
+
 def _write_pcap_page(args: argparse.Namespace, result: ScanResult) -> None:
     """`pcap --html OUT`: the page for the ticket (`ticket`), one section per stray exchange."""
     from . import ticket
@@ -432,6 +458,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     p.add_argument("--timeout", type=float, default=10.0, help="seconds each probe may take (default 10)")
     p.add_argument("--direct", action="store_true", help="also try TLS straight to the host, without the proxy")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument(
+        "--html",
+        metavar="OUT",
+        type=Path,
+        help="also write one self-contained HTML page for a ticket: each probe as a ladder diagram, and the verdict",
+    )
     p.set_defaults(func=cmd_check)
     p = sub.add_parser(
         "pcap",

@@ -22,6 +22,12 @@ from .records import hexdump
 FIRST_BYTES = 16
 
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+#: The longest label on an arrow, in characters: a diagram is 760 pixels wide (the full text is below it).
+LABEL = 88
+
+
+def _clip(text: str, n: int = LABEL) -> str:
+    return text if len(text) <= n else text[: n - 3] + "..."
 
 
 @dataclass(frozen=True)
@@ -81,7 +87,7 @@ def ladder(s: Stray) -> str:
         _arrow(
             y,
             True,
-            [f"{s.time}  request ({len(req)}-byte request line)", f"{s.request_line[:72]}"],
+            [f"{s.time}  request ({len(req)}-byte request line)", _clip(s.request_line)],
         )
     )
     y += _ROW + 10
@@ -89,10 +95,10 @@ def ladder(s: Stray) -> str:
     if f.kind is Kind.SILENT_CLOSE:
         rows.append(_arrow(y, False, ["closed without a byte (FIN or RST)", where], dashed=True))
     elif f.kind is Kind.PLAIN_HTTP_400:
-        rows.append(_arrow(y, False, [f"answer: {f.summary[:80]}", where]))
+        rows.append(_arrow(y, False, [_clip(f"answer: {f.summary}"), where]))
     else:
         first = hexdump(f.raw, FIRST_BYTES) if f.raw else "(no bytes kept)"
-        rows.append(_arrow(y, False, [f"answer: {len(f.raw)} bytes kept: {first}", f.summary[:80], where]))
+        rows.append(_arrow(y, False, [f"answer: {len(f.raw)} bytes kept: {first}", _clip(f.summary), where]))
     height = y + 30
     lanes = "\n".join(
         f'<line x1="{x}" y1="30" x2="{x}" y2="{height - 5}" stroke="#000" stroke-width="1"/>'
@@ -138,4 +144,88 @@ def page(title: str, source: str, strays: Sequence[Stray], counts: Sequence[str]
         f"<title>{_t(title)}</title>\n<style>{_STYLE}</style>\n</head>\n<body>\n"
         f"<h1>{_t(title)}</h1>\n<p>Source: <code>{_t(source)}</code></p>\n"
         f"<ul>{summary}</ul>\n{body}\n</body>\n</html>\n"
+    )
+
+
+# -- `esrs-fix check --html`: each probe as a ladder (esrs-fix, proxy, server), then the port's verdict
+
+
+@dataclass(frozen=True)
+class ProbeStep:
+    """One probe of `check` as the page shows it (diagnose.Probe's fields the page needs)."""
+
+    name: str  # the probe's own name: what it sends ("CONNECT, then TLS")
+    what: str  # one line: what came back, in the probe's words
+    ok: bool
+    direct: bool  # sent to the server itself, not through the proxy
+    finding: Finding | None = None
+    raw: bytes = b""  # the answer's first bytes, as shown (scrubbed of the credentials)
+
+
+@dataclass(frozen=True)
+class PortCheck:
+    url: str
+    outcome: str
+    shape: str
+    verdict: str
+    probes: Sequence[ProbeStep] = ()
+
+
+_THREE = (60, 380, 700)  # the x of the esrs-fix, proxy and server lanes
+
+
+def _arrow_between(y: int, x1: int, x2: int, labels: Sequence[str], dashed: bool = False) -> str:
+    tip = -10 if x2 > x1 else 10
+    dash = ' stroke-dasharray="6 4"' if dashed else ""
+    out = [
+        f'<line x1="{x1}" y1="{y}" x2="{x2}" y2="{y}" stroke="#000" stroke-width="1.5"{dash}/>',
+        f'<polygon points="{x2},{y} {x2 + tip},{y - 5} {x2 + tip},{y + 5}" fill="#000"/>',
+    ]
+    for i, label in enumerate(labels):
+        out.append(f'<text x="{min(x1, x2) + 10}" y="{y - 8 - 14 * (len(labels) - 1 - i)}">{_t(label)}</text>')
+    return "\n".join(out)
+
+
+def probe_ladder(p: ProbeStep, proxy: str, server: str) -> str:
+    """One probe as a ladder diagram: esrs-fix's request to the proxy (or the server, when direct), the answer back."""
+    client, via, far = _THREE
+    to = far if p.direct else via
+    y1, y2 = 80, 80 + _ROW + 10 + (14 if p.finding else 0)
+    back = [_clip(f"{'OK' if p.ok else 'not OK'}: {p.what}")]
+    if p.finding is not None:
+        back.append(_clip(p.finding.summary))
+    if p.raw:
+        back.append(f"first bytes: {hexdump(p.raw, FIRST_BYTES)}")
+    rows = [_arrow_between(y1, client, to, [p.name]), _arrow_between(y2, to, client, back, dashed=not p.ok)]
+    height = y2 + 30
+    lanes = "\n".join(
+        f'<line x1="{x}" y1="30" x2="{x}" y2="{height - 5}" stroke="#000" stroke-width="1"/>'
+        f'<text class="lane" x="{x}" y="20" text-anchor="middle">{_t(name)}</text>'
+        for x, name in zip(_THREE, ("esrs-fix", f"proxy {proxy}", f"server {server}"), strict=True)
+    )
+    return (
+        f'<svg width="{_WIDTH}" height="{height}" viewBox="0 0 {_WIDTH} {height}" role="img" '
+        f'aria-label="{_t("Ladder: " + p.name)}">\n{lanes}\n' + "\n".join(rows) + "\n</svg>"
+    )
+
+
+def check_page(title: str, proxy: str, server: str, ports: Sequence[PortCheck]) -> str:
+    """`check`'s page: per port, each probe as a ladder with its decode, then the port's verdict."""
+    sections = []
+    for n, port in enumerate(ports, 1):
+        probes = "\n".join(
+            f"<h3>Probe {i}: {_t(p.name)}</h3>\n{probe_ladder(p, proxy, server)}\n<p class=mono>{_t(p.what)}</p>"
+            + (f"<p class=mono>Decode: {_t(p.finding.summary)}</p>" if p.finding else "")
+            for i, p in enumerate(port.probes, 1)
+        )
+        sections.append(
+            f'<section id="port-{n}">\n<h2>{_t(port.url)}: {_t(port.outcome)} [{_t(port.shape)}]</h2>\n{probes}\n'
+            f"<h3>Verdict and advice</h3>\n<p class=verdict>{_t(port.verdict)}</p>\n</section>"
+        )
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f"<title>{_t(title)}</title>\n<style>{_STYLE}</style>\n</head>\n<body>\n"
+        f"<h1>{_t(title)}</h1>\n<p>Through the proxy <code>{_t(proxy)}</code> to <code>{_t(server)}</code></p>\n"
+        + "\n".join(sections)
+        + "\n</body>\n</html>\n"
     )
