@@ -119,14 +119,16 @@ def test_the_page_from_a_capture_renders_in_chromium_with_no_request_leaving_it(
         [
             Conversation(("10.0.0.5", 40002), PROXY, [(REQ, ALERT_TLS10)]),
             Conversation(("10.0.0.7", 40004), PROXY, [(hostile, ALERT_TLS10)], start=1_490_000_010.0),
+            Conversation(("10.0.0.8", 40005), PROXY, [(REQ, b"")], start=1_490_000_020.0),  # a silent close
         ],
     )
     out = tmp_path / "out.html"
-    p = subprocess.run(
-        [sys.executable, "-m", "stray_tls.main", "pcap", str(cap), "--html", str(out)],
+    p = subprocess.run(  # run where the capture is, so that the page names it as the user typed it
+        [sys.executable, "-m", "stray_tls.main", "pcap", cap.name, "--html", out.name],
         capture_output=True,
         text=True,
         timeout=60,
+        cwd=tmp_path,
     )
     assert p.returncode == 0, p.stderr
     assert "tcp.stream eq 1" in p.stdout  # the text output is unchanged beside the page
@@ -152,7 +154,7 @@ def test_the_page_from_a_capture_renders_in_chromium_with_no_request_leaving_it(
             page.wait_for_load_state("load")
             text = page.inner_text("body")
             ladder_text = " ".join(page.locator("svg").first.locator("text").all_text_contents())
-            assert page.locator("svg").count() == 2
+            assert page.locator("svg").count() == 3
             assert page.locator("svg text", has_text="tcp.stream eq 0").first.is_visible()
             assert page.locator("script").count() == 0 and not dialogs
             page.screenshot(path=str(ARTIFACTS / "ticket-page.png"), full_page=True)

@@ -93,7 +93,7 @@ def ladder(s: Stray) -> str:
     y += _ROW + 10
     where = f"frame {s.frame}  tcp.stream eq {s.tcp_stream}"
     if f.kind is Kind.SILENT_CLOSE:
-        rows.append(_arrow(y, False, ["closed without a byte (FIN or RST)", where], dashed=True))
+        rows.append(_arrow(y, False, [_clip(f.summary), where], dashed=True))  # no answer: a dashed arrow
     elif f.kind is Kind.PLAIN_HTTP_400:
         rows.append(_arrow(y, False, [_clip(f"answer: {f.summary}"), where]))
     else:
