@@ -17,7 +17,6 @@ import contextlib
 import os
 import pwd
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -28,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from stray_tls.lab import servers
+from stray_tls.lab import proxies, servers
 
 __all__ = ["PASSWORD", "REALM", "SERVICE", "USER", "Kdc", "kdc_fixture"]
 
@@ -85,16 +84,7 @@ class Kdc:
             return "(no log)"
 
     def stop(self) -> None:
-        """SIGTERM, then SIGKILL if it will not go: our own process, by its id."""
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=5)
+        proxies.stop_process(self.process)
 
 
 def realm_env(directory: Path, ccache: Path | None = None, base: dict[str, str] | None = None) -> dict[str, str]:

@@ -102,6 +102,7 @@ def test_the_zip_holds_the_addon_and_leaves_the_commands_and_the_lab_out() -> No
         "http1",
         "reassembly",
         "proxyauth",
+        "ticket",
     }
     assert not [n for n in names if n.split("/")[1].removesuffix(".py") in left_out], names
     assert not [n for n in names if "__pycache__" in n or not n.endswith(".py")], names

@@ -57,6 +57,19 @@ class ProxyFailed(RuntimeError):
     """A proxy is installed but did not start listening; the message carries the tail of its log."""
 
 
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL if it will not go; only our own process, by its id."""
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signal.SIGKILL)
+            process.wait(timeout=5)
+
+
 @dataclass
 class RealProxy:
     """One running proxy: its name (with its form, e.g. `squid (cache_peer)`), its port, its process and log."""
@@ -78,16 +91,7 @@ class RealProxy:
             return "(no log)"
 
     def stop(self) -> None:
-        """SIGTERM, then SIGKILL if it will not go; only our own process, by its id."""
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=5)
+        stop_process(self.process)
 
     def __enter__(self) -> RealProxy:
         return self
