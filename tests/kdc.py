@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pwd
 import shutil
 import socket
 import subprocess
@@ -192,11 +191,8 @@ def _readable_by_proxy_user(keytab: Path, rcache: Path) -> None:
     """As root, squid runs its helpers as `proxy`: the keytab is theirs to read (and no one else's), the replay
     cache directory theirs to write."""
     os.chmod(keytab, 0o600)
-    if os.geteuid() != 0:
-        return
-    try:
-        entry = pwd.getpwnam("proxy")
-    except KeyError:
+    entry = proxies.proxy_user()
+    if entry is None:
         return
     os.chown(keytab, entry.pw_uid, entry.pw_gid)
     os.chown(rcache, entry.pw_uid, entry.pw_gid)

@@ -65,16 +65,9 @@ _WIDTH, _LEFT, _RIGHT, _ROW = 760, 110, 650, 70
 
 
 def _arrow(y: int, to_right: bool, labels: Sequence[str], dashed: bool = False) -> str:
+    """An arrow between the two lanes of a capture's ladder."""
     x1, x2 = (_LEFT, _RIGHT) if to_right else (_RIGHT, _LEFT)
-    tip = -10 if to_right else 10
-    dash = ' stroke-dasharray="6 4"' if dashed else ""
-    out = [
-        f'<line x1="{x1}" y1="{y}" x2="{x2}" y2="{y}" stroke="#000" stroke-width="1.5"{dash}/>',
-        f'<polygon points="{x2},{y} {x2 + tip},{y - 5} {x2 + tip},{y + 5}" fill="#000"/>',
-    ]
-    for i, label in enumerate(labels):
-        out.append(f'<text x="{_LEFT + 10}" y="{y - 8 - 14 * (len(labels) - 1 - i)}">{_t(label)}</text>')
-    return "\n".join(out)
+    return _arrow_between(y, x1, x2, labels, dashed)
 
 
 def ladder(s: Stray) -> str:

@@ -350,17 +350,25 @@ def _privoxy_config(work: Path, port: int) -> Path:
     return config
 
 
+def proxy_user() -> pwd.struct_passwd | None:
+    """The `proxy` user that squid and tinyproxy (and squid's helpers) drop to when started as root; None when not
+    root, or when there is no such user: then they run as whoever started them."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        return pwd.getpwnam("proxy")
+    except KeyError:
+        return None
+
+
 def _hand_to_proxy_user(path: Path) -> None:
     """As root, squid and tinyproxy drop to the `proxy` user: let it write its logs and pid file in `path`.
 
     The directories above `path` must let that user through (the lab's and the tests' temp dirs are 0755):
     `ProxyFailed` says so before the proxy is started, rather than the proxy's own "Permission denied".
     """
-    if os.geteuid() != 0:
-        return
-    try:
-        entry = pwd.getpwnam("proxy")
-    except KeyError:
+    entry = proxy_user()
+    if entry is None:
         return
     os.chown(path, entry.pw_uid, entry.pw_gid)
     for parent in path.resolve().parents:
