@@ -34,7 +34,7 @@ except ModuleNotFoundError as e:
     )
     addons: list[object] = []
 else:
-    from stray_tls.addon import EsrsFix
+    from stray_tls.mitm.addon import EsrsFix
 
     log.info("esrs-fix %s loaded from %s", stray_tls.__version__, Path(stray_tls.__file__).parent)
     addons = [EsrsFix()]

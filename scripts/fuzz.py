@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from stray_tls import records
+from stray_tls.core import records
 
 SEEDS = [
     bytes.fromhex("15 03 01 00 02 02 0a"),

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from stray_tls.addon import EsrsFix
 from stray_tls.lab import servers
 from stray_tls.lab.mitm import Mitmdump
+from stray_tls.mitm.addon import EsrsFix
 
 from .realpeers import real_server  # noqa: F401  (the real Debian TLS servers: a session fixture)
 from .realproxies import jsse_esrs, real_proxies  # noqa: F401  (real proxies: session fixtures)

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import pytest
 
-from stray_tls.findings import Kind
+from stray_tls.core.findings import Kind
 from stray_tls.lab import servers
 
 PEERS_DIR = Path(__file__).parent / "peers"

@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from stray_tls import records
+from stray_tls.core import records
 from stray_tls.lab import proxies, servers
 from stray_tls.lab.latency import LatencyRelay
 from stray_tls.lab.proxies import RealProxy

@@ -8,10 +8,11 @@ import pytest
 from mitmproxy import exceptions, http
 from mitmproxy.test import taddons, tflow
 
-from stray_tls import compat, findings
-from stray_tls.addon import EsrsFix, rewritten_response
+from stray_tls import compat
+from stray_tls.core import findings
+from stray_tls.core.names import LABEL_HEADER, MARKER, METADATA_KEY
 from stray_tls.lab.servers import NGINX_400_BODY
-from stray_tls.names import LABEL_HEADER, MARKER, METADATA_KEY
+from stray_tls.mitm.addon import EsrsFix, rewritten_response
 
 from .conftest import FIELD_ALERT, SUMMARY
 
@@ -230,7 +231,7 @@ def test_a_flow_that_is_not_live_is_history(addon: EsrsFix) -> None:
 
 
 def test_the_upgraded_command_lists_learned_targets(addon: EsrsFix) -> None:
-    from stray_tls.learned import Target
+    from stray_tls.mitm.learned import Target
 
     with taddons.context(addon) as tctx:
         assert tctx.master.commands.execute("esrs.upgraded") == "esrs-fix: no learned targets"
@@ -256,7 +257,7 @@ def test_a_learned_request_in_an_address_mode_verifies_the_name_the_client_asked
     choice. The route's name is set on the connection in every mode (reverse mode once took the client's SNI)."""
     from mitmproxy.proxy.mode_specs import ProxyMode
 
-    from stray_tls.learned import Target
+    from stray_tls.mitm.learned import Target
 
     with taddons.context(addon) as tctx:
         tctx.configure(addon, esrs_upgrade=True)
@@ -290,7 +291,7 @@ def test_the_tls_attempt_verifies_the_name_the_mode_gives(mode: str, name: str) 
     """The upgrade's TLS attempt (SNI and certificate check) uses the name the learned path uses."""
     from mitmproxy.proxy.mode_specs import ProxyMode
 
-    from stray_tls.route import tls_route
+    from stray_tls.mitm.route import tls_route
 
     f = tflow.tflow()
     f.client_conn.proxy_mode = ProxyMode.parse(mode)

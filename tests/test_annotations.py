@@ -14,10 +14,7 @@ import pytest
 from mitmproxy import http, io
 from mitmproxy.utils import emoji
 
-from stray_tls.lab import servers
-from stray_tls.lab.servers import Plaintext
-from stray_tls.launch import mitmproxy_command
-from stray_tls.names import (
+from stray_tls.core.names import (
     ATTEMPT_MARKER,
     FAILED_MARKER,
     LEARNED_MARKER,
@@ -26,7 +23,10 @@ from stray_tls.names import (
     UPGRADE_METADATA_KEY,
     UPGRADED_MARKER,
 )
-from stray_tls.wire import exchange
+from stray_tls.fieldkit.wire import exchange
+from stray_tls.lab import servers
+from stray_tls.lab.servers import Plaintext
+from stray_tls.launch import mitmproxy_command
 
 from .conftest import SUMMARY, reverse_modes
 
@@ -204,8 +204,8 @@ def test_http2_clients_get_the_label_lowercase_with_no_log_line(h2_nginx, cert, 
 def _rendered_with(**meta: object) -> str:
     from mitmproxy.test import tflow
 
-    from stray_tls import contentview
-    from stray_tls.names import METADATA_KEY
+    from stray_tls.core.names import METADATA_KEY
+    from stray_tls.mitm import contentview
 
     f = tflow.tflow(resp=True)
     assert f.response is not None

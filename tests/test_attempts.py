@@ -19,13 +19,14 @@ import pytest
 from mitmproxy import http
 from mitmproxy.test import tflow
 
-from stray_tls import findings, upgrade
 from stray_tls.compat import AttemptCause
+from stray_tls.core import findings
+from stray_tls.fieldkit.wire import Answer, send_and_read
 from stray_tls.lab import servers
-from stray_tls.learned import Target
-from stray_tls.record import Failure
-from stray_tls.upgrade import Outcome, Slots, Upgrade
-from stray_tls.wire import Answer, send_and_read
+from stray_tls.mitm import upgrade
+from stray_tls.mitm.flowrecord import Failure
+from stray_tls.mitm.learned import Target
+from stray_tls.mitm.upgrade import Slots, Upgrade, UpgradeOutcome
 
 from .conftest import FIELD_ALERT, reverse_modes
 
@@ -212,11 +213,11 @@ def test_waiters_take_turns_each_with_what_is_left_of_its_own_time() -> None:
         await asyncio.sleep(0)
         clock.now += 4  # each attempt takes 4 s of the fake clock
         running -= 1
-        return Outcome(None, failure=OTHER)
+        return UpgradeOutcome(None, failure=OTHER)
 
     up._send = fake_send  # type: ignore[method-assign]
 
-    async def run() -> list[Outcome]:
+    async def run() -> list[UpgradeOutcome]:
         target = Target("t", 443)
         flows = [tflow.tflow() for _ in range(5)]
         return await asyncio.gather(*(up.attempt(f, target, ALERT, None, lambda r: False) for f in flows))
@@ -250,7 +251,7 @@ def test_a_hold_and_another_listener_are_not_about_the_target() -> None:
     up = Upgrade(Clock())
     for cause in (AttemptCause.HELD, AttemptCause.NOT_RESENDABLE):
         failure = upgrade._failure(cause, "x", ALERT)
-        assert up._conclude(Target("h", 443), tflow.tflow(), ALERT, Outcome(None, failure=failure)) is None
+        assert up._conclude(Target("h", 443), tflow.tflow(), ALERT, UpgradeOutcome(None, failure=failure)) is None
     assert not up._failed
 
 
@@ -275,7 +276,7 @@ def test_a_learned_targets_resend_takes_no_slot() -> None:
 
     async def fake_send(flow: http.HTTPFlow, options: object, not_http: object, finding: object, seconds: float):
         sent.append(seconds)
-        return Outcome(None, answer=http.Response.make(200))
+        return UpgradeOutcome(None, answer=http.Response.make(200))
 
     up._send = fake_send  # type: ignore[method-assign]
     outcome = asyncio.run(up.attempt(tflow.tflow(), target, ALERT, None, lambda r: False))

@@ -27,10 +27,10 @@ import pytest
 
 import stray_tls
 from stray_tls import bundle
+from stray_tls.fieldkit.wire import exchange
 from stray_tls.lab import servers
 from stray_tls.lab.mitm import Mitmdump, Mitmweb
 from stray_tls.lab.servers import Plaintext
-from stray_tls.wire import exchange
 
 from .conftest import SUMMARY
 
@@ -86,25 +86,13 @@ def test_the_zip_holds_the_addon_and_leaves_the_commands_and_the_lab_out() -> No
     assert {i.date_time for i in infos} == {(1980, 1, 1, 0, 0, 0)} and {i.compress_type for i in infos} == {0}
     assert {
         "stray_tls/__init__.py",
-        "stray_tls/addon.py",
+        "stray_tls/mitm/addon.py",
         "stray_tls/compat/__init__.py",
-        "stray_tls/upgrade.py",
+        "stray_tls/mitm/upgrade.py",
     } <= set(names)
-    left_out = {
-        "lab",
-        "main",
-        "cli",
-        "bundle",
-        "launch",
-        "wire",
-        "diagnose",
-        "capture",
-        "http1",
-        "reassembly",
-        "proxyauth",
-        "ticket",
-    }
-    assert not [n for n in names if n.split("/")[1].removesuffix(".py") in left_out], names
+    left_out = {"fieldkit", "lab", "main", "cli", "bundle", "launch", "core/http1"}  # by path, beside the package
+    inside = [n.removeprefix("stray_tls/").removesuffix(".py").removesuffix("/__init__") for n in names]
+    assert not [n for n in inside if any(n == m or n.startswith(m + "/") for m in left_out)], names
     assert not [n for n in names if "__pycache__" in n or not n.endswith(".py")], names
     assert made.modules == tuple(
         sorted(n.removesuffix(".py").removesuffix("/__init__").replace("/", ".") for n in names)
@@ -115,7 +103,7 @@ def test_a_new_module_is_shipped_without_a_list_to_keep(tmp_path: Path) -> None:
     copy = copy_package(tmp_path)
     (copy / "upgrade_planted.py").write_text("X = 1\n")
     (copy / "sub").mkdir()
-    (copy / "sub" / "__init__.py").write_text("from .. import names\n")
+    (copy / "sub" / "__init__.py").write_text("from ..core import names\n")
     modules = bundle.build(copy).modules
     assert "stray_tls.upgrade_planted" in modules and "stray_tls.sub" in modules
 
@@ -123,14 +111,14 @@ def test_a_new_module_is_shipped_without_a_list_to_keep(tmp_path: Path) -> None:
 def test_the_addon_never_reaches_a_left_out_module(tmp_path: Path) -> None:
     assert bundle.reached_left_out(bundle.package_sources(bundle.package_dir()), "stray_tls") == []
     copy = copy_package(tmp_path)
-    with (copy / "text.py").open("a") as f:  # reached through addon -> text, and only when called
-        f.write("\ndef _planted():\n    from .diagnose import Credentials\n")
+    with (copy / "core" / "text.py").open("a") as f:  # reached through addon -> text, and only when called
+        f.write("\ndef _planted():\n    from ..fieldkit.diagnose import Credentials\n")
     with pytest.raises(bundle.BundleError) as e:
         bundle.build(copy)
-    assert "stray_tls.addon -> stray_tls.text -> stray_tls.diagnose" in str(e.value)
-    with (copy / "text.py").open("a") as f:
+    assert "stray_tls.mitm.addon -> stray_tls.core.text -> stray_tls.fieldkit.diagnose" in str(e.value)
+    with (copy / "core" / "text.py").open("a") as f:
         f.write("import stray_tls.lab.servers\n")
-    with pytest.raises(bundle.BundleError, match=r"stray_tls.text -> stray_tls.lab"):
+    with pytest.raises(bundle.BundleError, match=r"stray_tls.core.text -> stray_tls.lab"):
         bundle.build(copy)
 
 
@@ -161,10 +149,11 @@ def test_the_file_imports_its_own_modules_from_memory(tmp_path: Path) -> None:
     probe = f"""
 import importlib, inspect, runpy, sys
 runpy.run_path({str(first)!r}, run_name="loaded_by_mitmproxy")
-import stray_tls, stray_tls.addon
-assert stray_tls.addon.__file__ == {str(first / "stray_tls" / "addon.py")!r}, stray_tls.addon.__file__
-assert "class EsrsFix" in inspect.getsource(stray_tls.addon)  # tracebacks can show its lines
-for left_out in ("stray_tls.lab", "stray_tls.cli", "stray_tls.launch"):
+import stray_tls, stray_tls.mitm.addon
+addon_file = stray_tls.mitm.addon.__file__
+assert addon_file == {str(first / "stray_tls" / "mitm" / "addon.py")!r}, addon_file
+assert "class EsrsFix" in inspect.getsource(stray_tls.mitm.addon)  # tracebacks can show its lines
+for left_out in ("stray_tls.lab", "stray_tls.cli", "stray_tls.launch", "stray_tls.fieldkit"):
     try:
         importlib.import_module(left_out)
     except ModuleNotFoundError:
@@ -172,8 +161,8 @@ for left_out in ("stray_tls.lab", "stray_tls.cli", "stray_tls.launch"):
     else:
         raise AssertionError(left_out + " was importable")
 runpy.run_path({str(second)!r}, run_name="loaded_by_mitmproxy")  # mitmproxy reloads a changed script
-import stray_tls.addon
-assert stray_tls.addon.__file__.startswith({str(second)!r}), stray_tls.addon.__file__
+import stray_tls.mitm.addon
+assert stray_tls.mitm.addon.__file__.startswith({str(second)!r}), stray_tls.mitm.addon.__file__
 print("ok")
 """
     p = subprocess.run([sys.executable, "-I", "-c", probe], capture_output=True, text=True, timeout=60, check=False)

@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 
 pytest.importorskip("dpkt")
 
-from stray_tls import capture
-from stray_tls.findings import Kind
+from stray_tls.core.findings import Kind
+from stray_tls.fieldkit import capture
 from stray_tls.lab.servers import ALERT_TLS10, NGINX_400_BODY
 from tests.capgen import LINKS, Conversation, frames, write_capture
 

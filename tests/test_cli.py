@@ -149,7 +149,8 @@ _WITHOUT_EXTRAS = """
 import contextlib, io, json, sys
 for name in ("dpkt", "spnego", "pproxy"):
     sys.modules[name] = None
-from stray_tls import main, proxyauth
+from stray_tls import main
+from stray_tls.fieldkit import proxyauth
 said = {}
 for key, argv in (("pcap", ["pcap", sys.argv[1]]), ("lab", ["lab", "--proxy", "pproxy"])):
     err = io.StringIO()
@@ -157,7 +158,7 @@ for key, argv in (("pcap", ["pcap", sys.argv[1]]), ("lab", ["lab", "--proxy", "p
         said[key + " status"] = main.main(argv)
     said[key] = err.getvalue()
 try:
-    proxyauth.Exchange(proxyauth.Scheme.NTLM, proxyauth.Credentials("u", "p"), "proxy")
+    proxyauth.AuthHandshake(proxyauth.Scheme.NTLM, proxyauth.Credentials("u", "p"), "proxy")
 except proxyauth.AuthError as e:
     said["ntlm"] = str(e)
 print(json.dumps(said))

@@ -17,10 +17,10 @@ from mitmproxy import contentviews, options
 from mitmproxy.test import taddons, tflow
 
 from stray_tls import compat
-from stray_tls.findings import Finding, Kind
+from stray_tls.core.findings import Finding, Kind
+from stray_tls.fieldkit.wire import Answer, exchange
 from stray_tls.lab import servers
 from stray_tls.lab.servers import EsrsBehaviour, EsrsServer, TCPServer
-from stray_tls.wire import Answer, exchange
 
 from .conftest import FIELD_ALERT, SUMMARY
 

@@ -11,11 +11,11 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from stray_tls.core.names import ATTEMPT_MARKER, LEARNED_MARKER, UPGRADED_MARKER
+from stray_tls.fieldkit.wire import exchange
 from stray_tls.lab import servers
 from stray_tls.lab.servers import Plaintext
 from stray_tls.launch import mitmproxy_command
-from stray_tls.names import ATTEMPT_MARKER, LEARNED_MARKER, UPGRADED_MARKER
-from stray_tls.wire import exchange
 
 from .conftest import SUMMARY
 

@@ -27,7 +27,7 @@ import pytest
 
 pytest.importorskip("dpkt")
 
-from stray_tls import capture
+from stray_tls.fieldkit import capture
 from stray_tls.lab.servers import ALERT_TLS10, free_port
 from tests.capgen import Conversation, frames
 from tests.test_capture import OK, PROXY, REQ, conversations

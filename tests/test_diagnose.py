@@ -22,7 +22,7 @@ from urllib.parse import quote
 
 import pytest
 
-from stray_tls.diagnose import Credentials
+from stray_tls.fieldkit.diagnose import Credentials
 from stray_tls.lab import proxies, servers
 from stray_tls.lab.check import run_check
 from tests.realproxies import PASSWORD, USER
@@ -867,7 +867,7 @@ def test_bad_ports_hosts_and_schemes_get_a_sentence(args: list[str], words: str)
 
 
 def test_an_endless_answer_is_read_only_so_far(start_server) -> None:
-    from stray_tls import wire
+    from stray_tls.fieldkit import wire
 
     flood = start_server(servers.ScriptedServer(lambda head: [b"\x17\x03\x03\x40\x00" + b"x" * 16384] * 256, gap=0))
     answer = wire.exchange(("127.0.0.1", flood.port), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 20)

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stray_tls import records
+from stray_tls.core import records
 
 dpkt = pytest.importorskip("dpkt")
 

@@ -8,9 +8,9 @@ import subprocess
 
 import pytest
 
+from stray_tls.fieldkit.wire import exchange
 from stray_tls.lab import servers
 from stray_tls.lab.servers import Plaintext
-from stray_tls.wire import exchange
 
 from .conftest import SUMMARY, reverse_modes
 

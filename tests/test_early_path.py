@@ -15,7 +15,7 @@ from mitmproxy import http
 
 from stray_tls import compat
 from stray_tls.compat import EarlyDetection, Http1ClientDriver, early
-from stray_tls.names import DEFAULT_HOLD_TIMEOUT
+from stray_tls.core.names import DEFAULT_HOLD_TIMEOUT
 
 from .conftest import FIELD_ALERT
 

@@ -13,8 +13,8 @@ from collections.abc import Callable
 
 import pytest
 
+from stray_tls.fieldkit.wire import Answer, exchange
 from stray_tls.lab.servers import ALERT_TLS10, NGINX_400_BODY, free_port
-from stray_tls.wire import Answer, exchange
 
 from .plainpeer import PlainServer
 

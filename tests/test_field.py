@@ -24,10 +24,10 @@ from typing import Any
 import pytest
 from mitmproxy import io as mitmio
 
+from stray_tls.fieldkit.wire import Answer, exchange
 from stray_tls.lab import servers
 from stray_tls.lab.latency import LatencyRelay
 from stray_tls.lab.mitm import Mitmdump
-from stray_tls.wire import Answer, exchange
 
 from .realproxies import PASSWORD, USER
 from .test_upgrade import FIELD_ALERT_SUMMARY, plaintext, report_lines, reverse_mitmdump, server_context

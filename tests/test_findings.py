@@ -8,9 +8,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stray_tls import compat, findings, names, report
-from stray_tls.findings import Confidence, Kind
+from stray_tls import compat
+from stray_tls.core import findings, names
+from stray_tls.core.findings import Confidence, Kind
 from stray_tls.lab.servers import NGINX_400_BODY
+from stray_tls.mitm import report
 
 from .conftest import FIELD_ALERT, SUMMARY
 

@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 
 dpkt = pytest.importorskip("dpkt")
 
-from stray_tls import frames, records, text  # noqa: E402
-from stray_tls.pasted import parse_pasted, read_pasted  # noqa: E402
+from stray_tls.core import frames, records, text  # noqa: E402
+from stray_tls.core.pasted import parse_pasted, read_pasted  # noqa: E402
 
 ALERT = bytes.fromhex("1503010002020a")
 ALERT_SUMMARY = "TLS alert: fatal unexpected_message (10), record version TLS 1.0"  # the README's words

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from stray_tls.fieldkit.wire import exchange
 from stray_tls.lab import servers
 from stray_tls.lab.servers import ALERT_TLS10, ScriptedServer, split_at
-from stray_tls.wire import exchange
 
 from .conftest import SUMMARY, reverse_modes
 
@@ -185,7 +185,7 @@ del _base.ReceiveHttp
 FAULT_DECODER_RAISES = """
 # Simulates a bug in the addon's hot path that surfaces only in traffic: the decoder works for the behaviour
 # check at install (its first call), then raises on every call.
-from stray_tls import records
+from stray_tls.core import records
 
 calls = []
 decode = records.decode
@@ -201,7 +201,7 @@ records.decode = broken
 
 FAULT_DECODER_BROKEN_AT_INSTALL = """
 # Simulates a mitmproxy or addon change that breaks the early path before any traffic: the decoder always raises.
-from stray_tls import records
+from stray_tls.core import records
 
 def broken(data):
     raise RuntimeError("simulated decoder bug")

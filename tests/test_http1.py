@@ -17,11 +17,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stray_tls import http1, wire
-from stray_tls.http1 import Body, FramingError
+from stray_tls.core import http1
+from stray_tls.core.http1 import Body, FramingError
+from stray_tls.fieldkit import wire
 
 if TYPE_CHECKING:
-    from stray_tls.capture import ScanResult
+    from stray_tls.fieldkit.capture import ScanResult
     from tests.capgen import Conversation
 
 ALERT = bytes.fromhex("1503010002020a")
@@ -143,7 +144,7 @@ def read_with_capture(messages: list[Message], segment: int, pipeline: int) -> l
     then (unless the last is close-delimited) one more request answered by the bare alert; `pipeline` requests go
     out before the first of their answers comes."""
     pytest.importorskip("dpkt")
-    from stray_tls import capture
+    from stray_tls.fieldkit import capture
     from tests.capgen import Conversation, write_capture
 
     turns = [(b"%s /%d HTTP/1.1\r\nHost: esrs.example\r\n\r\n" % (m.method, i), m.wire) for i, m in enumerate(messages)]
@@ -311,7 +312,7 @@ def test_interim_answers_are_skipped_whole() -> None:
 
 def scan(*conversations: Conversation) -> ScanResult:
     pytest.importorskip("dpkt")
-    from stray_tls import capture
+    from stray_tls.fieldkit import capture
     from tests.capgen import write_capture
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -14,10 +14,11 @@ from hypothesis import strategies as st
 from mitmproxy import contentviews, http, io
 from mitmproxy.test import taddons, tflow
 
-from stray_tls import contentview, records
-from stray_tls.addon import METADATA_KEY, EsrsFix
+from stray_tls.core import records
+from stray_tls.fieldkit.wire import exchange
 from stray_tls.lab.servers import Plaintext
-from stray_tls.wire import exchange
+from stray_tls.mitm import contentview
+from stray_tls.mitm.addon import METADATA_KEY, EsrsFix
 
 from .conftest import FIELD_ALERT, SUMMARY, reverse_modes
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from stray_tls import proxyauth
+from stray_tls.fieldkit import proxyauth
 from stray_tls.lab import proxies, servers
 from tests.kdc import PASSWORD, REALM, SERVICE, USER, Kdc, kdc_fixture  # noqa: F401  (`kdc`: the session's KDC)
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stray_tls.learned import LearnedTargets, Target
+from stray_tls.mitm.learned import LearnedTargets, Target
 
 
 class Clock:

@@ -13,11 +13,11 @@ import pytest
 from mitmproxy import version as mitmproxy_version
 from mitmproxy.utils import emoji
 
+from stray_tls.core.names import ATTEMPT_MARKER, FAILED_MARKER, LEARNED_MARKER, MARKER, UPGRADED_MARKER
+from stray_tls.fieldkit.wire import exchange
 from stray_tls.lab import servers
 from stray_tls.lab.mitm import Mitmweb
 from stray_tls.lab.servers import Plaintext
-from stray_tls.names import ATTEMPT_MARKER, FAILED_MARKER, LEARNED_MARKER, MARKER, UPGRADED_MARKER
-from stray_tls.wire import exchange
 
 from .conftest import SUMMARY, reverse_modes
 

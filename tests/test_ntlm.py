@@ -19,8 +19,8 @@ from urllib.parse import quote
 
 import pytest
 
-from stray_tls import diagnose, proxyauth
-from stray_tls.diagnose import Credentials
+from stray_tls.fieldkit import diagnose, proxyauth
+from stray_tls.fieldkit.diagnose import Credentials
 from stray_tls.lab import servers
 from stray_tls.lab.latency import LatencyRelay
 from tests.realproxies import PASSWORD, USER
@@ -208,7 +208,7 @@ def test_without_pyspnego_an_ntlm_proxy_gets_a_sentence_naming_the_package(real_
     result = diagnose.check_port(
         ("127.0.0.1", proxy.port), "127.0.0.1", jsse_esrs.port, 5.0, credentials=Credentials(USER, "pw")
     )
-    assert result.outcome is diagnose.Outcome.UNTESTED
+    assert result.outcome is diagnose.CheckOutcome.UNTESTED
     assert (
         "could not test: the proxy asks for NTLM, which esrs-fix check speaks only with pyspnego installed (HTTP 407 "
         "from the proxy (squid/"
@@ -382,7 +382,7 @@ def test_a_chunked_407_challenge_on_connect_keeps_the_exchange_in_step(esrs, sta
     assert all(p.ok for p in result.probes), [p.what for p in result.probes]
     # the first request bare, then each probe's NEGOTIATE and AUTHENTICATE on one connection
     assert proxy.messages == [[0], [1, 3], [1, 3], [1, 3]]
-    assert result.outcome is diagnose.Outcome.PASS and result.to_dict()["auth"]["tried"] == {}
+    assert result.outcome is diagnose.CheckOutcome.PASS and result.to_dict()["auth"]["tried"] == {}
 
 
 class NegotiateNtlmProxy(ChunkedNtlmProxy):

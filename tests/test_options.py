@@ -9,9 +9,9 @@ import pytest
 from mitmproxy import exceptions
 from mitmproxy.test import taddons
 
-from stray_tls.addon import EsrsFix
 from stray_tls.lab.mitm import Mitmdump
 from stray_tls.launch import mitmproxy_command
+from stray_tls.mitm.addon import EsrsFix
 
 #: (option=value, the sentence's words after "esrs-fix: ") for every way an esrs-fix option can be wrong.
 BAD = [

@@ -79,7 +79,7 @@ def test_the_wheel_holds_the_addon_beside_its_package_and_the_licence(dist: Path
         info = f"esrs_fix-{stray_tls.__version__}.dist-info"
         metadata = email.parser.Parser().parsestr(wheel.read(f"{info}/METADATA").decode())
         entry_points = wheel.read(f"{info}/entry_points.txt").decode()
-    assert {"esrs_fix.py", "stray_tls/__init__.py", "stray_tls/addon.py", "stray_tls/bundle.py"} <= names
+    assert {"esrs_fix.py", "stray_tls/__init__.py", "stray_tls/mitm/addon.py", "stray_tls/bundle.py"} <= names
     assert f"{info}/licenses/LICENSE" in names
     assert not [n for n in names if n.startswith("tests/") or "capgen" in n], names
     assert "esrs-fix = stray_tls.main:main" in entry_points

@@ -14,9 +14,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stray_tls import frames
-from stray_tls.names import hostport, url_host
-from stray_tls.pasted import (
+from stray_tls.core import frames
+from stray_tls.core.names import hostport, url_host
+from stray_tls.core.pasted import (
     Pasted,
     PasteError,
     ProxyAddress,

@@ -1,7 +1,7 @@
 """Real TLS servers (tests/realpeers.py) answer a plaintext request the way the product's classifiers say they do.
 
 The expectations are written here, apart from the registry, so that a wrong entry there fails here: what a
-plaintext `GET / HTTP/1.1` to each TLS port gets, through stray_tls.findings; what a TLS `GET /` gets; and that
+plaintext `GET / HTTP/1.1` to each TLS port gets, through stray_tls.core.findings; what a TLS `GET /` gets; and that
 mitmproxy verifies every peer with the lab certificate as its trust anchor.
 """
 
@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from stray_tls import findings
-from stray_tls import wire as check
-from stray_tls.findings import Kind
-from stray_tls.wire import Answer
+from stray_tls.core import findings
+from stray_tls.core.findings import Kind
+from stray_tls.fieldkit import wire as check
+from stray_tls.fieldkit.wire import Answer
 
 from .conftest import reverse_modes
 from .realpeers import SPECS, Launch, Peer, PeerFailed, PeerUnavailable, RealServers, Spec, Workspace

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stray_tls import records, registry
-from stray_tls.records import NeedMore, NotTLS, Records, decode, describe
+from stray_tls.core import records, registry
+from stray_tls.core.records import NeedMore, NotTLS, Records, decode, describe
 
 from .conftest import FIELD_ALERT
 
@@ -66,7 +66,7 @@ def test_known_records(hexbytes: str, summary: str) -> None:
     assert [describe(r) for r in decoded.records] == [summary]
 
 
-#: The IANA TLS Alerts registry, written here independently of stray_tls.registry.
+#: The IANA TLS Alerts registry, written here independently of stray_tls.core.registry.
 IANA_ALERTS = {
     0: "close_notify", 10: "unexpected_message", 20: "bad_record_mac", 21: "decryption_failed_RESERVED",
     22: "record_overflow", 30: "decompression_failure_RESERVED", 40: "handshake_failure",
@@ -270,7 +270,7 @@ def test_the_fuzz_run_reports_a_violation_under_python_O_too() -> None:
         [
             f"import sys; sys.path.insert(0, {str(SCRIPTS)!r})",
             "import fuzz",
-            "from stray_tls.records import NeedMore",
+            "from stray_tls.core.records import NeedMore",
             "try:",
             "    fuzz.check(b'\\x15\\x03', b'\\x01\\x00\\x02\\x02\\x0a', decode=lambda d: NeedMore(len(d), 5))",
             "except fuzz.Violation as e:",
@@ -284,7 +284,7 @@ def test_the_fuzz_run_reports_a_violation_under_python_O_too() -> None:
 
 def test_a_decode_of_pasted_bytes_shows_every_record() -> None:
     """`esrs-fix decode` is the user's own request: not capped as what the proxy says about traffic is."""
-    from stray_tls import text
+    from stray_tls.core import text
 
     rendered, is_tls = text.decode_text(bytes.fromhex("15 03 01 00 02 02 0a") * 100)
     assert is_tls and rendered.count("record at offset") == 100 and "record at offset 693:" in rendered

@@ -18,9 +18,9 @@ import pytest
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import tflow
 
+from stray_tls.fieldkit.wire import Answer, exchange, send_and_read
 from stray_tls.lab import servers
 from stray_tls.lab.mitm import Mitmdump
-from stray_tls.wire import Answer, exchange, send_and_read
 
 from .test_upgrade import RecordingServer, plaintext
 
@@ -66,7 +66,7 @@ def reverse(
     ],
 )
 def test_the_route_names_the_server_as_mitmproxy_would_for_https(mode: str, keep_host_header: bool, name: str) -> None:
-    from stray_tls.route import Route, tls_route
+    from stray_tls.mitm.route import Route, tls_route
 
     f = tflow.tflow()
     f.client_conn.proxy_mode = ProxyMode.parse(mode)
@@ -114,7 +114,7 @@ def test_reverse_mode_with_a_tls_client_verifies_the_target_s_name_every_time(
 def test_a_filter_that_reads_a_body_is_told_apart(expr: str, body: bool) -> None:
     from mitmproxy import flowfilter
 
-    from stray_tls.addon import needs_body
+    from stray_tls.mitm.addon import needs_body
 
     assert needs_body(flowfilter.parse(expr)) is body
 

@@ -18,9 +18,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from stray_tls.fieldkit.wire import exchange
 from stray_tls.lab.mitm import Mitmdump
 from stray_tls.lab.servers import ALERT_TLS10, NGINX_400_BODY, free_port
-from stray_tls.wire import exchange
 
 from .plainpeer import PlainServer
 from .test_findings import APACHE_400_BODY

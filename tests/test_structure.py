@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import stray_tls
-from stray_tls import findings, names
+from stray_tls.core import findings, names
 
 PACKAGE_DIR = Path(stray_tls.__file__).resolve().parent
 SOURCE_ROOT = PACKAGE_DIR.parent  # addon/: the package and the `mitmdump -s` script beside it
@@ -51,24 +51,21 @@ GUARDED_NAMES = {
 }
 _DOTTED_MITMPROXY = re.compile(r"\bmitmproxy(?:\.[A-Za-z_]\w*)+")
 #: The package's modules from the bottom up (relative names; "" is the package's own __init__): each may import
-#: only modules before it. The Layout in docs/development.md lists them in this order (subpackages as one line).
-#: The package __init__s come first: importing any module runs them, so they import nothing of their own (`records`
-#: stays free of mitmproxy); compat's is the exception, after its submodules: it re-exports them, and the modules
-#: below it import none of them.
+#: only modules before it. The Layout in docs/development.md lists them in this order, folder by folder.
+#: A package's __init__ comes first in its folder: importing any module runs it, so it imports nothing of its own
+#: (`core.records` stays free of mitmproxy); compat's is the exception, after its submodules: it re-exports them,
+#: and the modules below it import none of them.
 LAYERS = (
     "",
-    "names",
-    "registry",
-    "records",
-    "frames",
-    "http1",
-    "reassembly",
-    "findings",
-    "learned",
-    "pasted",
-    "text",
-    "report",
-    "ticket",
+    "core",
+    "core.names",
+    "core.registry",
+    "core.records",
+    "core.frames",
+    "core.http1",
+    "core.findings",
+    "core.pasted",
+    "core.text",
     "compat.versions",
     "compat.messages",
     "compat.options",
@@ -78,17 +75,24 @@ LAYERS = (
     "compat.early",
     "compat.replay",
     "compat",
-    "record",
-    "route",
-    "upgrade",
-    "answers",
-    "contentview",
-    "addon",
+    "mitm",
+    "mitm.learned",
+    "mitm.report",
+    "mitm.flowrecord",
+    "mitm.route",
+    "mitm.upgrade",
+    "mitm.answers",
+    "mitm.contentview",
+    "mitm.addon",
+    "fieldkit",
+    "fieldkit.extras",
+    "fieldkit.reassembly",
+    "fieldkit.ticket",
+    "fieldkit.proxyauth",
+    "fieldkit.wire",
+    "fieldkit.diagnose",
+    "fieldkit.capture",
     "launch",
-    "proxyauth",
-    "wire",
-    "diagnose",
-    "capture",
     "bundle",
     "cli",
     "lab",
@@ -101,11 +105,14 @@ LAYERS = (
     "lab.cli",
     "main",
 )
+#: The products side by side: neither imports the other, and the field kit needs nothing of mitmproxy's (it runs
+#: where mitmproxy is not installed), so it never imports compat either.
+APART = (("mitm", "fieldkit"), ("fieldkit", "mitm"), ("fieldkit", "compat"))
 
 
 @dataclass(frozen=True)
 class Module:
-    name: str  # dotted, e.g. "stray_tls.addon"
+    name: str  # dotted, e.g. "stray_tls.mitm.addon"
     path: Path
     tree: ast.Module
     is_package: bool  # an __init__.py
@@ -341,7 +348,7 @@ def _report(violations: list[Violation]) -> str:
 @pytest.fixture(scope="module")
 def package() -> dict[str, Module]:
     modules = load_package(PACKAGE_DIR)
-    assert {"stray_tls", f"stray_tls.{COMPAT}", "stray_tls.addon", "stray_tls.names"} <= set(modules)
+    assert {"stray_tls", f"stray_tls.{COMPAT}", "stray_tls.mitm.addon", "stray_tls.core.names"} <= set(modules)
     assert modules[f"stray_tls.{COMPAT}"].is_package  # one module per concern, under compat/
     return modules
 
@@ -370,8 +377,8 @@ def test_compat_is_where_the_internals_are_named(package: dict[str, Module]) -> 
 
 def test_stray_tls_imports_have_no_cycle(package: dict[str, Module]) -> None:
     graph = import_graph(package)
-    assert "stray_tls.compat" in graph["stray_tls.addon"]  # edges are really there
-    assert "stray_tls.capture" in graph["stray_tls.cli"]  # a function-local import counts
+    assert "stray_tls.compat" in graph["stray_tls.mitm.addon"]  # edges are really there
+    assert "stray_tls.fieldkit.capture" in graph["stray_tls.cli"]  # a function-local import counts
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
 
@@ -386,21 +393,68 @@ DOCS = SOURCE_ROOT.parent / "docs"
 
 
 def readme_layout_modules(readme: str) -> list[str]:
-    """The package's modules in the order the Layout block (docs/development.md) lists them (`  a.py, b.py   what
-    they hold`)."""
+    """The package's folders and modules in the order the Layout block (docs/development.md) lists them: `  core/`
+    for a folder, `    names.py` for a module in it, `  cli.py` for one beside the folders (relative dotted names;
+    a folder whose modules are not listed one a line, as compat's, stands for all of them)."""
     block = readme.split("## Layout", 1)[1].split("```")[1]
     names: list[str] = []
+    folder = ""
     for line in block.splitlines():
-        if line.startswith("  ") and not line.startswith("   "):  # a module line of addon/stray_tls/, not a wrap
-            files = line.split("  ")[1].strip()
-            names += [f.strip().removesuffix(".py").removesuffix("/") for f in files.split(",")]
+        indent = len(line) - len(line.lstrip(" "))
+        entry = line.strip().split("  ")[0]
+        if indent == 2:  # in addon/stray_tls/
+            folder = entry.removesuffix("/") if entry.endswith("/") else ""
+            names.append(entry.removesuffix("/").removesuffix(".py"))
+        elif indent == 4 and folder:
+            names.append(f"{folder}.{entry.removesuffix('.py')}")
     return names
 
 
 def test_the_documented_layout_lists_the_modules_in_the_order_imports_point() -> None:
     listed = readme_layout_modules((DOCS / "development.md").read_text())
-    layers = [name for name in LAYERS if name and "." not in name]
-    assert listed == layers, "the Layout in docs/development.md and LAYERS disagree"
+    # the order of LAYERS, each folder at the place of its first module
+    expected: list[str] = []
+    for name in LAYERS:
+        top = name.split(".")[0]
+        if name and top not in expected:
+            expected.append(top)
+        if "." in name and name in listed:
+            expected.append(name)
+    assert listed == expected, "the Layout in docs/development.md and LAYERS disagree"
+    assert "core.records" in listed and "cli" in listed  # modules in folders and beside them are both read
+
+
+def crossing_imports(modules: dict[str, Module], root: str, apart: tuple[tuple[str, str], ...]) -> list[Violation]:
+    """Imports from one folder of the package into another that it must stay apart from (`apart`: (from, to))."""
+    found: list[Violation] = []
+    for module in modules.values():
+        for source, target in apart:
+            if not within(module.name, f"{root}.{source}"):
+                continue
+            for line, name in imported_modules(module, set(modules)):
+                if within(name, f"{root}.{target}"):
+                    found.append(Violation(module.name, line, f"imports {name}: {source} stays apart from {target}"))
+    return found
+
+
+def test_the_two_products_stay_apart(package: dict[str, Module]) -> None:
+    violations = crossing_imports(package, "stray_tls", APART)
+    assert not violations, "the addon and the field kit stand side by side on the core:\n" + _report(violations)
+
+
+def top_level_classes(modules: dict[str, Module]) -> dict[str, list[str]]:
+    """Each class name defined at a module's top level, with the modules that define it."""
+    found: dict[str, list[str]] = {}
+    for module in modules.values():
+        for node in module.tree.body:
+            if isinstance(node, ast.ClassDef):
+                found.setdefault(node.name, []).append(module.name)
+    return found
+
+
+def test_no_two_classes_share_a_name(package: dict[str, Module]) -> None:
+    twice = {name: where for name, where in top_level_classes(package).items() if len(where) > 1}
+    assert not twice, f"one name, one thing: {twice}"
 
 
 def test_the_product_never_imports_the_lab(package: dict[str, Module]) -> None:
@@ -421,7 +475,7 @@ def test_the_test_only_capture_writer_is_not_shipped(package: dict[str, Module])
 
 
 def test_shared_names_are_written_once_in_names_py(package: dict[str, Module]) -> None:
-    violations = repeated_names(package, "stray_tls.names", GUARDED_NAMES)
+    violations = repeated_names(package, "stray_tls.core.names", GUARDED_NAMES)
     assert not violations, "a shared name is written again outside names.py:\n" + _report(violations)
 
 
@@ -524,6 +578,35 @@ def test_scanner_finds_the_lab_imported_from_the_product(tmp_path: Path) -> None
     assert {v.module for v in violations} == {"fakepkg.addon", "fakepkg.wire", "fakepkg.cli"}, _report(violations)
 
 
+def test_scanner_finds_imports_between_folders_kept_apart(tmp_path: Path) -> None:
+    modules = make_package(
+        tmp_path,
+        {
+            "core/__init__.py": "",
+            "core/names.py": "",
+            "mitm/__init__.py": "",
+            "mitm/addon.py": "from ..core import names\n",  # down into the core: fine
+            "kit/__init__.py": "",
+            "kit/check.py": "def f():\n    from ..mitm.addon import X\n",  # function-local, into the other product
+            "kit/pcap.py": "from fakepkg.mitm import addon\n",  # absolute
+            "kitchen.py": "from .mitm import addon\n",  # beside kit, not in it
+        },
+    )
+    violations = crossing_imports(modules, "fakepkg", (("kit", "mitm"),))
+    assert {v.module for v in violations} == {"fakepkg.kit.check", "fakepkg.kit.pcap"}, _report(violations)
+
+
+def test_scanner_finds_two_classes_of_one_name(tmp_path: Path) -> None:
+    modules = make_package(
+        tmp_path,
+        {
+            "a.py": "class Record:\n    class Inner:\n        pass\n",
+            "b.py": "class Record:\n    pass\ndef f():\n    class Inner:\n        pass\n",  # nested ones do not count
+        },
+    )
+    assert top_level_classes(modules) == {"Record": ["fakepkg.a", "fakepkg.b"]}
+
+
 def test_scanner_finds_a_shipped_capgen(tmp_path: Path) -> None:
     (tmp_path / "pkg").mkdir()
     assert shipped_test_modules(tmp_path) == []
@@ -560,25 +643,29 @@ def test_violations_planted_in_a_copy_of_the_real_package_are_found(tmp_path: Pa
     copy = tmp_path / "stray_tls"
     shutil.copytree(PACKAGE_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
     plants = {
-        "capture.py": "\ndef _planted():\n    from .lab import servers\n",  # the product imports the lab
-        "findings.py": "\ndef _planted():\n    from . import text\n",  # text imports findings: a cycle
-        "report.py": "\nfrom mitmproxy.proxy.layers import http as _planted\n",  # an internal outside compat
-        "wire.py": "\n_PLANTED = 'X-ESRS-Fix'\n",  # a second definition of the label
-        "records.py": "\ndef _planted():\n    from . import learned\n",  # learned sits above records
+        "fieldkit/capture.py": "\ndef _planted():\n    from ..lab import servers\n",  # the product imports the lab
+        "core/findings.py": "\ndef _planted():\n    from . import text\n",  # text imports findings: a cycle
+        "mitm/report.py": "\nfrom mitmproxy.proxy.layers import http as _planted\n",  # an internal outside compat
+        "fieldkit/wire.py": "\n_PLANTED = 'X-ESRS-Fix'\n",  # a second definition of the label
+        "core/records.py": "\ndef _planted():\n    from ..mitm import learned\n",  # learned sits above records
+        "fieldkit/ticket.py": "\ndef _planted():\n    from ..mitm import flowrecord\n",  # one product imports the other
+        "fieldkit/reassembly.py": "\nclass Record:\n    pass\n",  # a second class of a name core.records has
     }
     for name, source in plants.items():
         with (copy / name).open("a", encoding="utf-8") as f:
             f.write(source)
     modules = load_package(copy)
-    assert {v.module for v in private_mitmproxy_uses(modules, f"stray_tls.{COMPAT}")} == {"stray_tls.report"}
-    assert {v.module for v in lab_imports(modules, "stray_tls")} == {"stray_tls.capture"}
+    assert {v.module for v in private_mitmproxy_uses(modules, f"stray_tls.{COMPAT}")} == {"stray_tls.mitm.report"}
+    assert {v.module for v in lab_imports(modules, "stray_tls")} == {"stray_tls.fieldkit.capture"}
     cycle = find_cycle(import_graph(modules)) or []
-    assert "stray_tls.findings" in cycle and "stray_tls.text" in cycle
-    repeated = {v.module for v in repeated_names(modules, "stray_tls.names", GUARDED_NAMES)}
-    assert "stray_tls.wire" in repeated
+    assert "stray_tls.core.findings" in cycle and "stray_tls.core.text" in cycle
+    repeated = {v.module for v in repeated_names(modules, "stray_tls.core.names", GUARDED_NAMES)}
+    assert "stray_tls.fieldkit.wire" in repeated
     upward = {(v.module, v.what) for v in upward_imports(modules, "stray_tls", LAYERS)}
-    assert ("stray_tls.records", "imports stray_tls.learned, which is not below it") in upward
-    assert ("stray_tls.findings", "imports stray_tls.text, which is not below it") in upward
+    assert ("stray_tls.core.records", "imports stray_tls.mitm.learned, which is not below it") in upward
+    assert ("stray_tls.core.findings", "imports stray_tls.core.text, which is not below it") in upward
+    assert {v.module for v in crossing_imports(modules, "stray_tls", APART)} == {"stray_tls.fieldkit.ticket"}
+    assert top_level_classes(modules)["Record"] == ["stray_tls.core.records", "stray_tls.fieldkit.reassembly"]
 
 
 def _backticked(text: str) -> set[str]:
@@ -587,7 +674,7 @@ def _backticked(text: str) -> set[str]:
 
 def test_the_docs_list_the_records_keys() -> None:
     """The report's keys and the metadata's keys, as docs/output.md lists them, are the record's (record.keys())."""
-    from stray_tls import record
+    from stray_tls.mitm import flowrecord as record
 
     readme = (DOCS / "output.md").read_text()
     report = readme.split("## The report", 1)[1].split("A path that cannot be opened", 1)[0]

@@ -12,7 +12,8 @@ from typing import Any, ClassVar
 
 import pytest
 
-from stray_tls import findings, ticket
+from stray_tls.core import findings
+from stray_tls.fieldkit import ticket
 from stray_tls.lab.servers import ALERT_TLS10
 from tests.capgen import Conversation, write_capture
 from tests.test_mitmweb import ARTIFACTS, BROWSER_ARGS, chromium

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import pytest
 
-from stray_tls.findings import Kind
+from stray_tls.core.findings import Kind
+from stray_tls.fieldkit.wire import Answer, exchange, send_and_read
 from stray_tls.lab import servers
 from stray_tls.lab.mitm import Mitmdump
-from stray_tls.wire import Answer, exchange, send_and_read
 
 from .conftest import reverse_modes
 from .realpeers import Peer, RealServers

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from mitmproxy.test import tflow
 
-from stray_tls import findings
 from stray_tls.compat import AttemptCause
-from stray_tls.learned import Target
-from stray_tls.record import Failure
-from stray_tls.upgrade import Outcome, Upgrade
+from stray_tls.core import findings
+from stray_tls.mitm.flowrecord import Failure
+from stray_tls.mitm.learned import Target
+from stray_tls.mitm.upgrade import Upgrade, UpgradeOutcome
 
 from .conftest import FIELD_ALERT
 
@@ -31,7 +31,7 @@ def test_a_remembered_failure_expires_and_stops_making_clean_traffic_pay() -> No
     upgrade = Upgrade(clock)
     upgrade.failure_ttl = 30
     assert ALERT is not None and not upgrade
-    shared = upgrade._conclude(Target("a", 443), tflow.tflow(), ALERT, Outcome(None, failure=CERTIFICATE))
+    shared = upgrade._conclude(Target("a", 443), tflow.tflow(), ALERT, UpgradeOutcome(None, failure=CERTIFICATE))
     assert shared is CERTIFICATE and upgrade and upgrade.failed(Target("a", 443)) is not None
     clock.now += 31
     assert not upgrade  # dropped without anybody asking for that target again
@@ -43,7 +43,7 @@ def test_the_memory_of_failures_is_bounded() -> None:
     upgrade.learned.capacity = 8
     assert ALERT is not None
     for i in range(50):
-        upgrade._conclude(Target(f"10.0.0.{i}", 443), tflow.tflow(), ALERT, Outcome(None, failure=CERTIFICATE))
+        upgrade._conclude(Target(f"10.0.0.{i}", 443), tflow.tflow(), ALERT, UpgradeOutcome(None, failure=CERTIFICATE))
     assert len(upgrade._failed) == 8
     assert upgrade.failed(Target("10.0.0.49", 443)) is not None and upgrade.failed(Target("10.0.0.0", 443)) is None
 
@@ -53,6 +53,6 @@ def test_only_a_failure_about_a_proven_tls_port_is_remembered() -> None:
     silent = findings.silent_close()
     busy = Failure(AttemptCause.BUSY, "no TLS attempt could start", "")
     assert ALERT is not None
-    assert upgrade._conclude(Target("s", 80), tflow.tflow(), silent, Outcome(None, failure=CERTIFICATE)) is None
-    assert upgrade._conclude(Target("b", 443), tflow.tflow(), ALERT, Outcome(None, failure=busy)) is None
+    assert upgrade._conclude(Target("s", 80), tflow.tflow(), silent, UpgradeOutcome(None, failure=CERTIFICATE)) is None
+    assert upgrade._conclude(Target("b", 443), tflow.tflow(), ALERT, UpgradeOutcome(None, failure=busy)) is None
     assert not upgrade._failed and not upgrade.learned

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import pytest
 
 from stray_tls import compat
-from stray_tls.findings import Kind
+from stray_tls.core.findings import Kind
 from stray_tls.lab import proxies, servers
 from stray_tls.lab.mitm import Mitmdump
 

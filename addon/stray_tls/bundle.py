@@ -23,28 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import __version__
-from .names import OPTION_NAMES
+from .core.names import OPTION_NAMES
 
 #: The package's modules the single file leaves out (relative to the package; a name covers its submodules):
-#: the lab, the commands and what only they use. Every other module is shipped.
-LEFT_OUT = frozenset(
-    {
-        "lab",
-        "main",
-        "cli",
-        "bundle",
-        "launch",
-        "wire",
-        "diagnose",
-        "capture",
-        "http1",
-        "reassembly",
-        "proxyauth",
-        "ticket",
-    }
-)
+#: the field kit, the lab, the commands and what only they use. Every other module is shipped.
+LEFT_OUT = frozenset({"fieldkit", "lab", "main", "cli", "bundle", "launch", "core.http1"})
 #: What the single file imports; everything these reach must be shipped.
-ENTRY_POINTS = ("", "addon")
+ENTRY_POINTS = ("", "mitm.addon")
 #: 1980-01-01, the earliest time a zip entry can hold: no build time leaks into the file.
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 
@@ -70,7 +55,7 @@ def package_dir() -> Path:
 
 
 def package_sources(directory: Path) -> dict[str, bytes]:
-    """Every module of the package in `directory`, by its path in the zip (`stray_tls/addon.py`), as source bytes.
+    """Every module of the package in `directory`, by its path in the zip (`stray_tls/mitm/addon.py`), as source bytes.
 
     Line endings are made LF, so that a checkout with CRLF endings builds the same file.
     """
@@ -83,7 +68,7 @@ def package_sources(directory: Path) -> dict[str, bytes]:
 
 
 def module_name(path: str) -> str:
-    """`stray_tls/addon.py` -> `stray_tls.addon`; `stray_tls/sub/__init__.py` -> `stray_tls.sub`."""
+    """`stray_tls/mitm/addon.py` -> `stray_tls.mitm.addon`; `stray_tls/sub/__init__.py` -> `stray_tls.sub`."""
     return path.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
 
 
@@ -286,7 +271,7 @@ if __name__ == "__main__":  # run, not loaded by mitmproxy: hand out the modules
 _install()
 
 import {root}  # noqa: E402
-from {root}.addon import EsrsFix  # noqa: E402
+from {root}.mitm.addon import EsrsFix  # noqa: E402
 
 logging.getLogger("esrs_fix").info(
     "esrs-fix %s loaded (single file, commit %s) from %s", {root}.__version__, COMMIT, os.path.dirname({root}.__file__)

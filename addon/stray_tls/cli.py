@@ -15,10 +15,10 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, NoReturn
 
-from . import __version__, findings, records, text
-from .launch import install_hint, script_path
-from .names import hostport
-from .pasted import (
+from . import __version__
+from .core import findings, records, text
+from .core.names import hostport
+from .core.pasted import (
     Paste,
     Pasted,
     PasteError,
@@ -30,10 +30,12 @@ from .pasted import (
     passwords_in,
     read_paste,
 )
+from .fieldkit.extras import install_hint
+from .launch import script_path
 
 if TYPE_CHECKING:
-    from . import diagnose
-    from .capture import ScanResult
+    from .fieldkit import diagnose
+    from .fieldkit.capture import ScanResult
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
@@ -169,7 +171,7 @@ def cmd_bundle(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from . import diagnose
+    from .fieldkit import diagnose
 
     proxy: ProxyAddress = args.proxy
     if not (math.isfinite(args.timeout) and args.timeout > 0):
@@ -220,7 +222,7 @@ def _check_credentials(
     """The credentials for the proxy, or a sentence saying why there are none (exit 2). Never echoes a password.
 
     The password: from the URL, else from `password_file` (its first line), else the environment, else a prompt."""
-    from .diagnose import Credentials, shown_user
+    from .fieldkit.diagnose import Credentials, shown_user
 
     if proxy_user is not None and proxy.user is not None:
         return "give the user either in --proxy (http://USER:PASSWORD@HOST:PORT) or with --proxy-user, not both"
@@ -255,7 +257,7 @@ def _check_credentials(
 
 def cmd_pcap(args: argparse.Namespace) -> int:
     try:
-        from . import capture
+        from .fieldkit import capture
     except ImportError:  # pragma: no cover - dpkt is an optional extra
         print(f"esrs-fix pcap: needs dpkt: {install_hint('pcap', 'dpkt')}", file=sys.stderr)
         return 2
@@ -343,7 +345,7 @@ def cmd_pcap(args: argparse.Namespace) -> int:
 
 def _write_check_page(args: argparse.Namespace, proxy: str, host: str, results: list[diagnose.PortResult]) -> None:
     """`check --html OUT`: the page for the ticket (`ticket`), each probe as a ladder, then the verdict."""
-    from . import ticket
+    from .fieldkit import ticket
 
     ports = [
         ticket.PortCheck(
@@ -367,7 +369,7 @@ def _write_check_page(args: argparse.Namespace, proxy: str, host: str, results: 
 
 def _write_pcap_page(args: argparse.Namespace, result: ScanResult) -> None:
     """`pcap --html OUT`: the page for the ticket (`ticket`), one section per stray exchange."""
-    from . import ticket
+    from .fieldkit import ticket
 
     strays = [
         ticket.Stray(ex.to_dict()["time"], ex.client, ex.server, ex.request_line, ex.finding, ex.frame, ex.tcp_stream)

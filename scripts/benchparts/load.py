@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from stray_tls.names import LABEL_HEADER
+from stray_tls.core.names import LABEL_HEADER
 
 Answer = tuple[str, int, dict[str, str], bytes]  # url, status, headers (lower-case names), body
 #: The addon's label header as `Answer`'s headers name it.

@@ -15,7 +15,8 @@ import timeit
 from collections.abc import Callable
 from typing import Any
 
-from stray_tls import compat, records
+from stray_tls import compat
+from stray_tls.core import records
 from stray_tls.lab import servers
 
 from .common import Outcome, Setup, Wrong, log, order, ratio
@@ -89,7 +90,7 @@ def hooks_ns() -> float:
     """What the addon's own hooks do for one clean flow (responseheaders + response), early detection off."""
     from mitmproxy.test import taddons, tflow
 
-    from stray_tls.addon import EsrsFix
+    from stray_tls.mitm.addon import EsrsFix
 
     addon = EsrsFix()
     try:

@@ -35,7 +35,7 @@ from typing import Any
 
 from stray_tls.lab import servers
 from stray_tls.lab.mitm import Mitmdump
-from stray_tls.learned import CAPACITY
+from stray_tls.mitm.learned import CAPACITY
 
 from . import upgradepeers
 from .common import TICK_S, Outcome, Setup, Wrong, cpu_seconds, log, order, pct, summary

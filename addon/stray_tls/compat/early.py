@@ -21,8 +21,8 @@ from typing import Any
 
 from mitmproxy import http
 
-from .. import records as tls
-from ..names import DEFAULT_HOLD_TIMEOUT
+from ..core import records as tls
+from ..core.names import DEFAULT_HOLD_TIMEOUT
 from . import versions
 from .driver import Http1ClientDriver
 from .http1 import _Internals

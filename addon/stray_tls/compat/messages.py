@@ -11,9 +11,9 @@ import ast
 import enum
 import re
 
-from .. import findings
-from .. import records as tls
-from ..findings import Finding
+from ..core import findings
+from ..core import records as tls
+from ..core.findings import Finding
 
 #: Http1Client, when the upstream closed after bytes that were no HTTP head.
 _UNEXPECTED = re.compile(r"unexpected server response: (b(['\"]).*\2)\s*$", re.S)

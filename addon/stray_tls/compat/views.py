@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .. import records as tls
+from ..core import records as tls
 
 Render = Callable[[bytes, Any, Any], "str | None"]
 Priority = Callable[[bytes, Any, Any], float]

@@ -11,9 +11,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from ..diagnose import Shape, product, shape_of
-from ..findings import Finding
-from ..wire import Answer, describe, exchange
+from ..core.findings import Finding
+from ..fieldkit.diagnose import Shape, product, shape_of
+from ..fieldkit.wire import Answer, describe, exchange
 
 #: Answers whose HTTP status is a proxy's, around the server's answer: their 200 is no success.
 WRAPPING = (Shape.WRAPPED_HTTP09, Shape.TLS_IN_BODY)

@@ -14,9 +14,9 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from .. import records
-from ..launch import install_hint
-from ..pasted import argument, parse_hostport, parse_route
+from ..core import records
+from ..core.pasted import argument, parse_hostport, parse_route
+from ..fieldkit.extras import install_hint
 from . import proxies, servers
 from .check import run_check
 from .mitm import MitmError

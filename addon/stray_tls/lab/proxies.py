@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..launch import install_hint
+from ..fieldkit.extras import install_hint
 
 #: Where Debian puts squid and privoxy, for users whose PATH has no sbin directory.
 SBIN_PATH = "/usr/sbin:/usr/bin:/sbin"

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from ..findings import Kind
+from ..core.findings import Kind
 from . import proxies, servers
 from .check import CheckResult, run_check, run_plain_get
 from .latency import LatencyRelay

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import records
+from ..core import records
 
 ALERT_TLS10 = records.encode_alert(2, 10, 0x0301)  # 15 03 01 00 02 02 0a, as in the field report
 

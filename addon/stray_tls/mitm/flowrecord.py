@@ -1,6 +1,6 @@
 """The one record of what esrs-fix saw and did to a flow, and everything said about the flow, made from it.
 
-`Record` is written once per flow. The flow's metadata (`flow.metadata["esrs_fix"]`, kept in `-w` files and read
+`FlowRecord` is written once per flow. The flow's metadata (`flow.metadata["esrs_fix"]`, kept in `-w` files and read
 by the TLS records view), the report line, the marker, the comment and the log line all come from it, so that they
 cannot disagree, and a flow served as learned is recorded with the same keys as an upgraded one.
 """
@@ -16,11 +16,10 @@ from typing import Any
 
 from mitmproxy import http
 
-from . import findings as fnd
-from .compat import AttemptCause
-from .findings import Finding
-from .learned import Entry
-from .names import (
+from ..compat import AttemptCause
+from ..core import findings as fnd
+from ..core.findings import Finding
+from ..core.names import (
     ATTEMPT_MARKER,
     FAILED_MARKER,
     LABEL_HEADER,
@@ -35,6 +34,7 @@ from .names import (
     hostport,
     printable,
 )
+from .learned import Entry
 from .report import ReportWriter
 
 log = logging.getLogger("esrs_fix")
@@ -60,7 +60,7 @@ URL_CHARS = 2048
 class Failure:
     """Why a TLS attempt failed: the cause, one line for labels and logs, and what to do about it.
 
-    Compared by identity: the remembered failure is the very one the attempt's flow got (see `Record.same_as`)."""
+    Compared by identity: the remembered failure is the very one the attempt's flow got (see `FlowRecord.same_as`)."""
 
     cause: AttemptCause
     message: str
@@ -71,7 +71,7 @@ class Failure:
 
 
 @dataclass(frozen=True, kw_only=True)
-class Record:
+class FlowRecord:
     """What esrs-fix saw and did to one flow: detected, rewritten, upgraded, learned, or failed."""
 
     #: What the plaintext attempt got: the finding as a dict (for a flow served as learned, the finding that taught
@@ -120,7 +120,7 @@ class Record:
         shared: bool = False,
         same_as: str | None = None,
         remembered: bool = False,
-    ) -> Record:
+    ) -> FlowRecord:
         """The record of `flow`: `finding` is what its own plaintext attempt got; a flow served as learned has none,
         and carries what taught esrs-fix its target (`entry`: its evidence, when and by which flow).
         `rewritten_status`: the synthetic status it was answered with, when it was rewritten. `remembered`: answered
@@ -157,10 +157,10 @@ class Record:
 
 def keys() -> tuple[str, ...]:
     """Every key a record has in the flow's metadata (a finding may add more)."""
-    return FINDING_KEYS + tuple(f.name for f in dataclasses.fields(Record) if f.name != "seen")
+    return FINDING_KEYS + tuple(f.name for f in dataclasses.fields(FlowRecord) if f.name != "seen")
 
 
-def annotate(flow: http.HTTPFlow, record: Record, report: ReportWriter | None) -> None:
+def annotate(flow: http.HTTPFlow, record: FlowRecord, report: ReportWriter | None) -> None:
     """Mark, comment, record and report one flow (the log line is the caller's: only detections are news)."""
     if not flow.marked:  # a marker the user set stays
         flow.marked = marker(record)
@@ -181,7 +181,7 @@ def annotate(flow: http.HTTPFlow, record: Record, report: ReportWriter | None) -
         )
 
 
-def marker(record: Record) -> str:
+def marker(record: FlowRecord) -> str:
     """The flow list's marker: what esrs-fix did, at a glance (a failed upgrade is not a plain detection)."""
     if record.upgrade_error is not None:
         return FAILED_MARKER
@@ -194,7 +194,7 @@ def marker(record: Record) -> str:
     return MARKER
 
 
-def comment(flow: http.HTTPFlow, record: Record) -> str:
+def comment(flow: http.HTTPFlow, record: FlowRecord) -> str:
     """The flow's comment: what esrs-fix did first (detected, rewritten, upgraded, learned, upgrade failed and why),
     then what the plaintext attempt got, then what the client got."""
     seen = record.summary
@@ -235,7 +235,7 @@ def comment(flow: http.HTTPFlow, record: Record) -> str:
     return f"{PREFIX}: detected {seen}; {_client_got(flow, record)}"
 
 
-def _client_got(flow: http.HTTPFlow, record: Record) -> str:
+def _client_got(flow: http.HTTPFlow, record: FlowRecord) -> str:
     """What the client was answered with, for a flow that was not upgraded."""
     response = flow.response
     if record.rewritten:
@@ -281,7 +281,7 @@ def attempt_ended(attempt: http.HTTPFlow, failure: Failure | None) -> None:
 _ATTEMPT_OUTCOMES = (f"{PREFIX}: failed: ", f"{PREFIX}: answered ")
 
 
-def log_detection(flow: http.HTTPFlow, record: Record, action: str) -> None:
+def log_detection(flow: http.HTTPFlow, record: FlowRecord, action: str) -> None:
     """The one warning a detection gets: where (the URL, then the address the connection went to: the URL is made
     from the Host header), what came back, what esrs-fix did, and why it happens. Every field that came from the
     network is escaped and cut short (`printable`): a bounded line that cannot draw on the terminal."""

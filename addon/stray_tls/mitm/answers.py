@@ -13,10 +13,10 @@ from http import HTTPStatus
 
 from mitmproxy import http
 
-from . import records
-from .findings import Finding
-from .names import LABEL_HEADER, printable
-from .record import Failure
+from ..core import records
+from ..core.findings import Finding
+from ..core.names import LABEL_HEADER, printable
+from .flowrecord import Failure
 
 _LABEL_NAME = LABEL_HEADER.lower().encode()
 

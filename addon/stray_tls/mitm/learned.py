@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .names import hostport
+from ..core.names import hostport
 
 #: How many targets are remembered at most.
 CAPACITY = 1024

@@ -19,13 +19,12 @@ from mitmproxy import command, connection, ctx, exceptions, flowfilter, hooks, h
 from mitmproxy.addonmanager import Loader
 from mitmproxy.proxy import server_hooks
 
-from . import compat, contentview, records, text
-from . import findings as fnd
-from .answers import error_response, lowercase_label, rewritten_response, upgrade_failed_response
-from .compat import AttemptCause, EarlyDetection
-from .findings import Finding, Kind
-from .learned import Entry, LearnedTargets, Target
-from .names import (
+from .. import compat
+from ..compat import AttemptCause, EarlyDetection
+from ..core import findings as fnd
+from ..core import records, text
+from ..core.findings import Finding, Kind
+from ..core.names import (
     DEFAULT_HOLD_TIMEOUT,
     DEFAULT_UPGRADE_RETRY,
     DEFAULT_UPGRADE_TIMEOUT,
@@ -46,11 +45,14 @@ from .names import (
     hostport,
     printable,
 )
-from .pasted import PasteError, parse_pasted
-from .record import Failure, Record, address, annotate, finding_of, iso, log_detection
+from ..core.pasted import PasteError, parse_pasted
+from . import contentview
+from .answers import error_response, lowercase_label, rewritten_response, upgrade_failed_response
+from .flowrecord import Failure, FlowRecord, address, annotate, finding_of, iso, log_detection
+from .learned import Entry, LearnedTargets, Target
 from .report import ReportWriter
 from .route import tls_route
-from .upgrade import SUSPECT_WAIT, Outcome, Upgrade, target_of
+from .upgrade import SUSPECT_WAIT, Upgrade, UpgradeOutcome, target_of
 
 __all__ = ["EsrsFix", "error_response", "rewritten_response", "upgrade_failed_response"]
 
@@ -424,7 +426,7 @@ class EsrsFix:
             failure, finding = failed
             flow.request.stream = False  # the answer is given when the request has been read
             self._answered.add(flow.id)
-            outcome = Outcome(None, failure=failure, shared=True)
+            outcome = UpgradeOutcome(None, failure=failure, shared=True)
             self._settle(flow, finding, True, outcome, False, remembered=self._failed_by.get(failure, ""))
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
@@ -551,7 +553,7 @@ class EsrsFix:
         """A learned target answered over TLS: keep it learned, and record it as an upgraded flow is recorded."""
         assert flow.response is not None
         self.upgrade.learned.remember(target, entry.plaintext_answer, entry.kind)
-        annotate(flow, Record.of(flow, None, entry=entry, attempt=flow, upgraded=True, learned=True), self.report)
+        annotate(flow, FlowRecord.of(flow, None, entry=entry, attempt=flow, upgraded=True, learned=True), self.report)
         # Routine, not news (a newly learned target is logged as a warning): no log line at all. Even at debug level
         # mitmproxy formats every record and wakes its event loop for it, which cost a learned request a fifth more
         # CPU than an https:// one; the flow's record, label and report line say what happened.
@@ -573,7 +575,7 @@ class EsrsFix:
             self._error_answers[flow.request] = self._labelled(
                 upgrade_failed_response(finding, failure), to=flow.request
             )
-        record = Record.of(flow, None, entry=entry, attempt=flow, learned=True, upgrade_error=failure)
+        record = FlowRecord.of(flow, None, entry=entry, attempt=flow, learned=True, upgrade_error=failure)
         annotate(flow, record, self.report)
 
     # -- what every detection does: the one decision
@@ -613,7 +615,7 @@ class EsrsFix:
         flow: http.HTTPFlow,
         finding: Finding,
         in_scope: bool,
-        outcome: Outcome | None,
+        outcome: UpgradeOutcome | None,
         error_path: bool,
         *,
         remembered: str | None = None,
@@ -643,7 +645,7 @@ class EsrsFix:
             flow.response = self._labelled(upgrade_failed_response(finding, failure), to=flow.request)
         if error_path and flow.response is not None:
             self._error_answers[flow.request] = flow.response  # for the send wrapper, in place of mitmproxy's 502
-        record = Record.of(
+        record = FlowRecord.of(
             flow,
             finding,
             rewritten_status=ctx.options.esrs_status if rewritten else None,

@@ -28,8 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from . import findings, frames, http1, reassembly, records
-from .findings import Finding
+from ..core import findings, frames, http1, records
+from ..core.findings import Finding
+from . import reassembly
 
 #: How much of an answer is kept to decide on it: a TLS record head, or a 400 page's phrase.
 ANSWER_PREFIX = 4096
@@ -65,7 +66,7 @@ class CaptureError(Exception):
 
 
 @dataclass
-class Exchange:
+class StrayExchange:
     """One HTTP request whose answer was not HTTP (or was the server's plain-HTTP complaint)."""
 
     time: float
@@ -95,7 +96,7 @@ class ScanResult:
     packets: int = 0
     tcp_streams: int = 0
     requests: int = 0
-    exchanges: list[Exchange] = field(default_factory=list)
+    exchanges: list[StrayExchange] = field(default_factory=list)
     damaged: str = ""  # why the scan stopped early, if it did
     requests_unkept: int = 0  # requests beyond MAX_OUTSTANDING on one connection: counted, line not kept
     #: Requests still waiting for an answer when the capture ended or the client closed: no finding either way.
@@ -526,7 +527,7 @@ class _Stream(reassembly.Connection):
         if self.answered:
             at = self.answer_at
         client, server = (self.a, self.b) if self.client == 0 else (self.b, self.a)
-        self.result.exchanges.append(Exchange(time, client, server, line, finding, *at))
+        self.result.exchanges.append(StrayExchange(time, client, server, line, finding, *at))
 
     def _line(self, request: _Request) -> str:
         data = bytes(self.req_buf[:REQUEST_PREFIX]) if request is self.receiving else request.line

@@ -11,9 +11,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from . import findings, http1, records
-from .findings import Finding, Kind
-from .names import LABEL_HEADER
+from ..core import findings, http1, records
+from ..core.findings import Finding, Kind
+from ..core.names import LABEL_HEADER
 
 _LABEL = LABEL_HEADER.lower()
 

@@ -30,15 +30,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import findings, proxyauth
-from .findings import Finding, Kind
-from .names import hostport, url_host
-from .proxyauth import AuthError, Credentials, Exchange, Offer, Scheme, challenges, shown_user, token_of
-from .records import hexdump
+from ..core import findings
+from ..core.findings import Finding, Kind
+from ..core.names import hostport, url_host
+from ..core.records import hexdump
+from . import proxyauth
+from .proxyauth import AuthError, AuthHandshake, Credentials, Offer, Scheme, challenges, shown_user, token_of
 from .wire import Answer, describe, not_tls_reason, send_and_read
 
 
-class Outcome(enum.IntEnum):
+class CheckOutcome(enum.IntEnum):
     """Also the exit status of `esrs-fix check`."""
 
     PASS = 0
@@ -155,7 +156,7 @@ class ProxyAuth:
 class PortResult:
     host: str
     port: int
-    outcome: Outcome
+    outcome: CheckOutcome
     verdict: str
     probes: list[Probe] = field(default_factory=list)
     auth: ProxyAuth | None = None
@@ -363,7 +364,7 @@ def _authenticate(
         return _read(sock, build(f"Proxy-Authorization: {value}\r\n"), timeout, credentials)
 
     try:
-        exchange = Exchange(scheme, credentials, proxy[0])
+        exchange = AuthHandshake(scheme, credentials, proxy[0])
         r = send(exchange.first())
         if r.seen.status == 407 and scheme.connection_bound:
             challenge = token_of(challenges(r.seen.all("proxy-authenticate")), scheme)
@@ -521,7 +522,7 @@ def check_port(
     absolute = probe_absolute(proxy, host, port, timeout, auth)
     probes = [absolute]
     if absolute.unreachable:
-        return PortResult(host, port, Outcome.UNTESTED, f"could not test: {absolute.what}", probes, auth)
+        return PortResult(host, port, CheckOutcome.UNTESTED, f"could not test: {absolute.what}", probes, auth)
     tunnel = probe_connect_tls(proxy, host, port, timeout, auth)
     plain = probe_connect_plain(proxy, host, port, timeout, auth)
     probes += [tunnel, plain]
@@ -622,7 +623,7 @@ def _page(a: Answer | None) -> str:
     return f" ({'; '.join(details)})" if details else ""
 
 
-def _auth_verdict(probe: Probe, auth: ProxyAuth) -> tuple[Outcome, str]:
+def _auth_verdict(probe: Probe, auth: ProxyAuth) -> tuple[CheckOutcome, str]:
     """The 407 that no scheme got past: what the proxy offers, what was tried and how it ended, what to do."""
     offer = auth.offer or Offer.of([])
     credentials = auth.credentials
@@ -675,7 +676,7 @@ def _auth_verdict(probe: Probe, auth: ProxyAuth) -> tuple[Outcome, str]:
         text += "; " + "; or ".join(how)
     elif not offer.need_spnego:
         text += "; test from a host the proxy lets through without authentication"
-    return Outcome.UNTESTED, text
+    return CheckOutcome.UNTESTED, text
 
 
 def _verdict(
@@ -684,7 +685,7 @@ def _verdict(
     auth: ProxyAuth | None = None,
     timeout: float = 10.0,
     plain: Probe | None = None,
-) -> tuple[Outcome, str]:
+) -> tuple[CheckOutcome, str]:
     if absolute.shape is Shape.PROXY_AUTH_REQUIRED:
         return _auth_verdict(absolute, auth or ProxyAuth())
     if tunnel.ok:
@@ -702,40 +703,40 @@ def _verdict(
     a = absolute.answer
     shape = absolute.shape
     if shape is Shape.HTTP_OK:
-        return Outcome.PASS, "the check would pass: the proxy answers GET https:// with HTTP 200"
+        return CheckOutcome.PASS, "the check would pass: the proxy answers GET https:// with HTTP 200"
     same_answer = tunnel.ok and absolute.status is not None and tunnel.status == absolute.status
     if same_answer and shape in (Shape.PROXY_REFUSED, Shape.PROXY_UPSTREAM_ERROR, Shape.HTTP_OTHER):
-        return Outcome.FAIL, (
+        return CheckOutcome.FAIL, (
             f"the server itself answers {absolute.what}{_page(a)}: through CONNECT and TLS it says the same "
             f"(HTTP {tunnel.status}), so the proxy fetched https:// correctly (or a TLS-inspecting proxy answers "
             "both); the check fails on the server's answer to GET /, not on the proxy"
         )
     if shape is Shape.WRAPPED_HTTP09 and f is not None:
         tls = f.what_came
-        return Outcome.FAIL, (
+        return CheckOutcome.FAIL, (
             f"the HTTP {absolute.status} is no success: {_answered_by(a)} sent the request in plaintext to a TLS "
             f"port, got the server's TLS answer ({f.summary}) and wrapped it in an HTTP/0.9 answer of its own "
             f"(X-Transformed-From: HTTP/0.9): the {absolute.status} is the proxy's wrapping of {tls}, not the server's "
             f"answer; {connect}: {fix}"
         )
     if shape is Shape.WRAPPED_HTTP09:
-        return Outcome.FAIL, (
+        return CheckOutcome.FAIL, (
             f"the HTTP {absolute.status} is no success: {_answered_by(a)} got an answer that is not HTTP and wrapped "
             f"it in an HTTP/0.9 answer of its own (X-Transformed-From: HTTP/0.9): {_wrapped_body(a)}; it is not the "
             f"server's answer to GET https://; {connect}"
         )
     if shape is Shape.TLS_IN_BODY and f is not None:
-        return Outcome.FAIL, (
+        return CheckOutcome.FAIL, (
             f"the HTTP {absolute.status} is no success: its body is the server's raw TLS answer ({f.summary}): "
             f"{_answered_by(a)} sent the request in plaintext to a TLS port; {connect}: {fix}"
         )
     if shape is Shape.RAW_TLS and f is not None:
-        return Outcome.FAIL, (
+        return CheckOutcome.FAIL, (
             "the proxy forwarded the request in plaintext to a TLS port and relayed the server's answer "
             f"({f.summary}); {connect}: {fix}"
         )
     if shape is Shape.SERVER_PLAIN_HTTP_400 and f is not None:
-        return Outcome.FAIL, (
+        return CheckOutcome.FAIL, (
             f"the proxy sent the request in plaintext and the server said so ({f.detail}); {connect}: {fix}"
         )
     if shape is Shape.PROXY_REFUSED:
@@ -747,13 +748,13 @@ def _verdict(
         )
         said = a.status_line if a else absolute.what
         if absolute.status == 408:
-            return Outcome.FAIL, (
+            return CheckOutcome.FAIL, (
                 f"{_answered_by(a)} gave up waiting for the request: {said}{_page(a)}; the 408 is the proxy's own "
                 "answer, not the server's: it did not take GET https:// as a complete request within its own timeout "
                 f"(it may not read absolute https:// URLs, or waits for more), so it never reached the server; {way}"
             )
         return (
-            Outcome.FAIL,
+            CheckOutcome.FAIL,
             f"{_answered_by(a)} refused GET https:// itself: {said}{_page(a)}; it never reached the server; {way}",
         )
     if shape is Shape.PROXY_UPSTREAM_ERROR:
@@ -766,22 +767,22 @@ def _verdict(
                 "; the port speaks TLS (CONNECT then plaintext got TLS back): a proxy that sends GET https:// in "
                 "plaintext and cannot read the TLS answer fails this way too"
             )
-        return Outcome.FAIL, text
+        return CheckOutcome.FAIL, text
     if shape is Shape.MANGLED:
-        return Outcome.FAIL, (
+        return CheckOutcome.FAIL, (
             f"no HTTP answer to GET https://: {absolute.what}; something on the way damaged the answer, or the "
             f"port speaks neither HTTP nor TLS; {connect}"
         )
     if shape is Shape.CLOSED:
-        return Outcome.FAIL, (
+        return CheckOutcome.FAIL, (
             "the proxy closed the connection without a byte: it dropped the request, or forwarded it in "
             "plaintext to a TLS server that closes silently (OpenSSL 3 does); " + connect
         )
     if shape is Shape.TIMEOUT:
-        return Outcome.FAIL, f"no answer to GET https:// within {timeout:g} s; {connect}"
+        return CheckOutcome.FAIL, f"no answer to GET https:// within {timeout:g} s; {connect}"
     if absolute.status is not None:
-        return Outcome.FAIL, f"{_answered_by(a)} answered {absolute.what}{_page(a)} instead of 200; {connect}"
-    return Outcome.FAIL, f"no HTTP answer to GET https:// ({absolute.what}); {connect}"
+        return CheckOutcome.FAIL, f"{_answered_by(a)} answered {absolute.what}{_page(a)} instead of 200; {connect}"
+    return CheckOutcome.FAIL, f"no HTTP answer to GET https:// ({absolute.what}); {connect}"
 
 
 def _wrapped_body(a: Answer | None) -> str:
@@ -795,7 +796,7 @@ def _wrapped_body(a: Answer | None) -> str:
     return f"it held {raw}, neither HTTP nor TLS"
 
 
-def overall(results: list[PortResult]) -> Outcome:
-    if any(r.outcome is Outcome.UNTESTED for r in results):
-        return Outcome.UNTESTED
-    return Outcome.FAIL if any(r.outcome is Outcome.FAIL for r in results) else Outcome.PASS
+def overall(results: list[PortResult]) -> CheckOutcome:
+    if any(r.outcome is CheckOutcome.UNTESTED for r in results):
+        return CheckOutcome.UNTESTED
+    return CheckOutcome.FAIL if any(r.outcome is CheckOutcome.FAIL for r in results) else CheckOutcome.PASS

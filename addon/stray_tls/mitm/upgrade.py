@@ -42,12 +42,12 @@ from typing import Any
 
 from mitmproxy import http
 
-from . import compat
-from .compat import AttemptCause
-from .findings import UPGRADABLE, Finding
+from .. import compat
+from ..compat import AttemptCause
+from ..core.findings import UPGRADABLE, Finding
+from ..core.names import DEFAULT_UPGRADE_RETRY, DEFAULT_UPGRADE_TIMEOUT, OPT_UPGRADE_TIMEOUT, UPGRADE_METADATA_KEY
+from .flowrecord import Failure, attempt_ended, label_attempt, upstream_proxy
 from .learned import LearnedTargets, Target
-from .names import DEFAULT_UPGRADE_RETRY, DEFAULT_UPGRADE_TIMEOUT, OPT_UPGRADE_TIMEOUT, UPGRADE_METADATA_KEY
-from .record import Failure, attempt_ended, label_attempt, upstream_proxy
 from .route import tls_route
 
 #: TLS attempts to new targets starting at once, all clients together; more wait for a slot (within their own time).
@@ -70,7 +70,7 @@ def target_of(flow: http.HTTPFlow) -> Target:
 
 
 @dataclass
-class Outcome:
+class UpgradeOutcome:
     """What an upgrade came to: the server's answer (body included), or why not."""
 
     #: The TLS attempt's own flow (a replayed copy); None when the flow took another flow's failure.
@@ -199,7 +199,7 @@ class Upgrade:
         finding: Finding,
         options: Any,
         not_http: Callable[[http.Response], bool],
-    ) -> Outcome:
+    ) -> UpgradeOutcome:
         """Upgrade `flow` (its plaintext attempt got `finding`): its request again over TLS, or another flow's outcome.
 
         `not_http(response)`: whether the answer over TLS is esrs-fix's own 502 (it was TLS records again). The flow
@@ -209,15 +209,15 @@ class Upgrade:
         while (pending := self._in_flight.get(target)) is not None:
             await self.wait(pending, deadline)
             if not pending.done():  # this flow's time ran out while another flow's attempt went on
-                return Outcome(None, failure=_turn_expired(self.timeout))
+                return UpgradeOutcome(None, failure=_turn_expired(self.timeout))
             shared = pending.result()
             if self.learned.lookup(target) is None and shared is not None:
-                return Outcome(None, failure=shared, shared=True)
+                return UpgradeOutcome(None, failure=shared, shared=True)
             # learned, or a failure that was that request's own: this flow's turn (unless another waiter took it)
         if (remembered := self.failed(target)) is not None:
-            return Outcome(None, failure=remembered[0], shared=True)
+            return UpgradeOutcome(None, failure=remembered[0], shared=True)
         if deadline - self._clock() <= 0:
-            return Outcome(None, failure=_turn_expired(self.timeout))
+            return UpgradeOutcome(None, failure=_turn_expired(self.timeout))
         if self.learned.lookup(target) is not None:  # proven: nothing to share, and no slot (a learned request's)
             return await self._send(
                 flow, options, not_http, finding, max(min(self.timeout, deadline - self._clock()), 0.001)
@@ -225,7 +225,7 @@ class Upgrade:
         future: asyncio.Future[Failure | None] = asyncio.get_running_loop().create_future()
         self._in_flight[target] = future
         self.clear_suspect(target.host, target.port)  # those waiting on the suspicion now find this attempt
-        outcome: Outcome | None = None
+        outcome: UpgradeOutcome | None = None
         try:
             outcome = await self._send_in_a_slot(flow, options, not_http, finding, deadline)
         finally:
@@ -234,7 +234,7 @@ class Upgrade:
         return outcome
 
     def _conclude(
-        self, target: Target, flow: http.HTTPFlow, finding: Finding, outcome: Outcome | None
+        self, target: Target, flow: http.HTTPFlow, finding: Finding, outcome: UpgradeOutcome | None
     ) -> Failure | None:
         """Learn the target or remember its failure; the failure the waiting flows share (None: nothing to share)."""
         if outcome is None:  # cancelled (shutdown): nothing learned, nothing to share
@@ -265,11 +265,11 @@ class Upgrade:
         not_http: Callable[[http.Response], bool],
         finding: Finding,
         deadline: float,
-    ) -> Outcome:
+    ) -> UpgradeOutcome:
         client = client_of(flow)
         wait = deadline - self._clock()
         if not await self.slots.acquire(client, wait):
-            return Outcome(None, failure=self.slots.busy(client, wait))
+            return UpgradeOutcome(None, failure=self.slots.busy(client, wait))
         seconds = max(min(self.timeout, deadline - self._clock()), 0.001)
         send = asyncio.ensure_future(self._send(flow, options, not_http, finding, seconds))
         try:
@@ -289,7 +289,7 @@ class Upgrade:
         not_http: Callable[[http.Response], bool],
         finding: Finding,
         seconds: float,
-    ) -> Outcome:
+    ) -> UpgradeOutcome:
         started = self._clock()
         limit = compat.body_size_limit(options)
 
@@ -314,12 +314,12 @@ class Upgrade:
             )
         attempt_ended(attempt, failure)
         if failure is not None:
-            return Outcome(attempt, failure=failure)
+            return UpgradeOutcome(attempt, failure=failure)
         assert attempt.response is not None
         answer = attempt.response.copy()
         if body is not None:
             answer.raw_content = bytes(body.kept)
-        return Outcome(attempt, answer=answer)
+        return UpgradeOutcome(attempt, answer=answer)
 
 
 def client_of(flow: http.HTTPFlow) -> str:

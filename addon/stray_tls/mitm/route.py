@@ -22,7 +22,7 @@ from typing import Any
 
 from mitmproxy import http
 
-from . import compat
+from .. import compat
 
 #: Modes in which the request's host is where the client's connection went (often an address), not a name the
 #: client asked for: there the Host header says which name the server's certificate must carry.

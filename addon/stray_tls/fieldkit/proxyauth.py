@@ -33,7 +33,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
-from .launch import install_hint
+from .extras import install_hint
 
 #: What to install for NTLM and Negotiate, said where a proxy asks for them and pyspnego is missing.
 SPNEGO_PACKAGE = "pyspnego"
@@ -313,7 +313,7 @@ def _ntlm_inside(token: bytes) -> bytes:
     return token[:at] + _unicode_only(token[at:])
 
 
-class Exchange:
+class AuthHandshake:
     """One connection's authentication in `scheme`: `first()` is the first `Proxy-Authorization` value, `answer()`
     the one that answers the proxy's challenge (NTLM's AUTHENTICATE, the next SPNEGO token).
 

@@ -10,8 +10,9 @@ from typing import Any
 
 from mitmproxy import http
 
-from . import compat, records, text
-from .names import METADATA_KEY, VIEW_NAME
+from .. import compat
+from ..core import records, text
+from ..core.names import METADATA_KEY, VIEW_NAME
 
 #: The width of every line the view renders: it reads in mitmweb's response pane and an 80-column console without
 #: scrolling sideways.

@@ -15,8 +15,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .findings import Finding, Kind
-from .records import hexdump
+from ..core.findings import Finding, Kind
+from ..core.records import hexdump
 
 #: How many bytes of an answer the page shows on its arrow.
 FIRST_BYTES = 16
@@ -32,7 +32,7 @@ def _clip(text: str, n: int = LABEL) -> str:
 
 @dataclass(frozen=True)
 class Stray:
-    """One stray exchange as the page shows it (capture.Exchange's fields the page needs)."""
+    """One stray exchange as the page shows it (capture.StrayExchange's fields the page needs)."""
 
     time: str  # the request's capture time, ISO 8601
     client: str
