@@ -19,12 +19,11 @@ import pytest
 from mitmproxy import http
 from mitmproxy.test import tflow
 
-from stray_tls.compat import AttemptCause
 from stray_tls.core import findings
 from stray_tls.fieldkit.wire import Answer, send_and_read
 from stray_tls.lab import servers
-from stray_tls.mitm import upgrade
-from stray_tls.mitm.flowrecord import Failure
+from stray_tls.mitm import causes, upgrade
+from stray_tls.mitm.causes import AttemptCause, Failure
 from stray_tls.mitm.learned import Target
 from stray_tls.mitm.upgrade import Slots, Upgrade, UpgradeOutcome
 
@@ -250,7 +249,7 @@ def test_a_hold_and_another_listener_are_not_about_the_target() -> None:
         assert not cause.about_the_target
     up = Upgrade(Clock())
     for cause in (AttemptCause.HELD, AttemptCause.NOT_RESENDABLE):
-        failure = upgrade._failure(cause, "x", ALERT)
+        failure = causes.failure(cause, "x")
         assert up._conclude(Target("h", 443), tflow.tflow(), ALERT, UpgradeOutcome(None, failure=failure)) is None
     assert not up._failed
 
@@ -258,7 +257,7 @@ def test_a_hold_and_another_listener_are_not_about_the_target() -> None:
 def test_the_tls_version_advice_does_not_read_the_alerts_record_version() -> None:
     """Modern servers send their alerts as TLS 1.0 records too: the record's version says nothing about the server's
     TLS versions, so the advice does not hint at it."""
-    failure = upgrade._failure(AttemptCause.TLS_VERSION, "cannot agree on a TLS version", ALERT)
+    failure = causes.failure(AttemptCause.TLS_VERSION, "cannot agree on a TLS version")
     assert ALERT.records and ALERT.records[0].version_name == "TLS 1.0"
     assert "TLS 1.0" not in failure.advice and "tls_version_server_min" in failure.advice
 

@@ -273,14 +273,3 @@ def test_every_report_line_is_valid_utf8_json_that_gives_back_what_went_in(text:
     line = report.json_line({"url": text, "n": 1})
     assert line.endswith("\n") and "\n" not in line[:-1]
     assert json.loads(line.encode("utf-8").decode("utf-8")) == {"url": text, "n": 1}
-
-
-def test_a_tls_attempt_that_got_no_tls_back_is_its_own_cause() -> None:
-    """mitmproxy's words when the server answered the ClientHello in ASCII, or closed while the handshake began."""
-    assert compat.attempt_cause("The remote server does not speak TLS.")[0] is compat.AttemptCause.NOT_TLS
-    assert compat.attempt_cause("connection closed")[0] is compat.AttemptCause.NOT_TLS
-    # a close after the handshake, or one that ended an answer, is no such evidence
-    ended = f"{compat.ENDED_UNANSWERED} (closed by the server)"
-    assert compat.attempt_cause(ended)[0] is compat.AttemptCause.CLOSED
-    assert compat.attempt_cause("Connection reset by peer")[0] is compat.AttemptCause.RESET
-    assert compat.AttemptCause.NOT_TLS.about_the_target  # shared with the waiters of the one attempt

@@ -78,6 +78,7 @@ LAYERS = (
     "mitm",
     "mitm.learned",
     "mitm.report",
+    "mitm.causes",
     "mitm.flowrecord",
     "mitm.route",
     "mitm.upgrade",

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from mitmproxy.test import tflow
 
-from stray_tls.compat import AttemptCause
 from stray_tls.core import findings
-from stray_tls.mitm.flowrecord import Failure
+from stray_tls.mitm.causes import AttemptCause, Failure
 from stray_tls.mitm.learned import Target
 from stray_tls.mitm.upgrade import Upgrade, UpgradeOutcome
 

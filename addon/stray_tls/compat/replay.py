@@ -4,13 +4,37 @@ upstream mode, `ssl_insecure`, the trusted CAs and client certificates apply as 
 from __future__ import annotations
 
 import asyncio
+import enum
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from mitmproxy import http
 from mitmproxy.connection import ConnectionState
 
-from .messages import ENDED_UNANSWERED, HELD_AFTER_SENDING, HELD_BEFORE_SENDING, NO_ANSWER_WITHIN, NOT_RESENDABLE
+
+class End(enum.Enum):
+    """How a replay ended without an answer and without an error of mitmproxy's own."""
+
+    #: The flow came through a listener other than the one mitmproxy's replay follows (the first --mode).
+    NOT_RESENDABLE = enum.auto()
+    #: A connection the replay opened was closed by the server, with no answer (`detail`: the connection's error).
+    ENDED = enum.auto()
+    #: The server answered, and an intercept held the answer past the deadline.
+    HELD_ANSWER = enum.auto()
+    #: No connection was asked for by the deadline: a hook held the request (`detail`: whose hook).
+    HELD_REQUEST = enum.auto()
+    #: The deadline came first.
+    TIMED_OUT = enum.auto()
+
+
+@dataclass(frozen=True)
+class Unanswered:
+    """What a replay that ended without an answer came to, for the product to put in words (`copy.error`)."""
+
+    end: End
+    timeout: float
+    detail: str = ""
 
 
 class TlsRoute(Protocol):
@@ -28,6 +52,8 @@ async def resend_over_tls(
     timeout: float,
     marker_key: str,
     tls_route: TlsRoute,
+    words: Callable[[Unanswered], str],
+    ended_grace: float,
     on_copy: Callable[[http.HTTPFlow], None] | None = None,
 ) -> http.HTTPFlow:
     """Send a copy of `flow`'s request over TLS to the same host and port; returns the copy, answered or failed.
@@ -45,7 +71,9 @@ async def resend_over_tls(
     connect, CONNECT, handshake and answer, however slow each is. A server that closes the TLS connection without
     an answer and without an error hook, a route that differs from the flow's own (ReplayHandler follows the first
     `--mode` only), the timeout, or a hook that held the copy's request past it (another addon, an intercept) set
-    `copy.error` instead.
+    `copy.error` instead, in the product's `words` for how it ended. A server connection closed with no answer and
+    no error counts as ended after `ended_grace` seconds (mitmproxy's replay never completes when the server ends
+    TLS after the handshake; its own error hook, when there is one, comes well within the grace).
 
     When this returns unanswered, the attempt is over for good: the client gets its answer from what this returns,
     so nothing of the copy may reach the server later. Its hooks run as tasks of their own that cancelling the
@@ -74,14 +102,14 @@ async def resend_over_tls(
     mode = flow.client_conn.proxy_mode
     route = (mode.scheme, mode.address) if getattr(mode, "type_name", "") == "upstream" else None  # type: ignore[attr-defined]
     if server.via != route:
-        copy.error = mflow.Error(f"{NOT_RESENDABLE}: mitmproxy's replay follows the first --mode only")
+        copy.error = mflow.Error(words(Unanswered(End.NOT_RESENDABLE, timeout)))
         return copy
     close_gate = _gate(handler)
     replay = asyncio.ensure_future(handler.replay())
     ended, opened, intercepted = False, False, False
     error: mflow.Error | None = None
     try:
-        ended, opened = await _until_answered(replay, handler, copy, timeout)
+        ended, opened = await _until_answered(replay, handler, copy, timeout, ended_grace)
     finally:
         replay.cancel()
         if not handler.done.is_set():  # timed out, ended, or cancelled (shutdown): the attempt is over for good
@@ -94,18 +122,18 @@ async def resend_over_tls(
             _kill(copy)
     if not handler.done.is_set():
         if error is None and ended:
-            error = mflow.Error(f"{ENDED_UNANSWERED} ({copy.server_conn.error or 'closed by the server'})")
+            error = mflow.Error(words(Unanswered(End.ENDED, timeout, copy.server_conn.error or "closed by the server")))
         elif error is None and intercepted and copy.response is not None:
             # The server answered, and an intercept held the answer (the response hook) past the deadline: a hold on
             # this side, not the server's timeout. (Its connection may have come and gone between two polls.)
-            error = mflow.Error(f"{HELD_AFTER_SENDING} by an intercept past {timeout:g} s; the request had been sent")
+            error = mflow.Error(words(Unanswered(End.HELD_ANSWER, timeout)))
         elif error is None and not opened:
             # No connection was asked for by the deadline: a hook held the request (the request hook runs before
             # the replay connects); the server was never reached, and never will be.
             by = "an intercept" if intercepted else "another addon's hook"
-            error = mflow.Error(f"{HELD_BEFORE_SENDING} by {by} for {timeout:g} s; not sent")
+            error = mflow.Error(words(Unanswered(End.HELD_REQUEST, timeout, by)))
         elif error is None:
-            error = mflow.Error(f"{NO_ANSWER_WITHIN} {timeout:g} s")
+            error = mflow.Error(words(Unanswered(End.TIMED_OUT, timeout)))
         copy.error = error
     return copy
 
@@ -117,11 +145,6 @@ def strip_proxy_headers(request: http.Request) -> None:
         del request.headers[name]
 
 
-#: How long the replay's server connection may be closed, with no answer and no error, before the attempt counts as
-#: failed: mitmproxy's replay never completes when the server ends TLS after the handshake (TLS 1.3's
-#: certificate_required alert), and its own error hook, when there is one, comes well within this. It counts from
-#: the moment a connection the replay opened is seen closed, never from the start of the attempt.
-_ENDED_GRACE = 0.5
 _POLL = 0.05
 
 
@@ -139,9 +162,10 @@ def _ended_unanswered(opened: set[Any], copy: http.HTTPFlow) -> bool:
 
 
 async def _until_answered(
-    replay: asyncio.Future[None], handler: Any, copy: http.HTTPFlow, timeout: float
+    replay: asyncio.Future[None], handler: Any, copy: http.HTTPFlow, timeout: float, grace: float
 ) -> tuple[bool, bool]:
-    """Wait for the replay to finish, for `timeout` at most, or until its connection ended without an answer.
+    """Wait for the replay to finish, for `timeout` at most, or until its connection ended without an answer (and
+    `grace` seconds passed so, counted from the moment a connection the replay opened is seen closed).
 
     Returns whether it ended so, and whether the replay asked for any connection at all (none: a hook still held
     the request at the deadline)."""
@@ -156,7 +180,7 @@ async def _until_answered(
             ended_since = None
         elif ended_since is None:
             ended_since = loop.time()
-        elif loop.time() - ended_since >= _ENDED_GRACE:
+        elif loop.time() - ended_since >= grace:
             return True, True
     opened.update(handler.transports)
     return False, bool(opened)

@@ -62,6 +62,9 @@ DEFAULT_UPGRADE_TIMEOUT = 30
 #: Seconds a failed TLS attempt is remembered: requests to its target within it get the same failure at once
 #: (`esrs_upgrade_retry_after`'s default).
 DEFAULT_UPGRADE_RETRY = 30
+#: The most one TLS attempt's answer body may hold when `body_size_limit` is unset (64 MiB): the first answer is
+#: held whole before the client gets it.
+UPGRADE_BODY_CAP = 64 * 1024 * 1024
 
 #: The content view's name, as mitmweb and the console list it.
 VIEW_NAME = "TLS records"

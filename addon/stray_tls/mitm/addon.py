@@ -20,7 +20,7 @@ from mitmproxy.addonmanager import Loader
 from mitmproxy.proxy import server_hooks
 
 from .. import compat
-from ..compat import AttemptCause, EarlyDetection
+from ..compat import EarlyDetection
 from ..core import findings as fnd
 from ..core import records, text
 from ..core.findings import Finding, Kind
@@ -48,7 +48,8 @@ from ..core.names import (
 from ..core.pasted import PasteError, parse_pasted
 from . import contentview
 from .answers import error_response, lowercase_label, rewritten_response, upgrade_failed_response
-from .flowrecord import Failure, FlowRecord, address, annotate, finding_of, iso, log_detection
+from .causes import AttemptCause, Failure, attempt_cause
+from .flowrecord import FlowRecord, address, annotate, finding_of, iso, log_detection
 from .learned import Entry, LearnedTargets, Target
 from .report import ReportWriter
 from .route import tls_route
@@ -525,7 +526,7 @@ class EsrsFix:
         mitmproxy's own body_size_limit. In doubt it is: forgetting costs one plaintext try, as stock does."""
         if flow.error is None or not flow.client_conn.connected or compat.client_gone(flow.error.msg):
             return False
-        return compat.attempt_cause(flow.error.msg)[0] is not compat.AttemptCause.TOO_LARGE
+        return attempt_cause(flow.error.msg)[0] is not AttemptCause.TOO_LARGE
 
     def _claim_error_answer(self, request: http.Request) -> http.Response | None:
         return self._error_answers.pop(request, None)

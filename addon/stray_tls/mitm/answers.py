@@ -16,7 +16,7 @@ from mitmproxy import http
 from ..core import records
 from ..core.findings import Finding
 from ..core.names import LABEL_HEADER, printable
-from .flowrecord import Failure
+from .causes import Failure
 
 _LABEL_NAME = LABEL_HEADER.lower().encode()
 

@@ -16,7 +16,6 @@ from typing import Any
 
 from mitmproxy import http
 
-from ..compat import AttemptCause
 from ..core import findings as fnd
 from ..core.findings import Finding
 from ..core.names import (
@@ -34,6 +33,7 @@ from ..core.names import (
     hostport,
     printable,
 )
+from .causes import Failure
 from .learned import Entry
 from .report import ReportWriter
 
@@ -54,20 +54,6 @@ FINDING_KEYS = (
 REPORT_KEYS = ("time", "flow", "client", "method", "url")
 #: Characters of a URL (the client's to choose) that a report line keeps.
 URL_CHARS = 2048
-
-
-@dataclass(frozen=True, eq=False)
-class Failure:
-    """Why a TLS attempt failed: the cause, one line for labels and logs, and what to do about it.
-
-    Compared by identity: the remembered failure is the very one the attempt's flow got (see `FlowRecord.same_as`)."""
-
-    cause: AttemptCause
-    message: str
-    advice: str
-
-    def __str__(self) -> str:
-        return self.message
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -7,7 +7,8 @@ The addon decides *whether* a flow is upgraded; this room does it and remembers 
   making plaintext or TLS attempts of their own: a crowd costs the far server one attempt, not one per client;
 - a failed attempt is remembered for `failure_ttl` seconds (`failed`; the `esrs_upgrade_retry_after` option), and
   flows to its target within that time get the same labelled failure at once;
-- one attempt holds at most `body_size_limit` bytes, or `BODY_CAP` when that is unset.
+- one attempt holds at most `body_size_limit` bytes, or `UPGRADE_BODY_CAP` when that is unset;
+- why an attempt failed, and the advice for each cause, are `causes`'s.
 
 The network is slow: an attempt has `timeout` seconds in all (the `esrs_upgrade_timeout` option) for connect,
 CONNECT, handshake and answer. A flow's own time counts from when it asked for an upgrade: a flow that waited for
@@ -43,10 +44,16 @@ from typing import Any
 from mitmproxy import http
 
 from .. import compat
-from ..compat import AttemptCause
 from ..core.findings import UPGRADABLE, Finding
-from ..core.names import DEFAULT_UPGRADE_RETRY, DEFAULT_UPGRADE_TIMEOUT, OPT_UPGRADE_TIMEOUT, UPGRADE_METADATA_KEY
-from .flowrecord import Failure, attempt_ended, label_attempt, upstream_proxy
+from ..core.names import (
+    DEFAULT_UPGRADE_RETRY,
+    DEFAULT_UPGRADE_TIMEOUT,
+    OPT_UPGRADE_TIMEOUT,
+    UPGRADE_BODY_CAP,
+    UPGRADE_METADATA_KEY,
+)
+from .causes import ENDED_GRACE, AttemptCause, Failure, attempt_cause, failure, words_for
+from .flowrecord import attempt_ended, label_attempt, upstream_proxy
 from .learned import LearnedTargets, Target
 from .route import tls_route
 
@@ -58,8 +65,6 @@ PER_CLIENT = 16
 SLOT_HOLD = 2.0
 #: Seconds a flow may spend waiting (for another flow's attempt, for a slot) on top of its attempt's own timeout.
 SLOT_WAIT = 3.0
-#: The most one attempt's answer body may hold when `body_size_limit` is unset (64 MiB).
-BODY_CAP = 64 * 1024 * 1024
 #: Seconds a stray answer's address stays suspect at most while its flow decides whether to upgrade (see `suspect`).
 SUSPECT_WAIT = 2.0
 
@@ -179,7 +184,7 @@ class Upgrade:
 
     def failure_of(self, attempt: http.HTTPFlow, finding: Finding, seconds: float) -> Failure:
         """Why a TLS attempt (an upgrade's copy, or a flow sent as learned) failed, with advice that fits."""
-        return _failure_of(attempt, finding, seconds)
+        return _failure_of(attempt, seconds)
 
     def sink(self, attempt: http.HTTPFlow) -> _Body | None:
         """Where a TLS attempt's answer body goes as it streams in (mitmproxy's `response.stream` callable): only an
@@ -294,27 +299,25 @@ class Upgrade:
         limit = compat.body_size_limit(options)
 
         def keep_body(copy: http.HTTPFlow) -> None:
-            self._bodies[copy.id] = _Body(BODY_CAP if limit is None else limit)
+            self._bodies[copy.id] = _Body(UPGRADE_BODY_CAP if limit is None else limit)
             label_attempt(copy, flow)  # whose attempt it is, before any hook or UI sees it
 
         attempt = await compat.resend_over_tls(
-            flow, options, seconds, UPGRADE_METADATA_KEY, tls_route(flow, options), keep_body
+            flow, options, seconds, UPGRADE_METADATA_KEY, tls_route(flow, options), words_for, ENDED_GRACE, keep_body
         )
         body = self._bodies.pop(attempt.id, None)
-        failure: Failure | None = None
+        failed: Failure | None = None
         if attempt.error is not None:
-            failure = _failure_of(attempt, finding, self._clock() - started)
+            failed = _failure_of(attempt, self._clock() - started)
         elif attempt.response is None:
-            failure = _failure(AttemptCause.OTHER, "no answer over TLS", finding)
+            failed = failure(AttemptCause.OTHER, "no answer over TLS")
         elif not_http(attempt.response):
-            failure = _failure(AttemptCause.OTHER, "the answer over TLS was not HTTP either", finding)
+            failed = failure(AttemptCause.OTHER, "the answer over TLS was not HTTP either")
         elif body is not None and body.too_large:
-            failure = _failure(
-                AttemptCause.TOO_LARGE, f"the answer over TLS is larger than {body.limit} bytes", finding
-            )
-        attempt_ended(attempt, failure)
-        if failure is not None:
-            return UpgradeOutcome(attempt, failure=failure)
+            failed = failure(AttemptCause.TOO_LARGE, f"the answer over TLS is larger than {body.limit} bytes")
+        attempt_ended(attempt, failed)
+        if failed is not None:
+            return UpgradeOutcome(attempt, failure=failed)
         assert attempt.response is not None
         answer = attempt.response.copy()
         if body is not None:
@@ -394,25 +397,20 @@ class Slots:
             if mine >= self.per_client
             else f"{self._taken} in all (at most {self.total})"
         )
-        return Failure(
-            AttemptCause.BUSY,
-            f"no TLS attempt could start within {seconds:g} s: {whose} were in flight",
-            "Too many new targets at once: each slot is held while an attempt starts (a few seconds at most); try "
-            f"again in a moment, or raise {OPT_UPGRADE_TIMEOUT} for a burst this large.",
-        )
+        return failure(AttemptCause.BUSY, f"no TLS attempt could start within {seconds:g} s: {whose} were in flight")
 
 
 def _evidence(finding: Finding, flow: http.HTTPFlow) -> dict[str, Any]:
     return {**finding.to_dict(), "taught_by": flow.id}
 
 
-def _failure_of(attempt: http.HTTPFlow, finding: Finding, seconds: float) -> Failure:
+def _failure_of(attempt: http.HTTPFlow, seconds: float) -> Failure:
     assert attempt.error is not None
-    cause, detail = compat.attempt_cause(attempt.error.msg)
+    cause, detail = attempt_cause(attempt.error.msg)
     if cause in (AttemptCause.CLOSED, AttemptCause.RESET):
         phase = "after the TLS handshake" if attempt.server_conn.tls_established else "before the TLS handshake ended"
         detail = f"{detail} ({phase}, {seconds:.1f} s into the attempt)"
-    return _failure(cause, detail, finding)
+    return failure(cause, detail)
 
 
 def _turn_expired(timeout: float) -> Failure:
@@ -423,90 +421,6 @@ def _turn_expired(timeout: float) -> Failure:
         "One TLS attempt per target at a time, and this request's time ran out waiting for the others; try again, "
         f"or raise {OPT_UPGRADE_TIMEOUT} if the server is only slow.",
     )
-
-
-def _failure(cause: AttemptCause, detail: str, finding: Finding) -> Failure:
-    """The failure in one line, with the advice that fits its cause."""
-    if cause is AttemptCause.CERTIFICATE:
-        return Failure(
-            cause,
-            f"certificate verification failed: {detail}",
-            "Certificate checks are never weakened on your behalf: trust the server's CA "
-            "(ssl_verify_upstream_trusted_ca or ssl_verify_upstream_trusted_confdir) or fix its certificate.",
-        )
-    if cause is AttemptCause.TLS_VERSION:
-        return Failure(
-            cause,
-            f"no TLS version in common with the server: {detail}",
-            "The server speaks only TLS versions that mitmproxy refuses by default. If that is acceptable, "
-            "lower tls_version_server_min (for example --set tls_version_server_min=TLS1); better, upgrade the "
-            "server's TLS.",
-        )
-    if cause is AttemptCause.TIMEOUT:
-        return Failure(
-            cause,
-            detail,
-            "The server, or the path to it, did not complete the handshake and the answer in time: raise "
-            f"{OPT_UPGRADE_TIMEOUT} if it is only far away, or check that it answers over TLS at all.",
-        )
-    if cause is AttemptCause.HELD:
-        return Failure(
-            cause,
-            detail,
-            (
-                "An intercept held the TLS attempt's answer until its time was up (the server had answered): "
-                if detail.startswith(compat.HELD_AFTER_SENDING)
-                else "Another addon (a script's request hook) or an intercept held the TLS attempt's request until "
-                "its time was up: the server was never asked, and the held request will not be sent. "
-            )
-            + f"Release intercepted replays sooner, exempt esrs-fix's attempts from the hold, or raise "
-            f"{OPT_UPGRADE_TIMEOUT}.",
-        )
-    if cause is AttemptCause.NOT_RESENDABLE:
-        return Failure(
-            cause,
-            detail,
-            "With several --modes, mitmproxy's replay (which makes the TLS attempt) follows the first mode only; "
-            "this flow came through another listener, so it was not sent again. Nothing is remembered against the "
-            "target. Give this listener a mitmproxy of its own, or put its mode first.",
-        )
-    if cause is AttemptCause.ROUTE:
-        return Failure(
-            cause,
-            f"the TLS attempt did not reach the server: {detail}",
-            "Check the route to the server over TLS: the upstream proxy's CONNECT policy for this port, its "
-            "credentials (upstream_auth), name resolution.",
-        )
-    if cause is AttemptCause.CLIENT_CERTIFICATE:
-        return Failure(
-            cause,
-            f"the server refused mitmproxy's client certificate: {detail}",
-            "The server wants a client certificate it trusts: give mitmproxy one (client_certs), as for any "
-            "https:// request to it.",
-        )
-    if cause is AttemptCause.TOO_LARGE:
-        return Failure(
-            cause,
-            detail,
-            "esrs-fix holds the first answer whole before the client gets it: raise body_size_limit (its cap is "
-            f"{BODY_CAP} bytes when body_size_limit is unset). The target is learned all the same: later requests "
-            "go over TLS at once, their bodies streamed as mitmproxy streams them.",
-        )
-    if cause is AttemptCause.NOT_TLS:
-        return Failure(
-            cause,
-            f"the TLS attempt got no TLS back: {detail}",
-            "Nothing is remembered against the target. A server's page that came back to the plaintext request is "
-            "passed on as it came, as without esrs-fix; TLS records get the labelled 502.",
-        )
-    if cause in (AttemptCause.CLOSED, AttemptCause.RESET):
-        return Failure(
-            cause,
-            detail,
-            "The server (or a middlebox on the way) ended the TLS connection without an answer: it may want a "
-            "client certificate (client_certs) or refuse this client; compare with a direct https:// request.",
-        )
-    return Failure(cause, detail, "Compare with a direct https:// request to the same host and port.")
 
 
 class _Body:
