@@ -37,4 +37,4 @@ else:
     from stray_tls.mitm.addon import EsrsFix
 
     log.info("esrs-fix %s loaded from %s", stray_tls.__version__, Path(stray_tls.__file__).parent)
-    addons = [EsrsFix()]
+    addons = EsrsFix().addons  # one addon per concern

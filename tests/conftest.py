@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import shutil
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Awaitable, Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,26 @@ SUMMARY = "TLS alert: fatal unexpected_message (10), record version TLS 1.0"
 def addon() -> Iterator[EsrsFix]:
     a = EsrsFix()
     yield a
-    a.done()  # never leave mitmproxy's HTTP/1 classes wrapped for the next test
+    a.unload()  # never leave mitmproxy's HTTP/1 classes wrapped for the next test
+
+
+def hook(addon: EsrsFix, name: str, *args: Any) -> Awaitable[None] | None:
+    """Run hook `name` of esrs-fix's addons in their order, as mitmproxy does: an awaitable that one returns is awaited
+    before the next addon's hook runs (then the rest is returned as one awaitable), otherwise None."""
+    calls = [getattr(a, name) for a in addon.addons if hasattr(a, name)]
+    for n, call in enumerate(calls):
+        result = call(*args)
+        if result is not None and inspect.isawaitable(result):
+
+            async def rest(first: Awaitable[Any] = result, others: list[Callable[..., Any]] = calls[n + 1 :]) -> None:
+                await first
+                for other in others:
+                    later = other(*args)
+                    if later is not None and inspect.isawaitable(later):
+                        await later
+
+            return rest()
+    return None
 
 
 @pytest.fixture(scope="session")

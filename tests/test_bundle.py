@@ -111,11 +111,11 @@ def test_a_new_module_is_shipped_without_a_list_to_keep(tmp_path: Path) -> None:
 def test_the_addon_never_reaches_a_left_out_module(tmp_path: Path) -> None:
     assert bundle.reached_left_out(bundle.package_sources(bundle.package_dir()), "stray_tls") == []
     copy = copy_package(tmp_path)
-    with (copy / "core" / "text.py").open("a") as f:  # reached through addon -> text, and only when called
+    with (copy / "core" / "text.py").open("a") as f:  # reached through inspection -> text, when called
         f.write("\ndef _planted():\n    from ..fieldkit.diagnose import Credentials\n")
     with pytest.raises(bundle.BundleError) as e:
         bundle.build(copy)
-    assert "stray_tls.mitm.addon -> stray_tls.core.text -> stray_tls.fieldkit.diagnose" in str(e.value)
+    assert "stray_tls.mitm.inspection -> stray_tls.core.text -> stray_tls.fieldkit.diagnose" in str(e.value)
     with (copy / "core" / "text.py").open("a") as f:
         f.write("import stray_tls.lab.servers\n")
     with pytest.raises(bundle.BundleError, match=r"stray_tls.core.text -> stray_tls.lab"):

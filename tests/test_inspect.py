@@ -15,12 +15,13 @@ from mitmproxy import contentviews, http, io
 from mitmproxy.test import taddons, tflow
 
 from stray_tls.core import records
+from stray_tls.core.names import METADATA_KEY
 from stray_tls.fieldkit.wire import exchange
 from stray_tls.lab.servers import Plaintext
 from stray_tls.mitm import contentview
-from stray_tls.mitm.addon import METADATA_KEY, EsrsFix
+from stray_tls.mitm.addon import EsrsFix
 
-from .conftest import FIELD_ALERT, SUMMARY, reverse_modes
+from .conftest import FIELD_ALERT, SUMMARY, hook, reverse_modes
 
 
 def auto_view(flow: http.HTTPFlow, message: http.Message) -> tuple[str, str]:
@@ -73,8 +74,8 @@ def test_view_renders_the_addons_own_answer_from_the_flow_metadata(addon: EsrsFi
     with taddons.context(addon):
         f = tflow.tflow()
         f.request = http.Request.make("GET", "http://esrs.example:443/")
-        f.response = addon._on_records(f.request, FIELD_ALERT, True)
-        addon.response(f)
+        f.response = addon.detection._on_records(f.request, FIELD_ALERT, True)
+        hook(addon, "response", f)
         assert f.response is not None
         name, rendered = auto_view(f, f.response)
         assert "TLS records" in name

@@ -94,4 +94,4 @@ def test_at_run_time_the_same_sentence_refuses_the_change(option: str, value: ob
                 tctx.options.update(**{option: value})
             assert getattr(tctx.options, option) == default
     finally:
-        addon.done()
+        addon.unload()

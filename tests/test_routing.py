@@ -114,7 +114,7 @@ def test_reverse_mode_with_a_tls_client_verifies_the_target_s_name_every_time(
 def test_a_filter_that_reads_a_body_is_told_apart(expr: str, body: bool) -> None:
     from mitmproxy import flowfilter
 
-    from stray_tls.mitm.addon import needs_body
+    from stray_tls.mitm.decision import needs_body
 
     assert needs_body(flowfilter.parse(expr)) is body
 

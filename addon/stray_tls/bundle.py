@@ -276,5 +276,5 @@ from {root}.mitm.addon import EsrsFix  # noqa: E402
 logging.getLogger("esrs_fix").info(
     "esrs-fix %s loaded (single file, commit %s) from %s", {root}.__version__, COMMIT, os.path.dirname({root}.__file__)
 )
-addons = [EsrsFix()]
+addons = EsrsFix().addons
 '''

@@ -87,7 +87,8 @@ def wrapper_cost(setup: Setup, wrong: Wrong) -> dict[str, Any]:
 
 
 def hooks_ns() -> float:
-    """What the addon's own hooks do for one clean flow (responseheaders + response), early detection off."""
+    """What esrs-fix's own hooks do for one clean flow (each addon's responseheaders, then each one's response, in
+    their order), early detection off."""
     from mitmproxy.test import taddons, tflow
 
     from stray_tls.mitm.addon import EsrsFix
@@ -97,14 +98,15 @@ def hooks_ns() -> float:
         with taddons.context(addon) as tctx:
             tctx.configure(addon, esrs_rewrite=True, esrs_filter="~d esrs.example", esrs_early=False)
             clean = tflow.tflow(resp=True)
+            calls = [getattr(a, h) for h in ("responseheaders", "response") for a in addon.addons if hasattr(a, h)]
 
             def hooks() -> None:
-                addon.responseheaders(clean)
-                addon.response(clean)
+                for call in calls:
+                    call(clean)
 
             return best_ns(hooks, 50_000)
     finally:
-        addon.done()
+        addon.unload()
 
 
 def run(setup: Setup) -> Outcome:

@@ -8,8 +8,10 @@ escaped (`printable`) so that it is one header line a client reads.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from http import HTTPStatus
+from typing import Protocol
 
 from mitmproxy import http
 
@@ -103,3 +105,30 @@ def upgrade_failed_response(finding: Finding, failure: Failure) -> http.Response
             LABEL_HEADER: label(f"upgrade failed: {failure}; {finding.summary}"),
         },
     )
+
+
+class _Early(Protocol):
+    @property
+    def active(self) -> bool: ...
+
+
+class ErrorAnswers:
+    """Answers for flows that mitmproxy fails before any response exists, by request: the early detection's send
+    wrapper (HTTP/1 clients) writes one in place of mitmproxy's own 502, and only while it is installed."""
+
+    def __init__(self) -> None:
+        self._answers: weakref.WeakKeyDictionary[http.Request, http.Response] = weakref.WeakKeyDictionary()
+        #: The early detection whose send wrapper claims the answers (set by the detection addon).
+        self.early: _Early | None = None
+
+    @property
+    def active(self) -> bool:
+        """Whether an answer put here can reach the client (the early detection is installed)."""
+        return self.early is not None and self.early.active
+
+    def put(self, request: http.Request, response: http.Response) -> None:
+        self._answers[request] = response
+
+    def claim(self, request: http.Request) -> http.Response | None:
+        """The answer for `request`, once (the send wrapper's `ErrorAnswer`)."""
+        return self._answers.pop(request, None)
