@@ -391,6 +391,14 @@ def test_stray_tls_imports_have_no_cycle(package: dict[str, Module]) -> None:
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
 
 
+def test_the_bench_parts_import_one_way() -> None:
+    parts = load_package(SOURCE_ROOT.parent / "scripts" / "benchparts")
+    graph = import_graph(parts)
+    assert "benchparts.lab" in graph["benchparts.common"]  # edges are really there
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle among the bench parts: " + " -> ".join(cycle or [])
+
+
 def test_stray_tls_imports_point_down_the_layers(package: dict[str, Module]) -> None:
     violations = upward_imports(package, "stray_tls", LAYERS)
     assert not violations, "imports must point down LAYERS (and docs/development.md's Layout):\n" + _report(violations)

@@ -2,27 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import statistics
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from .lab import Lab
+from .lab import Lab
 
 ROOT = Path(__file__).resolve().parent.parent.parent  # the repository: tests/capgen.py lives there
-
-
-#: The unit of /proc/PID/stat's CPU times (a clock tick, 10 ms on Linux): a CPU figure needs many of them.
-TICK_S = 1 / os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process `pid` so far, all its threads (/proc/PID/stat; no psutil)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) * TICK_S
 
 
 def log(message: str) -> None:
@@ -53,8 +41,6 @@ class Setup:
     def lab(self) -> Lab:
         """The peers and the two proxies (stock and addon), started the first time a part asks."""
         if self._lab is None:
-            from .lab import Lab
-
             self._lab = Lab(self.workdir)
             self._lab.start()  # a failed start stops what it started: see Lab.start
         return self._lab

@@ -15,7 +15,7 @@ from typing import Any
 from stray_tls.lab import servers
 from stray_tls.lab.mitm import Mitmdump
 
-from .common import cpu_seconds
+from .cpu import cpu_seconds
 
 
 def echo_answer(head: bytes) -> bytes:

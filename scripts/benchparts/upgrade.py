@@ -38,7 +38,8 @@ from stray_tls.lab.mitm import Mitmdump
 from stray_tls.mitm.learned import CAPACITY
 
 from . import upgradepeers
-from .common import TICK_S, Outcome, Setup, Wrong, cpu_seconds, log, order, pct, summary
+from .common import Outcome, Setup, Wrong, log, order, pct, summary
+from .cpu import TICK_S, cpu_seconds
 from .load import LABEL, echo_body, exchange, load, request_for
 
 PROBE_SCRIPT = Path(__file__).with_name("upgrade_probe.py")
