@@ -34,7 +34,7 @@ from .fieldkit.extras import install_hint
 from .launch import script_path
 
 if TYPE_CHECKING:
-    from .fieldkit import diagnose
+    from .fieldkit import diagnose, proxyauth
     from .fieldkit.capture import ScanResult
 
 
@@ -171,7 +171,7 @@ def cmd_bundle(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from .fieldkit import diagnose
+    from .fieldkit import diagnose, proxyauth
 
     proxy: ProxyAddress = args.proxy
     if not (math.isfinite(args.timeout) and args.timeout > 0):
@@ -191,7 +191,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         return 2
     ports = args.port or [443, 8443]
     results = []
-    as_user = f" as user {diagnose.shown_user(credentials.user)}" if credentials else ""
+    as_user = f" as user {proxyauth.shown_user(credentials.user)}" if credentials else ""
     for port in ports:
         if not args.json:
             where = hostport(*proxy.address)
@@ -218,11 +218,11 @@ PASSWORD_VARIABLE = "ESRS_FIX_PROXY_PASSWORD"
 
 def _check_credentials(
     proxy: ProxyAddress, proxy_user: str | None, password_file: Path | None = None
-) -> diagnose.Credentials | str | None:
+) -> proxyauth.Credentials | str | None:
     """The credentials for the proxy, or a sentence saying why there are none (exit 2). Never echoes a password.
 
     The password: from the URL, else from `password_file` (its first line), else the environment, else a prompt."""
-    from .fieldkit.diagnose import Credentials, shown_user
+    from .fieldkit.proxyauth import Credentials, shown_user
 
     if proxy_user is not None and proxy.user is not None:
         return "give the user either in --proxy (http://USER:PASSWORD@HOST:PORT) or with --proxy-user, not both"

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 
 from ..core.findings import Finding
-from ..fieldkit.diagnose import Shape, product, shape_of
+from ..fieldkit.shapes import Shape, product, shape_of
 from ..fieldkit.wire import Answer, describe, exchange
 
 #: Answers whose HTTP status is a proxy's, around the server's answer: their 200 is no success.
