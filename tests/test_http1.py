@@ -199,6 +199,63 @@ def test_the_capture_reader_frames_keep_alive_answers_as_h11_does(
         assert reader.answer(timed_out=False).body == m.body
 
 
+def read_with_framer(method: bytes, pieces: list[bytes], then: bytes = b"") -> tuple[list[http1.Step], bytes, bytes]:
+    """The steps `http1.AnswerFramer` says for one answer fed in `pieces` (MORE left out), the body it hands on, and
+    the bytes it left unread after the answer's end (`then`, fed after the answer, must come back whole)."""
+    framer = http1.AnswerFramer(method)
+    steps: list[http1.Step] = []
+    body = b""
+    rest = b""
+    for n, piece in enumerate([*pieces, then] if then else pieces):
+        pos = 0
+        while True:
+            step, pos = framer.step(piece, pos)
+            if step is http1.Step.MORE:
+                break
+            steps.append(step)
+            if step is http1.Step.BODY:
+                body += framer.taken
+            if step is http1.Step.END:
+                rest = piece[pos:] + b"".join(([*pieces, then] if then else pieces)[n + 1 :])
+                return steps, body, rest
+    return steps, body, rest
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(st.data())
+def test_the_framer_says_the_same_however_the_answer_is_cut(data: st.DataObject) -> None:
+    """The one reading both readers share: head, body and end in the same places for any cut of the bytes, the body
+    de-chunked, and not one byte of what follows the answer taken."""
+    message = data.draw(messages())
+    pieces = data.draw(st.composite(lambda draw: splits(draw, message.wire))())
+    following = b"" if message.framing == "close" else b"HTTP/1.1 204 Next\r\n\r\n"
+    steps, body, rest = read_with_framer(message.method, pieces, following)
+    assert body == message.body
+    interim = message.wire.startswith(b"HTTP/1.1 100")
+    assert steps[: 1 + interim] == [http1.Step.INTERIM] * interim + [http1.Step.HEAD]
+    assert set(steps[1 + interim :]) <= {http1.Step.BODY, http1.Step.END}
+    if message.framing == "close":
+        assert http1.Step.END not in steps and not rest  # a close-delimited body ends at the close only
+    else:
+        assert steps[-1] is http1.Step.END and rest == following
+    whole = read_with_framer(message.method, [message.wire], following)
+    assert [s for s in whole[0] if s is not http1.Step.BODY] == [s for s in steps if s is not http1.Step.BODY]
+    assert whole[1:] == (body, rest)
+
+
+def test_the_framer_hands_on_an_answer_that_is_no_http_as_it_comes() -> None:
+    framer = http1.AnswerFramer(b"GET")
+    assert framer.step(ALERT[:3]) == (http1.Step.NOT_HTTP, 3) and framer.taken == ALERT[:3]
+    assert framer.step(ALERT[3:]) == (http1.Step.BODY, 4) and framer.taken == ALERT[3:]  # no end of its own
+    assert framer.step(b"", 0) == (http1.Step.MORE, 0)
+    assert framer.not_http and not framer.ending
+
+
+def test_a_head_longer_than_the_limit_loses_the_framing() -> None:
+    framer = http1.AnswerFramer(b"GET", max_head=64)
+    assert framer.step(b"HTTP/1.1 200 OK\r\n" + b"X: " + b"y" * 80) == (http1.Step.TOO_LONG, 100)
+
+
 # -- the exact cases
 
 

@@ -1,7 +1,7 @@
 """HTTP/1 message framing by RFC 9112, section 6 (pure, sans-IO): where a message's body ends.
 
 One reading for both of esrs-fix's HTTP/1 readers, `check`'s client (`wire`) and the capture reader (`capture`),
-so that they cannot disagree on where an answer ends:
+so that they cannot disagree on where an answer ends: both follow answers with `AnswerFramer`, and:
 
 - a response to HEAD, an interim 1xx, 204 and 304 have no body; 101 and a 2xx to CONNECT end HTTP on the connection;
 - `Transfer-Encoding` ending in `chunked` frames the body in chunks and wins over `Content-Length`; a message with
@@ -196,3 +196,164 @@ def chunk_size(line: bytes) -> int:
     if not size or len(size) > MAX_CHUNK_SIZE_DIGITS or size.strip(_HEXDIGITS):
         raise FramingError(f"chunk size {_text(line)} is not 1 to {MAX_CHUNK_SIZE_DIGITS} hex digits")
     return int(size, 16)
+
+
+#: The longest answer head followed; a longer one loses the framing (`Step.TOO_LONG`).
+MAX_HEAD = 65536
+
+
+class Step(enum.Enum):
+    """What `AnswerFramer.step` found."""
+
+    MORE = "more"  # every byte given was taken, and the answer goes on
+    NOT_HTTP = "not_http"  # the answer does not begin with "HTTP/" (`taken`: its first bytes); no HTTP follows
+    INTERIM = "interim"  # an interim head (1xx, not 101) was passed over (`head`): the final answer follows
+    HEAD = "head"  # the final answer's head is complete (`head`, `framing`)
+    BODY = "body"  # bytes of the body (`taken`; de-chunked), or of an answer that is no HTTP
+    END = "end"  # the answer ended where its framing says (after its head, its length or its last chunk)
+    TOO_LONG = "too_long"  # the head grew past `max_head`: the framing is lost
+    BROKEN = "broken"  # a chunked body that is none (`error`, where the bad line began: `error.at`; `taken`: the
+    # body read before it)
+
+
+# what an AnswerFramer is reading
+_PREFIX, _HEAD, _NOT_HTTP, _LENGTH, _CHUNKED, _UNTIL_CLOSE, _ENDING, _ENDED, _LOST = range(9)
+
+
+class AnswerFramer:
+    """Where an answer's head, body and end are, by RFC 9112 (`response_framing`), fed bytes as they arrive (sans-IO).
+
+    The one reading of HTTP/1 answers for check's client (`wire`) and the capture reader (`capture`): interim 1xx
+    heads are passed over; 101 and a 2xx to CONNECT end with their head (what follows is no HTTP), as do 204, 304
+    and an answer to HEAD; a body is counted, de-chunked, or read until the close. An answer that does not begin
+    with `HTTP/` is no HTTP: its bytes are handed on as they come, with no end of its own (the caller ends it).
+    `step(data, pos)` reads from `pos` up to the next thing worth saying and returns it with where it stopped; the
+    caller says `expect(method)` before each answer. `keep = False` counts a chunked body without handing it on.
+    """
+
+    __slots__ = ("chunks", "error", "framing", "head", "keep", "left", "max_head", "method", "state", "taken")
+
+    def __init__(self, method: bytes | None = None, max_head: int = MAX_HEAD) -> None:
+        self.max_head = max_head
+        self.head = bytearray()
+        self.taken = b""
+        self.error: FramingError | None = None
+        self.expect(method)
+
+    def expect(self, method: bytes | None) -> None:
+        """The next answer, to a request with `method` (None: not known) begins with the next byte fed."""
+        self.method = method
+        self.state = _PREFIX
+        self.head = bytearray()
+        self.framing: Framing | None = None
+        self.left = 0  # body bytes still to come, when counted
+        self.chunks: ChunkedReader | None = None
+        self.keep = True
+
+    @property
+    def fresh(self) -> bool:
+        """Nothing of the answer has come yet."""
+        return self.state == _PREFIX and not self.head
+
+    @property
+    def in_prefix(self) -> bool:
+        """The answer so far (perhaps nothing yet) could still begin `HTTP/`."""
+        return self.state == _PREFIX
+
+    @property
+    def not_http(self) -> bool:
+        """The answer did not begin with `HTTP/`."""
+        return self.state == _NOT_HTTP
+
+    @property
+    def ending(self) -> bool:
+        """The answer's last byte has been read: the next `step` says `END`."""
+        return self.state == _ENDING
+
+    @property
+    def counting(self) -> bool:
+        """The body is being counted (`left` bytes to come): the caller may count the rest without feeding it."""
+        return self.state == _LENGTH
+
+    def pass_over(self, size: int) -> None:
+        """`size` bytes of a counted body went by unread (the caller counts them itself, or they are missing from a
+        capture); at its end the answer has ended."""
+        self.left -= size
+        if self.left <= 0:
+            self.left, self.state = 0, _ENDED
+
+    def step(self, data: bytes, pos: int = 0) -> tuple[Step, int]:
+        """Read `data` from `pos` until something is worth saying; returns it and where reading stopped."""
+        n = len(data)
+        state = self.state
+        if state == _ENDING:
+            self.state = _ENDED
+            return Step.END, pos
+        while pos < n:
+            if state == _PREFIX:  # as long as the answer so far could begin "HTTP/"
+                head = self.head
+                take = min(5 - len(head), n - pos)
+                head += data[pos : pos + take]
+                pos += take
+                if not b"HTTP/".startswith(head):
+                    self.state, self.taken = _NOT_HTTP, bytes(head)
+                    return Step.NOT_HTTP, pos
+                if len(head) == 5:
+                    state = self.state = _HEAD
+            elif state == _HEAD:
+                head = self.head
+                old = len(head)
+                head += data[pos : pos + self.max_head - old]
+                end = head.find(b"\r\n\r\n", max(0, old - 3))
+                if end < 0:
+                    if len(head) >= self.max_head:
+                        self.state = _LOST
+                        return Step.TOO_LONG, n
+                    return Step.MORE, n
+                end += 4
+                pos += end - old
+                del head[end:]
+                return self._head_done(bytes(head)), pos
+            elif state == _LENGTH:
+                k = min(self.left, n - pos)
+                self.taken = data[pos : pos + k]
+                self.left -= k
+                if not self.left:
+                    self.state = _ENDING
+                return Step.BODY, pos + k
+            elif state == _CHUNKED:
+                assert self.chunks is not None
+                pieces: list[bytes] = []
+                try:
+                    pos, done = self.chunks.feed(data, pos, pieces.append if self.keep else None)
+                except FramingError as e:
+                    self.state, self.error, self.taken = _LOST, e, b"".join(pieces)
+                    return Step.BROKEN, n
+                if done:
+                    self.state = _ENDING
+                self.taken = b"".join(pieces)
+                return Step.BODY, pos
+            elif state in (_UNTIL_CLOSE, _NOT_HTTP):
+                self.taken = data[pos:]
+                return Step.BODY, n
+            else:  # ended or lost: nothing more of this answer is read
+                return Step.MORE, n
+        return Step.MORE, pos
+
+    def _head_done(self, head: bytes) -> Step:
+        if is_interim(status_code(head)):
+            self.head = bytearray()
+            self.state = _PREFIX
+            self.taken = head
+            return Step.INTERIM
+        framing = self.framing = response_framing(head, self.method)
+        body = framing.body
+        if body in (Body.NONE, Body.TUNNEL):
+            self.state = _ENDING
+        elif body is Body.CHUNKED:
+            self.state, self.chunks = _CHUNKED, ChunkedReader()
+        elif body is Body.LENGTH:
+            self.state, self.left = _LENGTH, framing.length
+        else:  # CLOSE, or INVALID: a body no header frames is read as what comes until the close
+            self.state = _UNTIL_CLOSE
+        return Step.HEAD

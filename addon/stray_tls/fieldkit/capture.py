@@ -37,7 +37,7 @@ ANSWER_PREFIX = 4096
 #: How much of a request is kept: its request line.
 REQUEST_PREFIX = 300
 #: The longest HTTP head (request or answer) followed; a longer one ends the following of that direction.
-MAX_HEAD = 65536
+MAX_HEAD = http1.MAX_HEAD
 #: Requests kept per connection waiting for their answers (pipelining); the request lines beyond are not kept.
 MAX_OUTSTANDING = 64
 #: Streams followed at once; the least recently active beyond this are dropped.
@@ -136,8 +136,9 @@ class _Request:
         self.method: bytes | None = None  # known once its head is complete: HEAD and CONNECT frame the answer
 
 
-# what the server's side of a stream is reading
-_START, _MAYBE_HTTP, _RAW, _HEAD, _BODY, _CHUNKED, _CLOSE, _GONE = range(8)
+# what the server's side of a stream is doing: waiting for an answer to begin, reading one (`_Stream.framer`), or
+# no longer read
+_START, _ANSWER, _GONE = range(3)
 
 
 class _Stream(reassembly.Connection):
@@ -154,16 +155,15 @@ class _Stream(reassembly.Connection):
         "at_frame",
         "b",
         "body",
-        "body_left",
-        "buf",
-        "chunks",
         "client",
         "closing",
         "decided",
         "frame",
+        "framer",
         "held",
         "limit",
         "queue",
+        "raw",
         "receiving",
         "req_buf",
         "req_chunks",
@@ -200,12 +200,11 @@ class _Stream(reassembly.Connection):
         self.unkept = 0  # requests outstanding after the queue whose lines were not kept
         # the server's side: the answer to queue[0]
         self.state = _START
-        self.buf = bytearray()  # the answer's first bytes (RAW) or its head (HEAD)
+        self.framer = http1.AnswerFramer()  # where the answer's head, body and end are
+        self.raw = bytearray()  # the first bytes of an answer that is no HTTP
         self.status = b""
         self.body = bytearray()  # the start of an HTTP answer's body, while it is needed to decide
         self.limit = 0  # how much of the body is kept
-        self.body_left = 0  # a Content-Length body's bytes still to come
-        self.chunks: http1.ChunkedReader | None = None
         self.decided = False  # the answer being read has been judged (and reported, if it is a finding)
         self.answered = False  # bytes of an answer to queue[0] have arrived
 
@@ -245,10 +244,11 @@ class _Stream(reassembly.Connection):
         self.result.gaps += 1
         if absorbed:
             return
-        if side != self.client and self.state == _BODY and self.body_left > size:
-            self.body_left -= size
-        elif side != self.client and self.state == _BODY and self.body_left == size:
-            self.answer_done()
+        framer = self.framer
+        if side != self.client and self.state == _ANSWER and framer.counting and framer.left >= size:
+            framer.pass_over(size)
+            if not framer.counting:
+                self.answer_done()
         else:
             self.result.gaps_unread += 1
             if side == self.client:
@@ -336,7 +336,7 @@ class _Stream(reassembly.Connection):
             self.result.requests_unkept += 1
         else:
             self.queue.append(request)
-        if self.state == _RAW and len(self.queue) + self.unkept > 1:
+        if self.state == _ANSWER and self.framer.not_http and len(self.queue) + self.unkept > 1:
             # bytes that are no HTTP have no end of their own: they end when the client asks again. A close-delimited
             # body does not: it ends at the close and only there (RFC 9112, 6.3), whoever sends what meanwhile.
             self.answer_done()
@@ -365,92 +365,58 @@ class _Stream(reassembly.Connection):
 
     def server_bytes(self, data: bytes) -> None:
         pos, n = 0, len(data)
-        while pos < n:
-            state = self.state
-            if state == _GONE:
+        framer = self.framer
+        while True:
+            if self.state == _GONE:
                 return
-            if state == _START:
-                if not self.outstanding():
-                    return  # bytes nobody asked for
+            if self.state == _START:
+                if pos >= n or not self.outstanding():
+                    return  # nothing more, or bytes nobody asked for
                 self.answered = True
-                state = self.state = _MAYBE_HTTP
-            if state == _MAYBE_HTTP:  # as long as the answer so far could begin "HTTP/"
-                buf = self.buf
-                if not buf:  # the answer (or the final one after a 1xx) begins here
-                    self.answer_at = (self.at_frame, self.tcp_stream)
-                take = min(5 - len(buf), n - pos)
-                buf += data[pos : pos + take]
-                pos += take
-                if not b"HTTP/".startswith(buf):
-                    self.state = _RAW
-                elif len(buf) == 5:
-                    self.state = _HEAD
-                continue
-            if state == _RAW:
-                room = ANSWER_PREFIX - len(self.buf)
+                self.state = _ANSWER
+                framer.expect(self.queue[0].method if self.queue else None)
+            if framer.fresh and pos < n:  # the answer (or the final one after a 1xx) begins here
+                self.answer_at = (self.at_frame, self.tcp_stream)
+            step, pos = framer.step(data, pos)
+            if step is http1.Step.MORE:
+                return
+            if step is http1.Step.NOT_HTTP:
+                self.raw += framer.taken
+            elif step is http1.Step.HEAD:
+                self.answer_head(bytes(framer.head))
+            elif step is http1.Step.END:
+                self.answer_done()
+            elif step is http1.Step.BODY and framer.not_http:
+                room = ANSWER_PREFIX - len(self.raw)
                 if room > 0 and not self.decided:
-                    self.buf += data[pos : pos + room]
+                    self.raw += framer.taken[:room]
                     self.decide_raw(final=False)
                 if self.decided:
                     self.skip[1 - self._client_side()] = _IGNORE  # until the client asks again, or closes
                 return
-            if state == _HEAD:
-                buf = self.buf
-                old = len(buf)
-                buf += data[pos : pos + MAX_HEAD - old]
-                end = buf.find(b"\r\n\r\n", max(0, old - 3))
-                if end < 0:
-                    if len(buf) >= MAX_HEAD:
-                        self.decide_http(final=True)
-                        self.server_gone()
-                    return
-                end += 4
-                pos += end - old
-                head = bytes(buf[:end])
-                del buf[end:]
-                self.answer_head(head)
-                continue
-            if state == _BODY:
-                k = min(self.body_left, n - pos)
-                self.take_body(data[pos : pos + k])
-                pos += k
-                self.body_left -= k
-                if not self.body_left:
-                    self.answer_done()
-                elif self.decided:
-                    self.skip[1 - self._client_side()] = self.body_left
-                    self.body_left = 0
-                    return
-                continue
-            if state == _CHUNKED:
-                assert self.chunks is not None
-                try:
-                    pos, done = self.chunks.feed(data, pos, None if self.decided else self.take_body)
-                except http1.FramingError:
-                    self.result.unframed += 1
-                    self.decide_http(final=True)
-                    self.server_gone()
-                    return
-                if done:
-                    self.answer_done()
-                continue
-            if state == _CLOSE:
-                self.take_body(data[pos:])
-                if self.decided:
-                    self.skip[1 - self._client_side()] = _IGNORE
+            elif step is http1.Step.BODY:
+                self.take_body(framer.taken)
+                if self.decided and not framer.ending:
+                    if framer.counting:  # the rest is counted, not looked at
+                        self.skip[1 - self._client_side()] = framer.left
+                        framer.pass_over(framer.left)
+                        return
+                    if framer.chunks is None:  # until the close: nothing more to look at
+                        self.skip[1 - self._client_side()] = _IGNORE
+                        return
+                    framer.keep = False  # chunks: read to their end, not kept
+            elif step is http1.Step.TOO_LONG or step is http1.Step.BROKEN:
+                self.result.unframed += step is http1.Step.BROKEN
+                self.decide_http(final=True)
+                self.server_gone()
                 return
 
     def answer_head(self, head: bytes) -> None:
         """A complete head of an HTTP answer to queue[0]: how its body is framed, and whether it is needed."""
-        code = http1.status_code(head)
         self.status = head[9:12]
-        request = self.queue[0] if self.queue else None
-        if http1.is_interim(code):  # the real answer follows
-            self.buf.clear()
-            self.state = _MAYBE_HTTP
-            return
         self.limit = max(0, ANSWER_PREFIX - len(head))
-        framing = http1.response_framing(head, request.method if request is not None else None)
+        framing = self.framer.framing
+        assert framing is not None
         self.result.framing_conflicts += framing.conflict
         body = framing.body
         if body is http1.Body.TUNNEL:
@@ -462,13 +428,7 @@ class _Stream(reassembly.Connection):
         if body is http1.Body.NONE:
             self.answer_done()
             return
-        if body is http1.Body.CHUNKED:
-            self.state, self.chunks = _CHUNKED, http1.ChunkedReader()
-        elif body is http1.Body.LENGTH:
-            self.state, self.body_left = _BODY, framing.length
-        else:  # CLOSE, or INVALID: a body no header frames is read as what comes until the close
-            self.result.unframed += body is http1.Body.INVALID
-            self.state = _CLOSE
+        self.result.unframed += body is http1.Body.INVALID  # read as what comes until the close
         self.decide_http(final=False)
 
     def take_body(self, data: bytes) -> None:
@@ -478,7 +438,7 @@ class _Stream(reassembly.Connection):
 
     def decide_raw(self, final: bool) -> None:
         """Decide on an answer that is not HTTP; `final` when no more of it will come."""
-        data = bytes(self.buf)
+        data = bytes(self.raw)
         finding: Finding | None = None
         if records.could_start_tls(data[0]):
             decoded = records.decode(data)
@@ -508,7 +468,7 @@ class _Stream(reassembly.Connection):
         if not (final or complete or len(body) >= self.limit):
             return
         self.decided = True
-        head = bytes(self.buf)
+        head = bytes(self.framer.head)
         if head.endswith(b"\r\n\r\n"):  # the head is complete
             code = int(status) if status.isdigit() else 0
             self.report(
@@ -536,21 +496,20 @@ class _Stream(reassembly.Connection):
     def answer_done(self) -> None:
         """The answer to queue[0] has ended: judge it if not yet, and expect the next request's."""
         state, self.state = self.state, _START
+        framer = self.framer
         if not self.decided:
-            if state == _RAW:
+            if state == _ANSWER and framer.not_http:
                 self.decide_raw(final=True)
-            elif state != _MAYBE_HTTP:
+            elif not (state == _ANSWER and framer.in_prefix):
                 self.decide_http(final=True)
         if self.queue:
             self.queue.popleft()
         elif self.unkept:
             self.unkept -= 1
-        self.buf.clear()
+        self.raw.clear()
         self.body.clear()
         self.status = b""
-        self.chunks = None
         self.decided = self.answered = False
-        self.body_left = 0
         if self.client is not None:
             self.skip[1 - self.client] = 0
         if self.req_lost and not self.outstanding():
@@ -585,13 +544,13 @@ class _Stream(reassembly.Connection):
 
     def _judge_what_arrived(self) -> None:
         """No more of the answer being read will be seen: decide on what of it arrived."""
-        state = self.state
-        if state == _MAYBE_HTTP:
-            if self.buf:
-                self.state = _RAW
+        state, framer = self.state, self.framer
+        if state == _ANSWER and framer.in_prefix:
+            if framer.head:  # fewer than five bytes, all of them "HTTP/" so far: judged as they are
+                self.raw += framer.head
                 self.decide_raw(final=True)
         elif state != _START and not self.decided:
-            if state == _RAW:
+            if state == _ANSWER and framer.not_http:
                 self.decide_raw(final=True)
             else:
                 self.decide_http(final=True)

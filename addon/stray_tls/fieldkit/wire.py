@@ -117,66 +117,57 @@ def send_and_read(sock: socket.socket, request: bytes, deadline: float, *, head_
 
 
 class AnswerReader:
-    """One answer, fed as it arrives (sans-IO): `feed` says when it is complete, by `http1`'s framing; `answer`
-    parses what arrived, complete or not, as far as it is HTTP.
+    """One answer, fed as it arrives (sans-IO): `feed` says when it is complete, as `http1.AnswerFramer` frames it;
+    `answer` parses what arrived, complete or not, as far as it is HTTP.
 
-    Interim 1xx heads are skipped; 101, 204, 304 and an answer to HEAD end with their head (and, with `head_only`,
-    every answer does); a close-delimited body, or one no header frames, is complete only when the peer closes.
+    With `head_only` every answer ends with its first head (an interim one too); a close-delimited body, one no
+    header frames, or an answer that is no HTTP is complete only when the peer closes.
     """
 
     def __init__(self, method: bytes = b"GET", *, head_only: bool = False) -> None:
         self.method = method
         self.head_only = head_only
         self.data = bytearray()
+        self.framer = http1.AnswerFramer(method, max_head=MAX_ANSWER)
+        self.read = 0  # how much of `data` the framer has read
         self.start = 0  # where the answer being read (after any interim ones) begins
-        self.body_at = -1  # where its body begins, once its head is complete
-        self.framing: http1.Framing | None = None
-        self.chunks: http1.ChunkedReader | None = None
         self.chunked_body = bytearray()
-        self.fed = 0  # how much of the body the chunked reader has seen
+        self.broken_at = -1  # where the chunked body stopped being one (the rest is shown as it came)
         self.error = ""  # why the chunked body could not be read
         self.done = False
+
+    @property
+    def framing(self) -> http1.Framing | None:
+        """How the final answer's body is framed, once its head is complete."""
+        return self.framer.framing
 
     def feed(self, chunk: bytes) -> bool:
         """Take the next bytes; whether the answer is now complete (what follows it is not read)."""
         self.data += chunk
-        while not self.done and self._step():
-            pass
-        return self.done
-
-    def _step(self) -> bool:
-        """Read one step further; whether there may be another step to take at once."""
-        data, start = self.data, self.start
-        if self.framing is None:
-            if len(data) - start < 5 or not data.startswith(b"HTTP/", start):
-                return False  # too little to tell, or not HTTP: read until the close
-            end = data.find(b"\r\n\r\n", start)
-            if end < 0:
-                return False
-            head = bytes(data[start : end + 4])
-            if self.head_only:
+        data = bytes(self.data)
+        while not self.done:
+            step, self.read = self.framer.step(data, self.read)
+            if step is http1.Step.MORE or step is http1.Step.NOT_HTTP:
+                break  # more to come, or no HTTP: read until the close
+            if step is http1.Step.INTERIM:
+                self.start = self.read
+                self.done = self.head_only
+            elif step is http1.Step.HEAD:
+                self.done = self.head_only
+            elif step is http1.Step.BODY:
+                if self.framing is not None and self.framing.body is http1.Body.CHUNKED:
+                    self.chunked_body += self.framer.taken
+            elif step is http1.Step.END:
                 self.done = True
-            elif http1.is_interim(http1.status_code(head)):
-                self.start = end + 4
-            else:
-                self.body_at = self.fed = end + 4
-                self.framing = http1.response_framing(head, self.method)
-            return not self.done
-        body = self.framing.body
-        if body in (http1.Body.NONE, http1.Body.TUNNEL):
-            self.done = True
-        elif body is http1.Body.LENGTH:
-            self.done = len(data) - self.body_at >= self.framing.length
-        elif body is http1.Body.CHUNKED and not self.error:
-            if self.chunks is None:
-                self.chunks = http1.ChunkedReader()
-            try:
-                end, self.done = self.chunks.feed(bytes(data[self.fed :]), 0, self.chunked_body.extend)
-                self.fed += end
-            except http1.FramingError as e:
-                self.error = str(e)  # read on until the close: the body from the bad line on is shown as it came
-                self.fed += e.at
-        return False
+            elif step is http1.Step.BROKEN:
+                assert self.framer.error is not None
+                self.chunked_body += self.framer.taken
+                self.error = str(self.framer.error)  # read on until the close: shown as it came from the bad line
+                self.broken_at = self.framer.error.at
+                break
+            else:  # TOO_LONG: read on until the close
+                break
+        return self.done
 
     def answer(self, timed_out: bool, error: str = "") -> Answer:
         """What arrived, parsed as far as it is HTTP."""
@@ -202,7 +193,7 @@ class AnswerReader:
             answer.body = rest
         elif framing.body is http1.Body.CHUNKED:
             # what was read of it; after a chunk that is none, the rest as it came
-            answer.body = bytes(self.chunked_body) + (data[self.fed :] if self.error else b"")
+            answer.body = bytes(self.chunked_body) + (data[self.broken_at :] if self.error else b"")
         elif framing.body is http1.Body.LENGTH:
             answer.body = rest[: framing.length]
         elif framing.body in (http1.Body.NONE, http1.Body.TUNNEL):
