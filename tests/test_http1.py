@@ -209,9 +209,11 @@ def read_with_framer(method: bytes, pieces: list[bytes], then: bytes = b"") -> t
     for n, piece in enumerate([*pieces, then] if then else pieces):
         pos = 0
         while True:
+            before = pos
             step, pos = framer.step(piece, pos)
             if step is http1.Step.MORE:
                 break
+            assert pos > before or step is not http1.Step.BODY or framer.taken, "a step that reads nothing"
             steps.append(step)
             if step is http1.Step.BODY:
                 body += framer.taken
@@ -249,6 +251,16 @@ def test_the_framer_hands_on_an_answer_that_is_no_http_as_it_comes() -> None:
     assert framer.step(ALERT[3:]) == (http1.Step.BODY, 4) and framer.taken == ALERT[3:]  # no end of its own
     assert framer.step(b"", 0) == (http1.Step.MORE, 0)
     assert framer.not_http and not framer.ending
+
+
+@pytest.mark.parametrize(
+    "body", [b"Content-Length: 3\r\n\r\nabc", b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"]
+)
+def test_an_answer_that_comes_a_byte_at_a_time_ends_with_its_last_byte(body: bytes) -> None:
+    wire_bytes = b"HTTP/1.1 200 OK\r\n" + body
+    following = b"HTTP/1.1 204 Next\r\n\r\n"
+    steps, got, rest = read_with_framer(b"GET", [wire_bytes[i : i + 1] for i in range(len(wire_bytes))], following)
+    assert (steps[0], steps[-1], got, rest) == (http1.Step.HEAD, http1.Step.END, b"abc", following)
 
 
 def test_a_head_longer_than_the_limit_loses_the_framing() -> None:
