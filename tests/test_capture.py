@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 pytest.importorskip("dpkt")
 
 from stray_tls.core.findings import Kind
-from stray_tls.fieldkit import capture
+from stray_tls.fieldkit import capture, results, streams
 from stray_tls.lab.servers import ALERT_TLS10, NGINX_400_BODY
 from tests.capgen import LINKS, Conversation, frames, write_capture
 
@@ -164,7 +164,7 @@ def answer(status: str, body: bytes = b"", headers: str = "") -> bytes:
     return f"HTTP/1.1 {status}\r\n{headers}Content-Length: {len(body)}\r\n\r\n".encode() + body
 
 
-def scan_one(tmp_path: Path, conversation: Conversation, link: str = "ethernet") -> capture.ScanResult:
+def scan_one(tmp_path: Path, conversation: Conversation, link: str = "ethernet") -> results.ScanResult:
     path = tmp_path / f"one-{link}.pcap"
     write_capture(path, [conversation], link=link)
     result = capture.scan(path)
@@ -244,13 +244,13 @@ def test_tls_inside_a_connect_tunnel_is_no_finding(tmp_path: Path) -> None:
 
 
 def test_requests_beyond_the_outstanding_bound_are_counted_and_still_paired(tmp_path: Path) -> None:
-    n = capture.MAX_OUTSTANDING + 6
+    n = streams.MAX_OUTSTANDING + 6
     asks = [request(f"/{i}") for i in range(n)]
     turns = [(ask, OK) for ask in asks[:-1]] + [(asks[-1], ALERT_TLS10)]
     conversation = Conversation(("10.0.0.5", 41007), PROXY, turns, pipeline=n)
     result = scan_one(tmp_path, conversation)
     assert result.requests == n and result.requests_unkept == 6
-    assert [(e.request_line, e.finding.summary) for e in result.exchanges] == [(capture.UNKEPT_LINE, ALERT_SUMMARY)]
+    assert [(e.request_line, e.finding.summary) for e in result.exchanges] == [(streams.UNKEPT_LINE, ALERT_SUMMARY)]
 
 
 @pytest.mark.parametrize("link", sorted(set(LINKS) - {"ipv4", "ipv6"}))
@@ -294,7 +294,7 @@ def keep_alive_and_pipelined(pipeline: int) -> Conversation:
     )
 
 
-def findings_of(result: capture.ScanResult) -> list[tuple[str, str, Kind, str, bytes]]:
+def findings_of(result: results.ScanResult) -> list[tuple[str, str, Kind, str, bytes]]:
     return [(e.client, e.request_line, e.finding.kind, e.finding.summary, e.finding.raw) for e in result.exchanges]
 
 
@@ -330,7 +330,7 @@ def test_findings_do_not_depend_on_how_the_stream_is_cut(tmp_path: Path, data: s
 
 
 def test_cli_says_how_many_request_lines_were_not_kept(tmp_path: Path) -> None:
-    n = capture.MAX_OUTSTANDING + 3
+    n = streams.MAX_OUTSTANDING + 3
     asks = [request(f"/{i}") for i in range(n)]
     path = tmp_path / "deep.pcap"
     write_capture(path, [Conversation(("10.0.0.5", 41008), PROXY, [(a, OK) for a in asks], pipeline=n)])
@@ -338,7 +338,7 @@ def test_cli_says_how_many_request_lines_were_not_kept(tmp_path: Path) -> None:
     out = json.loads(subprocess.run([*cli, "--json", str(path)], capture_output=True, text=True, timeout=60).stdout)
     assert (out["http_requests"], out["requests_unkept"]) == (n, 3)
     text = subprocess.run([*cli, str(path)], capture_output=True, text=True, timeout=60).stdout
-    assert f"3 requests waited behind {capture.MAX_OUTSTANDING} others on one connection" in text
+    assert f"3 requests waited behind {streams.MAX_OUTSTANDING} others on one connection" in text
 
 
 # -- squid's HTTP/0.9 wrapping, missing segments, answers the capture never saw

@@ -22,7 +22,7 @@ from stray_tls.core.http1 import Body, FramingError
 from stray_tls.fieldkit import wire
 
 if TYPE_CHECKING:
-    from stray_tls.fieldkit.capture import ScanResult
+    from stray_tls.fieldkit.results import ScanResult
     from tests.capgen import Conversation
 
 ALERT = bytes.fromhex("1503010002020a")

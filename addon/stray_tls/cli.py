@@ -35,7 +35,7 @@ from .launch import script_path
 
 if TYPE_CHECKING:
     from .fieldkit import diagnose, proxyauth
-    from .fieldkit.capture import ScanResult
+    from .fieldkit.results import ScanResult
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
@@ -257,7 +257,7 @@ def _check_credentials(
 
 def cmd_pcap(args: argparse.Namespace) -> int:
     try:
-        from .fieldkit import capture
+        from .fieldkit import capture, streams
     except ImportError:  # pragma: no cover - dpkt is an optional extra
         print(f"esrs-fix pcap: needs dpkt: {install_hint('pcap', 'dpkt')}", file=sys.stderr)
         return 2
@@ -307,7 +307,7 @@ def cmd_pcap(args: argparse.Namespace) -> int:
         )
         if result.requests_unkept:
             print(
-                f"{result.requests_unkept} requests waited behind {capture.MAX_OUTSTANDING} others on one connection: "
+                f"{result.requests_unkept} requests waited behind {streams.MAX_OUTSTANDING} others on one connection: "
                 "counted and paired, their request lines not kept"
             )
         if result.requests_unanswered:

@@ -10,7 +10,9 @@ header whose payload length ends where the frame does (or, in a frame cut short,
 whose data offset and options fit. A frame cut short says how many payload bytes it lacks (`missing`). A TLS
 payload cannot pass for raw IP at all: its first byte (0x14-0x18, or >= 0x80) has no IP version 4 or 6.
 
-The link-layer readers (`at_ethernet`, ...) are also the capture reader's: one place knows where IP starts.
+The link-layer readers (`at_ethernet`, ...) are also the capture reader's, and `tcp_segment` reads its IP and TCP
+headers: one place reads frames. The capture's reading is lenient where `find_payload` is strict: a capture's frame is
+a frame (checksums are often offloaded, frames cut at the snap length), whereas pasted bytes must prove they are one.
 """
 
 from __future__ import annotations
@@ -251,3 +253,59 @@ def _ones_complement_sum(header: bytes) -> int:
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
     return total
+
+
+_IP4 = struct.Struct(">BxH2xHxB").unpack_from  # version+IHL, total length, flags+fragment offset, protocol
+_TCP_FIELDS = struct.Struct(">4xIIBB").unpack_from  # sequence number, acknowledgment number, data offset, flags
+_PORTS = struct.Struct(">HH")
+
+
+def tcp_segment(buf: bytes, off: int, version: int) -> tuple[bytes, int, int, int, int, int] | None:
+    """A capture's TCP segment in the IP packet at `off` (a link reader's answer): (stream key: source and
+    destination addresses then ports, as they stand in the headers; sequence number; acknowledgment number; flags;
+    where the payload starts; where it ends), or None for what is no segment to follow (another protocol, a
+    fragment, headers that do not fit the frame). Raises LookupError for an IPv6 packet with extension headers,
+    which a capture leaves to dpkt. Most packets of a capture cost these few header reads and nothing more."""
+    try:
+        if version == 4:
+            vhl, total, fragment, proto = _IP4(buf, off)
+            ihl = (vhl & 15) << 2
+            if proto != TCP or vhl >> 4 != 4 or ihl < 20 or fragment & 0x1FFF:
+                return None
+            t = off + ihl
+            end = min(off + total, len(buf)) if total else len(buf)
+            key = buf[off + 12 : t + 4] if ihl == 20 else buf[off + 12 : off + 20] + buf[t : t + 4]
+        else:
+            if buf[off + 6] != TCP:  # extension headers
+                raise LookupError
+            t = off + 40
+            total = buf[off + 4] << 8 | buf[off + 5]
+            end = min(t + total, len(buf)) if total else len(buf)
+            key = buf[off + 8 : t + 4]
+        if end - t < 20:
+            return None
+        seq, ack, doff, flags = _TCP_FIELDS(buf, t)
+        doff = (doff >> 4) << 2
+        if doff < 20:
+            return None
+        return key, seq, ack, flags, t + doff, end
+    except (IndexError, struct.error):  # a truncated or odd frame
+        return None
+
+
+def reverse_key(key: bytes) -> bytes:
+    """The stream key of the other direction: addresses and ports swapped."""
+    half = (len(key) - 4) // 2
+    return key[half : 2 * half] + key[:half] + key[-2:] + key[-4:-2]
+
+
+def key_endpoints(key: bytes) -> tuple[str, str]:
+    """The source and destination of a stream key, as `endpoint` says them."""
+    half = (len(key) - 4) // 2
+    sport, dport = _PORTS.unpack_from(key, 2 * half)
+    return endpoint(key[:half], sport), endpoint(key[half : 2 * half], dport)
+
+
+def stream_key(src: bytes, dst: bytes, sport: int, dport: int) -> bytes:
+    """The stream key of a segment read some other way (dpkt)."""
+    return src + dst + _PORTS.pack(sport, dport)

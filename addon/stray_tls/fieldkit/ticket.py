@@ -32,7 +32,7 @@ def _clip(text: str, n: int = LABEL) -> str:
 
 @dataclass(frozen=True)
 class Stray:
-    """One stray exchange as the page shows it (capture.StrayExchange's fields the page needs)."""
+    """One stray exchange as the page shows it (results.StrayExchange's fields the page needs)."""
 
     time: str  # the request's capture time, ISO 8601
     client: str
