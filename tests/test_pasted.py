@@ -15,20 +15,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from stray_tls.core import frames
+from stray_tls.core.addresses import ProxyAddress, parse_host, parse_hostport, parse_proxy, parse_route
 from stray_tls.core.names import hostport, url_host
-from stray_tls.core.pasted import (
-    Pasted,
-    PasteError,
-    ProxyAddress,
-    holds_tls,
-    parse_host,
-    parse_hostport,
-    parse_pasted,
-    parse_proxy,
-    parse_route,
-    read_paste,
-    read_pasted,
-)
+from stray_tls.core.pasted import Pasted, PasteError, holds_tls, parse_pasted, read_paste, read_pasted
 
 from .fixtures.pasted import generate
 from .test_frames import wireshark_hex_dump

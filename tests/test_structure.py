@@ -65,6 +65,7 @@ LAYERS = (
     "core.http1",
     "core.findings",
     "core.pasted",
+    "core.addresses",
     "core.text",
     "compat.versions",
     "compat.messages",

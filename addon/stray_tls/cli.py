@@ -17,19 +17,9 @@ from typing import TYPE_CHECKING, ClassVar, NoReturn
 
 from . import __version__
 from .core import findings, records, text
+from .core.addresses import ProxyAddress, argument, parse_host, parse_proxy, passwords_in
 from .core.names import hostport
-from .core.pasted import (
-    Paste,
-    Pasted,
-    PasteError,
-    ProxyAddress,
-    argument,
-    holds_tls,
-    parse_host,
-    parse_proxy,
-    passwords_in,
-    read_paste,
-)
+from .core.pasted import Paste, Pasted, PasteError, holds_tls, read_paste
 from .fieldkit.extras import install_hint
 from .launch import script_path
 

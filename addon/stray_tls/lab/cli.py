@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..core import records
-from ..core.pasted import argument, parse_hostport, parse_route
+from ..core.addresses import argument, parse_hostport, parse_route
 from ..fieldkit.extras import install_hint
 from . import proxies, servers
 from .check import run_check
