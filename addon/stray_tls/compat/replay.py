@@ -121,21 +121,25 @@ async def resend_over_tls(
             error = copy.error
             _kill(copy)
     if not handler.done.is_set():
-        if error is None and ended:
-            error = mflow.Error(words(Unanswered(End.ENDED, timeout, copy.server_conn.error or "closed by the server")))
-        elif error is None and intercepted and copy.response is not None:
-            # The server answered, and an intercept held the answer (the response hook) past the deadline: a hold on
-            # this side, not the server's timeout. (Its connection may have come and gone between two polls.)
-            error = mflow.Error(words(Unanswered(End.HELD_ANSWER, timeout)))
-        elif error is None and not opened:
-            # No connection was asked for by the deadline: a hook held the request (the request hook runs before
-            # the replay connects); the server was never reached, and never will be.
-            by = "an intercept" if intercepted else "another addon's hook"
-            error = mflow.Error(words(Unanswered(End.HELD_REQUEST, timeout, by)))
-        elif error is None:
-            error = mflow.Error(words(Unanswered(End.TIMED_OUT, timeout)))
+        if error is None:
+            error = mflow.Error(words(_unanswered(copy, timeout, ended, opened, intercepted)))
         copy.error = error
     return copy
+
+
+def _unanswered(copy: http.HTTPFlow, timeout: float, ended: bool, opened: bool, intercepted: bool) -> Unanswered:
+    """How an attempt that got no answer and no error of mitmproxy's own ended."""
+    if ended:
+        return Unanswered(End.ENDED, timeout, copy.server_conn.error or "closed by the server")
+    if intercepted and copy.response is not None:
+        # The server answered, and an intercept held the answer (the response hook) past the deadline: a hold on
+        # this side, not the server's timeout. (Its connection may have come and gone between two polls.)
+        return Unanswered(End.HELD_ANSWER, timeout)
+    if not opened:
+        # No connection was asked for by the deadline: a hook held the request (the request hook runs before the
+        # replay connects); the server was never reached, and never will be.
+        return Unanswered(End.HELD_REQUEST, timeout, "an intercept" if intercepted else "another addon's hook")
+    return Unanswered(End.TIMED_OUT, timeout)
 
 
 def strip_proxy_headers(request: http.Request) -> None:
