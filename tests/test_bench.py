@@ -28,42 +28,45 @@ def test_a_bench_run_writes_its_figures_where_git_ignores_them() -> None:
 
 
 def test_the_upgrade_goals_are_judged_from_the_measured_values() -> None:
-    from scripts.benchparts import upgrade
+    from scripts.benchparts import upgrade, upgradeloads, upgradesetup
 
-    assert (upgrade.verdict(1.05, upgrade.LEARNED_GOAL), upgrade.verdict(1.051, upgrade.LEARNED_GOAL)) == ("ok", "MISS")
+    assert (
+        upgradesetup.verdict(1.05, upgradesetup.LEARNED_GOAL),
+        upgradesetup.verdict(1.051, upgradesetup.LEARNED_GOAL),
+    ) == ("ok", "MISS")
     assert upgrade.paired([2.0, 3.3], [2.0, 3.0]) == pytest.approx([1.0, 1.1])
     one_attempt = {"plaintext_requests": 1, "handshakes": 64, "handshakes_before_first_answer": 1}
-    assert all(upgrade.crowd_goals("slow_handshake", one_attempt, right=64).values())
+    assert all(upgradeloads.crowd_goals("slow_handshake", one_attempt, right=64).values())
     for missed, saw, right in (
         ("every_answer_right", one_attempt, 63),
         ("plaintext_requests_at_most_2", {**one_attempt, "plaintext_requests": 3}, 64),
         ("one_handshake_before_the_first_answer", {**one_attempt, "handshakes_before_first_answer": 2}, 64),
         ("handshakes_at_most_one_per_client", {**one_attempt, "handshakes": 65}, 64),
     ):
-        goals = upgrade.crowd_goals("slow_handshake", saw, right)
+        goals = upgradeloads.crowd_goals("slow_handshake", saw, right)
         assert [k for k, ok in goals.items() if not ok] == [missed]
     # the far target: requests sent before the first plaintext answer was back could not know; no plaintext goal
-    assert all(upgrade.crowd_goals("far", {**one_attempt, "plaintext_requests": 60}, right=64).values())
+    assert all(upgradeloads.crowd_goals("far", {**one_attempt, "plaintext_requests": 60}, right=64).values())
 
 
 @pytest.mark.e2e
 def test_the_upgrade_crowd_counts_at_the_server(tmp_path: Path) -> None:
     """The crowd part on real mitmdumps (this interpreter's mitmproxy): esrs-fix meets its goals, and the counts
     tell it from stock, which begins a handshake per client before the slow server's first answer."""
-    from scripts.benchparts import upgrade
+    from scripts.benchparts import upgrade, upgradeloads, upgradesetup
     from scripts.benchparts.common import Setup, Wrong
 
     setup = Setup(tmp_path, rounds=1, quick=True, pcap_mb=1)
     wrong = Wrong()
-    peers = upgrade.Peers.start(tmp_path, 1)
+    peers = upgradesetup.Peers.start(tmp_path, 1)
     try:
-        data = upgrade.crowd(setup, peers, wrong)
+        data = upgradeloads.crowd(setup, peers, wrong)
     finally:
         peers.stop()
     assert wrong.count == 0, wrong.examples
     for case in data["cases"].values():
         assert case["addon"]["goals_met"], case["addon"]
-        assert case["addon"]["tls_answers"] == case["stock"]["tls_answers"] == upgrade.CROWD
+        assert case["addon"]["tls_answers"] == case["stock"]["tls_answers"] == upgradesetup.CROWD
         assert case["stock"]["plaintext_requests"] == 0
     slow = data["cases"]["slow_handshake"]
     assert slow["stock"]["handshakes_before_first_answer"] > 1, slow["stock"]

@@ -5,8 +5,8 @@
 - `common`: the shared `Setup` handed to every part (it starts the lab on first use), the `Outcome` every part
   returns, and small statistics;
 - `load`: the load generator (asyncio, keep-alive, absolute-form requests through a proxy);
-- `clean`, `cpuprofile`, `answer`, `mixed`, `micro`, `pcap`, `upgrade`: one measurement each (`upgradepeers` and
-  `upgrade_probe` serve `upgrade`);
+- `clean`, `cpuprofile`, `answer`, `mixed`, `micro`, `pcap`, `upgrade`: one measurement each (`upgradepeers`,
+  `upgradesetup`, `upgradeloads` and `upgrade_probe` serve `upgrade`);
 - `main`: the options, the order the parts run in, the table, the JSON file and the exit status.
 
 Imports point one way, down this list. A part is a function `run(setup: Setup) -> Outcome`: `Outcome.data` goes
