@@ -399,6 +399,51 @@ def test_stray_tls_imports_have_no_cycle(package: dict[str, Module]) -> None:
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
 
 
+#: How large a room may grow: past these, a module, class or function holds more than one idea (the lab included).
+MAX_MODULE_LINES, MAX_CLASS_LINES, MAX_FUNCTION_LINES = 500, 260, 80
+
+
+def oversized(modules: dict[str, Module]) -> list[Violation]:
+    """Modules, classes and functions longer than the limits above, by their lines in the source."""
+    found: list[Violation] = []
+    for module in modules.values():
+        lines = len(module.path.read_text(encoding="utf-8").splitlines())
+        if lines > MAX_MODULE_LINES:
+            found.append(Violation(module.name, 0, f"is {lines} lines (at most {MAX_MODULE_LINES})"))
+        for node in ast.walk(module.tree):
+            limit = (
+                MAX_CLASS_LINES
+                if isinstance(node, ast.ClassDef)
+                else MAX_FUNCTION_LINES
+                if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+                else 0
+            )
+            if limit and (size := (node.end_lineno or node.lineno) - node.lineno + 1) > limit:
+                name = getattr(node, "name", "")
+                found.append(Violation(module.name, node.lineno, f"{name} is {size} lines (at most {limit})"))
+    return found
+
+
+def test_no_room_outgrows_one_idea(package: dict[str, Module]) -> None:
+    bench = load_package(SOURCE_ROOT.parent / "scripts" / "benchparts")
+    violations = oversized(package) + oversized(bench)
+    assert not violations, "split by idea:\n" + _report(violations)
+
+
+def test_scanner_finds_oversized_rooms(tmp_path: Path) -> None:
+    long_function = "def f():\n" + "    x = 1\n" * MAX_FUNCTION_LINES
+    long_class = "class C:\n" + "".join(f"    def m{i}(self):\n        return {i}\n\n" for i in range(90))
+    modules = make_package(
+        tmp_path,
+        {"ok.py": "def f():\n    return 1\n", "fun.py": long_function, "cls.py": long_class, "big.py": "x = 1\n" * 501},
+    )
+    assert {(v.module, v.what) for v in oversized(modules)} == {
+        ("fakepkg.fun", f"f is {MAX_FUNCTION_LINES + 1} lines (at most {MAX_FUNCTION_LINES})"),
+        ("fakepkg.cls", f"C is 270 lines (at most {MAX_CLASS_LINES})"),
+        ("fakepkg.big", f"is 501 lines (at most {MAX_MODULE_LINES})"),
+    }
+
+
 def test_the_bench_parts_import_one_way() -> None:
     parts = load_package(SOURCE_ROOT.parent / "scripts" / "benchparts")
     graph = import_graph(parts)
