@@ -38,6 +38,27 @@ def test_remember_lookup_refresh_and_forget() -> None:
     assert memory.forget(t) is True and memory.lookup(t) is None and memory.forget(t) is False
 
 
+def test_a_learned_targets_answer_refreshes_it_as_remember_does() -> None:
+    clock = Clock()
+    memory = LearnedTargets(capacity=4, ttl=60, clock=clock)
+    t = Target("esrs.lab", 443)
+    memory.remember(t, "TLS alert", "tls_records", {"taught_by": "f1"})
+    first = memory.lookup(t)
+    assert first is not None
+    clock.now += 0.5
+    memory.refresh(first)
+    assert memory.lookup(t) is first  # within a second of the last refresh: no new entry
+    clock.now += 30
+    memory.refresh(first)
+    refreshed = memory.lookup(t)
+    assert refreshed is not None and refreshed is not first
+    assert (refreshed.learned_at, refreshed.evidence, refreshed.expires_at) == (1000, {"taught_by": "f1"}, 1090.5)
+    memory.forget(t)
+    memory.refresh(refreshed)  # it answered over TLS after all: learned again, as remember would
+    again = memory.lookup(t)
+    assert again is not None and again.learned_at == clock.now and again.plaintext_answer == "TLS alert"
+
+
 def test_entries_expire() -> None:
     clock = Clock()
     memory = LearnedTargets(capacity=4, ttl=60, clock=clock)

@@ -411,16 +411,14 @@ def oversized(modules: dict[str, Module]) -> list[Violation]:
         if lines > MAX_MODULE_LINES:
             found.append(Violation(module.name, 0, f"is {lines} lines (at most {MAX_MODULE_LINES})"))
         for node in ast.walk(module.tree):
-            limit = (
-                MAX_CLASS_LINES
-                if isinstance(node, ast.ClassDef)
-                else MAX_FUNCTION_LINES
-                if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
-                else 0
-            )
-            if limit and (size := (node.end_lineno or node.lineno) - node.lineno + 1) > limit:
-                name = getattr(node, "name", "")
-                found.append(Violation(module.name, node.lineno, f"{name} is {size} lines (at most {limit})"))
+            if isinstance(node, ast.ClassDef):
+                limit = MAX_CLASS_LINES
+            elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                limit = MAX_FUNCTION_LINES
+            else:
+                continue
+            if (size := (node.end_lineno or node.lineno) - node.lineno + 1) > limit:
+                found.append(Violation(module.name, node.lineno, f"{node.name} is {size} lines (at most {limit})"))
     return found
 
 

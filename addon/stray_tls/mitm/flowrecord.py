@@ -34,7 +34,7 @@ from ..core.names import (
     printable,
 )
 from .causes import Failure
-from .learned import Entry
+from .learned import CAPACITY, Entry
 from .report import ReportWriter
 
 log = logging.getLogger("esrs_fix")
@@ -111,12 +111,8 @@ class FlowRecord:
         and carries what taught esrs-fix its target (`entry`: its evidence, when and by which flow).
         `rewritten_status`: the synthetic status it was answered with, when it was rewritten. `remembered`: answered
         with a remembered failure, unsent (`same_as`: the flow that got the upstream's answer)."""
-        evidence = dict(entry.evidence) if entry is not None else {}
-        taught_by = evidence.pop("taught_by", None)
-        if finding is not None:
-            seen = finding.to_dict(listed=not remembered)
-        else:
-            seen = evidence or (finding_of(entry).to_dict() if entry is not None else {})
+        learned_part = _learned_part(entry) if entry is not None else _NOT_LEARNED
+        seen = finding.to_dict(listed=not remembered) if finding is not None else learned_part.seen
         return cls(
             seen=seen,
             upstream=address(flow.server_conn.peername or flow.server_conn.address),
@@ -125,8 +121,8 @@ class FlowRecord:
             rewritten_status=rewritten_status,
             upgraded=upgraded,
             learned=learned,
-            learned_at=iso(entry.learned_at) if entry is not None else None,
-            taught_by=taught_by,
+            learned_at=learned_part.learned_at,
+            taught_by=learned_part.taught_by,
             upgrade=attempt_summary(attempt) if attempt is not None else None,
             upgrade_error=str(upgrade_error) if upgrade_error is not None else None,
             upgrade_cause=str(upgrade_error.cause) if upgrade_error is not None else None,
@@ -137,13 +133,45 @@ class FlowRecord:
 
     def to_dict(self) -> dict[str, Any]:
         """The flow's metadata and the report's fields: the finding's keys, then the record's own."""
-        own = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "seen"}
-        return {**self.seen, **own}
+        return {**self.seen, **{name: getattr(self, name) for name in _OWN_KEYS}}
+
+
+#: The record's own keys, in order (after the finding's).
+_OWN_KEYS = tuple(f.name for f in dataclasses.fields(FlowRecord) if f.name != "seen")
+
+
+@dataclass(frozen=True, slots=True)
+class _LearnedPart:
+    """What every flow served to one learned target records alike: what taught esrs-fix the target, when, and by
+    which flow. Made once per target (`_learned_part`), not once per flow."""
+
+    seen: Mapping[str, Any]
+    learned_at: str | None
+    taught_by: str | None
+
+
+_NOT_LEARNED = _LearnedPart({}, None, None)
+#: The learned parts, by target and the time it was learned (a target learned anew gets a new part); bounded as the
+#: learned targets are.
+_LEARNED_PARTS: dict[tuple[Any, float], _LearnedPart] = {}
+
+
+def _learned_part(entry: Entry) -> _LearnedPart:
+    key = (entry.target, entry.learned_at)
+    part = _LEARNED_PARTS.get(key)
+    if part is None:
+        evidence = dict(entry.evidence)
+        taught_by = evidence.pop("taught_by", None)
+        part = _LearnedPart(evidence or finding_of(entry).to_dict(), iso(entry.learned_at), taught_by)
+        if len(_LEARNED_PARTS) >= CAPACITY:
+            _LEARNED_PARTS.clear()
+        _LEARNED_PARTS[key] = part
+    return part
 
 
 def keys() -> tuple[str, ...]:
     """Every key a record has in the flow's metadata (a finding may add more)."""
-    return FINDING_KEYS + tuple(f.name for f in dataclasses.fields(FlowRecord) if f.name != "seen")
+    return FINDING_KEYS + _OWN_KEYS
 
 
 def annotate(flow: http.HTTPFlow, record: FlowRecord, report: ReportWriter | None) -> None:
@@ -186,7 +214,8 @@ def comment(flow: http.HTTPFlow, record: FlowRecord) -> str:
     seen = record.summary
     attempt = record.upgrade or {}
     if record.learned:
-        asked = asked_url(flow)
+        url = attempt.get("url") if attempt.get("flow") == flow.id else None  # the flow's own, made once
+        asked = asked_url(flow, url if url is not None and len(url) < URL_CHARS else None)
         target = hostport(flow.request.host, flow.request.port)
         origin = f"{target} was learned {record.learned_at or ''}".rstrip()
         if record.taught_by:
@@ -233,9 +262,11 @@ def _client_got(flow: http.HTTPFlow, record: FlowRecord) -> str:
     return f"the client got the upstream's own {response.status_code}, as it came"
 
 
-def asked_url(flow: http.HTTPFlow) -> str:
-    """The URL a learned flow's client asked for: the flow now shows it as https:// (it went over TLS)."""
-    url = flow.request.pretty_url
+def asked_url(flow: http.HTTPFlow, url: str | None = None) -> str:
+    """The URL a learned flow's client asked for: the flow now shows it as https:// (it went over TLS). `url`: the
+    flow's URL, when the record has it already (mitmproxy builds it anew at each call)."""
+    if url is None:
+        url = flow.request.pretty_url
     return clip("http" + url[len("https") :] if url.startswith("https:") else url, URL_CHARS)
 
 

@@ -79,6 +79,21 @@ class LearnedTargets:
             self._entries.popitem(last=False)
         return known is None
 
+    def refresh(self, entry: Entry) -> None:
+        """`entry`'s target answered over TLS again: remembered for `ttl` from now, as `remember` does, but making a
+        new entry at most once a second (a busy target's requests need not each make one)."""
+        now = self.clock()
+        target = entry.target
+        current = self._entries.get(target)
+        if current is None or current.expires_at <= now:  # forgotten or expired meanwhile: learned again
+            self.remember(target, entry.plaintext_answer, entry.kind)
+            return
+        if current.expires_at - now < self.ttl - 1:
+            self._entries[target] = Entry(
+                target, current.plaintext_answer, current.kind, current.learned_at, now + self.ttl, current.evidence
+            )
+        self._entries.move_to_end(target)
+
     def lookup(self, target: Target) -> Entry | None:
         """The entry for `target` if it is learned and not expired (an expired one is dropped)."""
         entry = self._entries.get(target)

@@ -219,7 +219,7 @@ class Upgrading(Options):
 
     def _served_learned(self, flow: http.HTTPFlow, target: Target, entry: Entry, started: float) -> None:
         """A learned target answered over TLS: keep it learned, and record it as an upgraded flow is recorded."""
-        self.upgrade.learned.remember(target, entry.plaintext_answer, entry.kind)
+        self.upgrade.learned.refresh(entry)
         self.decision.record(flow, FlowRecord.of(flow, None, entry=entry, attempt=flow, upgraded=True, learned=True))
         # Routine, not news (a newly learned target is logged as a warning): no log line at all. Even at debug level
         # mitmproxy formats every record and wakes its event loop for it, which cost a learned request a fifth more
