@@ -13,7 +13,7 @@ from stray_tls.core import findings
 from stray_tls.core.names import LABEL_HEADER, MARKER, METADATA_KEY
 from stray_tls.lab.servers import NGINX_400_BODY
 from stray_tls.mitm.addon import EsrsFix
-from stray_tls.mitm.answers import rewritten_response
+from stray_tls.mitm.responses import rewritten_response
 
 from .conftest import FIELD_ALERT, SUMMARY, hook
 

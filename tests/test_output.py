@@ -19,7 +19,7 @@ from stray_tls.core import findings, records
 from stray_tls.fieldkit.wire import Answer, exchange
 from stray_tls.lab import servers
 from stray_tls.lab.mitm import Mitmdump
-from stray_tls.mitm.answers import LABEL_CHARS
+from stray_tls.mitm.responses import LABEL_CHARS
 
 from .conftest import FIELD_ALERT, reverse_modes
 

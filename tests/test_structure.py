@@ -83,7 +83,7 @@ LAYERS = (
     "mitm.flowrecord",
     "mitm.route",
     "mitm.upgrade",
-    "mitm.answers",
+    "mitm.responses",
     "mitm.contentview",
     "mitm.options",
     "mitm.labels",

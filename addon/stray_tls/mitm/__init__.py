@@ -1,1 +1,1 @@
-"""The addon inside mitmproxy: its addons, the record of a flow, the answers esrs-fix makes, the report."""
+"""The addon inside mitmproxy: its addons, the record of a flow, the responses esrs-fix makes, the report."""

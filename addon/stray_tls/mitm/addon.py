@@ -16,12 +16,12 @@ before detection judges an answer. They speak mitmproxy's public API only; its i
 
 from __future__ import annotations
 
-from .answers import ErrorAnswers
 from .decision import Decision
 from .detection import Detection
 from .inspection import Inspection
 from .labels import Labels
 from .options import Spelling
+from .responses import ErrorResponses
 from .rewrite import Rewrite
 from .upgrade import Upgrade
 from .upgrading import Upgrading
@@ -35,12 +35,12 @@ class EsrsFix:
     def __init__(self) -> None:
         #: The attempts and what they taught (learned targets, attempts in flight, remembered failures).
         self.upgrade = Upgrade()
-        answers = ErrorAnswers()
+        error_responses = ErrorResponses()
         self.labels = Labels()
         self.rewrite = Rewrite()
-        self.decision = Decision(self.labels, answers, self.upgrade, self.rewrite)
-        self.upgrading = Upgrading(self.upgrade, self.decision, self.labels, answers)
-        self.detection = Detection(self.decision, self.labels, answers, self.upgrade)
+        self.decision = Decision(self.labels, error_responses, self.upgrade, self.rewrite)
+        self.upgrading = Upgrading(self.upgrade, self.decision, self.labels, error_responses)
+        self.detection = Detection(self.decision, self.labels, error_responses, self.upgrade)
         self.inspection = Inspection(self.upgrade.learned)
         self.addons: list[object] = [
             self.labels,

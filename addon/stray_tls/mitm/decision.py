@@ -20,12 +20,12 @@ from mitmproxy.addonmanager import Loader
 from ..core import findings as fnd
 from ..core.findings import Finding, Kind
 from ..core.names import OPT_FILTER, OPT_REPORT, printable
-from .answers import ErrorAnswers, upgrade_failed_response
 from .causes import AttemptCause, Failure
 from .flowrecord import FlowRecord, annotate, log_detection
 from .labels import Labels
 from .options import BadOption, Options
 from .report import ReportWriter
+from .responses import ErrorResponses, upgrade_failed_response
 from .rewrite import Rewrite
 from .upgrade import Upgrade, UpgradeOutcome, target_of
 
@@ -77,9 +77,9 @@ class Decision(Options):
     name = "esrs-fix.decision"
     OPTIONS = (OPT_FILTER, OPT_REPORT)
 
-    def __init__(self, labels: Labels, answers: ErrorAnswers, upgrade: Upgrade, rewrite: Rewrite) -> None:
+    def __init__(self, labels: Labels, error_responses: ErrorResponses, upgrade: Upgrade, rewrite: Rewrite) -> None:
         self.labels = labels
-        self.answers = answers
+        self.error_responses = error_responses
         self.upgrade = upgrade
         self.rewrite = rewrite
         self.filter: flowfilter.TFilter | None = None
@@ -204,7 +204,7 @@ class Decision(Options):
             assert failure is not None
             flow.response = self.labels.labelled(upgrade_failed_response(finding, failure), to=flow.request)
         if error_path and flow.response is not None:
-            self.answers.put(flow.request, flow.response)  # for the send wrapper, in place of mitmproxy's 502
+            self.error_responses.put(flow.request, flow.response)  # for the send wrapper, in place of mitmproxy's 502
         record = FlowRecord.of(
             flow,
             finding,

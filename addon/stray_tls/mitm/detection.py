@@ -29,10 +29,10 @@ from ..core.names import (
     UPGRADE_METADATA_KEY,
     hostport,
 )
-from .answers import ErrorAnswers, error_response
 from .decision import Decision
 from .labels import Labels
 from .options import BadOption, Options
+from .responses import ErrorResponses, error_response
 from .upgrade import Upgrade
 
 log = logging.getLogger("esrs_fix")
@@ -44,14 +44,14 @@ class Detection(Options):
     name = "esrs-fix.detection"
     OPTIONS = (OPT_EARLY, OPT_HOLD_TIMEOUT)
 
-    def __init__(self, decision: Decision, labels: Labels, answers: ErrorAnswers, upgrade: Upgrade) -> None:
+    def __init__(self, decision: Decision, labels: Labels, error_responses: ErrorResponses, upgrade: Upgrade) -> None:
         self.decision = decision
         self.labels = labels
         self.upgrade = upgrade
         # Synthetic responses made by the early detection, until their flow's response hook claims them.
         self._made: weakref.WeakKeyDictionary[http.Response, Finding] = weakref.WeakKeyDictionary()
-        self.early = EarlyDetection(self._on_records, answers.claim)
-        answers.early = self.early
+        self.early = EarlyDetection(self._on_records, error_responses.claim)
+        error_responses.early = self.early
         # Failed TLS handshakes with an upstream, by server connection id, for the flow's error hook.
         self._tls_failures: dict[str, Finding] = {}
 

@@ -8,8 +8,8 @@ import weakref
 from mitmproxy import http
 
 from ..core.names import LABEL_HEADER, METADATA_KEY, UPSTREAM_LABEL_HEADER, printable
-from .answers import lowercase_label
 from .flowrecord import address
+from .responses import lowercase_label
 
 log = logging.getLogger("esrs_fix")
 

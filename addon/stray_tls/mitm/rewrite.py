@@ -8,9 +8,9 @@ from mitmproxy.addonmanager import Loader
 
 from ..core.findings import Finding
 from ..core.names import LABEL_HEADER, OPT_REWRITE, OPT_STATUS
-from .answers import rewritten_response
 from .causes import Failure
 from .options import BadOption, Options
+from .responses import rewritten_response
 
 
 class Rewrite(Options):

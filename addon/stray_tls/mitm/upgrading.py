@@ -28,13 +28,13 @@ from ..core.names import (
     UPGRADE_METADATA_KEY,
     printable,
 )
-from .answers import ErrorAnswers, upgrade_failed_response
 from .causes import AttemptCause, Failure, attempt_cause
 from .decision import Decision
 from .flowrecord import FlowRecord, address, finding_of
 from .labels import Labels
 from .learned import Entry, Target
 from .options import BadOption, Options
+from .responses import ErrorResponses, upgrade_failed_response
 from .route import tls_route
 from .upgrade import SUSPECT_WAIT, Upgrade, target_of
 
@@ -63,11 +63,11 @@ class Upgrading(Options):
     name = "esrs-fix.upgrading"
     OPTIONS = (OPT_UPGRADE, OPT_UPGRADE_TIMEOUT, OPT_UPGRADE_RETRY)
 
-    def __init__(self, upgrade: Upgrade, decision: Decision, labels: Labels, answers: ErrorAnswers) -> None:
+    def __init__(self, upgrade: Upgrade, decision: Decision, labels: Labels, error_responses: ErrorResponses) -> None:
         self.upgrade = upgrade
         self.decision = decision
         self.labels = labels
-        self.answers = answers
+        self.error_responses = error_responses
         # Flows sent over TLS at once because their target is learned, by flow id, until their response or error.
         self._learned_flows: dict[str, tuple[Target, Entry, float]] = {}
 
@@ -238,8 +238,8 @@ class Upgrading(Options):
             printable(str(target)),
             printable(str(failure)),
         )
-        if flow.live and self.answers.active and flow.response is None:
-            self.answers.put(
+        if flow.live and self.error_responses.active and flow.response is None:
+            self.error_responses.put(
                 flow.request, self.labels.labelled(upgrade_failed_response(finding, failure), to=flow.request)
             )
         self.decision.record(

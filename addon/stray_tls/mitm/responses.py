@@ -1,4 +1,4 @@
-"""The answers esrs-fix gives in place of the upstream's: the labelled 502, the synthetic status, the failed upgrade.
+"""The responses esrs-fix gives in place of the upstream's: the labelled 502, the synthetic status, the failed upgrade.
 
 Each says, in its body, what came back instead of HTTP (the one-line summary and the raw bytes) and why; each is
 labelled with the X-ESRS-Fix header, so that nobody takes it for the server's. Both are bounded whatever the upstream
@@ -112,7 +112,7 @@ class _Early(Protocol):
     def active(self) -> bool: ...
 
 
-class ErrorAnswers:
+class ErrorResponses:
     """Answers for flows that mitmproxy fails before any response exists, by request: the early detection's send
     wrapper (HTTP/1 clients) writes one in place of mitmproxy's own 502, and only while it is installed."""
 
