@@ -9,6 +9,7 @@ per-frame table.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import os
 import shutil
@@ -77,6 +78,22 @@ def tshark_rows(path: Path) -> list[Row]:
                 )
             )
     return rows
+
+
+def frame_times(path: Path) -> dict[int, float]:
+    """Each frame's capture time, as tshark reads it (seconds since the epoch)."""
+    p = subprocess.run(
+        [tshark(), "-r", str(path), "-T", "fields", "-e", "frame.number", "-e", "frame.time_epoch"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return {int(n): float(t) for n, t in (line.split("\t") for line in p.stdout.splitlines())}
+
+
+def seconds(iso: str) -> float:
+    return datetime.datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
 def where(
@@ -193,9 +210,15 @@ def test_frames_and_streams_are_tsharks_on_a_written_capture(tmp_path: Path) -> 
     rows = tshark_rows(path)
     got = said(path)
     assert len(got) == len(expected)
+    times = frame_times(path)
     for e, (sender, to, connection, offset, stream) in zip(got, expected, strict=True):
         assert (e["frame"], e["tcp_stream"]) == where(rows, sender, to, connection, offset), e
         assert e["tcp_stream"] == stream  # the scenario's own count: a stray ACK first, reuse with the same ISN
+        # the answer's own time is its first frame's, as tshark reads it (the one that carried it ahead, when held)
+        if e["kind"] == "silent_close":
+            assert e["answer_time"] is None, e
+        else:
+            assert abs(seconds(e["answer_time"]) - times[e["frame"]]) < 1e-6, e
     # the text output names the same place, in words Wireshark takes
     p = subprocess.run(
         [sys.executable, "-m", "stray_tls.main", "pcap", str(path)], capture_output=True, text=True, timeout=120

@@ -34,7 +34,14 @@ def strays() -> list[ticket.Stray]:
     alert = alert_finding()
     return [
         ticket.Stray(
-            "2017-03-20T08:53:20Z", "10.0.0.5:40002", "10.0.0.1:8080", REQ.split(b"\r\n")[0].decode(), alert, 7, 1
+            "2017-03-20T08:53:20Z",
+            "10.0.0.5:40002",
+            "10.0.0.1:8080",
+            REQ.split(b"\r\n")[0].decode(),
+            alert,
+            7,
+            1,
+            "2017-03-20T08:53:20.150000Z",
         ),
         ticket.Stray(
             "2017-03-20T08:53:30Z", "10.0.0.7:40004", "10.0.0.1:8080", HOSTILE_LINE, findings.silent_close(), 12, 3
@@ -85,6 +92,9 @@ def test_one_ladder_per_stray_exchange_with_frame_filter_decode_and_advice() -> 
         # the findings' own words, escaped as the page escapes every text
         assert ticket._t(s.finding.summary) in page and ticket._t(s.finding.explanation) in page
     assert "15 03 01 00 02 02 0a" in page  # the answer's first bytes on its arrow
+    # each arrow has its own time: the answer's is its first packet's, and a silent close has none
+    assert re.search(r"<text[^>]*>2017-03-20T08:53:20.150000Z  answer: 7 bytes kept", ladders[0]), ladders[0]
+    assert "answer:" not in ladders[1] and made[1].answer_time is None
 
 
 def test_hostile_capture_text_is_escaped_and_nothing_external_is_referenced() -> None:

@@ -130,7 +130,7 @@ class _Scanner:
             return
         stream, side = found
         stream.last = ts
-        stream.frame = frame
+        stream.frame, stream.frame_time = frame, ts
         size = len(payload)
         if not flags & 0x07:  # no SYN, FIN or RST
             if not size:

@@ -18,7 +18,7 @@ from ..core.names import hostport
 from ..core.pasted import Paste, Pasted, PasteError, holds_tls, read_paste
 from . import streams
 from .extras import install_hint
-from .results import ScanResult
+from .results import ScanResult, iso
 
 if TYPE_CHECKING:
     from . import diagnose, proxyauth
@@ -258,7 +258,16 @@ def _write_pcap_page(args: argparse.Namespace, result: ScanResult) -> None:
     from . import ticket
 
     strays = [
-        ticket.Stray(ex.to_dict()["time"], ex.client, ex.server, ex.request_line, ex.finding, ex.frame, ex.tcp_stream)
+        ticket.Stray(
+            iso(ex.time),
+            ex.client,
+            ex.server,
+            ex.request_line,
+            ex.finding,
+            ex.frame,
+            ex.tcp_stream,
+            iso(ex.answer_time) if ex.answer_time is not None else None,
+        )
         for ex in result.exchanges
     ]
     counts = [

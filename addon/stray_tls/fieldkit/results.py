@@ -22,15 +22,18 @@ class StrayExchange:
     frame: int = 0
     #: Wireshark's `tcp.stream` index of the connection.
     tcp_stream: int = 0
+    #: The capture time of the answer's first packet (None: no answer came, the server closed).
+    answer_time: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "time": _iso(self.time),
+            "time": iso(self.time),
             "client": self.client,
             "server": self.server,
             "request_line": self.request_line,
             "frame": self.frame,
             "tcp_stream": self.tcp_stream,
+            "answer_time": iso(self.answer_time) if self.answer_time is not None else None,
             **self.finding.to_dict(),
         }
 
@@ -57,5 +60,5 @@ class ScanResult:
     unframed: int = 0
 
 
-def _iso(ts: float) -> str:
+def iso(ts: float) -> str:
     return datetime.datetime.fromtimestamp(ts, datetime.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")

@@ -52,8 +52,8 @@ class Request:
 class Stream(reassembly.Connection):
     """One TCP connection: the reassembly's bytes in order, each direction to its side (`requests`, `answers`)."""
 
-    __slots__ = ("a", "answers", "at_frame", "b", "client", "closing", "frame", "held", "requests", "result",
-                 "tcp_stream", "unsettled")  # fmt: skip
+    __slots__ = ("a", "answers", "at_frame", "at_time", "b", "client", "closing", "frame", "frame_time", "held",
+                 "requests", "result", "tcp_stream", "unsettled")  # fmt: skip
 
     def __init__(self, a: str, b: str, result: ScanResult, tcp_stream: int) -> None:
         self.a, self.b = a, b  # the first packet's source and destination
@@ -62,9 +62,12 @@ class Stream(reassembly.Connection):
         self.unsettled = True  # Wireshark's bases of the conversation are not both known yet
         super().__init__()
         self.frame = 0  # the frame number of the segment being handed in (set by the scan loop)
+        self.frame_time = 0.0  # and its capture time
         self.at_frame = 0  # the frame that carried the bytes being handed on
-        #: per side, the frame numbers of segments held out of order, by sequence number: their bytes go on later
-        self.held: tuple[dict[int, int], dict[int, int]] = ({}, {})
+        self.at_time = 0.0  # and its capture time
+        #: per side, the frame numbers and times of segments held out of order, by sequence number: their bytes go on
+        #: later
+        self.held: tuple[dict[int, tuple[int, float]], dict[int, tuple[int, float]]] = ({}, {})
         self.client: int | None = None  # 0: a is the client; 1: b is (known from the SYN, else from a method)
         self.closing = False  # the server's FIN has taken effect (where it stands in the stream): close the stream
         self.requests = Requests(self)
@@ -80,18 +83,18 @@ class Stream(reassembly.Connection):
     def hold(self, side: int, seq: int) -> None:
         """The segment at `seq` just handed in was kept out of order: remember its frame for when it goes on."""
         if seq in self.pending[side]:
-            self.held[side].setdefault(seq, self.frame)
+            self.held[side].setdefault(seq, (self.frame, self.frame_time))
 
     def deliver(self, side: int, data: bytes, ts: float) -> None:
         held = self.held[side]
         if held:  # bytes kept out of order may be going on now, from an earlier frame than the current one
             nxt = self.nxt[side]
             assert nxt is not None
-            self.at_frame = held.pop((nxt - len(data)) & _SEQ, self.frame)
+            self.at_frame, self.at_time = held.pop((nxt - len(data)) & _SEQ, (self.frame, self.frame_time))
             if not self.pending[side]:
                 held.clear()
         else:
-            self.at_frame = self.frame
+            self.at_frame, self.at_time = self.frame, self.frame_time
         super().deliver(side, data, ts)
 
     def stream_bytes(self, side: int, data: bytes, ts: float) -> None:
@@ -266,7 +269,8 @@ _START, _ANSWER, _GONE = range(3)
 class Answers:
     """The server's side of a stream: the answer to the oldest request, framed and judged as it comes."""
 
-    __slots__ = ("answer_at", "answered", "body", "decided", "framer", "limit", "raw", "state", "status", "stream")
+    __slots__ = ("answer_at", "answer_time", "answered", "body", "decided", "framer", "limit", "raw", "state", "status",
+                 "stream")  # fmt: skip
 
     def __init__(self, stream: Stream) -> None:
         self.stream = stream
@@ -281,6 +285,7 @@ class Answers:
         #: the frame holding the first byte of the answer being read, and its tcp.stream (the answer may be judged
         #: after a SYN has begun a new conversation on the same addresses)
         self.answer_at = (0, 0)
+        self.answer_time = 0.0  # the capture time of that frame
 
     @property
     def waiting(self) -> bool:
@@ -310,6 +315,7 @@ class Answers:
                 framer.expect(requests.queue[0].method if requests.queue else None)
             if framer.fresh and pos < n:  # the answer (or the final one after a 1xx) begins here
                 self.answer_at = (self.stream.at_frame, self.stream.tcp_stream)
+                self.answer_time = self.stream.at_time
             step, pos = framer.step(data, pos)
             if step is http1.Step.MORE:
                 return
@@ -429,10 +435,11 @@ class Answers:
             time, line, at = first.time, requests.line(first), first.at
         else:
             time, line, at = stream.last, UNKEPT_LINE, (0, stream.tcp_stream)
+        answered = self.answer_time if self.answered else None
         if self.answered:
             at = self.answer_at
         client, server = (stream.a, stream.b) if stream.client == 0 else (stream.b, stream.a)
-        stream.result.exchanges.append(StrayExchange(time, client, server, line, finding, *at))
+        stream.result.exchanges.append(StrayExchange(time, client, server, line, finding, *at, answered))
 
     def done(self) -> None:
         """The answer to the oldest request has ended: judge it if not yet, and expect the next request's."""

@@ -41,6 +41,7 @@ class Stray:
     finding: Finding
     frame: int  # Wireshark's frame number of the answer's first packet (the request's when no answer came)
     tcp_stream: int
+    answer_time: str | None = None  # the answer's first packet's capture time, ISO 8601 (None: no answer came)
 
 
 def _t(text: str) -> str:
@@ -85,13 +86,14 @@ def ladder(s: Stray) -> str:
     )
     y += _ROW + 10
     where = f"frame {s.frame}  tcp.stream eq {s.tcp_stream}"
+    when = f"{s.answer_time}  " if s.answer_time else ""
     if f.kind is Kind.SILENT_CLOSE:
         rows.append(_arrow(y, False, [_clip(f.summary), where], dashed=True))  # no answer: a dashed arrow
     elif f.kind is Kind.PLAIN_HTTP_400:
-        rows.append(_arrow(y, False, [_clip(f"answer: {f.summary}"), where]))
+        rows.append(_arrow(y, False, [_clip(f"{when}answer: {f.summary}"), where]))
     else:
         first = hexdump(f.raw, FIRST_BYTES) if f.raw else "(no bytes kept)"
-        rows.append(_arrow(y, False, [f"answer: {len(f.raw)} bytes kept: {first}", _clip(f.summary), where]))
+        rows.append(_arrow(y, False, [f"{when}answer: {len(f.raw)} bytes kept: {first}", _clip(f.summary), where]))
     height = y + 30
     lanes = "\n".join(
         f'<line x1="{x}" y1="30" x2="{x}" y2="{height - 5}" stroke="#000" stroke-width="1"/>'
@@ -110,6 +112,7 @@ def _section(n: int, s: Stray) -> str:
     f = s.finding
     facts = [
         ("Time", s.time),
+        *([("Answered", s.answer_time)] if s.answer_time else []),
         ("Client", s.client),
         ("Server", s.server),
         ("Request", s.request_line),
