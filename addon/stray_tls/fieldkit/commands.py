@@ -241,7 +241,14 @@ def _write_check_page(args: argparse.Namespace, proxy: str, host: str, results: 
             r.verdict,
             [
                 ticket.ProbeStep(
-                    p.name, p.what, p.ok, p.name.startswith("direct"), p.finding, p.answer.raw if p.answer else b""
+                    p.name,
+                    p.what,
+                    p.ok,
+                    p.name.startswith("direct"),
+                    p.finding,
+                    p.answer.raw if p.answer else b"",
+                    len(p.answer.raw) if p.answer and p.answer.seconds is not None else None,
+                    p.answer.seconds if p.answer else None,
                 )
                 for p in r.probes
             ],

@@ -156,6 +156,8 @@ class ProbeStep:
     direct: bool  # sent to the server itself, not through the proxy
     finding: Finding | None = None
     raw: bytes = b""  # the answer's first bytes, as shown (scrubbed of the credentials)
+    size: int | None = None  # the answer's bytes (None: nothing came back)
+    seconds: float | None = None  # from the request to the answer's last byte read
 
 
 @dataclass(frozen=True)
@@ -186,8 +188,10 @@ def probe_ladder(p: ProbeStep, proxy: str, server: str) -> str:
     """One probe as a ladder diagram: esrs-fix's request to the proxy (or the server, when direct), the answer back."""
     client, via, far = _THREE
     to = far if p.direct else via
-    y1, y2 = 80, 80 + _ROW + 10 + (14 if p.finding else 0)
+    y1, y2 = 80, 80 + _ROW + 10 + (14 if p.finding else 0) + (14 if p.size is not None else 0)
     back = [_clip(f"{'OK' if p.ok else 'not OK'}: {p.what}")]
+    if p.size is not None and p.seconds is not None:
+        back.insert(0, f"{p.size} bytes after {p.seconds * 1000:.0f} ms")
     if p.finding is not None:
         back.append(_clip(p.finding.summary))
     if p.raw:

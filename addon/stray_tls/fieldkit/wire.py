@@ -37,6 +37,8 @@ class Answer:
     framing_problem: str = ""
     #: The whole answer came, as its framing says (its body to the end): the connection may carry the next message.
     complete: bool = False
+    #: Seconds from sending the request to the last byte read (or the timeout, or the error); None: nothing was sent.
+    seconds: float | None = None
 
     @property
     def label(self) -> str | None:
@@ -97,6 +99,7 @@ def send_and_read(sock: socket.socket, request: bytes, deadline: float, *, head_
     reader = AnswerReader(method, head_only=head_only)
     connect = method == b"CONNECT"
     timed_out = False
+    sent = time.monotonic()
     try:
         sock.sendall(request)
         while True:
@@ -112,8 +115,12 @@ def send_and_read(sock: socket.socket, request: bytes, deadline: float, *, head_
     except TimeoutError:
         timed_out = True
     except OSError as e:
-        return reader.answer(timed_out, error=f"connection error: {e.strerror or e}")
-    return reader.answer(timed_out)
+        return replace(reader.answer(timed_out, error=f"connection error: {e.strerror or e}"), seconds=_since(sent))
+    return replace(reader.answer(timed_out), seconds=_since(sent))
+
+
+def _since(start: float) -> float:
+    return time.monotonic() - start
 
 
 class AnswerReader:
