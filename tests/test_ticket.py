@@ -177,6 +177,37 @@ def test_the_page_from_a_capture_renders_in_chromium_with_no_request_leaving_it(
     assert "GET https://esrs.example:443/ HTTP/1.1" in ladder_text and "15 03 01 00 02 02 0a" in ladder_text
 
 
+def test_the_page_prints_whole_and_reads_without_colour(tmp_path: Path) -> None:
+    """Printed (chromium's print media, then a PDF): no section is cut across pages, no margin is wasted, and every
+    text is black on white, so that a black-and-white print or fax of the ticket loses nothing."""
+    out = tmp_path / "page.html"
+    out.write_text(ticket.page("esrs-fix: 2 stray exchanges", "field.pcap", strays(), ["5 packets"]), encoding="utf-8")
+    browser_path = chromium()
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=browser_path, args=BROWSER_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(out.as_uri(), timeout=30_000)
+            page.emulate_media(media="print")
+            styles = page.evaluate(
+                """() => ({
+                    sections: [...document.querySelectorAll('section')].map(e => getComputedStyle(e).breakInside),
+                    margin: getComputedStyle(document.body).margin,
+                    colours: [...new Set([...document.querySelectorAll('body *')].map(e =>
+                        e instanceof SVGElement ? getComputedStyle(e).fill : getComputedStyle(e).color))],
+                    background: getComputedStyle(document.body).backgroundColor,
+                })"""
+            )
+            pdf = page.pdf(format="A4")
+        finally:
+            browser.close()
+    assert styles["sections"] == ["avoid", "avoid"], styles
+    assert styles["margin"] == "0px" and styles["background"] == "rgb(255, 255, 255)", styles
+    assert set(styles["colours"]) <= {"rgb(0, 0, 0)"}, styles["colours"]
+    assert pdf.startswith(b"%PDF") and pdf.count(b"/Type /Page") >= 1
+
+
 # -- `esrs-fix check --html`
 
 
