@@ -262,6 +262,7 @@ def test_check_page_from_a_real_check_renders_in_chromium(cert, start_server, tm
     assert ticket._t(verdict) in html_text
     # each answer's arrow has its size and time: the relayed alert is 7 bytes
     assert re.search(r">7 bytes after \d+ ms<", html_text), html_text
+    assert re.search(r">GET https:// \(as the check\) \(\d+ bytes\)<", html_text), html_text  # the request's size
 
     browser_path = chromium()
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")

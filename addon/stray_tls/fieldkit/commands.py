@@ -249,6 +249,7 @@ def _write_check_page(args: argparse.Namespace, proxy: str, host: str, results: 
                     p.answer.raw if p.answer else b"",
                     len(p.answer.raw) if p.answer and p.answer.seconds is not None else None,
                     p.answer.seconds if p.answer else None,
+                    p.answer.sent if p.answer else None,
                 )
                 for p in r.probes
             ],

@@ -158,6 +158,7 @@ class ProbeStep:
     raw: bytes = b""  # the answer's first bytes, as shown (scrubbed of the credentials)
     size: int | None = None  # the answer's bytes (None: nothing came back)
     seconds: float | None = None  # from the request to the answer's last byte read
+    sent: int | None = None  # the request's bytes
 
 
 @dataclass(frozen=True)
@@ -196,7 +197,8 @@ def probe_ladder(p: ProbeStep, proxy: str, server: str) -> str:
         back.append(_clip(p.finding.summary))
     if p.raw:
         back.append(f"first bytes: {hexdump(p.raw, FIRST_BYTES)}")
-    rows = [_arrow_between(y1, client, to, [p.name]), _arrow_between(y2, to, client, back, dashed=not p.ok)]
+    asked = f"{p.name} ({p.sent} bytes)" if p.sent else p.name
+    rows = [_arrow_between(y1, client, to, [asked]), _arrow_between(y2, to, client, back, dashed=not p.ok)]
     height = y2 + 30
     lanes = "\n".join(
         f'<line x1="{x}" y1="30" x2="{x}" y2="{height - 5}" stroke="#000" stroke-width="1"/>'

@@ -39,6 +39,8 @@ class Answer:
     complete: bool = False
     #: Seconds from sending the request to the last byte read (or the timeout, or the error); None: nothing was sent.
     seconds: float | None = None
+    #: The bytes of the request this answers.
+    sent: int = 0
 
     @property
     def label(self) -> str | None:
@@ -98,8 +100,8 @@ def send_and_read(sock: socket.socket, request: bytes, deadline: float, *, head_
     method = request.split(b" ", 1)[0]
     reader = AnswerReader(method, head_only=head_only)
     connect = method == b"CONNECT"
-    timed_out = False
-    sent = time.monotonic()
+    timed_out, error = False, ""
+    started = time.monotonic()
     try:
         sock.sendall(request)
         while True:
@@ -115,12 +117,8 @@ def send_and_read(sock: socket.socket, request: bytes, deadline: float, *, head_
     except TimeoutError:
         timed_out = True
     except OSError as e:
-        return replace(reader.answer(timed_out, error=f"connection error: {e.strerror or e}"), seconds=_since(sent))
-    return replace(reader.answer(timed_out), seconds=_since(sent))
-
-
-def _since(start: float) -> float:
-    return time.monotonic() - start
+        error = f"connection error: {e.strerror or e}"
+    return replace(reader.answer(timed_out, error), seconds=time.monotonic() - started, sent=len(request))
 
 
 class AnswerReader:
