@@ -130,7 +130,6 @@ class AnswerReader:
     """
 
     def __init__(self, method: bytes = b"GET", *, head_only: bool = False) -> None:
-        self.method = method
         self.head_only = head_only
         self.data = bytearray()
         self.framer = http1.AnswerFramer(method, max_head=MAX_ANSWER)

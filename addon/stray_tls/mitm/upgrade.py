@@ -182,7 +182,7 @@ class Upgrade:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(pending), max(0.0, seconds))
 
-    def failure_of(self, attempt: http.HTTPFlow, finding: Finding, seconds: float) -> Failure:
+    def failure_of(self, attempt: http.HTTPFlow, seconds: float) -> Failure:
         """Why a TLS attempt (an upgrade's copy, or a flow sent as learned) failed, with advice that fits."""
         return _failure_of(attempt, seconds)
 

@@ -229,7 +229,7 @@ class Upgrading(Options):
         """TLS to a learned target failed: forget it, and tell the client why in a labelled 502."""
         self.upgrade.learned.forget(target)
         finding = finding_of(entry)
-        failure = self.upgrade.failure_of(flow, finding, time.monotonic() - started)
+        failure = self.upgrade.failure_of(flow, time.monotonic() - started)
         log.warning(
             "esrs-fix: %s (%s): TLS to learned target %s failed (%s); it is forgotten, and the next request tries "
             "plaintext first",
