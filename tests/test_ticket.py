@@ -3,9 +3,11 @@ rendered by a real browser (Debian's chromium, driven by Playwright) with no req
 
 from __future__ import annotations
 
+import contextlib
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any, ClassVar
@@ -17,6 +19,21 @@ from stray_tls.fieldkit import ticket
 from stray_tls.lab.servers import ALERT_TLS10
 from tests.capgen import Conversation, write_capture
 from tests.test_mitmweb import ARTIFACTS, BROWSER_ARGS, chromium
+
+
+@contextlib.contextmanager
+def browser_page(**options: Any) -> Iterator[Any]:
+    """A new page in Debian's chromium (headless, through playwright), closed with its browser afterwards."""
+    browser_path = chromium()
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=browser_path, args=BROWSER_ARGS)
+        try:
+            yield browser.new_page(**options)
+        finally:
+            browser.close()
+
 
 REQ = b"GET https://esrs.example:443/ HTTP/1.1\r\nHost: esrs.example:443\r\n\r\n"
 HOSTILE_LINE = 'GET /<script>alert("x")</script><img src=x onerror=y> HTTP/1.1'
@@ -145,32 +162,24 @@ def test_the_page_from_a_capture_renders_in_chromium_with_no_request_leaving_it(
     assert "tcp.stream eq 1" in p.stdout  # the text output is unchanged beside the page
     parsed(out.read_text())
 
-    browser_path = chromium()
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-    ARTIFACTS.mkdir(exist_ok=True)
     requests: list[str] = []
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=browser_path, args=BROWSER_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 900, "height": 1000})
-            page.on("request", lambda r: requests.append(r.url))
-            dialogs: list[str] = []
+    with browser_page(viewport={"width": 900, "height": 1000}) as page:
+        page.on("request", lambda r: requests.append(r.url))
+        dialogs: list[str] = []
 
-            def dialog(d: Any) -> None:  # an alert() would mean the hostile line ran as script
-                dialogs.append(d.message)
-                d.dismiss()
+        def dialog(d: Any) -> None:  # an alert() would mean the hostile line ran as script
+            dialogs.append(d.message)
+            d.dismiss()
 
-            page.on("dialog", dialog)
-            page.goto(out.as_uri(), timeout=30_000)
-            page.wait_for_load_state("load")
-            text = page.inner_text("body")
-            ladder_text = " ".join(page.locator("svg").first.locator("text").all_text_contents())
-            assert page.locator("svg").count() == 3
-            assert page.locator("svg text", has_text="tcp.stream eq 0").first.is_visible()
-            assert page.locator("script").count() == 0 and not dialogs
-            page.screenshot(path=str(ARTIFACTS / "ticket-page.png"), full_page=True)
-        finally:
-            browser.close()
+        page.on("dialog", dialog)
+        page.goto(out.as_uri(), timeout=30_000)
+        page.wait_for_load_state("load")
+        text = page.inner_text("body")
+        ladder_text = " ".join(page.locator("svg").first.locator("text").all_text_contents())
+        assert page.locator("svg").count() == 3
+        assert page.locator("svg text", has_text="tcp.stream eq 0").first.is_visible()
+        assert page.locator("script").count() == 0 and not dialogs
+        page.screenshot(path=str(ARTIFACTS / "ticket-page.png"), full_page=True)
     assert requests == [out.as_uri()], requests
     assert "unexpected_message" in text and "tcp.stream eq 1" in text
     assert "<script>" in text  # shown as text, not run
@@ -182,26 +191,19 @@ def test_the_page_prints_whole_and_reads_without_colour(tmp_path: Path) -> None:
     text is black on white, so that a black-and-white print or fax of the ticket loses nothing."""
     out = tmp_path / "page.html"
     out.write_text(ticket.page("esrs-fix: 2 stray exchanges", "field.pcap", strays(), ["5 packets"]), encoding="utf-8")
-    browser_path = chromium()
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=browser_path, args=BROWSER_ARGS)
-        try:
-            page = browser.new_page()
-            page.goto(out.as_uri(), timeout=30_000)
-            page.emulate_media(media="print")
-            styles = page.evaluate(
-                """() => ({
-                    sections: [...document.querySelectorAll('section')].map(e => getComputedStyle(e).breakInside),
-                    margin: getComputedStyle(document.body).margin,
-                    colours: [...new Set([...document.querySelectorAll('body *')].map(e =>
-                        e instanceof SVGElement ? getComputedStyle(e).fill : getComputedStyle(e).color))],
-                    background: getComputedStyle(document.body).backgroundColor,
-                })"""
-            )
-            pdf = page.pdf(format="A4")
-        finally:
-            browser.close()
+    with browser_page() as page:
+        page.goto(out.as_uri(), timeout=30_000)
+        page.emulate_media(media="print")
+        styles = page.evaluate(
+            """() => ({
+                sections: [...document.querySelectorAll('section')].map(e => getComputedStyle(e).breakInside),
+                margin: getComputedStyle(document.body).margin,
+                colours: [...new Set([...document.querySelectorAll('body *')].map(e =>
+                    e instanceof SVGElement ? getComputedStyle(e).fill : getComputedStyle(e).color))],
+                background: getComputedStyle(document.body).backgroundColor,
+            })"""
+        )
+        pdf = page.pdf(format="A4")
     assert styles["sections"] == ["avoid", "avoid"], styles
     assert styles["margin"] == "0px" and styles["background"] == "rgb(255, 255, 255)", styles
     assert set(styles["colours"]) <= {"rgb(0, 0, 0)"}, styles["colours"]
@@ -264,21 +266,13 @@ def test_check_page_from_a_real_check_renders_in_chromium(cert, start_server, tm
     assert re.search(r">7 bytes after \d+ ms<", html_text), html_text
     assert re.search(r">GET https:// \(as the check\) \(\d+ bytes\)<", html_text), html_text  # the request's size
 
-    browser_path = chromium()
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-    ARTIFACTS.mkdir(exist_ok=True)
     requests: list[str] = []
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=browser_path, args=BROWSER_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 900, "height": 1000})
-            page.on("request", lambda r: requests.append(r.url))
-            page.goto(out.as_uri(), timeout=30_000)
-            assert page.locator("svg").count() == 3  # the check's three probes through the proxy
-            assert page.locator("svg text", has_text="GET https:// (as the check)").first.is_visible()
-            text = page.inner_text("body")
-            page.screenshot(path=str(ARTIFACTS / "ticket-check-page.png"), full_page=True)
-        finally:
-            browser.close()
+    with browser_page(viewport={"width": 900, "height": 1000}) as page:
+        page.on("request", lambda r: requests.append(r.url))
+        page.goto(out.as_uri(), timeout=30_000)
+        assert page.locator("svg").count() == 3  # the check's three probes through the proxy
+        assert page.locator("svg text", has_text="GET https:// (as the check)").first.is_visible()
+        text = page.inner_text("body")
+        page.screenshot(path=str(ARTIFACTS / "ticket-check-page.png"), full_page=True)
     assert requests == [out.as_uri()], requests
     assert "unexpected_message" in text and "fix the proxy's handling of https:// URLs" in text
