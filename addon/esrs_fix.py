@@ -34,7 +34,8 @@ except ModuleNotFoundError as e:
     )
     addons: list[object] = []
 else:
-    from stray_tls.mitm.addon import EsrsFix
+    from stray_tls.mitm.addon import EsrsFix, as_script
 
     log.info("esrs-fix %s loaded from %s", stray_tls.__version__, Path(stray_tls.__file__).parent)
-    addons = EsrsFix().addons  # one addon per concern
+    addons = [EsrsFix()]  # its parts, one concern each, are called in order by it
+    as_script(globals())

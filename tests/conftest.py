@@ -31,22 +31,13 @@ def addon() -> Iterator[EsrsFix]:
 
 
 def hook(addon: EsrsFix, name: str, *args: Any) -> Awaitable[None] | None:
-    """Run hook `name` of esrs-fix's addons in their order, as mitmproxy does: an awaitable that one returns is awaited
-    before the next addon's hook runs (then the rest is returned as one awaitable), otherwise None."""
-    calls = [getattr(a, name) for a in addon.addons if hasattr(a, name)]
-    for n, call in enumerate(calls):
-        result = call(*args)
-        if result is not None and inspect.isawaitable(result):
-
-            async def rest(first: Awaitable[Any] = result, others: list[Callable[..., Any]] = calls[n + 1 :]) -> None:
-                await first
-                for other in others:
-                    later = other(*args)
-                    if later is not None and inspect.isawaitable(later):
-                        await later
-
-            return rest()
-    return None
+    """Run hook `name` of esrs-fix as mitmproxy does: the addon's hook (its parts' handlers, in their order), whose
+    awaitable, when it returns one, the caller awaits; None when esrs-fix has no such hook."""
+    call = getattr(addon, name, None)
+    if call is None:
+        return None
+    result = call(*args)
+    return result if result is not None and inspect.isawaitable(result) else None
 
 
 @pytest.fixture(scope="session")

@@ -62,7 +62,7 @@ def test_path_names_the_addon_script() -> None:
     assert p.returncode == 0
     path = Path(p.stdout.strip())
     assert path.name == "esrs_fix.py" and path.is_file()
-    assert "addons = EsrsFix().addons" in path.read_text()
+    assert "addons = [EsrsFix()]" in path.read_text()
 
 
 def test_help_lists_every_command() -> None:

@@ -66,7 +66,7 @@ def test_each_addon_declares_its_own_options_and_together_all_of_them() -> None:
     try:
         declared: dict[str, set[str]] = {}
         with taddons.context(loadcore=False) as tctx:
-            for part in fix.addons:
+            for part in fix.parts:
                 before = set(tctx.options.keys())
                 tctx.master.addons.add(part)
                 declared[type(part).__name__] = set(tctx.options.keys()) - before
@@ -75,7 +75,7 @@ def test_each_addon_declares_its_own_options_and_together_all_of_them() -> None:
         assert sorted(owners) == ["Decision", "Detection", "Rewrite", "Upgrading"]
         assert set().union(*declared.values()) == set(OPTION_NAMES)
         assert sum(len(o) for o in declared.values()) == len(OPTION_NAMES)  # each declared once
-        names = [getattr(part, "name", "") for part in fix.addons]
+        names = [getattr(part, "name", "") for part in fix.parts]
         assert len(set(names)) == len(names) and all(n.startswith("esrs-fix.") for n in names)
     finally:
         fix.unload()
@@ -85,6 +85,64 @@ def test_hooks_run_in_the_order_that_keeps_the_label_guard_and_learned_routing_f
     """mitmproxy calls each hook on the addons in list order: the label guard renames an upstream's own label before
     a learned flow is labelled, and learned routing takes its flows before detection judges an answer."""
     fix = EsrsFix()
-    order = [type(a).__name__ for a in fix.addons]
+    order = [type(a).__name__ for a in fix.parts]
     assert order.index("Labels") < order.index("Upgrading") < order.index("Detection")
     fix.unload()
+
+
+def test_esrs_fix_calls_every_hook_its_parts_have() -> None:
+    """mitmproxy sees one addon; a hook a part implements but `HOOKS` does not list would never be called."""
+    import mitmproxy.tools.main  # noqa: F401  (imports every layer, and so defines every hook)
+    from mitmproxy import hooks
+
+    from stray_tls.mitm.addon import HOOKS
+
+    fix = EsrsFix()
+    try:
+        implemented = {name for part in fix.parts for name in dir(part) if name in hooks.all_hooks}
+        assert {"requestheaders", "response", "configure", "tls_failed_server"} <= implemented
+        assert implemented <= set(HOOKS), implemented - set(HOOKS)
+        for name in implemented:
+            assert callable(getattr(fix, name))
+        assert not hasattr(fix, "addons")  # mitmproxy would walk the parts as addons of their own on every event
+    finally:
+        fix.unload()
+
+
+def test_a_hook_of_several_parts_calls_them_in_order_each_after_the_awaitable_before_it() -> None:
+    import asyncio
+
+    from stray_tls.mitm.addon import _one_hook
+
+    seen: list[str] = []
+
+    def sync(name: str):  # type: ignore[no-untyped-def]
+        return lambda flow: seen.append(f"{name}:{flow}")
+
+    async def slow(flow: str) -> None:
+        await asyncio.sleep(0)
+        seen.append(f"slow:{flow}")
+
+    def starts_slow(flow: str):  # type: ignore[no-untyped-def]
+        seen.append(f"starts:{flow}")
+        return slow(flow)
+
+    assert _one_hook([sync("only")]) is not None and _one_hook([seen.append]) == seen.append  # one handler: itself
+    assert _one_hook([sync("a"), sync("b")])("f") is None and seen == ["a:f", "b:f"]
+    seen.clear()
+    pending = _one_hook([sync("a"), starts_slow, sync("c")])("f")
+    assert seen == ["a:f", "starts:f"]  # what follows an awaitable waits for it
+    asyncio.run(pending)  # type: ignore[arg-type]
+    assert seen == ["a:f", "starts:f", "slow:f", "c:f"]
+
+
+def test_the_parts_commands_are_esrs_fixs() -> None:
+    fix = EsrsFix()
+    try:
+        with taddons.context(fix) as tctx:
+            assert tctx.master.commands.call("esrs.upgraded") == "esrs-fix: no learned targets"
+            assert "unexpected_message" in tctx.master.commands.call(
+                "esrs.decode", "15", "03", "01", "00", "02", "02", "0a"
+            )
+    finally:
+        fix.unload()

@@ -271,10 +271,11 @@ if __name__ == "__main__":  # run, not loaded by mitmproxy: hand out the modules
 _install()
 
 import {root}  # noqa: E402
-from {root}.mitm.addon import EsrsFix  # noqa: E402
+from {root}.mitm.addon import EsrsFix, as_script  # noqa: E402
 
 logging.getLogger("esrs_fix").info(
     "esrs-fix %s loaded (single file, commit %s) from %s", {root}.__version__, COMMIT, os.path.dirname({root}.__file__)
 )
-addons = EsrsFix().addons
+addons = [EsrsFix()]
+as_script(globals())
 '''

@@ -11,6 +11,7 @@ modules, reads its version or parses its message texts. What is needed, and wher
 - `http1`, `driver`: the private names of the HTTP/1 layer, resolved at once; a real `Http1Client` fed by hand;
 - `early`: TLS records answered the moment they arrive (`read_headers` and `send` wrapped), checked at install by
   driving a real `Http1Client`, and otherwise off, said once;
+- `script`: what a script's module holds so that mitmproxy's walk over it each event costs little;
 - `replay`: the same request over TLS through mitmproxy's client replay, so that its modes and TLS options apply;
   how it ended without an answer is handed to the product to word.
 
@@ -33,6 +34,7 @@ from .messages import (
 )
 from .options import deferred_names, deferred_values
 from .replay import End, Unanswered, resend_over_tls, strip_proxy_headers
+from .script import bind_hook_names
 from .versions import SUPPORTED_MAJORS, body_size_limit, mitmproxy_major, mitmproxy_version, mitmweb_wants_a_password
 from .views import Priority, Render, register_view, unregister_view
 
@@ -48,6 +50,7 @@ __all__ = [
     "Render",
     "Said",
     "Unanswered",
+    "bind_hook_names",
     "body_size_limit",
     "certificate_problem",
     "client_gone",

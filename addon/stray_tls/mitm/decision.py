@@ -21,8 +21,9 @@ from ..core import findings as fnd
 from ..core.findings import Finding, Kind
 from ..core.names import OPT_FILTER, OPT_REPORT, printable
 from .causes import AttemptCause, Failure
-from .flowrecord import FlowRecord, annotate, log_detection
+from .flowrecord import FlowRecord, annotate, annotate_served, log_detection
 from .labels import Labels
+from .learned import Entry
 from .options import BadOption, Options
 from .report import ReportWriter
 from .responses import ErrorResponses, upgrade_failed_response
@@ -145,6 +146,12 @@ class Decision(Options):
     def record(self, flow: http.HTTPFlow, record: FlowRecord) -> None:
         """Write the flow's record (metadata, marker, comment, report line): esrs-fix is done with the flow."""
         annotate(flow, record, self.report)
+        self.decided.add(flow)
+
+    def record_served(self, flow: http.HTTPFlow, entry: Entry) -> None:
+        """`record` for a flow served over TLS because its target (`entry`) is learned: the same record, made from
+        what its target's flows share."""
+        annotate_served(flow, entry, self.report)
         self.decided.add(flow)
 
     def decide(

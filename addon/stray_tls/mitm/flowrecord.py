@@ -143,14 +143,23 @@ _OWN_KEYS = tuple(f.name for f in dataclasses.fields(FlowRecord) if f.name != "s
 @dataclass(frozen=True, slots=True)
 class _LearnedPart:
     """What every flow served to one learned target records alike: what taught esrs-fix the target, when, and by
-    which flow. Made once per target (`_learned_part`), not once per flow."""
+    which flow; and for a flow served over TLS, its record but for the keys of its own, and its comment but for the
+    URL. Made once per target (`_learned_part`), not once per flow."""
 
     seen: Mapping[str, Any]
     learned_at: str | None
     taught_by: str | None
+    #: `FlowRecord.to_dict()` of a flow served as learned, with `upstream`, `upstream_proxy` and `upgrade` to fill in.
+    served: Mapping[str, Any]
+    #: How the target was learned (`host:port was learned T by flow F`), as its flows' comments say it.
+    origin: str
+
+    @property
+    def summary(self) -> str:
+        return str(self.seen.get("summary", ""))
 
 
-_NOT_LEARNED = _LearnedPart({}, None, None)
+_NOT_LEARNED = _LearnedPart({}, None, None, {}, "")
 #: The learned parts, by target and the time it was learned (a target learned anew gets a new part); bounded as the
 #: learned targets are.
 _LEARNED_PARTS: dict[tuple[Any, float], _LearnedPart] = {}
@@ -162,7 +171,18 @@ def _learned_part(entry: Entry) -> _LearnedPart:
     if part is None:
         evidence = dict(entry.evidence)
         taught_by = evidence.pop("taught_by", None)
-        part = _LearnedPart(evidence or finding_of(entry).to_dict(), iso(entry.learned_at), taught_by)
+        seen, learned_at = evidence or finding_of(entry).to_dict(), iso(entry.learned_at)
+        served = FlowRecord(
+            seen=seen,
+            upstream="",
+            upstream_proxy=None,
+            upgraded=True,
+            learned=True,
+            learned_at=learned_at,
+            taught_by=taught_by,
+        ).to_dict()
+        origin = _origin(hostport(entry.target.host, entry.target.port), learned_at, taught_by)
+        part = _LearnedPart(seen, learned_at, taught_by, served, origin)
         if len(_LEARNED_PARTS) >= CAPACITY:
             _LEARNED_PARTS.clear()
         _LEARNED_PARTS[key] = part
@@ -176,11 +196,26 @@ def keys() -> tuple[str, ...]:
 
 def annotate(flow: http.HTTPFlow, record: FlowRecord, report: ReportWriter | None) -> None:
     """Mark, comment, record and report one flow (the log line is the caller's: only detections are news)."""
+    _write(flow, marker(record), comment(flow, record), record.to_dict(), report)
+
+
+def annotate_served(flow: http.HTTPFlow, entry: Entry, report: ReportWriter | None) -> None:
+    """`annotate` for a flow served over TLS because its target is learned, with what it writes (`FlowRecord.of(flow,
+    None, entry=entry, attempt=flow, upgraded=True, learned=True)`) made from its target's part: every learned request
+    comes this way, and building the record anew cost it a fortieth of stock mitmproxy's whole work."""
+    part = _learned_part(entry)
+    url = pretty_url(flow.request)
+    meta = dict(part.served)
+    meta["upstream"] = address(flow.server_conn.peername or flow.server_conn.address)
+    meta["upstream_proxy"] = upstream_proxy(flow)
+    meta["upgrade"] = attempt_summary(flow, url)
+    _write(flow, LEARNED_MARKER, _served_note(asked_url(flow, url), part.origin, part.summary), meta, report)
+
+
+def _write(flow: http.HTTPFlow, mark: str, note: str, meta: dict[str, Any], report: ReportWriter | None) -> None:
     if not flow.marked:  # a marker the user set stays
-        flow.marked = marker(record)
-    note = comment(flow, record)
+        flow.marked = mark
     flow.comment = f"{flow.comment}\n{note}" if flow.comment else note  # what the user typed stays
-    meta = record.to_dict()
     flow.metadata[METADATA_KEY] = meta
     if report is not None:
         report.write(
@@ -189,10 +224,38 @@ def annotate(flow: http.HTTPFlow, record: FlowRecord, report: ReportWriter | Non
                 "flow": flow.id,  # what a remembered failure's `same_as` names
                 "client": address(flow.client_conn.peername),
                 "method": clip(flow.request.method, 64),
-                "url": clip(flow.request.pretty_url, URL_CHARS),
+                "url": clip(pretty_url(flow.request), URL_CHARS),
                 **meta,
             }
         )
+
+
+#: URLs up to their path (`https://host:port`), by scheme, Host header, host and port: see `pretty_url`.
+_URL_PREFIXES: dict[tuple[str, Any, str, int], str] = {}
+
+
+def pretty_url(request: http.Request) -> str:
+    """`request.pretty_url`, the same string, made from a prefix kept per scheme, Host header and target: mitmproxy
+    parses and checks the Host header anew at each call, which cost a learned request a hundredth of stock's work.
+    The prefix is mitmproxy's own URL up to the path (its URLs end with the path; not an asterisk or CONNECT's)."""
+    path = request.path
+    if path == "*" or request.method == "CONNECT":
+        return request.pretty_url
+    fields = request.headers.fields
+    if request.http_version.startswith("HTTP/1"):  # the Host header, as mitmproxy reads it, at a tenth of the cost
+        host_header: Any = next((value for name, value in fields if name.lower() == b"host"), None)
+    else:
+        host_header = request.host_header
+    key = (request.scheme, host_header, request.host, request.port)
+    prefix = _URL_PREFIXES.get(key)
+    if prefix is not None:
+        return prefix + path
+    url = request.pretty_url
+    if url.endswith(path):
+        if len(_URL_PREFIXES) >= CAPACITY:
+            _URL_PREFIXES.clear()
+        _URL_PREFIXES[key] = url[: len(url) - len(path)]
+    return url
 
 
 def marker(record: FlowRecord) -> str:
@@ -214,21 +277,14 @@ def comment(flow: http.HTTPFlow, record: FlowRecord) -> str:
     seen = record.summary
     attempt = record.upgrade or {}
     if record.learned:
-        url = attempt.get("url") if attempt.get("flow") == flow.id else None  # the flow's own, made once
-        asked = asked_url(flow, url if url is not None and len(url) < URL_CHARS else None)
-        target = hostport(flow.request.host, flow.request.port)
-        origin = f"{target} was learned {record.learned_at or ''}".rstrip()
-        if record.taught_by:
-            origin += f" by flow {record.taught_by}"
+        asked = asked_url(flow)
+        origin = _origin(hostport(flow.request.host, flow.request.port), record.learned_at, record.taught_by)
         if record.upgrade_error is not None:
             return (
                 f"{PREFIX}: upgrade failed (learned target): {record.upgrade_error}; the client asked for {asked}, "
                 f"sent over TLS as {origin} (its plaintext attempt got {seen}); the target is forgotten"
             )
-        return (
-            f"{PREFIX}: learned: the client asked for {asked}, sent over TLS at once as {origin} "
-            f"(its plaintext attempt got {seen})"
-        )
+        return _served_note(asked, origin, seen)
     if record.upgrade_error is not None:
         if record.remembered:
             how = "not sent: the TLS attempt to this target failed moments ago" + (
@@ -250,6 +306,19 @@ def comment(flow: http.HTTPFlow, record: FlowRecord) -> str:
     return f"{PREFIX}: detected {seen}; {_client_got(flow, record)}"
 
 
+def _origin(target: str, learned_at: str | None, taught_by: str | None) -> str:
+    origin = f"{target} was learned {learned_at or ''}".rstrip()
+    return f"{origin} by flow {taught_by}" if taught_by else origin
+
+
+def _served_note(asked: str, origin: str, seen: Any) -> str:
+    """The comment of a flow served over TLS because its target is learned."""
+    return (
+        f"{PREFIX}: learned: the client asked for {asked}, sent over TLS at once as {origin} "
+        f"(its plaintext attempt got {seen})"
+    )
+
+
 def _client_got(flow: http.HTTPFlow, record: FlowRecord) -> str:
     """What the client was answered with, for a flow that was not upgraded."""
     response = flow.response
@@ -264,9 +333,9 @@ def _client_got(flow: http.HTTPFlow, record: FlowRecord) -> str:
 
 def asked_url(flow: http.HTTPFlow, url: str | None = None) -> str:
     """The URL a learned flow's client asked for: the flow now shows it as https:// (it went over TLS). `url`: the
-    flow's URL, when the record has it already (mitmproxy builds it anew at each call)."""
+    flow's URL, when the caller has it already."""
     if url is None:
-        url = flow.request.pretty_url
+        url = pretty_url(flow.request)
     return clip("http" + url[len("https") :] if url.startswith("https:") else url, URL_CHARS)
 
 
@@ -320,13 +389,14 @@ def log_detection(flow: http.HTTPFlow, record: FlowRecord, action: str) -> None:
     )
 
 
-def attempt_summary(attempt: http.HTTPFlow) -> dict[str, Any]:
-    """What a TLS attempt (an upgrade's copy, or a flow sent as learned) got: the record's `upgrade`."""
+def attempt_summary(attempt: http.HTTPFlow, url: str | None = None) -> dict[str, Any]:
+    """What a TLS attempt (an upgrade's copy, or a flow sent as learned) got: the record's `upgrade`. `url`: the
+    attempt's, when the caller has it already."""
     conn = attempt.server_conn
     response = attempt.response
     return {
         "flow": attempt.id,
-        "url": clip(attempt.request.pretty_url, URL_CHARS),
+        "url": clip(pretty_url(attempt.request) if url is None else url, URL_CHARS),
         "status": response.status_code if response else None,
         "reason": clip(response.reason, 256) if response else None,
         "tls_version": conn.tls_version,

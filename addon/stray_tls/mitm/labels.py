@@ -14,6 +14,7 @@ from .responses import lowercase_label
 log = logging.getLogger("esrs_fix")
 
 _LABEL_BYTES = LABEL_HEADER.lower().encode()
+_LABEL_NAME = LABEL_HEADER.encode()
 
 
 class Labels:
@@ -35,7 +36,12 @@ class Labels:
         An HTTP/2 or HTTP/3 client gets the label's name in lower case, as those protocols want it: mitmproxy would
         lowercase it anyway, with a log line for every labelled answer."""
         if label is not None:
-            response.headers[LABEL_HEADER] = label
+            headers = response.headers
+            fields = headers.fields
+            if any(name.lower() == _LABEL_BYTES for name, _ in fields):
+                headers[LABEL_HEADER] = label
+            else:  # the common case (the guard renamed any upstream label): appended, at a tenth of the cost of `[]=`
+                headers.fields = (*fields, (_LABEL_NAME, label.encode("utf-8", "surrogateescape")))
         if not to.http_version.startswith("HTTP/1"):
             lowercase_label(response)
         self._ours.add(response)

@@ -11,7 +11,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..core.names import hostport
 
@@ -21,9 +21,11 @@ CAPACITY = 1024
 TTL = 3600.0
 
 
-@dataclass(frozen=True, slots=True)
-class Target:
-    """Where a plaintext request went: host, port, and the upstream proxy it went through (upstream mode)."""
+class Target(NamedTuple):
+    """Where a plaintext request went: host, port, and the upstream proxy it went through (upstream mode).
+
+    A named tuple, not a dataclass: every learned request makes one and looks it up several times, and a tuple is
+    made, hashed and compared in C."""
 
     host: str
     port: int

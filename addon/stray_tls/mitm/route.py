@@ -50,13 +50,14 @@ class Route:
 def tls_route(flow: http.HTTPFlow, options: Any = None) -> Route:
     """The route over TLS for `flow`'s request (see the module's docstring); `options`: mitmproxy's (its
     `keep_host_header`; absent, as in a bare test context, it counts as off)."""
-    keep_host_header = bool(getattr(options, "keep_host_header", False))
     request = flow.request
     mode = flow.client_conn.proxy_mode
     kind = getattr(mode, "type_name", "")
     if kind in ADDRESS_MODES:
         name = request.pretty_host
     elif kind == "reverse" and (request.host, request.port) == tuple(getattr(mode, "address", ())):
+        # read here only: a mitmproxy option is deep-copied at each read, and every learned request comes this way
+        keep_host_header = bool(getattr(options, "keep_host_header", False))
         name = (flow.client_conn.sni or request.host) if keep_host_header else request.host
     else:
         name = request.host

@@ -70,6 +70,8 @@ class Upgrading(Options):
         self.error_responses = error_responses
         # Flows sent over TLS at once because their target is learned, by flow id, until their response or error.
         self._learned_flows: dict[str, tuple[Target, Entry, float]] = {}
+        #: esrs_upgrade, kept by `configure`: mitmproxy deep-copies an option at each read, and every request reads it.
+        self.enabled = False
 
     def declare(self, loader: Loader) -> None:
         loader.add_option(
@@ -104,6 +106,8 @@ class Upgrading(Options):
         )
 
     def _configure(self, updated: set[str]) -> None:
+        if OPT_UPGRADE in updated:
+            self.enabled = ctx.options.esrs_upgrade
         if OPT_UPGRADE_TIMEOUT in updated:
             limit = ctx.options.esrs_upgrade_timeout
             if not 1 <= limit <= 3600:
@@ -123,7 +127,7 @@ class Upgrading(Options):
     def requestheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         # Here, not in `request`: a request whose body mitmproxy streams is connected and sent before `request` runs.
         # Only a filter that reads the body waits for `request` (a streamed body is never there: decided here).
-        if not self.upgrade or not ctx.options.esrs_upgrade or not flow.live or flow.request.scheme != "http":
+        if not self.upgrade or not self.enabled or not flow.live or flow.request.scheme != "http":
             return None  # clean traffic with nothing learned, pending or failed pays one length test
         if self.decision.filter_needs_body and not flow.request.stream:
             return None
@@ -131,7 +135,7 @@ class Upgrading(Options):
 
     def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         # The body is here: esrs_filter's ~b, ~bq, ~bs see it (mitmproxy has not connected yet, the body not streamed).
-        if not self.decision.filter_needs_body or not self.upgrade or not ctx.options.esrs_upgrade:
+        if not self.decision.filter_needs_body or not self.upgrade or not self.enabled:
             return None
         if flow.request.stream or not flow.live or flow.request.scheme != "http":
             return None
@@ -220,7 +224,7 @@ class Upgrading(Options):
     def _served_learned(self, flow: http.HTTPFlow, target: Target, entry: Entry, started: float) -> None:
         """A learned target answered over TLS: keep it learned, and record it as an upgraded flow is recorded."""
         self.upgrade.learned.refresh(entry)
-        self.decision.record(flow, FlowRecord.of(flow, None, entry=entry, attempt=flow, upgraded=True, learned=True))
+        self.decision.record_served(flow, entry)
         # Routine, not news (a newly learned target is logged as a warning): no log line at all. Even at debug level
         # mitmproxy formats every record and wakes its event loop for it, which cost a learned request a fifth more
         # CPU than an https:// one; the flow's record, label and report line say what happened.
