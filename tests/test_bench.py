@@ -3,6 +3,7 @@ when `--out docs/bench-results.json` says so."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 from pathlib import Path
@@ -71,3 +72,39 @@ def test_the_upgrade_crowd_counts_at_the_server(tmp_path: Path) -> None:
     slow = data["cases"]["slow_handshake"]
     assert slow["stock"]["handshakes_before_first_answer"] > 1, slow["stock"]
     assert any(line.lstrip().startswith("crowd:") for line in upgrade.crowd_lines(data)), "the table has no crowd rows"
+
+
+@pytest.mark.e2e
+def test_instructions_per_learned_request_are_counted_and_repeat(tmp_path: Path) -> None:
+    """The instructions part on real mitmdumps under callgrind (--quick batches): every answer right, a count per
+    request for each proxy, and the count a measure can rest on: the same batch through the same mitmdump counts
+    again within 3 %, wherever the machine's other work is."""
+    from scripts.benchparts import instructions, upgrade, upgradesetup
+    from scripts.benchparts.common import Setup, Wrong
+
+    if instructions.available():
+        pytest.skip(instructions.available())
+    setup = Setup(tmp_path, rounds=1, quick=True, pcap_mb=1)
+    wrong = Wrong()
+    peers = upgradesetup.Peers.start(tmp_path, 2)
+    try:
+        result = instructions.case(setup, peers, wrong, "keepalive")
+        proxy = instructions.start(tmp_path, peers, "again", addon=False)
+        try:
+            url = upgradesetup.target(peers.keep, "", "https")
+            counts = [
+                instructions.counted(
+                    proxy, tmp_path, "again", lambda: asyncio.run(upgrade._batch(proxy, url, 10, "stock", True, wrong))
+                )
+                for _ in range(3)
+            ]
+        finally:
+            proxy.mitmdump.stop(timeout=120)
+    finally:
+        peers.stop()
+    assert wrong.count == 0, wrong.examples
+    per = result["instructions_per_request"]
+    assert per["stock"][0] > 1e6 and per["addon"][0] > 1e6  # a request through mitmdump is millions of them
+    assert result["ratio"] == per["addon"][0] / per["stock"][0]
+    # the first counted batch after the warm one still fills caches: the second and third repeat each other
+    assert abs(counts[2] - counts[1]) / counts[1] < 0.03, counts

@@ -15,7 +15,7 @@ from typing import Any
 
 from mitmproxy import version as mitmproxy_version
 
-from . import answer, clean, cpuprofile, micro, mixed, pcap, upgrade
+from . import answer, clean, cpuprofile, instructions, micro, mixed, pcap, upgrade
 from .common import ROOT, Outcome, Setup
 
 #: (--only name, JSON key, part), in the order they run. The parts that use the lab come first: it forks its
@@ -26,6 +26,7 @@ PARTS: list[tuple[str, str, Callable[[Setup], Outcome]]] = [
     ("answer", "time_to_answer", answer.run),
     ("mixed", "mixed", mixed.run),
     ("upgrade", "upgrade", upgrade.run),  # its own peers (spawned) and mitmdumps
+    ("instructions", "instructions", instructions.run),  # the same, under callgrind
     ("micro", "micro", micro.run),
     ("pcap", "pcap", pcap.run),
 ]
