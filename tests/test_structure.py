@@ -75,6 +75,7 @@ LAYERS = (
     "compat.driver",
     "compat.early",
     "compat.replay",
+    "compat.script",
     "compat",
     "mitm",
     "mitm.learned",
