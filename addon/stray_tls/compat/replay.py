@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from mitmproxy import http
-from mitmproxy.connection import ConnectionState
+from mitmproxy.connection import ConnectionState, Server
 
 
 class End(enum.Enum):
@@ -83,12 +83,13 @@ async def resend_over_tls(
     from mitmproxy import flow as mflow
     from mitmproxy.addons.clientplayback import ReplayHandler
 
-    copy = flow.copy()
+    # A new flow with a copy of the request, not `flow.copy()`: that copies the whole flow's state (both connections,
+    # the answer) and then the request and the answer once more, a tenth of the attempt's time on loopback, all of it
+    # thrown away (the replay dials a server of its own and copies the client for its context). The client is the
+    # flow's own, as it is for every flow of one client connection.
+    copy = http.HTTPFlow(flow.client_conn, Server(address=flow.server_conn.address))
+    copy.request = flow.request.copy()
     tls_route.prepare(copy.request)
-    copy.response = None
-    copy.error = None
-    copy.marked = ""
-    copy.comment = ""
     copy.metadata = {marker_key: flow.id}
     copy.is_replay = "request"
     if on_copy is not None:
