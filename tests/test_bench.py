@@ -77,8 +77,8 @@ def test_the_upgrade_crowd_counts_at_the_server(tmp_path: Path) -> None:
 @pytest.mark.e2e
 def test_instructions_per_learned_request_are_counted_and_repeat(tmp_path: Path) -> None:
     """The instructions part on real mitmdumps under callgrind (--quick batches): every answer right, a count per
-    request for each proxy, and the count a measure can rest on: the same batch through the same mitmdump counts
-    again within 3 %, wherever the machine's other work is."""
+    request for each proxy (and for each leg of the first request), and the count a measure can rest on: the same
+    batch through the same mitmdump counts again within 3 %, wherever the machine's other work is."""
     from scripts.benchparts import instructions, upgrade, upgradesetup
     from scripts.benchparts.common import Setup, Wrong
 
@@ -86,9 +86,10 @@ def test_instructions_per_learned_request_are_counted_and_repeat(tmp_path: Path)
         pytest.skip(instructions.available())
     setup = Setup(tmp_path, rounds=1, quick=True, pcap_mb=1)
     wrong = Wrong()
-    peers = upgradesetup.Peers.start(tmp_path, 2)
+    peers = upgradesetup.Peers.start(tmp_path, 25)  # the first requests go to a new target each
     try:
         result = instructions.case(setup, peers, wrong, "keepalive")
+        first = instructions.first(setup, peers, wrong)
         proxy = instructions.start(tmp_path, peers, "again", addon=False)
         try:
             url = upgradesetup.target(peers.keep, "", "https")
@@ -106,5 +107,9 @@ def test_instructions_per_learned_request_are_counted_and_repeat(tmp_path: Path)
     per = result["instructions_per_request"]
     assert per["stock"][0] > 1e6 and per["addon"][0] > 1e6  # a request through mitmdump is millions of them
     assert result["ratio"] == per["addon"][0] / per["stock"][0]
+    legs = first["instructions_per_request"]
+    assert min(legs.values()) > 1e6
+    assert first["ratio"] == legs["addon_upgraded"] / (legs["stock_https"] + legs["stock_plaintext"])
+    assert legs["addon_upgraded"] > legs["stock_https"]  # the upgrade makes both requests
     # the first counted batch after the warm one still fills caches: the second and third repeat each other
     assert abs(counts[2] - counts[1]) / counts[1] < 0.03, counts

@@ -1,5 +1,6 @@
 """7. What a learned request costs in CPU work, counted in instructions: stock mitmdump's https:// request against
-esrs-fix's learned http:// one, each mitmdump under valgrind's callgrind.
+esrs-fix's learned http:// one, each mitmdump under valgrind's callgrind; and the first, upgraded request against
+what stock spends on the same two requests (the plaintext one and the https:// one).
 
 CPU seconds from /proc cannot resolve a few percent on a shared host: the same learned request measured 1.04 to 1.28
 of stock between runs of the same code (docs/benchmarks.md). callgrind counts the instructions a process runs, which
@@ -12,6 +13,7 @@ the counters before the batch, dumps them after it. The two proxies alternate, a
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import shutil
 import subprocess
@@ -114,15 +116,66 @@ def case(setup: Setup, peers: Peers, wrong: Wrong, kind: str) -> dict[str, Any]:
     return result
 
 
+def first(setup: Setup, peers: Peers, wrong: Wrong) -> dict[str, Any]:
+    """The first request to a new target: esrs-fix's upgrade (the plaintext request, its alert, the TLS attempt)
+    against what stock mitmdump spends on the same two requests: the https:// one, and the plaintext one any proxy
+    chain makes first (stock answers it with its own 502). Each request goes to a target not seen before."""
+    n = 5 if setup.quick else 20
+    pool = iter(peers.pool)
+    proxies = {
+        "stock": start(setup.workdir, peers, "first-stock", addon=False),
+        "addon": start(setup.workdir, peers, "first-addon", addon=True),
+    }
+    legs = {  # leg: (proxy, scheme, what a right answer is)
+        "stock_https": ("stock", "https", "stock"),
+        "stock_plaintext": ("stock", "http", "502"),
+        "addon_upgraded": ("addon", "http", "upgraded"),
+    }
+
+    def batch(scheme: str, expect: str, port: int, count: int) -> None:
+        for _ in range(count):
+            url = target(next(pool), "first", scheme)
+            _, got = asyncio.run(fresh(port, url))
+            if expect == "502":  # stock's own answer to the alert
+                wrong.check(got[0] == 502, f"stock plaintext request {url}: {got[0]}")
+            else:
+                check(wrong, f"first request (instructions, {expect})", got, expect, url)
+
+    try:
+        for name, scheme, expect in legs.values():  # warm: imports, caches, one of each
+            batch(scheme, expect, proxies[name].port, 2)
+        per: dict[str, float] = {}
+        for leg, (name, scheme, expect) in legs.items():
+            proxy = proxies[name]
+            count = functools.partial(batch, scheme, expect, proxy.port, n)
+            per[leg] = counted(proxy, setup.workdir, f"first-{name}", count) / n
+    finally:
+        for proxy in proxies.values():
+            proxy.mitmdump.stop(timeout=120)
+    both = per["stock_https"] + per["stock_plaintext"]
+    result = {
+        "requests": n,
+        "instructions_per_request": per,
+        "ratio_to_stock_https": per["addon_upgraded"] / per["stock_https"],
+        "ratio": per["addon_upgraded"] / both,
+    }
+    log(
+        f"instructions, first request: esrs-fix {per['addon_upgraded']:,.0f}, stock https {per['stock_https']:,.0f} "
+        f"+ stock plaintext {per['stock_plaintext']:,.0f}: ratio {result['ratio']:.3f}"
+    )
+    return result
+
+
 def run(setup: Setup) -> Outcome:
     wrong = Wrong()
     missing = available()
     if missing:
         log(f"instructions: skipped: {missing}")
         return Outcome({"skipped": missing}, [f"7. instructions per learned request: not measured ({missing})"])
-    peers = Peers.start(setup.workdir, 2)
+    peers = Peers.start(setup.workdir, 25 if setup.quick else 70)  # a new target for each first request
     try:
         data: dict[str, Any] = {kind: case(setup, peers, wrong, kind) for kind in ("keepalive", "fresh")}
+        data["first"] = first(setup, peers, wrong)
     finally:
         peers.stop()
     data["wrong_answers"] = wrong.count
@@ -149,4 +202,12 @@ def lines(data: dict[str, Any]) -> list[str]:
             + ", ".join(f"{r:.3f}" for r in c["ratio_per_round"])
             + ")"
         )
+    f = data["first"]
+    per = f["instructions_per_request"]
+    rows.append(
+        f"   first request to a new target, upgraded ({f['requests']}, a new target each): "
+        f"{per['addon_upgraded']:,.0f} vs stock's https:// {per['stock_https']:,.0f} + stock's plaintext request to "
+        f"the TLS port {per['stock_plaintext']:,.0f}: ratio {f['ratio']:.3f} (to https:// alone "
+        f"{f['ratio_to_stock_https']:.3f})"
+    )
     return rows
