@@ -202,7 +202,7 @@ def annotate(flow: http.HTTPFlow, record: FlowRecord, report: ReportWriter | Non
 def annotate_served(flow: http.HTTPFlow, entry: Entry, report: ReportWriter | None) -> None:
     """`annotate` for a flow served over TLS because its target is learned, with what it writes (`FlowRecord.of(flow,
     None, entry=entry, attempt=flow, upgraded=True, learned=True)`) made from its target's part: every learned request
-    comes this way, and building the record anew cost it a fortieth of stock mitmproxy's whole work."""
+    comes this way, and building the record anew cost it about 2 % of stock mitmproxy's whole work (callgrind)."""
     part = _learned_part(entry)
     url = pretty_url(flow.request)
     meta = dict(part.served)
@@ -236,7 +236,7 @@ _URL_PREFIXES: dict[tuple[str, Any, str, int], str] = {}
 
 def pretty_url(request: http.Request) -> str:
     """`request.pretty_url`, the same string, made from a prefix kept per scheme, Host header and target: mitmproxy
-    parses and checks the Host header anew at each call, which cost a learned request a hundredth of stock's work.
+    parses and checks the Host header anew at each call, which cost a learned request 0.8 % of stock's work.
     The prefix is mitmproxy's own URL up to the path (its URLs end with the path; not an asterisk or CONNECT's)."""
     path = request.path
     if path == "*" or request.method == "CONNECT":
